@@ -1,0 +1,135 @@
+"""
+Helpers shared by the data/<name>/prepare.py scripts.
+
+Every dataset ends up as the same three files in its folder:
+- train.bin, val.bin: flat arrays of token ids (uint16), read back with np.memmap
+- meta.json: tokenizer, vocab_size, dtype, token counts and source, checked by the loader
+All of them are written to a temp file first and then renamed, so an interrupted run
+never leaves a half-written file behind that looks complete.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+
+@contextmanager
+def atomic_path(path):
+    # yield a temp path beside `path`; on success fsync it and rename it over `path`,
+    # on failure delete it. Same folder so the rename is atomic (same filesystem).
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def download(url, path, timeout=60):
+    """Download url to path, unless path already exists."""
+    path = Path(path)
+    if path.exists():
+        print(f"{path} already exists, skipping download")
+        return
+    print(f"downloading {url} to {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(path) as tmp:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
+                if response.status != 200:  # urlopen raises on most errors; be sure for the rest
+                    raise OSError(f"HTTP status {response.status}")
+                shutil.copyfileobj(response, f)
+    except (OSError, ValueError) as e:  # URLError, HTTPError and timeouts are OSErrors
+        reason = getattr(e, "reason", None) or e
+        raise SystemExit(f"error: could not download {url} ({reason}); "
+                         f"download it by hand to {path} or pass --input FILE")
+
+
+def read_text(path):
+    # newline="" keeps line endings exactly as in the file, so decoding the bins
+    # gives back the file byte for byte
+    with open(path, "r", encoding="utf-8", newline="") as f:
+        return f.read()
+
+
+def write_tokens(path, tokens, dtype=np.uint16, num_tokens=None, chunk_size=1 << 20):
+    """
+    Write token ids to path as one flat binary array of dtype.
+    tokens is either an array (or list) of ids, or an iterable of 1-D chunks of ids;
+    for chunks pass num_tokens, since the memmap is sized up front. Writing chunk by
+    chunk keeps memory flat however large the dataset is.
+    """
+    dtype = np.dtype(dtype)
+    if isinstance(tokens, (np.ndarray, list)):
+        ids = np.asarray(tokens)
+        num_tokens = len(ids)
+        tokens = (ids[i:i + chunk_size] for i in range(0, num_tokens, chunk_size))
+    if num_tokens is None:
+        raise ValueError("num_tokens is needed when tokens is an iterable of chunks")
+    max_id = np.iinfo(dtype).max
+    with atomic_path(path) as tmp:
+        if num_tokens == 0:
+            open(tmp, "wb").close()  # np.memmap cannot map an empty file
+            return
+        arr = np.memmap(tmp, dtype=dtype, mode="w+", shape=(num_tokens,))
+        idx = 0
+        for chunk in tokens:
+            chunk = np.asarray(chunk)
+            if len(chunk) and (chunk.min() < 0 or chunk.max() > max_id):
+                # casting would wrap around silently and train on garbage
+                raise ValueError(f"token ids must be in [0, {max_id}] to fit {dtype}")
+            if idx + len(chunk) > num_tokens:
+                raise ValueError(f"got more than num_tokens={num_tokens} tokens")
+            arr[idx:idx + len(chunk)] = chunk
+            idx += len(chunk)
+        if idx != num_tokens:
+            raise ValueError(f"got {idx} tokens, expected num_tokens={num_tokens}")
+        arr.flush()
+        del arr  # close the mapping before the rename
+
+
+def write_meta(data_dir, **fields):
+    """Write fields to data_dir/meta.json (JSON, never pickle: loading it cannot run code)."""
+    path = Path(data_dir) / "meta.json"
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(fields, f, sort_keys=True, indent=2, ensure_ascii=False)
+            f.write("\n")
+    return path
+
+
+def get_parser(doc, script, url=None):
+    """
+    Argument parser with --out_dir (default: the folder of `script`). With a url, also
+    --input FILE (use a local copy instead of downloading) and --url (where to download from).
+    """
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out_dir", type=Path, default=Path(script).resolve().parent,
+                        help="where to write train.bin, val.bin, meta.json (default: %(default)s)")
+    if url is not None:
+        parser.add_argument("--input", type=Path, default=None,
+                            help="local text file to use instead of downloading")
+        parser.add_argument("--url", default=url, help="where to download the text from (default: %(default)s)")
+    return parser
+
+
+def get_input_text(args):
+    """Return (text, source path): the --input file, or out_dir/input.txt downloaded from --url."""
+    if args.input is not None:
+        path = args.input
+        if not path.is_file():
+            raise SystemExit(f"error: --input {path} is not a file")
+    else:
+        path = args.out_dir / "input.txt"
+        download(args.url, path)
+    return read_text(path), str(path.resolve())
