@@ -39,7 +39,7 @@ class GPTConfig:
     dropout: float = 0.0        # on embeddings, attention weights and residual branches
     bias: bool = True           # biases in Linear and LayerNorm (GPT-2: True; False is a bit faster)
     post_norm: bool = False     # GPT-1 / original transformer: LayerNorm after each residual add, no final LN
-    gelu_approx: str = 'tanh'   # 'tanh' (GPT-2's gelu_new) or 'none' (exact erf GELU, GPT-1)
+    gelu_approx: str = 'tanh'   # 'tanh' (GPT-1 and GPT-2 both use it; HF: gelu_new) or 'none' (exact erf GELU)
     layer_norm_eps: float = 1e-5
     pad_vocab_multiple: int = 1  # embedding rows padded up to a multiple of this (64 is faster on GPUs)
     attn_impl: str = 'sdpa'     # 'sdpa' (flash/memory-efficient kernels) or 'explicit' (masked softmax)
@@ -71,7 +71,7 @@ class GPTConfig:
 # the released checkpoints have these sizes); GPT-3 Table 2.1 125M ... 175B.
 PRESETS = {
     'gpt1':        dict(n_layer=12, n_head=12, n_embd=768, block_size=512, vocab_size=40478,
-                        post_norm=True, gelu_approx='none'),
+                        post_norm=True),
     'gpt2':        dict(n_layer=12, n_head=12, n_embd=768),
     'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024),
     'gpt2-large':  dict(n_layer=36, n_head=20, n_embd=1280),
@@ -300,6 +300,14 @@ class GPT(nn.Module):
         if not os.path.isdir(name_or_path) and name_or_path not in HF_HUB_MODELS:
             raise ValueError(f"{name_or_path!r} is neither a local directory nor one of the hub models "
                              f"{', '.join(HF_HUB_MODELS)}")
+        if os.path.isdir(name_or_path):  # check the model type ourselves: transformers' errors are vaguer
+            cfg_path = os.path.join(name_or_path, 'config.json')
+            if not os.path.isfile(cfg_path):
+                raise ValueError(f"{name_or_path!r} has no config.json; expected a directory written by save_pretrained")
+            with open(cfg_path, encoding='utf-8') as f:
+                model_type = json.load(f).get('model_type')
+            if model_type not in ('gpt2', 'openai-gpt'):
+                raise ValueError(f"unsupported model_type {model_type!r} in {cfg_path}: expected 'gpt2' or 'openai-gpt'")
         hf_config = AutoConfig.from_pretrained(name_or_path)
         config = _config_from_hf(hf_config)
         block_size = overrides.pop('block_size', config.block_size)
@@ -347,15 +355,13 @@ class GPT(nn.Module):
         """Write a transformers directory (config.json + model.safetensors).
 
         Pre-norm models are written as GPT2LMHeadModel, post-norm ones as OpenAIGPTLMHeadModel.
-        Padded vocabulary rows are dropped; bias=False models get zero biases and unit... LayerNorm
-        biases of zero, which is the same function."""
+        Padded vocabulary rows are dropped. bias=False models are written with zero biases in every
+        Linear and LayerNorm, which computes the same function."""
         from safetensors.torch import save_file
         c = self.config
-        if c.post_norm and (c.gelu_approx != 'none' or not c.bias or c.n_inner not in (0, 4 * c.n_embd)):
-            raise ValueError("a post-norm model exports as openai-gpt, which needs bias=True, exact GELU "
-                             "(gelu_approx='none') and d_ff = 4 * n_embd")
-        if not c.post_norm and c.gelu_approx != 'tanh':
-            raise ValueError("a pre-norm model exports as gpt2, which needs gelu_approx='tanh'")
+        if c.post_norm and (c.gelu_approx != 'tanh' or c.d_ff != 4 * c.n_embd):
+            raise ValueError("a post-norm model exports as openai-gpt, which needs GPT-1's tanh GELU "
+                             "(gelu_approx='tanh') and d_ff = 4 * n_embd")
         os.makedirs(path, exist_ok=True)
         sd = {k: v.detach().float().cpu() for k, v in self.state_dict().items()}
         sd['transformer.wte.weight'] = sd['transformer.wte.weight'][:c.vocab_size]
@@ -371,9 +377,13 @@ class GPT(nn.Module):
             sd = {k.replace('.wte.', '.tokens_embed.').replace('.wpe.', '.positions_embed.'): v for k, v in sd.items()}
             hf = dict(model_type='openai-gpt', architectures=['OpenAIGPTLMHeadModel'], afn='gelu', **common)
         else:
-            hf = dict(model_type='gpt2', architectures=['GPT2LMHeadModel'], activation_function='gelu_new',
-                      n_inner=c.n_inner or None, bos_token_id=50256, eos_token_id=50256, **common)
-        with open(os.path.join(path, 'config.json'), 'w') as f:
+            # <|endoftext|> (50256) of the GPT-2 tokenizer; for other vocabularies it would be out of
+            # range, which transformers warns about, so leave it unset
+            eot = 50256 if c.vocab_size > 50256 else None
+            act = 'gelu_new' if c.gelu_approx == 'tanh' else 'gelu'  # HF's names for tanh / exact GELU
+            hf = dict(model_type='gpt2', architectures=['GPT2LMHeadModel'], activation_function=act,
+                      n_inner=c.n_inner or None, bos_token_id=eot, eos_token_id=eot, **common)
+        with open(os.path.join(path, 'config.json'), 'w', encoding='utf-8') as f:
             json.dump(hf, f, indent=2)
         save_file(sd, os.path.join(path, 'model.safetensors'), metadata={'format': 'pt'})
 
@@ -450,12 +460,82 @@ class GPT(nn.Module):
         out = [idx] + list(self.generate_stream(idx, max_new_tokens, **kwargs))
         return torch.cat(out, dim=1)
 
+    @torch.no_grad()
+    def beam_search(self, idx, max_new_tokens, num_beams, length_penalty=1.0, eos_token_id=None,
+                    early_stopping=False, use_cache=True):
+        """Beam search, token for token as transformers' generate(num_beams=..., do_sample=False).
+        idx: (1, T), one prompt. Returns the best hypothesis (1, T + n), n <= max_new_tokens.
+
+        Each step extends every live beam by every token and keeps the 2 * num_beams best candidates
+        by summed log-probability. Those among the best num_beams that end in eos_token_id (or reach
+        max_new_tokens) join a pool of up to num_beams finished hypotheses, scored
+        sum_logprobs / n_generated ** length_penalty (> 0 favours longer outputs); the num_beams best
+        unfinished candidates live on. early_stopping: True stops once the pool is full; False stops
+        when the best live beam, scored at its current length, cannot beat the worst finished one;
+        'never' scores it at max_new_tokens instead when length_penalty > 0."""
+        if idx.dim() != 2 or idx.size(1) == 0:
+            raise ValueError("the prompt must be a (1, length) tensor with at least one token")
+        if idx.size(0) != 1:
+            raise ValueError(f"beam_search takes a single prompt (batch size 1), got batch size {idx.size(0)}")
+        if num_beams < 1 or max_new_tokens < 1:
+            raise ValueError(f"num_beams and max_new_tokens must be >= 1, got {num_beams} and {max_new_tokens}")
+        if early_stopping not in (True, False, 'never'):
+            raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+        T, V, nb = idx.size(1), self.config.vocab_size, num_beams
+        if T + max_new_tokens - 1 > self.config.block_size:  # the last token is never fed back
+            raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) - 1 exceeds block_size "
+                             f"({self.config.block_size}); beam search has no sliding window")
+        # All beams start as the prompt, but only beam 0 is live (the others at -1e9, as in HF), so
+        # the first step does not pick the same continuation num_beams times.
+        seqs = idx.expand(nb, T)
+        scores = torch.full((nb,), -1e9, device=idx.device)
+        scores[0] = 0.0
+        finished = []       # (score, sequence) of up to num_beams finished hypotheses, best first
+        improvable = True   # can a live beam still beat the worst finished hypothesis?
+        cache = KVCache(self.config, 1, idx.device, self.transformer.wte.weight.dtype) if use_cache else None
+        logits, _ = self(idx, kv_cache=cache)  # prefill once, then copy to every beam
+        logits = logits.expand(nb, -1, -1)
+        if cache is not None:
+            cache.reorder(torch.zeros(nb, dtype=torch.long, device=idx.device))
+        for n in range(1, max_new_tokens + 1):  # n = tokens generated once this step is done
+            if n > 1:
+                logits, _ = self(seqs[:, -1:], kv_cache=cache) if cache is not None else self(seqs)
+            logprobs = F.log_softmax(logits[:, -1, :V].float(), dim=-1) + scores[:, None]
+            cand_scores, flat = logprobs.view(-1).topk(2 * nb)
+            beam, token = flat // V, flat % V
+            cand = torch.cat((seqs[beam], token[:, None]), dim=1)
+            done = token == eos_token_id if eos_token_id is not None else torch.zeros_like(token, dtype=torch.bool)
+            if n == max_new_tokens:
+                done[:] = True
+            # finished candidates among the best num_beams join the pool, unless it can no longer
+            # improve, or is full and early_stopping is True
+            if improvable and not (early_stopping is True and len(finished) == nb):
+                final = cand_scores / n ** length_penalty  # in float32, as HF
+                finished += [(final[i].item(), cand[i]) for i in range(nb) if done[i]]
+                finished = sorted(finished, key=lambda h: h[0], reverse=True)[:nb]
+            if bool(done.all()):
+                break
+            # the num_beams best unfinished candidates live on (topk keeps them sorted, best first)
+            live = cand_scores - 1e9 * done
+            keep = live.topk(nb).indices
+            seqs, scores = cand[keep], live[keep]
+            if cache is not None:
+                cache.reorder(beam[keep])
+            if len(finished) == nb:  # HF's stopping heuristic, checked only once the pool is full
+                L = max_new_tokens if early_stopping == 'never' and length_penalty > 0 else n
+                improvable = improvable and (scores[0] / L ** length_penalty).item() > finished[-1][0]
+            if not improvable or (early_stopping is True and len(finished) == nb):
+                break
+        return finished[0][1][None]
+
 
 _CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 
 
 def _config_from_hf(hf):
     """GPTConfig from a transformers GPT2Config / OpenAIGPTConfig, refusing variants we do not model."""
+    if hf.model_type not in ('gpt2', 'openai-gpt'):  # first: other configs lack the GPT-2 field names
+        raise ValueError(f"unsupported model_type {hf.model_type!r}: expected 'gpt2' or 'openai-gpt'")
     common = dict(block_size=hf.n_positions, vocab_size=hf.vocab_size, n_layer=hf.n_layer, n_head=hf.n_head,
                   n_embd=hf.n_embd, dropout=0.0, bias=True, layer_norm_eps=hf.layer_norm_epsilon)
     if not getattr(hf, 'tie_word_embeddings', True):
@@ -463,9 +543,8 @@ def _config_from_hf(hf):
     if hf.model_type == 'openai-gpt':
         if hf.afn != 'gelu':
             raise ValueError(f"unsupported GPT-1 activation {hf.afn!r} (only 'gelu')")
-        return GPTConfig(post_norm=True, gelu_approx='none', **common)
-    if hf.model_type != 'gpt2':
-        raise ValueError(f"unsupported model_type {hf.model_type!r}: expected 'gpt2' or 'openai-gpt'")
+        # GPT-1's "gelu" is the tanh approximation (OpenAI's finetune-transformer-lm; HF maps it to gelu_new)
+        return GPTConfig(post_norm=True, gelu_approx='tanh', **common)
     acts = {'gelu_new': 'tanh', 'gelu_pytorch_tanh': 'tanh', 'gelu': 'none'}
     if hf.activation_function not in acts:
         raise ValueError(f"unsupported GPT-2 activation {hf.activation_function!r}")

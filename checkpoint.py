@@ -1,0 +1,176 @@
+"""
+Checkpoints: written atomically, loaded safely, and one loader for train.py, sample.py and bench.py.
+
+A checkpoint is a torch.save'd dict of tensors and plain data only, so it loads with
+torch.load(weights_only=True): a file from someone else cannot run code. Layout:
+    format        CHECKPOINT_FORMAT
+    model_args    GPTConfig fields
+    model         state dict (HF GPT-2 names)
+    optimizer     AdamW state dict;  scaler: GradScaler state dict (float16 runs)
+    iter_num      the next iteration to run;  best_val_loss
+    config        the resolved training config (plain values)
+    data_meta     the dataset's meta.json (tokenizer, vocabulary)
+    rng           torch CPU/CUDA, numpy and python RNG states
+"""
+
+import os
+import pickle
+import random
+import tempfile
+from dataclasses import asdict, fields
+
+import numpy as np
+import torch
+
+from common import UserError
+from model import GPT, GPTConfig, HF_HUB_MODELS
+
+CHECKPOINT_FORMAT = 'gpt-checkpoint/1'
+
+
+def fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # some filesystems do not allow opening directories; the rename is still atomic
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(obj, path):
+    """torch.save to a temp file in the same directory, fsync, then rename over `path`: a crash or a
+    full disk at any moment leaves either the old or the new checkpoint, never a torn one."""
+    d = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + '.', suffix='.tmp', dir=d)
+    except OSError as e:
+        raise UserError(f"cannot write checkpoint in {d}: {e.strerror}; check that out_dir is writable") from None
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise UserError(f"could not write checkpoint {path}: {e.strerror or e}; "
+                            f"the previous checkpoint is untouched (free some disk space and resume)") from None
+        raise
+    fsync_dir(d)
+
+
+def link_checkpoint(src, dst):
+    """Make dst the same file as src (a hard link: no copy), atomically; copies where links fail."""
+    tmp = dst + '.tmp'
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    fsync_dir(os.path.dirname(os.path.abspath(dst)))
+
+
+def load_checkpoint(path, map_location='cpu'):
+    """Load a checkpoint written by train.py, refusing anything that is not plain data."""
+    if not os.path.exists(path):
+        raise UserError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"refusing to load {path}: it holds Python objects, not just tensors and plain data "
+                        f"({first[:160]}); only a checkpoint written by train.py can be loaded") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is truncated or corrupt ({first[:160]}); "
+                        f"use an earlier checkpoint (e.g. best.pt) or start again") from None
+    if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a checkpoint written by this repository's train.py "
+                        f"(for Hugging Face weights use --init_from=<hf dir or hub name>)")
+    return ckpt
+
+
+def strip_wrappers(state_dict):
+    """Remove the prefixes torch.compile ('_orig_mod.') and DDP ('module.') add to parameter names."""
+    out = {}
+    for k, v in state_dict.items():
+        for prefix in ('_orig_mod.', 'module.'):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def model_from_checkpoint(ckpt, **overrides):
+    """Build the GPT a checkpoint describes and load its weights (overrides: e.g. dropout)."""
+    known = {f.name for f in fields(GPTConfig)}
+    args = dict(ckpt['model_args'])
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise UserError(f"checkpoint has model settings this model.py does not know: {', '.join(unknown)}")
+    args.update(overrides)
+    try:
+        model = GPT(GPTConfig(**args))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    try:
+        model.load_state_dict(strip_wrappers(ckpt['model']))
+    except RuntimeError as e:
+        raise UserError(f"checkpoint weights do not fit its model settings: {str(e).splitlines()[0]} "
+                        f"(the checkpoint is corrupt or was edited)") from None
+    return model
+
+
+def rng_state():
+    np_state = np.random.get_state()
+    return {
+        'torch': torch.get_rng_state(),
+        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # numpy's state holds an ndarray; stored as a tensor to stay weights_only-loadable
+        'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        'python': random.getstate(),
+    }
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+    name, keys, *rest = state['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state['python']))
+
+
+def load_model(init_from, out_dir='out', ckpt_name='best.pt', device='cpu', **overrides):
+    """The one way scripts get a model to run: returns (model, data_meta or None, ckpt or None).
+
+    init_from: 'resume' (out_dir/ckpt_name, falling back to out_dir/ckpt.pt), a Hugging Face hub name
+    (gpt2, gpt2-medium, gpt2-large, gpt2-xl, openai-gpt) or a local transformers directory.
+    """
+    if init_from == 'resume':
+        path = os.path.join(out_dir, ckpt_name)
+        if not os.path.exists(path) and os.path.exists(os.path.join(out_dir, 'ckpt.pt')):
+            path = os.path.join(out_dir, 'ckpt.pt')
+        if not os.path.exists(path):
+            raise UserError(f"no checkpoint in {out_dir} (looked for {ckpt_name} and ckpt.pt): train first, "
+                            f"or pass --out_dir=<a training run's out_dir>")
+        ckpt = load_checkpoint(path, map_location='cpu')
+        model = model_from_checkpoint(ckpt, **overrides)
+        return model.to(device), ckpt.get('data_meta'), ckpt
+    if init_from in HF_HUB_MODELS or os.path.isdir(init_from):
+        try:
+            model = GPT.from_pretrained(init_from, **overrides)
+        except (ValueError, OSError) as e:
+            raise UserError(f"cannot load {init_from!r}: {str(e).splitlines()[0]}") from None
+        return model.to(device), {'tokenizer': 'gpt2', 'vocab_size': model.config.vocab_size}, None
+    raise UserError(f"init_from={init_from!r} is not 'resume', a hub model ({', '.join(HF_HUB_MODELS)}) "
+                    f"or an existing Hugging Face directory")

@@ -1,0 +1,146 @@
+"""
+Helpers shared by train.py, sample.py and bench.py, kept once here: device and precision set-up,
+the token data loader, dataset metadata and tokenizers.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+
+import numpy as np
+import torch
+
+
+class UserError(Exception):
+    """A mistake the user can fix; scripts print its one-line message and exit non-zero."""
+
+
+# ---------------------------------------------------------------------- device and precision
+
+def pick_device(device='auto'):
+    """'auto' picks cuda > mps > cpu."""
+    if device != 'auto':
+        if device.startswith('cuda') and not torch.cuda.is_available():
+            raise UserError(f"device={device!r} but CUDA is not available; use --device=cpu (or auto)")
+        return device
+    if torch.cuda.is_available():
+        return 'cuda'
+    if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
+        return 'mps'
+    return 'cpu'
+
+
+def pick_dtype(dtype, device):
+    """'auto' is bfloat16 on GPUs that have it, float16 on older GPUs, float32 elsewhere."""
+    if dtype == 'auto':
+        if device.startswith('cuda'):
+            return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+        return 'float32'
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        raise UserError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    return dtype
+
+
+def autocast_ctx(device, dtype):
+    """Mixed precision for float16/bfloat16: weights stay fp32, matmuls run in the low precision."""
+    if dtype == 'float32':
+        return contextlib.nullcontext()
+    device_type = 'cuda' if device.startswith('cuda') else device.split(':')[0]
+    return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
+
+
+def setup_torch(seed, device):
+    torch.manual_seed(seed)
+    if device.startswith('cuda'):
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls/convs: ~free speed on Ampere+
+        torch.backends.cudnn.allow_tf32 = True
+
+
+# ---------------------------------------------------------------------- dataset metadata
+
+def load_meta(data_dir):
+    """meta.json written by data/<name>/prepare.py, checked for the fields we rely on."""
+    path = os.path.join(data_dir, 'meta.json')
+    prepare = os.path.join(data_dir, 'prepare.py')
+    for name in ('train.bin', 'val.bin', 'meta.json'):
+        if not os.path.exists(os.path.join(data_dir, name)):
+            raise UserError(f"{os.path.join(data_dir, name)} not found: run `python {prepare}` first")
+    try:
+        with open(path, encoding='utf-8') as f:
+            meta = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {path} ({e}); re-run `python {prepare}`") from None
+    missing = [k for k in ('tokenizer', 'vocab_size', 'dtype') if k not in meta]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}; re-run `python {prepare}`")
+    return meta
+
+
+def get_tokenizer(meta):
+    """(encode, decode, eot_id) for a dataset's metadata: its own character vocabulary, or GPT-2 BPE."""
+    if meta.get('tokenizer') == 'char':
+        chars = meta['chars']
+        stoi = {c: i for i, c in enumerate(chars)}
+
+        def encode(s):
+            bad = sorted(set(s) - set(stoi))
+            if bad:
+                raise UserError(f"characters not in the dataset's vocabulary: {''.join(bad)!r}")
+            return [stoi[c] for c in s]
+        return encode, lambda ids: ''.join(chars[i] for i in ids), None
+    import tiktoken
+    enc = tiktoken.get_encoding('gpt2')
+    return (lambda s: enc.encode(s, allowed_special={'<|endoftext|>'}), enc.decode, enc.eot_token)
+
+
+# ---------------------------------------------------------------------- token data
+
+def seed_from(*parts):
+    """A 63-bit seed that is a fixed function of its parts (any ints/strings), unlike hash()."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, 'little') >> 1
+
+class TokenData:
+    """Random windows of block_size + 1 tokens from the memmapped train.bin / val.bin.
+
+    Batches are a pure function of (seed, split, step, micro): window starts are drawn from a
+    generator seeded by those numbers. So a resumed run sees exactly the batches the uninterrupted
+    run would have, and under DDP rank r taking global micro-steps r*k .. r*k+k-1 sees the same
+    windows a single process with accumulation world*k sees, with no loader state to save.
+    """
+
+    def __init__(self, data_dir, block_size, batch_size, device, seed=1337, vocab_size=None):
+        self.meta = load_meta(data_dir)
+        self.data_dir, self.block_size, self.batch_size, self.device = data_dir, block_size, batch_size, device
+        self.seed = seed
+        self.dtype = np.dtype(self.meta['dtype'])
+        if vocab_size is not None and self.meta['vocab_size'] > vocab_size:
+            raise UserError(f"dataset {data_dir} has vocab_size {self.meta['vocab_size']} but the model only "
+                            f"{vocab_size}; use a model with vocab_size >= {self.meta['vocab_size']}")
+        self.vocab_size = self.meta['vocab_size'] if vocab_size is None else vocab_size
+        for split in ('train', 'val'):
+            n = len(self._memmap(split))
+            if n <= block_size + 1:
+                raise UserError(f"{split}.bin in {data_dir} has {n} tokens, too few for block_size={block_size}; "
+                                f"use a smaller --block_size or more data")
+
+    def _memmap(self, split):
+        # re-opened per batch: a long-lived np.memmap keeps every page it touched mapped (nanoGPT #1)
+        return np.memmap(os.path.join(self.data_dir, f'{split}.bin'), dtype=self.dtype, mode='r')
+
+    def batch(self, split, step, micro=0):
+        data = self._memmap(split)
+        g = torch.Generator().manual_seed(seed_from(self.seed, split, step, micro))
+        ix = torch.randint(len(data) - self.block_size - 1, (self.batch_size,), generator=g).tolist()
+        xy = torch.from_numpy(np.stack([data[i:i + self.block_size + 1].astype(np.int64) for i in ix]))
+        hi = int(xy.max())  # cheap on the host (B*T ints), and avoids a device-side assert later
+        if hi >= self.vocab_size:
+            raise UserError(f"{split}.bin in {self.data_dir} holds token id {hi}, beyond the vocabulary "
+                            f"({self.vocab_size}); the file is corrupt or from another tokenizer: re-run prepare.py")
+        x, y = xy[:, :-1], xy[:, 1:]
+        if self.device.startswith('cuda'):
+            # pinned memory lets the host-to-device copy run asynchronously
+            return (x.pin_memory().to(self.device, non_blocking=True),
+                    y.pin_memory().to(self.device, non_blocking=True))
+        return x.contiguous().to(self.device), y.contiguous().to(self.device)

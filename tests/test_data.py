@@ -1,0 +1,219 @@
+"""
+Tests of the data preparation scripts, run as subprocesses the way users run them
+(`python data/<name>/prepare.py ...` from the repo root), writing only into pytest temp dirs.
+Needs ../shared beside the repo (Tiny Shakespeare and tiktoken's GPT-2 files) so nothing is downloaded.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHAKESPEARE = SHARED / "data" / "tinyshakespeare" / "input.txt"
+TIKTOKEN_CACHE = SHARED / "tiktoken_cache"
+BAD_URL = "http://127.0.0.1:9/x"  # discard port: refused at once, never the network
+
+needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f"offline Tiny Shakespeare not found at {SHAKESPEARE}")
+needs_tiktoken = pytest.mark.skipif(not TIKTOKEN_CACHE.is_dir(), reason=f"offline tiktoken cache not found at {TIKTOKEN_CACHE}")
+
+sys.path.insert(0, str(REPO / "data"))  # to import data/prepare_utils.py
+import prepare_utils  # noqa: E402
+
+
+def run(script, *args, env=None):
+    # run a prepare script from the repo root; tiktoken and Hugging Face stay offline,
+    # the HF cache goes to a temp dir given by the caller (env) or is left as it is
+    full_env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(TIKTOKEN_CACHE), "HF_HUB_OFFLINE": "1", **(env or {})}
+    cmd = [sys.executable, f"data/{script}/prepare.py", *map(str, args)]
+    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=120)
+
+
+def check_ok(result):
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+
+
+def load_bins(out_dir):
+    meta = json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
+    train = np.fromfile(out_dir / "train.bin", dtype=meta["dtype"])
+    val = np.fromfile(out_dir / "val.bin", dtype=meta["dtype"])
+    return meta, train, val
+
+
+@pytest.fixture(scope="module")
+def enc():
+    if not TIKTOKEN_CACHE.is_dir():
+        pytest.skip(f"offline tiktoken cache not found at {TIKTOKEN_CACHE}")
+    import tiktoken
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
+        yield tiktoken.get_encoding("gpt2")
+
+
+# -----------------------------------------------------------------------------
+# prepare_utils
+
+def test_write_tokens_array_and_chunks(tmp_path):
+    ids = np.arange(1000, dtype=np.int64) * 60
+    prepare_utils.write_tokens(tmp_path / "a.bin", ids, np.uint16, chunk_size=300)
+    assert np.array_equal(np.fromfile(tmp_path / "a.bin", dtype=np.uint16), ids)
+    # chunks of different sizes, with the total given up front
+    chunks = [ids[:1], ids[1:700], ids[700:700], ids[700:]]
+    prepare_utils.write_tokens(tmp_path / "b.bin", iter(chunks), np.uint16, num_tokens=len(ids))
+    assert (tmp_path / "b.bin").read_bytes() == (tmp_path / "a.bin").read_bytes()
+    prepare_utils.write_tokens(tmp_path / "empty.bin", [], np.uint16)
+    assert (tmp_path / "empty.bin").read_bytes() == b""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.bin", "empty.bin"]  # no temp files left
+
+
+def test_write_tokens_rejects_bad_input_and_keeps_old_file(tmp_path):
+    path = tmp_path / "a.bin"
+    prepare_utils.write_tokens(path, [1, 2, 3], np.uint16)
+    with pytest.raises(ValueError, match="fit uint16"):
+        prepare_utils.write_tokens(path, np.array([1, 65536]), np.uint16)  # would wrap around to 0
+    with pytest.raises(ValueError, match="expected num_tokens"):
+        prepare_utils.write_tokens(path, iter([np.array([1, 2])]), np.uint16, num_tokens=3)
+    with pytest.raises(ValueError, match="more than num_tokens"):
+        prepare_utils.write_tokens(path, iter([np.array([1, 2])]), np.uint16, num_tokens=1)
+    # a failed write leaves the previous file untouched and no temp file behind
+    assert np.array_equal(np.fromfile(path, dtype=np.uint16), [1, 2, 3])
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+def test_write_meta(tmp_path):
+    path = prepare_utils.write_meta(tmp_path, vocab_size=3, chars="\nab", tokenizer="char")
+    text = path.read_text(encoding="utf-8")
+    assert json.loads(text) == {"vocab_size": 3, "chars": "\nab", "tokenizer": "char"}
+    assert text == json.dumps(json.loads(text), sort_keys=True, indent=2) + "\n"
+
+
+# -----------------------------------------------------------------------------
+# shakespeare_char and shakespeare
+
+@needs_shakespeare
+def test_shakespeare_char(tmp_path):
+    check_ok(run("shakespeare_char", "--input", SHAKESPEARE, "--out_dir", tmp_path))
+    meta, train, val = load_bins(tmp_path)
+    text = SHAKESPEARE.read_text(encoding="utf-8")
+    chars = meta["chars"]
+    assert meta == {"tokenizer": "char", "vocab_size": 65, "dtype": "uint16", "train_tokens": len(train),
+                    "val_tokens": len(val), "source": str(SHAKESPEARE.resolve()), "chars": chars}
+    assert chars == "".join(sorted(set(text)))
+    assert len(train) + len(val) == 1_115_394
+    assert len(train) == int(0.9 * 1_115_394)
+    assert "".join(chars[i] for i in np.concatenate([train, val])) == text
+
+
+@needs_shakespeare
+def test_shakespeare_bpe_matches_tiktoken(tmp_path, enc):
+    check_ok(run("shakespeare", "--input", SHAKESPEARE, "--out_dir", tmp_path))
+    meta, train, val = load_bins(tmp_path)
+    text = SHAKESPEARE.read_text(encoding="utf-8")
+    n = int(0.9 * len(text))
+    assert meta == {"tokenizer": "gpt2", "vocab_size": 50257, "dtype": "uint16", "train_tokens": len(train),
+                    "val_tokens": len(val), "source": str(SHAKESPEARE.resolve())}
+    assert train.tolist() == enc.encode_ordinary(text[:n])
+    assert val.tolist() == enc.encode_ordinary(text[n:])
+    assert enc.decode(train.tolist()) + enc.decode(val.tolist()) == text
+
+
+@pytest.mark.parametrize("script", ["shakespeare_char", pytest.param("shakespeare", marks=needs_tiktoken)])
+def test_download_skipped_when_input_present(tmp_path, script):
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
+    (tmp_path / "input.txt").write_text(text, encoding="utf-8")
+    result = run(script, "--out_dir", tmp_path, "--url", BAD_URL)  # would fail if it tried to download
+    check_ok(result)
+    assert "skipping download" in result.stdout
+    meta, train, val = load_bins(tmp_path)
+    assert meta["source"] == str((tmp_path / "input.txt").resolve())
+    assert meta["train_tokens"] == len(train) > 0 and meta["val_tokens"] == len(val) > 0
+
+
+@pytest.mark.parametrize("script", ["shakespeare_char", "shakespeare"])
+def test_failed_download_is_one_clear_line(tmp_path, script):
+    result = run(script, "--out_dir", tmp_path, "--url", BAD_URL)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"could not download {BAD_URL}" in lines[0]
+    assert str(tmp_path / "input.txt") in lines[0] and "--input" in lines[0]
+    assert list(tmp_path.iterdir()) == []  # no partial input.txt or temp file
+
+
+def test_canonical_url_is_default():
+    for script in ["shakespeare_char", "shakespeare"]:
+        source = (REPO / "data" / script / "prepare.py").read_text(encoding="utf-8")
+        assert 'URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"' in source
+
+
+# -----------------------------------------------------------------------------
+# openwebtext, on small local files
+
+DOCS = [
+    "Hello world! This is the first document.",
+    "Second one,\nwith two lines and unicode: café, naïve, 東京 🚀.",
+    "A document that mentions <|endoftext|> as plain text must not get an extra separator.",
+    "  leading and trailing spaces  ",
+    "Short.",
+    "The last document: " + "lorem ipsum dolor sit amet " * 20,
+]
+
+
+def write_docs(tmp_path, kind):
+    # the same documents as local files of one kind; returns the prepare.py arguments that read them
+    if kind == "jsonl":  # also checks --text_column and that other columns are dropped
+        path = tmp_path / "docs.jsonl"
+        path.write_text("".join(json.dumps({"id": i, "body": d}) + "\n" for i, d in enumerate(DOCS)), encoding="utf-8")
+        return ["--data_files", path, "--text_column", "body"]
+    if kind == "txt":  # one document per file
+        paths = [tmp_path / f"doc{i}.txt" for i in range(len(DOCS))]
+        for path, doc in zip(paths, DOCS):
+            path.write_text(doc, encoding="utf-8")
+        return ["--data_files", *paths]
+    if kind == "parquet":
+        pq = pytest.importorskip("pyarrow.parquet")
+        import pyarrow as pa
+        path = tmp_path / "docs.parquet"
+        pq.write_table(pa.table({"text": DOCS}), path)
+        return ["--data_files", path]
+    raise ValueError(kind)
+
+
+@needs_tiktoken
+@pytest.mark.parametrize("kind", ["jsonl", "txt", "parquet"])
+def test_openwebtext_local_files(tmp_path, enc, kind):
+    args = write_docs(tmp_path, kind)
+    out_dir = tmp_path / "out"
+    env = {"HF_HOME": str(tmp_path / "hf")}  # keep the datasets cache out of the home dir
+    check_ok(run("openwebtext", *args, "--num_proc", 2, "--val_fraction", 0.2, "--out_dir", out_dir, env=env))
+    meta, train, val = load_bins(out_dir)
+    assert meta == {"tokenizer": "gpt2", "vocab_size": 50257, "dtype": "uint16", "train_tokens": len(train),
+                    "val_tokens": len(val), "source": meta["source"]}
+    assert all(str(a.resolve()) in meta["source"] for a in args if isinstance(a, Path))
+    assert len(train) + len(val) == sum(len(enc.encode_ordinary(d)) + 1 for d in DOCS)
+    # every document ends with exactly one <|endoftext|>; split on them to get the documents back
+    eot = enc.eot_token
+    docs = []
+    for ids in (train, val):
+        assert ids[-1] == eot
+        bounds = np.flatnonzero(ids == eot)
+        docs += [enc.decode(ids[a + 1:b].tolist()) for a, b in zip([-1, *bounds[:-1]], bounds)]
+    assert (train == eot).sum() + (val == eot).sum() == len(DOCS)
+    assert sorted(docs) == sorted(DOCS)
+    assert (val == eot).sum() == 2  # ceil(0.2 * 6) documents held out
+
+
+def test_openwebtext_hub_unreachable(tmp_path):
+    # HF_HUB_OFFLINE (set by run) makes the hub unreachable at once instead of after retries
+    result = run("openwebtext", "--dataset", "Skylion007/openwebtext", "--out_dir", tmp_path,
+                 env={"HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "could not load dataset 'Skylion007/openwebtext'" in last and "--data_files" in last

@@ -1,0 +1,416 @@
+"""
+Train a GPT: from scratch, from OpenAI's GPT-2 weights (finetuning), or resuming a run.
+
+CPU laptop (character-level Shakespeare, a few minutes):
+$ python data/shakespeare_char/prepare.py
+$ python train.py config/train_shakespeare_char_cpu.py
+
+One GPU:
+$ python train.py config/train_shakespeare_char.py
+
+One node, 8 GPUs (DDP; FSDP with --parallelism=fsdp for models that do not fit one GPU):
+$ torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
+
+Two nodes of 8 GPUs (run on each node, node_rank 0 and 1; IP of the master node):
+$ torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --master_addr=123.456.123.456 --master_port=29500 train.py config/train_gpt2.py
+$ torchrun --nnodes=2 --nproc_per_node=8 --node_rank=1 --master_addr=123.456.123.456 --master_port=29500 train.py config/train_gpt2.py
+(or a rendezvous endpoint: --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT --rdzv_id=JOB instead of
+--node_rank/--master_addr/--master_port; if the nodes lack Infiniband, prepend NCCL_IB_DISABLE=1)
+
+Any setting below can be changed by a config file and then by --key=value, e.g.
+$ python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
+"""
+
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+
+import torch
+
+import configurator
+from checkpoint import (CHECKPOINT_FORMAT, link_checkpoint, load_checkpoint, model_from_checkpoint, rng_state,
+                        save_checkpoint, set_rng_state)
+from common import TokenData, UserError, autocast_ctx, load_meta, pick_device, pick_dtype, setup_torch
+from model import GPT, GPTConfig, HF_HUB_MODELS, device_peak_flops
+
+# -----------------------------------------------------------------------------
+# config: defaults train GPT-2 124M on OpenWebText; overridden by a config file, then --key=value
+# I/O
+out_dir = 'out'                 # checkpoints (ckpt.pt latest, best.pt best val), log.jsonl, loss.png
+eval_interval = 2000            # evaluate train/val loss (and checkpoint) every this many iterations
+log_interval = 1                # print loss, lr, ms/iter, tokens/s, MFU every this many iterations
+eval_iters = 200                # batches per split per evaluation
+eval_only = False               # evaluate once and exit
+always_save_checkpoint = True   # write ckpt.pt at every eval (else only when val loss improves)
+init_from = 'scratch'           # 'scratch', 'resume' (from out_dir), gpt2*, openai-gpt, or a local HF dir
+nan_policy = 'stop'             # non-finite loss: 'stop' (exit, keeping the last checkpoint) or 'skip' the step
+# logging
+wandb_log = False               # log to Weights & Biases (WANDB_MODE=offline works without an account)
+wandb_project = 'owt'
+wandb_run_name = 'gpt2'
+plot = True                     # redraw out_dir/loss.png at each evaluation
+# data
+dataset = 'openwebtext'         # data/<dataset>/ holds train.bin, val.bin, meta.json
+gradient_accumulation_steps = 5 * 8  # micro-steps per optimizer step, summed over all processes
+batch_size = 12                 # micro-batch size per process
+block_size = 1024               # context length
+# model (used when init_from='scratch'; a pretrained/resumed model brings its own)
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0                   # 0 for pretraining, 0.1+ for finetuning
+bias = True                     # biases in Linear and LayerNorm layers
+pad_vocab_multiple = 64         # pad the embedding rows to a multiple of this (faster matmuls on GPUs)
+attn_impl = 'sdpa'              # 'sdpa' (flash kernels) or 'explicit' (masked softmax)
+# AdamW (GPT-3 settings)
+learning_rate = 6e-4            # peak learning rate
+max_iters = 600000              # total optimizer steps
+weight_decay = 1e-1             # on matrices only
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0                 # clip the global grad norm to this; 0 disables
+# learning-rate schedule: linear warmup, then cosine decay to min_lr
+decay_lr = True
+warmup_iters = 2000
+lr_decay_iters = 600000         # ~ max_iters (Chinchilla)
+min_lr = 6e-5                   # ~ learning_rate / 10 (GPT-3)
+# system
+device = 'auto'                 # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = 'auto'                  # 'auto' (bf16 on GPUs that have it, else fp16; fp32 on CPU), 'float32', 'bfloat16', 'float16'
+compile = True                  # torch.compile the model (PyTorch 2)
+backend = 'auto'                # distributed backend: 'auto' (nccl on CUDA, gloo on CPU), 'nccl', 'gloo'
+parallelism = 'ddp'             # under torchrun: 'ddp' (replicate) or 'fsdp' (shard, for models too big for one device)
+seed = 1337
+peak_flops = 0.0                # device peak FLOP/s for MFU; 0 looks it up (GPUs) or measures a matmul (CPU)
+# -----------------------------------------------------------------------------
+defaults = configurator.config_keys(globals())
+config = configurator.configure(globals())
+overridden = {k for k, v in config.items() if v != defaults[k]}
+
+
+def fail(msg):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+# ----------------------------------------------------------------------------- distributed set-up
+ddp = int(os.environ.get('RANK', -1)) != -1  # launched by torchrun?
+if ddp:
+    from torch.distributed import destroy_process_group, init_process_group
+    import torch.distributed as dist
+    rank, local_rank, world_size = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+    if device == 'auto':
+        device = f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu'
+    elif device == 'cuda':
+        device = f'cuda:{local_rank}'
+    if device.startswith('cuda'):
+        torch.cuda.set_device(device)
+    if backend == 'auto':
+        backend = 'nccl' if device.startswith('cuda') else 'gloo'
+    init_process_group(backend=backend)
+    master_process = rank == 0  # does the printing, logging and checkpointing
+    if gradient_accumulation_steps % world_size:
+        fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the number of "
+             f"processes ({world_size}); e.g. --gradient_accumulation_steps={max(1, gradient_accumulation_steps // world_size) * world_size}")
+    gradient_accumulation_steps //= world_size  # micro-steps per process
+else:
+    rank, local_rank, world_size, master_process = 0, 0, 1, True
+try:
+    device = pick_device(device)
+    dtype = pick_dtype(dtype, device)
+except UserError as e:
+    fail(e)
+device_type = 'cuda' if device.startswith('cuda') else device
+if device_type != 'cuda':
+    compile = compile and device_type == 'cpu'  # inductor has no MPS backend worth using yet
+tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
+setup_torch(seed + rank, device)  # rank-dependent dropout masks; data windows are chosen separately
+ctx = autocast_ctx(device, dtype)
+
+
+def log(*args):
+    if master_process:
+        print(*args, flush=True)
+
+
+log(f"command: {' '.join(sys.argv)}")
+log(f"python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
+    f"{os.cpu_count()} CPUs, device {device}"
+    + (f" ({torch.cuda.get_device_name(device)})" if device_type == 'cuda' else '')
+    + f", dtype {dtype}, {world_size} process(es)")
+log(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps} accum * {world_size} processes "
+    f"* {batch_size} batch * {block_size} block")
+
+if master_process:
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, '.write_test')
+        with open(probe, 'w') as f:
+            f.write('ok')
+        os.remove(probe)
+    except OSError as e:
+        fail(f"out_dir {out_dir!r} is not writable ({e.strerror}); choose another with --out_dir=...")
+
+# ----------------------------------------------------------------------------- model
+data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', dataset)
+iter_num, best_val_loss, ckpt = 0, float('inf'), None
+try:
+    meta = load_meta(data_dir)
+    if init_from == 'scratch':
+        log("initialising a new model from scratch")
+        model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
+                          vocab_size=meta['vocab_size'], dropout=dropout, pad_vocab_multiple=pad_vocab_multiple,
+                          attn_impl=attn_impl)
+        model = GPT(GPTConfig(**model_args))
+    elif init_from == 'resume':
+        ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+        if not os.path.exists(ckpt_path):
+            raise UserError(f"init_from='resume' but there is no checkpoint at {ckpt_path}; "
+                            f"train with --init_from=scratch first, or point --out_dir at the run to resume")
+        log(f"resuming from {ckpt_path}")
+        ckpt = load_checkpoint(ckpt_path, map_location='cpu')
+        # architecture settings the user set explicitly must agree with the checkpoint
+        for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias'):
+            if k in overridden and ckpt['model_args'].get(k) != config[k]:
+                raise UserError(f"the checkpoint in {out_dir} has {k}={ckpt['model_args'].get(k)} but you asked "
+                                f"for {k}={config[k]}; drop that setting to resume, or use a new --out_dir")
+        if ckpt.get('data_meta') and ckpt['data_meta'].get('vocab_size') != meta['vocab_size']:
+            raise UserError(f"the checkpoint was trained on a dataset with vocab_size {ckpt['data_meta'].get('vocab_size')}, "
+                            f"but {dataset} has {meta['vocab_size']}")
+        model = model_from_checkpoint(ckpt, dropout=dropout)
+        iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
+    elif init_from in HF_HUB_MODELS or os.path.isdir(init_from):
+        log(f"initialising from pretrained weights: {init_from}")
+        try:
+            model = GPT.from_pretrained(init_from, dropout=dropout)
+        except (ValueError, OSError) as e:
+            raise UserError(f"cannot load {init_from!r}: {str(e).splitlines()[0]}") from None
+    else:
+        raise UserError(f"init_from={init_from!r}: expected 'scratch', 'resume', one of {', '.join(HF_HUB_MODELS)}, "
+                        f"or a local Hugging Face directory")
+    if block_size < model.config.block_size:
+        model.crop_block_size(block_size)  # e.g. GPT-2's 1024 context cut down for small-memory finetuning
+    elif block_size > model.config.block_size:
+        raise UserError(f"block_size={block_size} exceeds the model's context ({model.config.block_size})")
+    data = TokenData(data_dir, block_size, batch_size, device, seed=seed, vocab_size=model.config.vocab_size)
+except UserError as e:
+    fail(e)
+model_args = asdict(model.config)
+log(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_args}")
+model.to(device)
+
+# float16 needs loss scaling to keep small gradients from underflowing; a no-op otherwise
+scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, verbose=master_process)
+if ckpt is not None:
+    optimizer.load_state_dict(ckpt['optimizer'])
+    if ckpt.get('scaler'):
+        scaler.load_state_dict(ckpt['scaler'])
+raw_model = model  # the unwrapped model: for checkpoints, MFU and parameter access
+if compile:
+    log("compiling the model... (takes a minute)")
+    model = torch.compile(model)
+if ddp:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
+peak = device_peak_flops(device, getattr(torch, dtype), override=peak_flops) if master_process else 1.0
+
+
+def all_mean(t):
+    """Average a tensor over processes (a no-op without DDP)."""
+    if ddp:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= world_size
+    return t
+
+
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss over eval_iters batches per split. The eval windows are the same at every
+    evaluation (seeded by ('eval', k)), so successive evaluations differ only by the model."""
+    out = {}
+    model.eval()
+    for split in ('train', 'val'):
+        losses = torch.zeros(eval_iters, device=device)
+        for k in range(eval_iters):
+            X, Y = data.batch(split, ('eval', k), rank)
+            with ctx:
+                _, loss = model(X, Y)
+            losses[k] = loss
+        out[split] = all_mean(losses.mean()).item()
+    model.train()
+    return out
+
+
+def get_lr(it):
+    """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+def save(path_best=False):
+    """Write out_dir/ckpt.pt atomically (and make best.pt the same file when it is the best)."""
+    state = dict(format=CHECKPOINT_FORMAT, model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
+                 scaler=scaler.state_dict() if scaler.is_enabled() else None, model_args=model_args,
+                 iter_num=iter_num, best_val_loss=best_val_loss, config=config, data_meta=data.meta,
+                 rng=rng_state())
+    path = os.path.join(out_dir, 'ckpt.pt')
+    save_checkpoint(state, path)
+    if path_best:
+        link_checkpoint(path, os.path.join(out_dir, 'best.pt'))
+    log(f"saved checkpoint to {path}" + (" (and best.pt)" if path_best else ''))
+
+
+# run log: a JSON line per event, and a loss-curve PNG, for users without wandb
+log_path = os.path.join(out_dir, 'log.jsonl')
+history = {'iter': [], 'loss': [], 'eval_iter': [], 'train': [], 'val': []}
+
+
+def record(**entry):
+    if master_process:
+        with open(log_path, 'a') as f:
+            f.write(json.dumps(entry) + '\n')
+
+
+def plot_losses():
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.plot(history['iter'], history['loss'], lw=0.8, alpha=0.6, label='train (per step)')
+    ax.plot(history['eval_iter'], history['train'], 'o-', label='train (eval)')
+    ax.plot(history['eval_iter'], history['val'], 'o-', label='val (eval)')
+    ax.set_xlabel('iteration')
+    ax.set_ylabel('loss')
+    ax.set_title(f'{dataset}: {raw_model.num_params() / 1e6:.2f}M parameters')
+    ax.legend()
+    ax.grid(alpha=0.3)
+    tmp = os.path.join(out_dir, 'loss.tmp.png')
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, os.path.join(out_dir, 'loss.png'))
+
+
+if wandb_log and master_process:
+    import wandb
+    wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+record(event='start', argv=sys.argv, config=config, model_args=model_args, torch=torch.__version__,
+       python=platform.python_version(), device=device, world_size=world_size, iter_num=iter_num)
+
+# SIGTERM (preemption) or Ctrl-C: finish the current step, checkpoint, exit 0
+stop_signal = []
+for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+
+# ----------------------------------------------------------------------------- training loop
+if ckpt is not None:
+    set_rng_state(ckpt['rng'])  # dropout continues exactly where the interrupted run was
+    del ckpt
+X, Y = data.batch('train', iter_num, rank * gradient_accumulation_steps)  # first batch
+t0 = time.time()
+t_start, iters_timed = t0, 0
+local_iter_num = 0  # iterations run by this process (MFU is skipped while torch.compile warms up)
+running_mfu = -1.0
+while True:
+    lr = get_lr(iter_num) if decay_lr else learning_rate
+    for param_group in optimizer.param_groups:
+        param_group['lr'] = lr
+
+    if iter_num % eval_interval == 0:
+        losses = estimate_loss()
+        log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        record(event='eval', iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], lr=lr)
+        history['eval_iter'].append(iter_num)
+        history['train'].append(losses['train'])
+        history['val'].append(losses['val'])
+        if wandb_log and master_process:
+            wandb.log({'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'], 'lr': lr,
+                       'mfu': running_mfu * 100})
+        if plot and master_process and not eval_only:
+            plot_losses()
+        improved = losses['val'] < best_val_loss
+        if improved:
+            best_val_loss = losses['val']  # only ever a real improvement, even with always_save_checkpoint
+        if iter_num > 0 and (improved or always_save_checkpoint) and master_process and not eval_only:
+            try:
+                save(path_best=improved)
+            except UserError as e:
+                fail(e)
+    if eval_only:
+        break
+
+    # forward/backward with gradient accumulation; DDP syncs gradients only on the last micro-step
+    loss_sum = torch.zeros((), device=device)
+    for micro_step in range(gradient_accumulation_steps):
+        sync = micro_step == gradient_accumulation_steps - 1
+        with (model.no_sync() if ddp and not sync else nullcontext()), ctx:
+            _, loss = model(X, Y)
+            loss = loss / gradient_accumulation_steps  # the sum over micro-steps is the batch mean
+        loss_sum += loss.detach()
+        # fetch the next batch while the backward pass runs on the device
+        nxt = (iter_num, micro_step + 1) if not sync else (iter_num + 1, 0)
+        X, Y = data.batch('train', nxt[0], rank * gradient_accumulation_steps + nxt[1])
+        scaler.scale(loss).backward()
+    # one host sync per iteration: the batch loss (averaged over processes) and any stop signal,
+    # so that every process takes the same decision
+    status = all_mean(torch.stack([loss_sum.float(), torch.tensor(float(len(stop_signal)), device=device)]))
+    lossf, stopping = status[0].item(), status[1].item() > 0
+    if not math.isfinite(lossf):
+        if nan_policy == 'skip':
+            log(f"iter {iter_num}: loss is {lossf}; skipping this step (nan_policy='skip')")
+            optimizer.zero_grad(set_to_none=True)
+            iter_num += 1
+            local_iter_num += 1
+            continue
+        fail(f"loss is {lossf} at iteration {iter_num}; stopped without saving, so {out_dir}/ckpt.pt still holds the "
+             f"last good state. Lower learning_rate or use dtype=float32/bfloat16, then --init_from=resume")
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+    t1 = time.time()
+    dt, t0 = t1 - t0, t1
+    if iter_num % log_interval == 0 and master_process:
+        if local_iter_num >= 5:  # let the training loop settle (and compile) first
+            mfu = raw_model.estimate_mfu(tokens_per_iter // world_size, dt, peak)
+            running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
+            iters_timed += 1
+        eta = (max_iters - iter_num) * dt
+        log(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, time {dt * 1000:.1f}ms, "
+            f"{tokens_per_iter / dt:,.0f} tok/s, mfu {running_mfu * 100:.2f}%, eta {eta / 60:.1f}min")
+        record(event='train', iter=iter_num, loss=lossf, lr=lr, ms=dt * 1000, tok_s=tokens_per_iter / dt,
+               mfu=running_mfu)
+        history['iter'].append(iter_num)
+        history['loss'].append(lossf)
+        if wandb_log:
+            wandb.log({'iter': iter_num, 'train/loss_step': lossf, 'lr': lr})
+    iter_num += 1
+    local_iter_num += 1
+
+    if stopping:
+        if master_process:
+            try:
+                save()
+            except UserError as e:
+                fail(e)
+        log(f"stopped by signal at iteration {iter_num}; resume with: python train.py "
+            f"{' '.join(sys.argv[1:])} --init_from=resume")
+        break
+    if iter_num > max_iters:
+        break
+
+if ddp:
+    destroy_process_group()
