@@ -171,6 +171,10 @@ def load_model(init_from, out_dir='out', ckpt_name='best.pt', device='cpu', **ov
             model = GPT.from_pretrained(init_from, **overrides)
         except (ValueError, OSError) as e:
             raise UserError(f"cannot load {init_from!r}: {str(e).splitlines()[0]}") from None
-        return model.to(device), {'tokenizer': 'gpt2', 'vocab_size': model.config.vocab_size}, None
+        # GPT-2 models use tiktoken's GPT-2 BPE; GPT-1 and directories that ship a tokenizer use theirs
+        own_tokenizer = init_from == 'openai-gpt' or any(
+            os.path.exists(os.path.join(init_from, f)) for f in ('tokenizer.json', 'vocab.json', 'tokenizer_config.json'))
+        meta = {'tokenizer': 'hf', 'name': init_from} if own_tokenizer else {'tokenizer': 'gpt2'}
+        return model.to(device), {**meta, 'vocab_size': model.config.vocab_size}, None
     raise UserError(f"init_from={init_from!r} is not 'resume', a hub model ({', '.join(HF_HUB_MODELS)}) "
                     f"or an existing Hugging Face directory")

@@ -89,6 +89,10 @@ def get_tokenizer(meta):
                 raise UserError(f"characters not in the dataset's vocabulary: {''.join(bad)!r}")
             return [stoi[c] for c in s]
         return encode, lambda ids: ''.join(chars[i] for i in ids), None
+    if meta.get('tokenizer') == 'hf':  # a transformers tokenizer (GPT-1, or shipped with an HF directory)
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(meta['name'])
+        return (lambda s: tok.encode(s, add_special_tokens=False), tok.decode, tok.eos_token_id)
     import tiktoken
     enc = tiktoken.get_encoding('gpt2')
     return (lambda s: enc.encode(s, allowed_special={'<|endoftext|>'}), enc.decode, enc.eot_token)

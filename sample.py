@@ -1,0 +1,147 @@
+"""
+Sample from a trained model, or from OpenAI's GPT-2 / GPT-1 weights.
+
+$ python sample.py --out_dir=out-shakespeare-char          # a training run's best checkpoint
+$ python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=1
+$ python sample.py --init_from=path/to/hf_dir --start=FILE:prompt.txt --top_p=0.9
+$ python sample.py --out_dir=out --num_beams=4 --length_penalty=0.8 --num_samples=1
+
+A single sample streams to stdout as it is generated; tokens/s is printed to stderr at the end.
+"""
+
+import codecs
+import json
+import os
+import sys
+import time
+
+import torch
+
+import configurator
+from checkpoint import load_model
+from common import UserError, autocast_ctx, get_tokenizer, pick_device, pick_dtype
+from model import check_sampling_args
+
+# -----------------------------------------------------------------------------
+# config: overridden by a config file, then by --key=value
+init_from = 'resume'        # 'resume' (a checkpoint in out_dir), a hub name (gpt2, gpt2-xl, openai-gpt, ...) or an HF dir
+out_dir = 'out'             # the training run to sample from when init_from='resume'
+ckpt_name = 'best.pt'       # 'best.pt' (lowest val loss) or 'ckpt.pt' (latest); falls back to ckpt.pt
+start = '\n'                # the prompt, or FILE:path to read it from a file
+num_samples = 3             # independent samples (one streams to stdout as it is generated)
+max_new_tokens = 500        # tokens generated per sample
+temperature = 0.8           # 1.0 = the model's distribution, < 1 sharper, 0 = greedy
+top_k = 200                 # keep only the top_k most likely tokens (>= 1; >= vocab size disables)
+top_p = 1.0                 # nucleus sampling: smallest set with this much probability, in (0, 1]; 1 disables
+min_p = 0.0                 # drop tokens below min_p * p(most likely); 0 disables
+repetition_penalty = 1.0    # CTRL-style penalty on tokens already present; 1 disables
+num_beams = 1               # > 1: beam search (deterministic, one result per prompt)
+length_penalty = 1.0        # beam search: score = logprob / length**length_penalty
+stop = ''                   # stop when the text contains this string (escapes like \n allowed; a JSON list for several)
+stop_at_eos = True          # stop at <|endoftext|> (GPT-2 tokenizer)
+use_cache = True            # key/value cache: one token per step instead of the whole context
+seed = 1337
+device = 'auto'             # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...
+dtype = 'auto'              # 'auto', 'float32', 'bfloat16', 'float16'
+compile = False             # torch.compile the model (pays off for long generations on GPU)
+# -----------------------------------------------------------------------------
+config = configurator.configure(globals(), verbose=False)
+
+
+def parse_stops(s):
+    if not s:
+        return []
+    if s.startswith('['):
+        return json.loads(s)
+    return [codecs.decode(s, 'unicode_escape')]
+
+
+def main():
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
+    if num_beams < 1 or num_samples < 1 or max_new_tokens < 1:
+        raise UserError("num_beams, num_samples and max_new_tokens must be >= 1")
+    torch.manual_seed(seed)
+    model, meta, _ = load_model(init_from, out_dir, ckpt_name, dev, dropout=0.0)
+    model.eval()
+    encode, decode, eot = get_tokenizer(meta)
+    if compile:  # generation calls self(...), so compile the forward the module dispatches to
+        model.forward = torch.compile(model.forward, dynamic=True)
+
+    prompt = start
+    if prompt.startswith('FILE:'):
+        with open(prompt[5:], encoding='utf-8') as f:
+            prompt = f.read()
+    ids = encode(prompt)
+    if not ids:
+        raise UserError("the prompt is empty: pass --start='some text' (or FILE:prompt.txt)")
+    if len(ids) > model.config.block_size:
+        raise UserError(f"the prompt is {len(ids)} tokens, longer than the model's context "
+                        f"({model.config.block_size}); shorten it")
+    stops = parse_stops(stop)
+    eos = eot if stop_at_eos else None
+    x = torch.tensor(ids, dtype=torch.long, device=dev)[None]
+    gen = torch.Generator(device=dev).manual_seed(seed)
+
+    n_tokens, t0 = 0, time.time()
+    with torch.no_grad(), autocast_ctx(dev, dt):
+        if num_beams > 1:
+            out = model.beam_search(x, max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
+                                    eos_token_id=eos, use_cache=use_cache)
+            new = out[0, len(ids):].tolist()
+            n_tokens += len(new)
+            print(prompt + cut_at_stop(decode(new), stops))
+        else:
+            for s in range(num_samples):
+                stream = model.generate_stream(x, max_new_tokens, temperature=temperature, top_k=top_k,
+                                               top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
+                                               eos_token_id=eos, use_cache=use_cache, generator=gen)
+                text = stream_text(stream, decode, prompt, stops, eos, live=(num_samples == 1))
+                n_tokens += text[1]
+                if num_samples > 1:
+                    print(text[0])
+                    print('---------------')
+    elapsed = time.time() - t0
+    print(f"\n{n_tokens} tokens in {elapsed:.2f}s: {n_tokens / elapsed:.1f} tokens/s", file=sys.stderr)
+
+
+def cut_at_stop(text, stops):
+    cut = min((text.find(s) for s in stops if s in text), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+def stream_text(stream, decode, prompt, stops, eos, live):
+    """Consume a token stream, printing text as it becomes final when live. Decodes the whole
+    continuation each step, so multi-byte characters split across BPE tokens print whole."""
+    if live:
+        print(prompt, end='', flush=True)
+    new, shown = [], 0
+    for tok in stream:
+        t = tok[0, 0].item()
+        if t == eos:
+            break
+        new.append(t)
+        text = decode(new)
+        done = any(s in text for s in stops)
+        text = cut_at_stop(text, stops)
+        if live and not text.endswith('\ufffd'):  # wait for the rest of a split character
+            print(text[shown:], end='', flush=True)
+            shown = len(text)
+        if done:
+            break
+    text = cut_at_stop(decode(new), stops)
+    if live:
+        print(text[shown:], flush=True)
+    return prompt + text, len(new)
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except (UserError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:
+        print(f"error: {e.strerror}: {e.filename}", file=sys.stderr)
+        sys.exit(1)
