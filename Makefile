@@ -1,0 +1,34 @@
+# make demo: prepare Tiny Shakespeare, train a character-level GPT on the CPU, print samples.
+# make test: the whole test suite (CPU only, no network).
+# Both create .venv on first use (torch $(TORCH) first, so pip does not pull a different build).
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -r requirements.txt
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python data/shakespeare_char/prepare.py
+	$(BIN)/python train.py config/train_shakespeare_char_cpu.py
+	$(BIN)/python sample.py --out_dir=out-shakespeare-char-cpu --num_samples=2 --max_new_tokens=400
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python bench.py
+
+clean:
+	rm -rf out-* __pycache__ .pytest_cache
