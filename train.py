@@ -57,6 +57,7 @@ wandb_run_name = 'gpt2'
 plot = True                     # redraw out_dir/loss.png at each evaluation
 # data
 dataset = 'openwebtext'         # data/<dataset>/ holds train.bin, val.bin, meta.json
+data_dir = ''                   # read the data from here instead of data/<dataset>/
 gradient_accumulation_steps = 5 * 8  # micro-steps per optimizer step, summed over all processes
 batch_size = 12                 # micro-batch size per process
 block_size = 1024               # context length
@@ -158,7 +159,7 @@ if master_process:
         fail(f"out_dir {out_dir!r} is not writable ({e.strerror}); choose another with --out_dir=...")
 
 # ----------------------------------------------------------------------------- model
-data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', dataset)
+data_dir = data_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', dataset)
 iter_num, best_val_loss, ckpt = 0, float('inf'), None
 try:
     meta = load_meta(data_dir)
