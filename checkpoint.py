@@ -7,16 +7,18 @@ torch.load(weights_only=True): a file from someone else cannot run code. Layout:
     model_args    GPTConfig fields
     model         state dict (HF GPT-2 names)
     optimizer     AdamW state dict;  scaler: GradScaler state dict (float16 runs)
-    iter_num      the next iteration to run;  best_val_loss
+    iter_num      the next iteration to run;  best_val_loss;  is_best: this state is best.pt's
     config        the resolved training config (plain values)
     data_meta     the dataset's meta.json (tokenizer, vocabulary)
     rng           torch CPU/CUDA, numpy and python RNG states
 """
 
 import os
-import pickle
 import random
+import re
+import shutil
 import tempfile
+import warnings
 from dataclasses import asdict, fields
 
 import numpy as np
@@ -39,15 +41,30 @@ def fsync_dir(path):
         os.close(fd)
 
 
+def remove_stale_temps(d):
+    """Delete temp files a killed save left behind in d (ckpt.pt.<random>.tmp, best.pt.tmp). They are
+    never read (only complete files are renamed into place), so this only frees the space."""
+    for name in os.listdir(d):
+        if '.pt.' in name and name.endswith('.tmp'):
+            try:
+                os.unlink(os.path.join(d, name))
+            except OSError:
+                pass
+
+
 def save_checkpoint(obj, path):
     """torch.save to a temp file in the same directory, fsync, then rename over `path`: a crash or a
     full disk at any moment leaves either the old or the new checkpoint, never a torn one."""
     d = os.path.dirname(os.path.abspath(path))
     try:
+        remove_stale_temps(d)
         fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + '.', suffix='.tmp', dir=d)
     except OSError as e:
         raise UserError(f"cannot write checkpoint in {d}: {e.strerror}; check that out_dir is writable") from None
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes the file private (0600); give it torch.save's usual mode
         with os.fdopen(fd, 'wb') as f:
             torch.save(obj, f)
             f.flush()
@@ -58,9 +75,12 @@ def save_checkpoint(obj, path):
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(e, OSError):
-            raise UserError(f"could not write checkpoint {path}: {e.strerror or e}; "
-                            f"the previous checkpoint is untouched (free some disk space and resume)") from None
+        # torch.save reports a failed write (e.g. a full disk) as a RuntimeError, not an OSError
+        if isinstance(e, (OSError, RuntimeError)):
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:160]
+            free = shutil.disk_usage(d).free / 1e6
+            raise UserError(f"could not write checkpoint {path} ({reason}; {free:.1f} MB free in {d}); "
+                            f"the previous checkpoint is untouched: free some space, then resume") from None
         raise
     fsync_dir(d)
 
@@ -68,14 +88,18 @@ def save_checkpoint(obj, path):
 def link_checkpoint(src, dst):
     """Make dst the same file as src (a hard link: no copy), atomically; copies where links fail."""
     tmp = dst + '.tmp'
-    if os.path.exists(tmp):
-        os.unlink(tmp)
     try:
-        os.link(src, tmp)
-    except OSError:
-        import shutil
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+            with open(tmp, 'rb+') as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except OSError as e:
+        raise UserError(f"could not update {dst} ({e.strerror}); {src} is complete and holds the same state") from None
     fsync_dir(os.path.dirname(os.path.abspath(dst)))
 
 
@@ -84,18 +108,24 @@ def load_checkpoint(path, map_location='cpu'):
     if not os.path.exists(path):
         raise UserError(f"no checkpoint at {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"refusing to load {path}: it holds Python objects, not just tensors and plain data "
-                        f"({first[:160]}); only a checkpoint written by train.py can be loaded") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is truncated or corrupt ({first[:160]}); "
+        with warnings.catch_warnings():  # torch warns about unusual pickle protocols before refusing them
+            warnings.simplefilter('ignore')
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        # weights_only=True refuses to import any function or class, so nothing in the file has run
+        found = re.search(r'GLOBAL ([\w.]+)', str(e))
+        if found:
+            raise UserError(f"refusing to load {path}: it holds Python objects ({found.group(1)}), not just tensors "
+                            f"and plain data; only a checkpoint written by train.py can be loaded") from None
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is truncated or corrupt ({first}); "
                         f"use an earlier checkpoint (e.g. best.pt) or start again") from None
     if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a checkpoint written by this repository's train.py "
                         f"(for Hugging Face weights use --init_from=<hf dir or hub name>)")
+    missing = [k for k in ('model', 'model_args', 'iter_num', 'best_val_loss') if k not in ckpt]
+    if missing:
+        raise UserError(f"{path} is incomplete (no {', '.join(missing)}); use an earlier checkpoint or start again")
     return ckpt
 
 
@@ -125,7 +155,9 @@ def model_from_checkpoint(ckpt, **overrides):
     try:
         model.load_state_dict(strip_wrappers(ckpt['model']))
     except RuntimeError as e:
-        raise UserError(f"checkpoint weights do not fit its model settings: {str(e).splitlines()[0]} "
+        # torch's message is a header line, then one line per problem: report the first problem
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise UserError(f"checkpoint weights do not fit its model settings: {lines[min(1, len(lines) - 1)][:200]} "
                         f"(the checkpoint is corrupt or was edited)") from None
     return model
 
@@ -178,3 +210,48 @@ def load_model(init_from, out_dir='out', ckpt_name='best.pt', device='cpu', **ov
         return model.to(device), {**meta, 'vocab_size': model.config.vocab_size}, None
     raise UserError(f"init_from={init_from!r} is not 'resume', a hub model ({', '.join(HF_HUB_MODELS)}) "
                     f"or an existing Hugging Face directory")
+
+
+# ---------------------------------------------------------------------- FSDP: full state dicts
+
+def gather_full_state(model, optimizer):
+    """(model, optimizer) state dicts of an FSDP-sharded model, gathered into the layout a
+    single-process run saves (optimizer state keyed by parameter position, not name), so the
+    checkpoint loads in one process and on any number of ranks. Every rank must call this (each
+    tensor is all-gathered); rank 0 gets full CPU tensors, the other ranks get empty dicts."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_sd = get_model_state_dict(model, options=options)
+    optim_sd = get_optimizer_state_dict(model, optimizer, options=options)
+    if not model_sd:
+        return {}, {}
+    # tied weights (wte/lm_head) come back as two copies; share one, as model.state_dict() does
+    first = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        model_sd[name] = model_sd[first.setdefault(id(p), name)]
+    # torch.optim numbers parameters 0, 1, ... across param_groups in order
+    index = {}
+    groups = [{**g, 'params': [index.setdefault(name, len(index)) for name in g['params']]}
+              for g in optim_sd['param_groups']]
+    return model_sd, {'state': {index[name]: s for name, s in optim_sd['state'].items()}, 'param_groups': groups}
+
+
+def load_optimizer_state(model, optimizer, state):
+    """Load an optimizer state dict as saved by train.py (single-process layout) into `optimizer`,
+    which may be over FSDP-sharded parameters (then every rank calls this with the full dict and
+    keeps its own shard)."""
+    from torch.distributed.tensor import DTensor
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    names = {id(p): name for name, p in model.named_parameters()}
+    fqns = [names[id(p)] for g in optimizer.param_groups for p in g['params']]
+    if [len(g['params']) for g in state['param_groups']] != [len(g['params']) for g in optimizer.param_groups]:
+        raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
+    named = {'state': {fqns[i]: s for i, s in state['state'].items()},
+             'param_groups': [{**g, 'params': [fqns[i] for i in g['params']]} for g in state['param_groups']]}
+    set_optimizer_state_dict(model, optimizer, named, options=StateDictOptions(full_state_dict=True))
+    for group, saved in zip(optimizer.param_groups, state['param_groups']):  # as saved (it turns tuples into lists)
+        group.update({k: v for k, v in saved.items() if k != 'params'})

@@ -59,10 +59,11 @@ def setup_torch(seed, device):
 
 # ---------------------------------------------------------------------- dataset metadata
 
-def load_meta(data_dir):
-    """meta.json written by data/<name>/prepare.py, checked for the fields we rely on."""
+def load_meta(data_dir, prepare=None):
+    """meta.json written by data/<name>/prepare.py, checked for the fields we rely on.
+    prepare: the script (and arguments) that makes them, for error messages (default: data_dir/prepare.py)."""
     path = os.path.join(data_dir, 'meta.json')
-    prepare = os.path.join(data_dir, 'prepare.py')
+    prepare = prepare or os.path.join(data_dir, 'prepare.py')
     for name in ('train.bin', 'val.bin', 'meta.json'):
         if not os.path.exists(os.path.join(data_dir, name)):
             raise UserError(f"{os.path.join(data_dir, name)} not found: run `python {prepare}` first")

@@ -576,7 +576,7 @@ def check_sampling_args(temperature=1.0, top_k=None, top_p=None, min_p=None, rep
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 (or None to disable), got {top_k}")
+        raise ValueError(f"top_k must be >= 1 (None, or a value >= the vocabulary size, keeps every token), got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if min_p is not None and not 0.0 <= min_p <= 1.0:

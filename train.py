@@ -8,23 +8,30 @@ $ python train.py config/train_shakespeare_char_cpu.py
 One GPU:
 $ python train.py config/train_shakespeare_char.py
 
+CPU, 2 processes (gloo; the same steps as one process with --gradient_accumulation_steps=2):
+$ torchrun --standalone --nproc_per_node=2 train.py config/train_shakespeare_char_cpu.py --gradient_accumulation_steps=2
+
 One node, 8 GPUs (DDP; FSDP with --parallelism=fsdp for models that do not fit one GPU):
 $ torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
 
-Two nodes of 8 GPUs (run on each node, node_rank 0 and 1; IP of the master node):
-$ torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --master_addr=123.456.123.456 --master_port=29500 train.py config/train_gpt2.py
-$ torchrun --nnodes=2 --nproc_per_node=8 --node_rank=1 --master_addr=123.456.123.456 --master_port=29500 train.py config/train_gpt2.py
-(or a rendezvous endpoint: --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT --rdzv_id=JOB instead of
---node_rank/--master_addr/--master_port; if the nodes lack Infiniband, prepend NCCL_IB_DISABLE=1)
+Two nodes of 8 GPUs: run on each node, with node_rank 0 and 1 and the IP of node 0 (here 10.0.0.1).
+gradient_accumulation_steps must divide by all 16 processes; 48 * 10 batch keeps 491,520 tokens/iter:
+$ torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500 train.py config/train_gpt2.py --gradient_accumulation_steps=48 --batch_size=10
+$ torchrun --nnodes=2 --nproc_per_node=8 --node_rank=1 --master_addr=10.0.0.1 --master_port=29500 train.py config/train_gpt2.py --gradient_accumulation_steps=48 --batch_size=10
+(or the same command on every node with a rendezvous endpoint, --rdzv_backend=c10d --rdzv_endpoint=10.0.0.1:29500
+--rdzv_id=JOB, instead of --node_rank/--master_addr/--master_port; if the nodes lack Infiniband, prepend
+NCCL_IB_DISABLE=1. Every node needs the data; to resume, every node needs out_dir/ckpt.pt: use a shared filesystem)
 
 Any setting below can be changed by a config file and then by --key=value, e.g.
 $ python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
 """
 
+import atexit
 import json
 import math
 import os
 import platform
+import shlex
 import signal
 import sys
 import time
@@ -34,9 +41,9 @@ from dataclasses import asdict
 import torch
 
 import configurator
-from checkpoint import (CHECKPOINT_FORMAT, link_checkpoint, load_checkpoint, model_from_checkpoint, rng_state,
-                        save_checkpoint, set_rng_state)
-from common import TokenData, UserError, autocast_ctx, load_meta, pick_device, pick_dtype, setup_torch
+from checkpoint import (CHECKPOINT_FORMAT, gather_full_state, link_checkpoint, load_checkpoint, load_optimizer_state,
+                        model_from_checkpoint, rng_state, save_checkpoint, set_rng_state)
+from common import TokenData, UserError, autocast_ctx, load_meta, pick_device, pick_dtype, seed_from, setup_torch
 from model import GPT, GPTConfig, HF_HUB_MODELS, device_peak_flops
 
 # -----------------------------------------------------------------------------
@@ -89,9 +96,10 @@ backend = 'auto'                # distributed backend: 'auto' (nccl on CUDA, glo
 parallelism = 'ddp'             # under torchrun: 'ddp' (replicate) or 'fsdp' (shard, for models too big for one device)
 seed = 1337
 peak_flops = 0.0                # device peak FLOP/s for MFU; 0 looks it up (GPUs) or measures a matmul (CPU)
+max_time = 0.0                  # stop after this many seconds of training (0 = no limit), then evaluate and save
 # -----------------------------------------------------------------------------
 defaults = configurator.config_keys(globals())
-config = configurator.configure(globals())
+config = configurator.configure(globals(), verbose=int(os.environ.get('RANK', 0)) == 0)  # print once under torchrun
 overridden = {k for k, v in config.items() if v != defaults[k]}
 
 
@@ -100,26 +108,44 @@ def fail(msg):
     sys.exit(1)
 
 
+def user_error_hook(kind, value, tb, default_hook=sys.excepthook):
+    """A UserError that escapes (e.g. a bad token id met mid-run) prints one line, not a traceback."""
+    if issubclass(kind, UserError):
+        print(f"error: {value}", file=sys.stderr)
+    else:
+        default_hook(kind, value, tb)
+
+
+sys.excepthook = user_error_hook
+if nan_policy not in ('stop', 'skip'):
+    fail(f"nan_policy must be 'stop' or 'skip', got {nan_policy!r}")
+
+
 # ----------------------------------------------------------------------------- distributed set-up
-ddp = int(os.environ.get('RANK', -1)) != -1  # launched by torchrun?
+# torchrun starts one process per device and tells each its place in RANK, LOCAL_RANK, WORLD_SIZE
+ddp = int(os.environ.get('RANK', -1)) != -1  # launched by torchrun (with DDP or FSDP)?
+fsdp = ddp and parallelism == 'fsdp'
 if ddp:
-    from torch.distributed import destroy_process_group, init_process_group
     import torch.distributed as dist
     rank, local_rank, world_size = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+    master_process = rank == 0  # does the printing, logging and checkpointing
+    # checked before joining the process group: every rank exits at once, one message is printed
+    problem = None
+    if gradient_accumulation_steps % world_size:
+        problem = (f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the number of "
+                   f"processes ({world_size}); e.g. --gradient_accumulation_steps="
+                   f"{max(1, gradient_accumulation_steps // world_size) * world_size}")
+    elif parallelism not in ('ddp', 'fsdp'):
+        problem = f"parallelism must be 'ddp' or 'fsdp', got {parallelism!r}"
+    if problem:
+        if master_process:
+            print(f"error: {problem}", file=sys.stderr)
+        sys.exit(1)
+    gradient_accumulation_steps //= world_size  # micro-steps per process
     if device == 'auto':
         device = f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu'
     elif device == 'cuda':
         device = f'cuda:{local_rank}'
-    if device.startswith('cuda'):
-        torch.cuda.set_device(device)
-    if backend == 'auto':
-        backend = 'nccl' if device.startswith('cuda') else 'gloo'
-    init_process_group(backend=backend)
-    master_process = rank == 0  # does the printing, logging and checkpointing
-    if gradient_accumulation_steps % world_size:
-        fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the number of "
-             f"processes ({world_size}); e.g. --gradient_accumulation_steps={max(1, gradient_accumulation_steps // world_size) * world_size}")
-    gradient_accumulation_steps //= world_size  # micro-steps per process
 else:
     rank, local_rank, world_size, master_process = 0, 0, 1, True
 try:
@@ -127,12 +153,21 @@ try:
     dtype = pick_dtype(dtype, device)
 except UserError as e:
     fail(e)
+if ddp:
+    if device.startswith('cuda'):
+        torch.cuda.set_device(device)
+    if backend == 'auto':
+        backend = 'nccl' if device.startswith('cuda') else 'gloo'
+    dist.init_process_group(backend=backend)
+    # leave the group cleanly however the script ends (normal exit, fail() or an exception)
+    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
 device_type = 'cuda' if device.startswith('cuda') else device
 if device_type != 'cuda':
     compile = compile and device_type == 'cpu'  # inductor has no MPS backend worth using yet
 tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
-setup_torch(seed + rank, device)  # rank-dependent dropout masks; data windows are chosen separately
-ctx = autocast_ctx(device, dtype)
+setup_torch(seed, device)  # the same initial weights on every rank (FSDP shards them as they are)
+# FSDP casts the parameters itself (MixedPrecisionPolicy below), so it needs no autocast
+ctx = autocast_ctx(device, 'float32' if fsdp else dtype)
 
 
 def log(*args):
@@ -159,10 +194,11 @@ if master_process:
         fail(f"out_dir {out_dir!r} is not writable ({e.strerror}); choose another with --out_dir=...")
 
 # ----------------------------------------------------------------------------- model
+prepare = f"data/{dataset}/prepare.py" + (f" --out_dir {data_dir}" if data_dir else '')  # for error messages
 data_dir = data_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', dataset)
 iter_num, best_val_loss, ckpt = 0, float('inf'), None
 try:
-    meta = load_meta(data_dir)
+    meta = load_meta(data_dir, prepare)
     if init_from == 'scratch':
         log("initialising a new model from scratch")
         model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
@@ -183,9 +219,20 @@ try:
                                 f"for {k}={config[k]}; drop that setting to resume, or use a new --out_dir")
         if ckpt.get('data_meta') and ckpt['data_meta'].get('vocab_size') != meta['vocab_size']:
             raise UserError(f"the checkpoint was trained on a dataset with vocab_size {ckpt['data_meta'].get('vocab_size')}, "
-                            f"but {dataset} has {meta['vocab_size']}")
+                            f"but the one in {data_dir} has {meta['vocab_size']}")
         model = model_from_checkpoint(ckpt, dropout=dropout)
         iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
+        # an exact continuation needs the same settings (batch, lr schedule, seed, ...): show what changed
+        changed = [f"{k}={v!r} (was {ckpt['config'][k]!r})" for k, v in config.items()
+                   if k != 'init_from' and k in ckpt.get('config', {}) and ckpt['config'][k] != v]
+        if changed:
+            log(f"settings that differ from the checkpoint's run: {', '.join(changed)}")
+        # a run killed between writing ckpt.pt and linking best.pt left best.pt one checkpoint behind
+        best_path = os.path.join(out_dir, 'best.pt')
+        if master_process and ckpt.get('is_best') and not (os.path.exists(best_path)
+                                                           and os.path.samefile(ckpt_path, best_path)):
+            link_checkpoint(ckpt_path, best_path)
+            log(f"{best_path} was behind {ckpt_path}, the best so far (a save was interrupted); linked it")
     elif init_from in HF_HUB_MODELS or os.path.isdir(init_from):
         log(f"initialising from pretrained weights: {init_from}")
         try:
@@ -204,20 +251,35 @@ except UserError as e:
     fail(e)
 model_args = asdict(model.config)
 log(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_args}")
-model.to(device)
+if not fsdp:
+    model.to(device)  # (fully_shard moves each rank's shards there, never the whole model)
+
+if fsdp:
+    # FSDP2: shard each transformer block, then the root, which holds the embeddings, ln_f and the
+    # lm_head (tied to wte: one Parameter, sharded once). Shards are gathered in param_dtype for
+    # compute and gradients reduced in fp32. The optimizer must be built on the sharded parameters.
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+    mp_policy = MixedPrecisionPolicy(param_dtype=getattr(torch, dtype), reduce_dtype=torch.float32)
+    for block in model.transformer.h:
+        fully_shard(block, mp_policy=mp_policy)
+    fully_shard(model, mp_policy=mp_policy)
 
 # float16 needs loss scaling to keep small gradients from underflowing; a no-op otherwise
-scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, verbose=master_process)
+# (under FSDP each rank sees only its shard of the gradients, so the inf check is all-reduced)
+scaler = (ShardedGradScaler if fsdp else torch.amp.GradScaler)(device_type, enabled=(dtype == 'float16'))
+# the fused AdamW kernel: one pass over all parameters, on CUDA and (3-6x faster than the default loop) on CPU
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, verbose=master_process,
+                                       fused=device_type in ('cuda', 'cpu'))
 if ckpt is not None:
-    optimizer.load_state_dict(ckpt['optimizer'])
+    load_optimizer_state(model, optimizer, ckpt['optimizer'])  # each rank keeps its shard under FSDP
     if ckpt.get('scaler'):
         scaler.load_state_dict(ckpt['scaler'])
 raw_model = model  # the unwrapped model: for checkpoints, MFU and parameter access
 if compile:
     log("compiling the model... (takes a minute)")
     model = torch.compile(model)
-if ddp:
+if ddp and not fsdp:
     from torch.nn.parallel import DistributedDataParallel as DDP
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
 peak = device_peak_flops(device, getattr(torch, dtype), override=peak_flops) if master_process else 1.0
@@ -260,11 +322,18 @@ def get_lr(it):
 
 
 def save(path_best=False):
-    """Write out_dir/ckpt.pt atomically (and make best.pt the same file when it is the best)."""
-    state = dict(format=CHECKPOINT_FORMAT, model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
+    """Write out_dir/ckpt.pt atomically (and make best.pt the same file when it is the best).
+    Called on every rank: under FSDP all ranks gather the shards into full tensors; rank 0 writes."""
+    if fsdp:
+        model_sd, optim_sd = gather_full_state(raw_model, optimizer)
+    else:
+        model_sd, optim_sd = raw_model.state_dict(), optimizer.state_dict()
+    if not master_process:
+        return
+    state = dict(format=CHECKPOINT_FORMAT, model=model_sd, optimizer=optim_sd,
                  scaler=scaler.state_dict() if scaler.is_enabled() else None, model_args=model_args,
                  iter_num=iter_num, best_val_loss=best_val_loss, config=config, data_meta=data.meta,
-                 rng=rng_state())
+                 rng=rng_state(), is_best=path_best)
     path = os.path.join(out_dir, 'ckpt.pt')
     save_checkpoint(state, path)
     if path_best:
@@ -308,14 +377,28 @@ if wandb_log and master_process:
 record(event='start', argv=sys.argv, config=config, model_args=model_args, torch=torch.__version__,
        python=platform.python_version(), device=device, world_size=world_size, iter_num=iter_num)
 
-# SIGTERM (preemption) or Ctrl-C: finish the current step, checkpoint, exit 0
+# SIGTERM (preemption) or Ctrl-C: finish the current step, checkpoint, exit 0. The first signal puts
+# back the default action, so a second one kills the process at once (e.g. if it hangs in a collective).
 stop_signal = []
+
+
+def on_signal(signum, frame):
+    stop_signal.append(signum)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    if master_process:  # os.write: print() is not safe inside a signal handler
+        os.write(2, f"\n{signal.Signals(signum).name}: saving a checkpoint after this step "
+                    f"(send it again to abort without saving)\n".encode())
+
+
 for sig in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+    signal.signal(sig, on_signal)
 
 # ----------------------------------------------------------------------------- training loop
+resumed_iter = None  # the iteration ckpt.pt on disk already holds, when resuming
 if ckpt is not None:
-    set_rng_state(ckpt['rng'])  # dropout continues exactly where the interrupted run was
+    set_rng_state(ckpt['rng'])  # numpy, python (and torch, though dropout is reseeded at each micro-step)
+    resumed_iter = iter_num
     del ckpt
 X, Y = data.batch('train', iter_num, rank * gradient_accumulation_steps)  # first batch
 t0 = time.time()
@@ -327,7 +410,7 @@ while True:
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr
 
-    if iter_num % eval_interval == 0:
+    if iter_num % eval_interval == 0 or eval_only or iter_num >= max_iters:
         losses = estimate_loss()
         log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         record(event='eval', iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], lr=lr)
@@ -339,22 +422,33 @@ while True:
                        'mfu': running_mfu * 100})
         if plot and master_process and not eval_only:
             plot_losses()
+        if not (math.isfinite(losses['train']) and math.isfinite(losses['val'])):
+            # diverged weights; whatever nan_policy says, saving them would replace the last good checkpoint
+            fail(f"eval loss is {losses['val']} at iteration {iter_num}: the model has diverged; stopped without "
+                 f"saving, so {out_dir}/ckpt.pt still holds the last good state. Lower learning_rate (or set "
+                 f"grad_clip), then --init_from=resume")
         improved = losses['val'] < best_val_loss
         if improved:
             best_val_loss = losses['val']  # only ever a real improvement, even with always_save_checkpoint
-        if iter_num > 0 and (improved or always_save_checkpoint) and master_process and not eval_only:
+        # (a resumed run evaluates again at its checkpoint's iteration; that state is already on disk)
+        if iter_num > 0 and (improved or (always_save_checkpoint and iter_num != resumed_iter)) and not eval_only:
             try:
-                save(path_best=improved)
+                save(path_best=improved)  # on every rank: FSDP gathers, rank 0 writes
             except UserError as e:
                 fail(e)
-    if eval_only:
+    if eval_only or iter_num >= max_iters:
         break
 
     # forward/backward with gradient accumulation; DDP syncs gradients only on the last micro-step
     loss_sum = torch.zeros((), device=device)
     for micro_step in range(gradient_accumulation_steps):
         sync = micro_step == gradient_accumulation_steps - 1
-        with (model.no_sync() if ddp and not sync else nullcontext()), ctx:
+        # dropout masks, like the batches, are a function of (seed, iteration, global micro-step): a resumed
+        # run, or one on another number of processes, draws exactly the same masks
+        torch.manual_seed(seed_from(seed, 'dropout', iter_num, rank * gradient_accumulation_steps + micro_step))
+        if fsdp:  # reduce-scatter only after the last micro-step; costs unsharded grads in memory until then
+            raw_model.set_requires_gradient_sync(sync)
+        with (model.no_sync() if ddp and not fsdp and not sync else nullcontext()), ctx:
             _, loss = model(X, Y)
             loss = loss / gradient_accumulation_steps  # the sum over micro-steps is the batch mean
         loss_sum += loss.detach()
@@ -362,29 +456,31 @@ while True:
         nxt = (iter_num, micro_step + 1) if not sync else (iter_num + 1, 0)
         X, Y = data.batch('train', nxt[0], rank * gradient_accumulation_steps + nxt[1])
         scaler.scale(loss).backward()
-    # one host sync per iteration: the batch loss (averaged over processes) and any stop signal,
-    # so that every process takes the same decision
-    status = all_mean(torch.stack([loss_sum.float(), torch.tensor(float(len(stop_signal)), device=device)]))
-    lossf, stopping = status[0].item(), status[1].item() > 0
-    if not math.isfinite(lossf):
-        if nan_policy == 'skip':
-            log(f"iter {iter_num}: loss is {lossf}; skipping this step (nan_policy='skip')")
-            optimizer.zero_grad(set_to_none=True)
-            iter_num += 1
-            local_iter_num += 1
-            continue
+    # one host sync per iteration: the batch loss (averaged over processes), any stop signal and whether
+    # the time budget is spent, so that every process takes the same decision
+    time_up = max_time > 0 and time.time() - t_start >= max_time
+    status = all_mean(torch.stack([loss_sum.float(), torch.tensor(float(len(stop_signal)), device=device),
+                                   torch.tensor(float(time_up), device=device)]))
+    lossf, stopping, time_up = status.tolist()  # one device-to-host copy
+    stopping, time_up = stopping > 0, time_up > 0
+    skipped = not math.isfinite(lossf)
+    if skipped and nan_policy == 'stop':
         fail(f"loss is {lossf} at iteration {iter_num}; stopped without saving, so {out_dir}/ckpt.pt still holds the "
              f"last good state. Lower learning_rate or use dtype=float32/bfloat16, then --init_from=resume")
-    if grad_clip != 0.0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
+    if skipped:  # nan_policy='skip': drop these gradients, leave the weights and optimizer state as they were
+        log(f"iter {iter_num}: loss is {lossf}; skipping this step (nan_policy='skip')")
+        record(event='skip', iter=iter_num, loss=str(lossf))
+    else:
+        if grad_clip != 0.0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
     optimizer.zero_grad(set_to_none=True)
 
     t1 = time.time()
     dt, t0 = t1 - t0, t1
-    if iter_num % log_interval == 0 and master_process:
+    if iter_num % log_interval == 0 and master_process and not skipped:
         if local_iter_num >= 5:  # let the training loop settle (and compile) first
             mfu = raw_model.estimate_mfu(tokens_per_iter // world_size, dt, peak)
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
@@ -400,18 +496,19 @@ while True:
             wandb.log({'iter': iter_num, 'train/loss_step': lossf, 'lr': lr})
     iter_num += 1
     local_iter_num += 1
+    if time_up and iter_num < max_iters:
+        log(f"max_time={max_time:g}s reached after {iter_num} iterations; final evaluation and checkpoint")
+        max_iters = iter_num  # end here as at max_iters: evaluate, save (if improved or always_save_checkpoint), stop
 
     if stopping:
-        if master_process:
-            try:
-                save()
-            except UserError as e:
-                fail(e)
-        log(f"stopped by signal at iteration {iter_num}; resume with: python train.py "
-            f"{' '.join(sys.argv[1:])} --init_from=resume")
-        break
-    if iter_num > max_iters:
+        try:
+            save()
+        except UserError as e:
+            fail(e)
+        args = [a for a in sys.argv[1:] if not a.startswith('--init_from=')]
+        log(f"stopped by signal after {iter_num} iterations, checkpoint saved; to resume, run the same command "
+            f"with --init_from=resume: {shlex.join(['python', 'train.py', *args, '--init_from=resume'])}")
         break
 
 if ddp:
-    destroy_process_group()
+    dist.destroy_process_group()

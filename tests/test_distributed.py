@@ -1,0 +1,247 @@
+"""Distributed training on the CPU: torchrun with 2 processes over gloo, checked against one process.
+
+DDP and FSDP must reproduce a single-process run with the same global batch step by step (losses
+from log.jsonl, final weights and optimizer state from ckpt.pt); an FSDP checkpoint must resume in
+one process and sample; a failing rank must end the whole job promptly. Each launch costs seconds,
+so the runs are made once per module and shared by the tests that read them.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from common import TokenData
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = 1e-5
+
+# a tiny model; fp32, no dropout, constant lr (no warmup: the steps must move the weights)
+TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4', '--pad_vocab_multiple=1',
+        '--dtype=float32', '--dropout=0.0', '--compile=False', '--device=cpu', '--plot=False',
+        '--learning_rate=3e-3', '--decay_lr=False', '--warmup_iters=0', '--eval_iters=2', '--log_interval=1',
+        '--eval_interval=4', '--always_save_checkpoint=True', '--gradient_accumulation_steps=4']
+
+
+def env():
+    e = {k: v for k, v in os.environ.items()
+         if k not in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')}
+    return {**e, 'OMP_NUM_THREADS': '1', 'WANDB_MODE': 'offline'}
+
+
+def command(args, nproc=1, script='train.py'):
+    """A script in one process, or under torchrun with nproc processes."""
+    cmd = [sys.executable]
+    if nproc > 1:
+        cmd += ['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}']
+    return cmd + [script, *args]
+
+
+def launch(args, nproc=1, timeout=300, script='train.py'):
+    return subprocess.run(command(args, nproc, script), cwd=ROOT, env=env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def start(out_dir, data_dir, *extra):
+    """Start a single-process training run in the background; finish() waits for it."""
+    err = open(f'{out_dir}.err', 'w+')
+    return subprocess.Popen(command([f'--out_dir={out_dir}', f'--data_dir={data_dir}', *TINY, *extra]),
+                            cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=err), err
+
+
+def finish(started):
+    p, err = started
+    assert p.wait(timeout=300) == 0, (err.seek(0), err.read()[-3000:])[1]
+    err.close()
+
+
+def train(out_dir, data_dir, *extra, nproc=1):
+    p = launch([f'--out_dir={out_dir}', f'--data_dir={data_dir}', *TINY, *extra], nproc=nproc)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+def events(out_dir, kind):
+    with open(Path(out_dir) / 'log.jsonl') as f:
+        return [e for e in map(json.loads, f) if e['event'] == kind]
+
+
+def losses(out_dir):
+    return {e['iter']: e['loss'] for e in events(out_dir, 'train')}
+
+
+def ckpt(out_dir):
+    return torch.load(Path(out_dir) / 'ckpt.pt', map_location='cpu', weights_only=True)
+
+
+def assert_same_state(a, b):
+    """Two checkpoints hold the same weights and the same optimizer state, in the same layout."""
+    assert a['iter_num'] == b['iter_num']
+    assert a['model'].keys() == b['model'].keys()
+    for k in a['model']:
+        torch.testing.assert_close(b['model'][k], a['model'][k], rtol=0, atol=TOL, msg=k)
+    oa, ob = a['optimizer'], b['optimizer']
+    assert oa['param_groups'] == ob['param_groups']  # hyperparameters and parameter numbering
+    assert oa['state'].keys() == ob['state'].keys()
+    for i in oa['state']:
+        assert oa['state'][i].keys() == ob['state'][i].keys()
+        for k in oa['state'][i]:
+            torch.testing.assert_close(ob['state'][i][k], oa['state'][i][k], rtol=0, atol=TOL, msg=f'{i} {k}')
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory, shakespeare_text):
+    d = tmp_path_factory.mktemp('shakespeare_char')
+    subprocess.run([sys.executable, 'data/shakespeare_char/prepare.py', f'--input={shakespeare_text}', f'--out_dir={d}'],
+                   cwd=ROOT, env=env(), check=True, capture_output=True)
+    return d
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory, data_dir):
+    """Training runs over the same global batch (4 micro-batches of 4 per step):
+    single: 1 process, 8 steps        ddp, fsdp: 2 processes x 2 micro-steps, 8 steps
+    single10: 1 process, 10 steps     resumed: fsdp's step-8 checkpoint continued to 10 in 1 process
+    fsdp_resumed: single's step-8 checkpoint continued to 10 by 2 FSDP processes"""
+    d = tmp_path_factory.mktemp('runs')
+    out = {name: d / name for name in ('single', 'single10', 'ddp', 'fsdp', 'resumed', 'fsdp_resumed')}
+    # the two single-process runs side by side (one thread each, and the machine has 2 cores)
+    other = start(out['single10'], data_dir, '--max_iters=10')
+    train(out['single'], data_dir, '--max_iters=8')
+    finish(other)
+    out['ddp_proc'] = train(out['ddp'], data_dir, '--max_iters=8', nproc=2)
+    train(out['fsdp'], data_dir, '--max_iters=8', '--parallelism=fsdp', nproc=2)
+    for src, dst in (('fsdp', 'resumed'), ('single', 'fsdp_resumed')):
+        out[dst].mkdir()
+        shutil.copy(out[src] / 'ckpt.pt', out[dst] / 'ckpt.pt')
+    other = start(out['resumed'], data_dir, '--max_iters=10', '--init_from=resume')
+    train(out['fsdp_resumed'], data_dir, '--max_iters=10', '--init_from=resume', '--parallelism=fsdp', nproc=2)
+    finish(other)
+    return out
+
+
+def test_rank_windows_are_the_single_process_micro_steps(data_dir):
+    # rank r, micro-step m reads global micro-step r*k + m: together the ranks read exactly the
+    # windows one process with accumulation world*k reads, and no two ranks read the same window
+    world, k = 2, 3
+    for it in (0, 1, 57):
+        single = TokenData(data_dir, 32, 4, 'cpu', seed=1337)
+        ranks = [TokenData(data_dir, 32, 4, 'cpu', seed=1337) for _ in range(world)]  # one loader per process
+        one = [single.batch('train', it, m) for m in range(world * k)]
+        per_rank = [ranks[r].batch('train', it, r * k + m) for r in range(world) for m in range(k)]
+        for (x1, y1), (x2, y2) in zip(one, per_rank):
+            assert torch.equal(x1, x2) and torch.equal(y1, y2)
+            assert torch.equal(x1[:, 1:], y1[:, :-1])  # targets are the inputs shifted by one
+        starts = {tuple(x[:, :8].flatten().tolist()) for x, _ in per_rank}
+        assert len(starts) == world * k  # every micro-step of every rank reads different windows
+
+
+def test_ddp_matches_one_process(runs):
+    single, ddp = losses(runs['single']), losses(runs['ddp'])
+    assert sorted(single) == sorted(ddp) == list(range(8))
+    for it in single:
+        assert abs(single[it] - ddp[it]) < TOL, (it, single[it], ddp[it])
+    assert single[7] < single[0] - 0.2  # the steps did move the weights
+    assert_same_state(ckpt(runs['single']), ckpt(runs['ddp']))
+
+
+def test_ddp_side_effects_on_rank_zero_only(runs):
+    # one log line and one log.jsonl entry per iteration, one start record, one config echo
+    out = runs['ddp_proc'].stdout
+    for it in range(8):
+        assert out.count(f'iter {it}: loss') == 1
+    assert len(events(runs['ddp'], 'start')) == 1 and events(runs['ddp'], 'start')[0]['world_size'] == 2
+    assert len(events(runs['ddp'], 'train')) == 8
+    assert out.count('Overriding: max_iters') == 1
+    assert 'tokens per iteration: 512 = 2 accum * 2 processes * 4 batch * 32 block' in out
+
+
+def test_fsdp_matches_ddp_and_one_process(runs):
+    single, fsdp = losses(runs['single']), losses(runs['fsdp'])
+    assert sorted(fsdp) == list(range(8))
+    for it in single:
+        assert abs(single[it] - fsdp[it]) < TOL, (it, single[it], fsdp[it])
+    # the gathered checkpoint has a single-process run's layout: same keys, optimizer state by position
+    assert_same_state(ckpt(runs['single']), ckpt(runs['fsdp']))
+    assert_same_state(ckpt(runs['ddp']), ckpt(runs['fsdp']))
+    # tied embedding and output layer stay one tensor in the file
+    m = ckpt(runs['fsdp'])['model']
+    assert m['lm_head.weight'].data_ptr() == m['transformer.wte.weight'].data_ptr()
+
+
+def test_fsdp_checkpoint_resumes_in_one_process(runs):
+    # steps 8 and 9 of the resumed run are those of an uninterrupted 10-step single-process run,
+    # which needs the weights and the AdamW moments of the FSDP checkpoint
+    straight, resumed = losses(runs['single10']), losses(runs['resumed'])
+    assert sorted(resumed) == [8, 9]
+    for it in resumed:
+        assert abs(straight[it] - resumed[it]) < TOL, (it, straight[it], resumed[it])
+    assert_same_state(ckpt(runs['single10']), ckpt(runs['resumed']))
+    # and its evaluation at step 8 is the single-process run's final evaluation
+    ev8 = [e for e in events(runs['resumed'], 'eval') if e['iter'] == 8][0]
+    ev_single = [e for e in events(runs['single'], 'eval') if e['iter'] == 8][0]
+    assert abs(ev8['val_loss'] - ev_single['val_loss']) < TOL
+
+
+def test_one_process_checkpoint_resumes_under_fsdp(runs):
+    # the other way round: each rank loads the full checkpoint and keeps its shard of the weights and
+    # of the AdamW moments; steps 8 and 9 and the gathered final state match the uninterrupted run
+    straight, resumed = losses(runs['single10']), losses(runs['fsdp_resumed'])
+    assert sorted(resumed) == [8, 9]
+    for it in resumed:
+        assert abs(straight[it] - resumed[it]) < TOL, (it, straight[it], resumed[it])
+    assert_same_state(ckpt(runs['single10']), ckpt(runs['fsdp_resumed']))
+
+
+def test_fsdp_checkpoint_samples(runs):
+    p = launch([f'--out_dir={runs["fsdp"]}', '--max_new_tokens=20', '--num_samples=1', '--device=cpu'],
+               script='sample.py', timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert len(p.stdout.strip()) > 0
+
+
+def test_failed_rank_ends_the_job(data_dir, tmp_path):
+    # a real per-rank failure, no test hook: rank 0 cannot write its checkpoint (ckpt.pt is a
+    # directory) and exits at step 3, while rank 1 goes on into the next step's collectives
+    (tmp_path / 'ckpt.pt').mkdir()
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py',
+           f'--out_dir={tmp_path}', f'--data_dir={data_dir}', *TINY, '--max_iters=1000', '--eval_interval=3']
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    watchdog = threading.Timer(180, lambda: os.killpg(p.pid, signal.SIGKILL))  # a hang must not hang pytest
+    watchdog.start()
+    lines, t_error = [], None
+    try:
+        for line in p.stdout:  # timestamp rank 0's error line as it arrives
+            lines.append(line)
+            if t_error is None and line.startswith('error: '):
+                t_error = time.monotonic()
+        p.wait()
+    finally:
+        watchdog.cancel()
+    t_exit = time.monotonic()
+    out = ''.join(lines)
+    assert p.returncode != 0
+    assert 'iter 2: loss' in out  # training had started
+    assert t_error is not None and 'could not write checkpoint' in out, out[-3000:]
+    print(f"job ended {t_exit - t_error:.1f}s after rank 0 failed")
+    assert t_exit - t_error < 30, f"job took {t_exit - t_error:.1f}s to end after rank 0 failed"
+
+
+def test_indivisible_accumulation_fails_once_on_every_rank(data_dir, tmp_path):
+    t0 = time.monotonic()
+    p = launch([f'--out_dir={tmp_path}', f'--data_dir={data_dir}', *TINY, '--gradient_accumulation_steps=3'], nproc=2,
+               timeout=120)
+    assert p.returncode != 0
+    errors = [line for line in p.stderr.splitlines() if line.startswith('error: ')]
+    assert errors == ["error: gradient_accumulation_steps (3) must be divisible by the number of processes (2); "
+                      "e.g. --gradient_accumulation_steps=2"]
+    assert '[rank' not in p.stderr  # no worker traceback (torchrun still prints its own summary)
+    assert time.monotonic() - t0 < 60
