@@ -222,6 +222,9 @@ try:
                             f"but the one in {data_dir} has {meta['vocab_size']}")
         model = model_from_checkpoint(ckpt, dropout=dropout)
         iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
+        if 'block_size' not in overridden:  # `--init_from=resume --out_dir=...` alone keeps the run's context
+            block_size = ckpt['model_args']['block_size']
+            tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
         # an exact continuation needs the same settings (batch, lr schedule, seed, ...): show what changed
         changed = [f"{k}={v!r} (was {ckpt['config'][k]!r})" for k, v in config.items()
                    if k != 'init_from' and k in ckpt.get('config', {}) and ckpt['config'][k] != v]
