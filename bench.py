@@ -1,0 +1,489 @@
+"""
+Measure training, inference and sampling speed, and compare variants side by side.
+
+$ python bench.py                                          # train step of the baby-mini preset, random tokens
+$ python bench.py --model=baby --batch_size=12 --compare=True
+$ python bench.py --mode=forward --dataset=shakespeare_char
+$ python bench.py --mode=sample --model=baby --block_size=1024 --max_new_tokens=500 --iters=3 --warmup=1 --compare=True
+$ python bench.py --mode=sample --model=gpt2 --max_new_tokens=200 --iters=3 --warmup=1 --compare=True
+$ python bench.py --init_from=resume --out_dir=out-shakespeare-char-cpu --dataset=shakespeare_char
+$ python bench.py --model=gpt2 --device=cuda --batch_size=12 --compile=True    # one GPU
+$ python bench.py --profile=True                           # also writes a chrome trace to out_dir
+
+Modes: 'train' times one optimizer step (forward, backward, grad clip, AdamW, one host sync: the hot
+path of train.py), 'forward' a no-grad forward with loss (what evaluation runs), 'sample' greedy
+generation (one iteration = one new token for every row). Each variant warms up (and compiles) first;
+figures are medians over the timed iterations. MFU is the model's FLOPs (model.flops_per_token) per
+second over the device peak of the variant's compute dtype: the data sheet for known GPUs, a measured
+large matmul on CPUs.
+
+--compare=True runs several variants in one process, taking turns (A, B, C, A, B, C, ...) so that a
+change in machine load hits them alike, and reports each against the first (the baseline):
+  train/forward: reference, eager, bf16, compile, compile+bf16
+  sample:        nocache, cache, hf
+or pick them with --variants=a,b,... where a variant is 'reference' (a plain nanoGPT-style eager fp32
+loop written below, with torch.optim.AdamW's defaults), 'hf' (transformers' GPT2LMHeadModel.generate on
+the same weights, sample mode), or our model with '+'-joined settings over the config's:
+eager|compile, fp32|bf16|fp16, sdpa|explicit, forloop|foreach|fused (AdamW implementation),
+cache|nocache, e.g. --variants=reference,compile+bf16+fused.
+"""
+
+import copy
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+import configurator
+from checkpoint import load_model
+from common import TokenData, UserError, autocast_ctx, pick_device, pick_dtype
+from model import GPT, PRESETS, device_peak_flops
+
+# -----------------------------------------------------------------------------
+# config: overridden by a config file, then by --key=value
+mode = 'train'              # 'train' (forward+backward+AdamW), 'forward' (no grad), 'sample' (generation)
+model = 'baby-mini'         # preset for init_from='scratch' (python model.py lists them)
+init_from = 'scratch'       # 'scratch' (random init of `model`), 'resume' (out_dir), a hub name or a local HF dir
+out_dir = 'out'             # the run to load with init_from='resume'; profiler traces are written here
+ckpt_name = 'ckpt.pt'       # checkpoint in out_dir for init_from='resume'
+n_layer = 0                 # scratch: override the preset's size (0 keeps the preset's)
+n_head = 0
+n_embd = 0
+vocab_size = 0
+block_size = 0              # sequence length (scratch: also the model's context); 0 = the model's context
+dropout = -1.0              # override the model's dropout (< 0 keeps it)
+batch_size = 0              # rows per step; 0 = 12 for train/forward, 1 for sample
+dataset = ''                # real data from data/<dataset>/ ('' = random tokens)
+data_dir = ''               # real data from this directory instead
+max_new_tokens = 200        # sample: tokens generated per iteration
+prompt_len = 8              # sample: prompt tokens
+warmup = 3                  # untimed iterations per variant first (compilation happens here)
+iters = 20                  # timed iterations per variant
+rounds = 5                  # several variants: they take turns in this many rounds
+compare = False             # run the mode's standard variants side by side (see the docstring)
+variants = ''               # comma-separated variants to run ('' = this config alone, or the standard set)
+learning_rate = 1e-3        # train: AdamW settings (only the work matters here, not the values)
+weight_decay = 0.1
+grad_clip = 1.0             # train: clip the global grad norm (as train.py); 0 disables
+device = 'auto'             # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...
+dtype = 'auto'              # 'auto' (as train.py: bf16/fp16 on GPUs, float32 on CPU), 'float32', 'bfloat16', 'float16'
+compile = False             # torch.compile our model
+attn_impl = ''              # 'sdpa' or 'explicit' ('' keeps the model's)
+threads = 0                 # torch.set_num_threads (0 = torch's default, one per core)
+profile = False             # write a chrome trace per variant to out_dir (open in chrome://tracing or perfetto)
+peak_flops = 0.0            # device peak FLOP/s for MFU; 0 looks it up (GPUs) or measures a matmul (CPU)
+seed = 1337
+# -----------------------------------------------------------------------------
+config = configurator.configure(globals(), verbose=False)
+
+STANDARD = {'train': 'reference,eager,bf16,compile,compile+bf16',
+            'forward': 'reference,eager,bf16,compile,compile+bf16',
+            'sample': 'nocache,cache,hf'}
+DTYPES = {'fp32': 'float32', 'bf16': 'bfloat16', 'fp16': 'float16'}
+OPTIMS = ('forloop', 'foreach', 'fused')
+
+
+# ----------------------------------------------------------------------------- the reference
+# A plain nanoGPT-style GPT with the same architecture and parameter names as model.GPT (pre-norm
+# GPT-2 blocks), trained the obvious way: eager, fp32, torch.optim.AdamW with its defaults.
+
+class RefAttention(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.n_head, self.dropout = c.n_head, c.dropout
+        self.c_attn = nn.Linear(c.n_embd, 3 * c.n_embd, bias=c.bias)
+        self.c_proj = nn.Linear(c.n_embd, c.n_embd, bias=c.bias)
+        self.resid_dropout = nn.Dropout(c.dropout)
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
+
+
+class RefMLP(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c_fc = nn.Linear(c.n_embd, c.d_ff, bias=c.bias)
+        self.gelu = nn.GELU(approximate=c.gelu_approx)
+        self.c_proj = nn.Linear(c.d_ff, c.n_embd, bias=c.bias)
+        self.dropout = nn.Dropout(c.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class RefBlock(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(c.n_embd, eps=c.layer_norm_eps, bias=c.bias)
+        self.attn = RefAttention(c)
+        self.ln_2 = nn.LayerNorm(c.n_embd, eps=c.layer_norm_eps, bias=c.bias)
+        self.mlp = RefMLP(c)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class RefGPT(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(c.padded_vocab_size, c.n_embd),
+            wpe=nn.Embedding(c.block_size, c.n_embd),
+            drop=nn.Dropout(c.dropout),
+            h=nn.ModuleList([RefBlock(c) for _ in range(c.n_layer)]),
+            ln_f=nn.LayerNorm(c.n_embd, eps=c.layer_norm_eps, bias=c.bias),
+        ))
+        self.lm_head = nn.Linear(c.n_embd, c.padded_vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight
+
+    def forward(self, idx, targets):
+        pos = torch.arange(idx.size(1), device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+
+
+# ----------------------------------------------------------------------------- set-up
+
+def build_model(dev):
+    """Our model (on dev, train mode) from a preset / explicit sizes or any init_from."""
+    overrides = {}
+    if dropout >= 0:
+        overrides['dropout'] = dropout
+    if attn_impl:
+        overrides['attn_impl'] = attn_impl
+    if init_from == 'scratch':
+        if model not in PRESETS:
+            raise UserError(f"unknown preset {model!r}; choose one of: {', '.join(PRESETS)}")
+        for k, v in dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=vocab_size,
+                         block_size=block_size).items():
+            if v:
+                overrides[k] = v
+        try:
+            m = GPT.from_preset(model, **overrides)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    else:
+        m, _, _ = load_model(init_from, out_dir, ckpt_name, 'cpu', **overrides)
+    return m.to(dev).train()
+
+
+def batches(m, dev, B, T):
+    """A few (X, Y) batches drawn before timing, cycled through by every variant alike."""
+    if dataset or data_dir:
+        path = data_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', dataset)
+        data = TokenData(path, T, B, dev, seed=seed, vocab_size=m.config.vocab_size)
+        return [data.batch('train', i) for i in range(8)]
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(8):
+        xy = torch.randint(m.config.vocab_size, (B, T + 1), generator=g)
+        out.append((xy[:, :-1].contiguous().to(dev), xy[:, 1:].contiguous().to(dev)))
+    return out
+
+
+def parse_variant(name, dev):
+    """A variant name -> its settings; '+'-joined words override the config's."""
+    if name in ('reference', 'hf'):
+        if name == 'reference' and mode == 'sample':
+            raise UserError("variant 'reference' is for train/forward modes; in sample mode compare against 'hf'")
+        if name == 'hf' and mode != 'sample':
+            raise UserError("variant 'hf' is for sample mode")
+        return dict(kind=name, dtype='float32', compile=False, attn='sdpa', optim='forloop', cache=True)
+    v = dict(kind='ours', dtype=pick_dtype(dtype, dev), compile=compile, attn=attn_impl, optim='', cache=True)
+    for word in name.split('+'):
+        if word == 'ours':
+            pass  # the config as it is
+        elif word in ('eager', 'compile'):
+            v['compile'] = word == 'compile'
+        elif word in DTYPES:
+            v['dtype'] = DTYPES[word]
+        elif word in ('sdpa', 'explicit'):
+            v['attn'] = word
+        elif word in OPTIMS:
+            v['optim'] = word
+        elif word in ('cache', 'nocache'):
+            v['cache'] = word == 'cache'
+        else:
+            raise UserError(f"unknown variant word {word!r} in {name!r}: use reference, hf, or '+'-joined "
+                            f"eager|compile, fp32|bf16|fp16, sdpa|explicit, {'|'.join(OPTIMS)}, cache|nocache")
+    return v
+
+
+def describe(v, c, dev):
+    if v['kind'] == 'reference':
+        return "plain eager fp32 loop, torch.optim.AdamW defaults"
+    if v['kind'] == 'hf':
+        return "transformers GPT2LMHeadModel.generate(do_sample=False, use_cache=True), fp32"
+    attn = v['attn'] or c.attn_impl
+    if attn == 'sdpa' and mode == 'train' and v['dtype'] == 'bfloat16' and dev.startswith('cpu'):
+        attn = 'sdpa->explicit (bf16 training on CPU)'
+    parts = [v['dtype'], attn, 'compiled' if v['compile'] else 'eager']
+    if mode == 'train':
+        parts.append(f"AdamW {v['optim'] or 'as train.py'}")
+    if mode == 'sample':
+        parts.append('KV cache' if v['cache'] else 'no cache')
+    return ', '.join(parts)
+
+
+def make_step(v, base, data, dev, prompt, tmp):
+    """A function running one timed unit of variant v (with its own copy of the model), and the
+    number of tokens that unit processes."""
+    B, T = data[0][0].shape
+    it = [0]
+
+    def next_batch():
+        it[0] += 1
+        return data[it[0] % len(data)]
+
+    if v['kind'] == 'hf':
+        if base.config.post_norm:
+            raise UserError("variant 'hf' needs a pre-norm (GPT-2) model")
+        if prompt.size(1) + max_new_tokens > base.config.block_size:
+            raise UserError(f"variant 'hf': prompt_len + max_new_tokens ({prompt.size(1) + max_new_tokens}) exceeds "
+                            f"block_size ({base.config.block_size}) and transformers' GPT-2 has no sliding window; "
+                            f"use a longer --block_size or fewer --max_new_tokens")
+        import transformers
+        from transformers import GPT2LMHeadModel
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        base.save_pretrained(tmp)
+        hf = GPT2LMHeadModel.from_pretrained(tmp, dtype=torch.float32).to(dev).eval()
+        hf.generation_config.eos_token_id = None  # always generate max_new_tokens, like ours
+        hf.generation_config.pad_token_id = 0
+        mask = torch.ones_like(prompt)
+        return (lambda: hf.generate(prompt, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                    do_sample=False, use_cache=True)[:, prompt.size(1):]), max_new_tokens * prompt.size(0)
+
+    if v['kind'] == 'reference':
+        if base.config.post_norm:
+            raise UserError("variant 'reference' needs a pre-norm (GPT-2) model")
+        m = RefGPT(base.config).to(dev)
+        m.load_state_dict(base.state_dict())
+        m.train(mode == 'train')
+    else:
+        m = copy.deepcopy(base)
+        if v['attn']:
+            for block in m.transformer.h:
+                block.attn.attn_impl = v['attn']
+        m.train(mode == 'train')
+    ctx = autocast_ctx(dev, v['dtype'])
+    sync = torch.cuda.synchronize if dev.startswith('cuda') else (lambda: None)
+    if mode == 'sample':
+        if v['compile']:  # as sample.py: compile the forward that generate() calls
+            m.forward = torch.compile(m.forward, dynamic=True)
+
+        def step():
+            with ctx:
+                out = m.generate(prompt, max_new_tokens, temperature=0.0, use_cache=v['cache'])
+            sync()
+            return out[:, prompt.size(1):]
+        return step, max_new_tokens * prompt.size(0)
+
+    fwd = torch.compile(m) if v['compile'] else m
+    if mode == 'forward':
+        def step():
+            X, Y = next_batch()
+            with torch.no_grad(), ctx:
+                _, loss = fwd(X, Y)
+            loss.item()
+        return step, B * T
+
+    # train: the hot path of train.py's loop (one micro-step)
+    device_type = 'cuda' if dev.startswith('cuda') else dev.split(':')[0]
+    if v['kind'] == 'reference':
+        decay = [p for p in m.parameters() if p.dim() >= 2]
+        no_decay = [p for p in m.parameters() if p.dim() < 2]
+        opt = torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay},
+                                 {'params': no_decay, 'weight_decay': 0.0}], lr=learning_rate, betas=(0.9, 0.99))
+    else:
+        # as train.py: the fused AdamW kernel on CUDA and CPU
+        opt = m.configure_optimizers(weight_decay, learning_rate, (0.9, 0.99), device_type, verbose=False,
+                                     fused=device_type in ('cuda', 'cpu'))
+        if v['optim']:  # the same groups with the AdamW implementation asked for
+            groups = [{'params': g['params'], 'weight_decay': g['weight_decay']} for g in opt.param_groups]
+            impl = {'forloop': dict(foreach=False), 'foreach': dict(foreach=True), 'fused': dict(fused=True)}
+            opt = torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.99), **impl[v['optim']])
+    scaler = torch.amp.GradScaler(device_type, enabled=v['dtype'] == 'float16')
+
+    def step():
+        X, Y = next_batch()
+        with ctx:
+            _, loss = fwd(X, Y)
+        scaler.scale(loss).backward()
+        if grad_clip:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(m.parameters(), grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        loss.item()  # train.py's one host sync per iteration
+    return step, B * T
+
+
+def peak_memory_mb(dev):
+    """Peak memory: allocated on CUDA; the process's peak resident set elsewhere."""
+    if dev.startswith('cuda'):
+        return torch.cuda.max_memory_allocated(dev) / 2 ** 20
+    try:
+        import resource
+    except ImportError:  # Windows
+        return float('nan')
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2 ** 20 if sys.platform == 'darwin' else rss / 2 ** 10  # bytes on macOS, KiB on Linux
+
+
+def flops_per_unit_token(m, T, ctx_len):
+    """Model FLOPs per token processed: training 6N + attention (model.flops_per_token); a forward
+    pass is a third of it; a generated token is a forward at the context length it sees."""
+    if mode == 'train':
+        return m.flops_per_token(T)
+    return m.flops_per_token(ctx_len if mode == 'sample' else T) / 3
+
+
+# ----------------------------------------------------------------------------- main
+
+def main():
+    dev = pick_device(device)
+    if mode not in ('train', 'forward', 'sample'):
+        raise UserError(f"mode must be 'train', 'forward' or 'sample', got {mode!r}")
+    if iters < 1 or warmup < 0 or rounds < 1 or max_new_tokens < 1 or prompt_len < 1:
+        raise UserError("iters, rounds, max_new_tokens and prompt_len must be >= 1 and warmup >= 0")
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    names = [s.strip() for s in (variants or (STANDARD[mode] if compare else 'ours')).split(',') if s.strip()]
+    if len(set(names)) != len(names):
+        raise UserError(f"variants are listed twice: {variants}")
+    specs = {n: parse_variant(n, dev) for n in names}
+    base = build_model(dev)
+    B = batch_size or (1 if mode == 'sample' else 12)
+    T = block_size or base.config.block_size
+    if T > base.config.block_size:
+        raise UserError(f"block_size={T} exceeds the model's context ({base.config.block_size})")
+    data = batches(base, dev, B, T)
+    if mode == 'sample' and prompt_len >= base.config.block_size:
+        raise UserError(f"prompt_len ({prompt_len}) must be shorter than the context ({base.config.block_size})")
+    prompt = data[0][0][:, :prompt_len]
+    ctx_len = min(prompt_len + max_new_tokens / 2, base.config.block_size)  # mean context of a new token
+    c = base.config
+    shape = (f"{B} x {max_new_tokens} new tokens after a {prompt_len}-token prompt" if mode == 'sample'
+             else f"batch {B} x block {T}")
+    print(f"{mode}: {base.num_params() / 1e6:.2f}M params ({c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, "
+          f"context {c.block_size}, vocab {c.vocab_size}, dropout {c.dropout}), {shape}, "
+          f"{'real' if dataset or data_dir else 'random'} tokens, device {dev}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}")
+
+    tmp = tempfile.mkdtemp(prefix='bench-')
+    try:
+        steps, work = {}, {}
+        for n in names:
+            steps[n], work[n] = make_step(specs[n], base, data, dev, prompt, tmp)
+        fpt = flops_per_unit_token(base, T, ctx_len)
+        del base  # every variant has its own copy
+        if dev.startswith('cuda'):
+            torch.cuda.reset_peak_memory_stats(dev)
+        # warm-up (and compile) each variant, then let them take turns
+        for n in names:
+            t0 = time.perf_counter()
+            for _ in range(warmup):
+                steps[n]()
+            if warmup and specs[n]['compile']:
+                print(f"{n}: warm-up and compilation {time.perf_counter() - t0:.1f}s")
+        n_rounds = min(rounds, iters) if len(names) > 1 else 1
+        times = {n: [] for n in names}
+        cpu_times = {n: [] for n in names}  # process CPU time: less sensitive to other load on the machine
+        outputs = {}  # sample mode: the generated tokens, to check that the variants agree
+        for r in range(n_rounds):
+            k = iters // n_rounds + (r < iters % n_rounds)
+            for n in names:
+                for _ in range(k):
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    outputs[n] = steps[n]()
+                    times[n].append(time.perf_counter() - t0)
+                    cpu_times[n].append(time.process_time() - c0)
+        mem = peak_memory_mb(dev)
+
+        # report: per iteration = per optimizer step / forward pass / new token
+        per = max_new_tokens if mode == 'sample' else 1
+        peaks = {}
+        rows = []
+        for n in names:
+            med = statistics.median(times[n]) / per
+            dt_name = specs[n]['dtype']
+            if dt_name not in peaks:
+                peaks[dt_name] = device_peak_flops(dev, getattr(torch, dt_name), override=peak_flops)
+            tok_s = work[n] / per / med
+            mfu = fpt * tok_s / peaks[dt_name]
+            cpu = statistics.median(cpu_times[n]) / per
+            rows.append((n, med, tok_s, mfu, min(times[n]) / per, max(times[n]) / per, cpu))
+        unit = 'new token' if mode == 'sample' else ('optimizer step' if mode == 'train' else 'forward pass')
+        if len(names) == 1:
+            n, med, tok_s, mfu, lo, hi, cpu = rows[0]
+            print(f"{n} ({describe(specs[n], c, dev)})")
+            print(f"ms/iter {med * 1000:.3f} (one {unit}; median of {len(times[n])}, min {lo * 1000:.3f}, "
+                  f"max {hi * 1000:.3f})  tokens/s {tok_s:,.0f}  MFU {mfu * 100:.2f}%  peak memory {mem:,.0f} MB  "
+                  f"cpu ms/iter {cpu * 1000:.3f}")
+        else:
+            base_speed = rows[0][2]
+            base_cpu = rows[0][6]
+            w = max(len(n) for n in names + ['variant'])
+            print(f"{'variant':<{w}} {'ms/iter':>9} {'tokens/s':>10} {'MFU':>7} {'vs ' + names[0]:>14} "
+                  f"{'cpu ms/iter':>11} {'(cpu)':>6}  settings")
+            for n, med, tok_s, mfu, lo, hi, cpu in rows:
+                print(f"{n:<{w}} {med * 1000:>9.3f} {tok_s:>10,.0f} {mfu * 100:>6.2f}% {tok_s / base_speed:>13.2f}x "
+                      f"{cpu * 1000:>11.3f} {base_cpu / cpu:>5.2f}x  {describe(specs[n], c, dev)}")
+            print(f"(one iteration = one {unit}; medians of {iters} timed iterations per variant in {n_rounds} "
+                  f"interleaved rounds after {warmup} warm-up; ratios are speed-ups over {names[0]}, from wall "
+                  f"time and from process CPU time; peak memory {mem:,.0f} MB for all variants together)")
+        if mode == 'sample' and len(names) > 1:
+            # greedy decoding is deterministic, so fp32 variants should agree token for token; low precision
+            # and different kernels may flip near-ties
+            ref = outputs[names[0]]
+            differ = [n for n in names[1:] if not torch.equal(outputs[n].cpu(), ref.cpu())]
+            if not differ:
+                print("greedy outputs: identical in all variants")
+            for n in differ:
+                same = (outputs[n].cpu() == ref.cpu()).all(0).long()
+                first = int(same.argmin()) if not same.all() else same.numel()
+                print(f"greedy outputs: {n} departs from {names[0]} at new token {first}")
+        for dt_name, p in peaks.items():
+            how = 'data sheet' if dev.startswith('cuda') and not peak_flops else 'given' if peak_flops else 'measured matmul'
+            print(f"peak {dt_name}: {p / 1e9:,.1f} GFLOP/s ({how})")
+
+        if profile:
+            from torch.profiler import ProfilerActivity, profile as torch_profile
+            os.makedirs(out_dir, exist_ok=True)
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.startswith('cuda') else [])
+            for n in names:
+                with torch_profile(activities=acts, record_shapes=True) as prof:
+                    for _ in range(1 if mode == 'sample' else 3):
+                        steps[n]()
+                path = os.path.join(out_dir, f"bench_trace_{mode}_{n.replace('+', '_')}.json")
+                prof.export_chrome_trace(path)
+                print(f"\n{n}: trace written to {path}")
+                print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=12))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

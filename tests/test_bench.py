@@ -1,0 +1,110 @@
+"""bench.py smoke tests: each mode runs end to end on a tiny model and prints its figures; --compare
+prints one row per variant with a ratio against the first; bad settings fail with one `error:` line.
+No timing assertions (the machine may be busy).
+
+    .venv/bin/pytest -q tests/test_bench.py
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=16', '--iters=2', '--warmup=1']
+PEAK = '--peak_flops=1e11'  # skips measuring the CPU's matmul rate (half a second) where it is not under test
+NUM = r'([0-9][0-9,]*\.?[0-9]*)'
+
+
+def bench(*args, check=True):
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    r = subprocess.run([sys.executable, str(ROOT / 'bench.py'), *TINY, *args], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def num(s):
+    return float(s.replace(',', ''))
+
+
+def single_figures(out):
+    """ms/iter, tokens/s and MFU (%) from a single-variant run."""
+    m = re.search(rf'ms/iter {NUM} .*tokens/s {NUM}\s+MFU {NUM}%\s+peak memory {NUM} MB', out)
+    assert m, out
+    return [num(g) for g in m.groups()]
+
+
+def table(out, names):
+    """{variant: (ms/iter, tokens/s, MFU %, speed-up)} from a --compare table."""
+    rows = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if parts and parts[0] in names:
+            ms, tok, mfu, ratio = parts[1:5]
+            assert mfu.endswith('%') and ratio.endswith('x'), line
+            rows[parts[0]] = (num(ms), num(tok), num(mfu[:-1]), num(ratio[:-1]))
+    assert set(rows) == set(names), out
+    return rows
+
+
+@pytest.mark.parametrize('mode', ['train', 'sample'])
+def test_modes_print_positive_figures(mode):
+    out = bench(f'--mode={mode}', '--batch_size=2', '--max_new_tokens=6', '--prompt_len=3').stdout
+    ms, tok_s, mfu, mem = single_figures(out)
+    assert ms > 0 and tok_s > 0 and mfu > 0 and mem > 0
+    assert re.search(rf'peak float32: {NUM} GFLOP/s \(measured matmul\)', out), out
+    # tokens/s is the work per iteration over the time per iteration
+    per_iter = 2 * 16 if mode != 'sample' else 2  # sample: one new token for each of the 2 rows
+    assert tok_s == pytest.approx(per_iter / (ms / 1000), rel=0.02)
+
+
+def test_compare_train_prints_ratios_against_the_baseline():
+    names = ['reference', 'eager', 'explicit+fused']
+    out = bench('--compare=True', f"--variants={','.join(names)}", '--rounds=2', PEAK).stdout
+    rows = table(out, names)
+    assert rows['reference'][3] == 1.0
+    for ms, tok_s, mfu, ratio in rows.values():
+        assert ms > 0 and tok_s > 0 and mfu > 0 and ratio > 0
+    # the ratio is tokens/s over the baseline's
+    assert rows['eager'][3] == pytest.approx(rows['eager'][1] / rows['reference'][1], abs=0.011)
+    assert 'AdamW fused' in out and 'explicit' in out
+
+
+def test_compare_sample_with_transformers(tmp_path):
+    names = ['nocache', 'cache', 'hf']
+    out = bench('--mode=sample', '--compare=True', '--max_new_tokens=8', '--prompt_len=4', PEAK).stdout
+    rows = table(out, names)
+    assert rows['nocache'][3] == 1.0 and all(r[1] > 0 for r in rows.values())
+    assert 'greedy outputs: identical' in out, out  # same weights, same greedy tokens in all three
+
+
+def test_forward_on_real_data_with_profile_trace(tmp_path, shakespeare_text):
+    data = tmp_path / 'data'
+    subprocess.run([sys.executable, str(ROOT / 'data' / 'shakespeare_char' / 'prepare.py'),
+                    f'--input={shakespeare_text}', f'--out_dir={data}'], check=True, capture_output=True)
+    out = bench('--mode=forward', '--batch_size=2', f'--data_dir={data}', '--profile=True', f'--out_dir={tmp_path}',
+                PEAK).stdout
+    assert 'real tokens' in out and 'vocab 65' in out
+    ms, tok_s, mfu, mem = single_figures(out)
+    assert ms > 0 and tok_s > 0 and mfu > 0 and mem > 0
+    assert tok_s == pytest.approx(2 * 16 / (ms / 1000), rel=0.02)
+    trace = tmp_path / 'bench_trace_forward_ours.json'
+    with open(trace) as f:
+        assert json.load(f)['traceEvents']
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--variants=eager,turbo'], "unknown variant word 'turbo'"),
+    (['--mode=sample', '--variants=hf', '--max_new_tokens=20'], 'exceeds block_size'),
+    (['--model=gpt5'], "unknown preset 'gpt5'"),
+])
+def test_user_errors_are_one_line(args, message):
+    r = bench(*args, check=False)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], r.stderr
