@@ -13,9 +13,11 @@ $ python bench.py --profile=True                           # also writes a chrom
 Modes: 'train' times one optimizer step (forward, backward, grad clip, AdamW, one host sync: the hot
 path of train.py), 'forward' a no-grad forward with loss (what evaluation runs), 'sample' greedy
 generation (one iteration = one new token for every row). Each variant warms up (and compiles) first;
-figures are medians over the timed iterations. MFU is the model's FLOPs (model.flops_per_token) per
-second over the device peak of the variant's compute dtype: the data sheet for known GPUs, a measured
-large matmul on CPUs.
+figures are medians over the timed iterations, with the process CPU time beside them (on a busy machine
+the less disturbed figure for one thread). MFU is the model's FLOPs (model.flops_per_token) per second
+over the device peak of the variant's compute dtype: the data sheet for known GPUs, a measured large
+matmul on CPUs. dtype 'auto' here is float32 on CPUs; train.py's 'auto' is bfloat16 on CPUs with AMX,
+which is the 'bf16' variant.
 
 --compare=True runs several variants in one process, taking turns (A, B, C, A, B, C, ...) so that a
 change in machine load hits them alike, and reports each against the first (the baseline):
@@ -29,9 +31,7 @@ cache|nocache, e.g. --variants=reference,compile+bf16+fused.
 """
 
 import copy
-import math
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -240,7 +240,7 @@ def describe(v, c, dev):
     return ', '.join(parts)
 
 
-def make_step(v, base, data, dev, prompt, tmp):
+def make_step(v, base, data, dev, prompt):
     """A function running one timed unit of variant v (with its own copy of the model), and the
     number of tokens that unit processes."""
     B, T = data[0][0].shape
@@ -261,8 +261,9 @@ def make_step(v, base, data, dev, prompt, tmp):
         from transformers import GPT2LMHeadModel
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
-        base.save_pretrained(tmp)
-        hf = GPT2LMHeadModel.from_pretrained(tmp, dtype=torch.float32).to(dev).eval()
+        with tempfile.TemporaryDirectory(prefix='bench-') as tmp:  # export our weights, load them in transformers
+            base.save_pretrained(tmp)
+            hf = GPT2LMHeadModel.from_pretrained(tmp, dtype=torch.float32).to(dev).eval()
         hf.generation_config.eos_token_id = None  # always generate max_new_tokens, like ours
         hf.generation_config.pad_token_id = 0
         mask = torch.ones_like(prompt)
@@ -363,6 +364,11 @@ def main():
         raise UserError(f"mode must be 'train', 'forward' or 'sample', got {mode!r}")
     if iters < 1 or warmup < 0 or rounds < 1 or max_new_tokens < 1 or prompt_len < 1:
         raise UserError("iters, rounds, max_new_tokens and prompt_len must be >= 1 and warmup >= 0")
+    if profile:  # before the benchmark, not after it
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot write profiler traces to out_dir {out_dir!r} ({e.strerror})") from None
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -388,97 +394,92 @@ def main():
           f"{'real' if dataset or data_dir else 'random'} tokens, device {dev}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
 
-    tmp = tempfile.mkdtemp(prefix='bench-')
-    try:
-        steps, work = {}, {}
+    steps, work = {}, {}
+    for n in names:
+        steps[n], work[n] = make_step(specs[n], base, data, dev, prompt)
+    fpt = flops_per_unit_token(base, T, ctx_len)
+    del base  # every variant has its own copy
+    if dev.startswith('cuda'):
+        torch.cuda.reset_peak_memory_stats(dev)
+    # warm-up (and compile) each variant, then let them take turns
+    for n in names:
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            steps[n]()
+        if warmup and specs[n]['compile']:
+            print(f"{n}: warm-up and compilation {time.perf_counter() - t0:.1f}s")
+    n_rounds = min(rounds, iters) if len(names) > 1 else 1
+    times = {n: [] for n in names}
+    cpu_times = {n: [] for n in names}  # process CPU time: less sensitive to other load on the machine
+    outputs = {}  # sample mode: the generated tokens, to check that the variants agree
+    for r in range(n_rounds):
+        k = iters // n_rounds + (r < iters % n_rounds)
         for n in names:
-            steps[n], work[n] = make_step(specs[n], base, data, dev, prompt, tmp)
-        fpt = flops_per_unit_token(base, T, ctx_len)
-        del base  # every variant has its own copy
-        if dev.startswith('cuda'):
-            torch.cuda.reset_peak_memory_stats(dev)
-        # warm-up (and compile) each variant, then let them take turns
-        for n in names:
-            t0 = time.perf_counter()
-            for _ in range(warmup):
-                steps[n]()
-            if warmup and specs[n]['compile']:
-                print(f"{n}: warm-up and compilation {time.perf_counter() - t0:.1f}s")
-        n_rounds = min(rounds, iters) if len(names) > 1 else 1
-        times = {n: [] for n in names}
-        cpu_times = {n: [] for n in names}  # process CPU time: less sensitive to other load on the machine
-        outputs = {}  # sample mode: the generated tokens, to check that the variants agree
-        for r in range(n_rounds):
-            k = iters // n_rounds + (r < iters % n_rounds)
-            for n in names:
-                for _ in range(k):
-                    c0, t0 = time.process_time(), time.perf_counter()
-                    outputs[n] = steps[n]()
-                    times[n].append(time.perf_counter() - t0)
-                    cpu_times[n].append(time.process_time() - c0)
-        mem = peak_memory_mb(dev)
+            for _ in range(k):
+                c0, t0 = time.process_time(), time.perf_counter()
+                outputs[n] = steps[n]()
+                times[n].append(time.perf_counter() - t0)
+                cpu_times[n].append(time.process_time() - c0)
+    mem = peak_memory_mb(dev)
 
-        # report: per iteration = per optimizer step / forward pass / new token
-        per = max_new_tokens if mode == 'sample' else 1
-        peaks = {}
-        rows = []
-        for n in names:
-            med = statistics.median(times[n]) / per
-            dt_name = specs[n]['dtype']
-            if dt_name not in peaks:
-                peaks[dt_name] = device_peak_flops(dev, getattr(torch, dt_name), override=peak_flops)
-            tok_s = work[n] / per / med
-            mfu = fpt * tok_s / peaks[dt_name]
-            cpu = statistics.median(cpu_times[n]) / per
-            rows.append((n, med, tok_s, mfu, min(times[n]) / per, max(times[n]) / per, cpu))
-        unit = 'new token' if mode == 'sample' else ('optimizer step' if mode == 'train' else 'forward pass')
-        if len(names) == 1:
-            n, med, tok_s, mfu, lo, hi, cpu = rows[0]
-            print(f"{n} ({describe(specs[n], c, dev)})")
-            print(f"ms/iter {med * 1000:.3f} (one {unit}; median of {len(times[n])}, min {lo * 1000:.3f}, "
-                  f"max {hi * 1000:.3f})  tokens/s {tok_s:,.0f}  MFU {mfu * 100:.2f}%  peak memory {mem:,.0f} MB  "
-                  f"cpu ms/iter {cpu * 1000:.3f}")
-        else:
-            base_speed = rows[0][2]
-            base_cpu = rows[0][6]
-            w = max(len(n) for n in names + ['variant'])
-            print(f"{'variant':<{w}} {'ms/iter':>9} {'tokens/s':>10} {'MFU':>7} {'vs ' + names[0]:>14} "
-                  f"{'cpu ms/iter':>11} {'(cpu)':>6}  settings")
-            for n, med, tok_s, mfu, lo, hi, cpu in rows:
-                print(f"{n:<{w}} {med * 1000:>9.3f} {tok_s:>10,.0f} {mfu * 100:>6.2f}% {tok_s / base_speed:>13.2f}x "
-                      f"{cpu * 1000:>11.3f} {base_cpu / cpu:>5.2f}x  {describe(specs[n], c, dev)}")
-            print(f"(one iteration = one {unit}; medians of {iters} timed iterations per variant in {n_rounds} "
-                  f"interleaved rounds after {warmup} warm-up; ratios are speed-ups over {names[0]}, from wall "
-                  f"time and from process CPU time; peak memory {mem:,.0f} MB for all variants together)")
-        if mode == 'sample' and len(names) > 1:
-            # greedy decoding is deterministic, so fp32 variants should agree token for token; low precision
-            # and different kernels may flip near-ties
-            ref = outputs[names[0]]
-            differ = [n for n in names[1:] if not torch.equal(outputs[n].cpu(), ref.cpu())]
-            if not differ:
-                print("greedy outputs: identical in all variants")
-            for n in differ:
-                same = (outputs[n].cpu() == ref.cpu()).all(0).long()
-                first = int(same.argmin()) if not same.all() else same.numel()
-                print(f"greedy outputs: {n} departs from {names[0]} at new token {first}")
-        for dt_name, p in peaks.items():
-            how = 'data sheet' if dev.startswith('cuda') and not peak_flops else 'given' if peak_flops else 'measured matmul'
-            print(f"peak {dt_name}: {p / 1e9:,.1f} GFLOP/s ({how})")
+    # report: per iteration = per optimizer step / forward pass / new token
+    per = max_new_tokens if mode == 'sample' else 1
+    peaks = {}
+    rows = []
+    for n in names:
+        med = statistics.median(times[n]) / per
+        dt_name = specs[n]['dtype']
+        if dt_name not in peaks:
+            peaks[dt_name] = device_peak_flops(dev, getattr(torch, dt_name), override=peak_flops)
+        tok_s = work[n] / per / med
+        mfu = fpt * tok_s / peaks[dt_name]
+        cpu = statistics.median(cpu_times[n]) / per
+        rows.append((n, med, tok_s, mfu, min(times[n]) / per, max(times[n]) / per, cpu))
+    unit = 'new token' if mode == 'sample' else ('optimizer step' if mode == 'train' else 'forward pass')
+    if len(names) == 1:
+        n, med, tok_s, mfu, lo, hi, cpu = rows[0]
+        print(f"{n} ({describe(specs[n], c, dev)})")
+        print(f"ms/iter {med * 1000:.3f} (one {unit}; median of {len(times[n])}, min {lo * 1000:.3f}, "
+              f"max {hi * 1000:.3f})  tokens/s {tok_s:,.0f}  MFU {mfu * 100:.2f}%  peak memory {mem:,.0f} MB  "
+              f"cpu ms/iter {cpu * 1000:.3f}")
+    else:
+        base_speed = rows[0][2]
+        base_cpu = rows[0][6]
+        w = max(len(n) for n in names + ['variant'])
+        print(f"{'variant':<{w}} {'ms/iter':>9} {'tokens/s':>10} {'MFU':>7} {'vs ' + names[0]:>14} "
+              f"{'cpu ms/iter':>11} {'(cpu)':>6}  settings")
+        for n, med, tok_s, mfu, lo, hi, cpu in rows:
+            print(f"{n:<{w}} {med * 1000:>9.3f} {tok_s:>10,.0f} {mfu * 100:>6.2f}% {tok_s / base_speed:>13.2f}x "
+                  f"{cpu * 1000:>11.3f} {base_cpu / cpu:>5.2f}x  {describe(specs[n], c, dev)}")
+        print(f"(one iteration = one {unit}; medians of {iters} timed iterations per variant in {n_rounds} "
+              f"interleaved rounds after {warmup} warm-up; ratios are speed-ups over {names[0]}, from wall "
+              f"time and from process CPU time; peak memory {mem:,.0f} MB for all variants together)")
+    if mode == 'sample' and len(names) > 1:
+        # greedy decoding is deterministic, so fp32 variants should agree token for token; low precision
+        # and different kernels may flip near-ties
+        ref = outputs[names[0]]
+        differ = [n for n in names[1:] if not torch.equal(outputs[n].cpu(), ref.cpu())]
+        if not differ:
+            print("greedy outputs: identical in all variants")
+        for n in differ:
+            same = (outputs[n].cpu() == ref.cpu()).all(0).long()
+            first = int(same.argmin()) if not same.all() else same.numel()
+            print(f"greedy outputs: {n} departs from {names[0]} at new token {first}")
+    for dt_name, p in peaks.items():
+        how = 'data sheet' if dev.startswith('cuda') and not peak_flops else 'given' if peak_flops else 'measured matmul'
+        print(f"peak {dt_name}: {p / 1e9:,.1f} GFLOP/s ({how})")
 
-        if profile:
-            from torch.profiler import ProfilerActivity, profile as torch_profile
-            os.makedirs(out_dir, exist_ok=True)
-            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.startswith('cuda') else [])
-            for n in names:
-                with torch_profile(activities=acts, record_shapes=True) as prof:
-                    for _ in range(1 if mode == 'sample' else 3):
-                        steps[n]()
-                path = os.path.join(out_dir, f"bench_trace_{mode}_{n.replace('+', '_')}.json")
-                prof.export_chrome_trace(path)
-                print(f"\n{n}: trace written to {path}")
-                print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=12))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.startswith('cuda') else [])
+        for n in names:
+            with torch_profile(activities=acts, record_shapes=True) as prof:
+                for _ in range(1 if mode == 'sample' else 3):
+                    steps[n]()
+            path = os.path.join(out_dir, f"bench_trace_{mode}_{n.replace('+', '_')}.json")
+            prof.export_chrome_trace(path)
+            print(f"\n{n}: trace written to {path}")
+            print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=12))
 
 
 if __name__ == '__main__':
