@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from dataclasses import asdict, fields
+from dataclasses import fields
 
 import numpy as np
 import torch

@@ -11,7 +11,6 @@ A single sample streams to stdout as it is generated; tokens/s is printed to std
 
 import codecs
 import json
-import os
 import sys
 import time
 
