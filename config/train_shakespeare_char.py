@@ -20,6 +20,7 @@ n_head = 6
 n_embd = 384
 dropout = 0.2
 pad_vocab_multiple = 1
+gelu_approx = 'none'  # exact GELU (as nanoGPT): on CPU its kernel is ~4x faster than GPT-2's tanh form
 learning_rate = 1e-3  # a small model can take a higher learning rate
 max_iters = 5000
 lr_decay_iters = 5000

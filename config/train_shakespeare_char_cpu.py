@@ -19,6 +19,7 @@ n_head = 4
 n_embd = 128
 dropout = 0.0         # too small a model, trained too briefly, to overfit
 pad_vocab_multiple = 1
+gelu_approx = 'none'  # exact GELU (as nanoGPT): on CPU its kernel is ~4x faster than GPT-2's tanh form
 learning_rate = 2e-3  # a small model takes a high learning rate
 max_iters = 4000
 lr_decay_iters = 4000

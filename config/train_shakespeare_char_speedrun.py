@@ -34,6 +34,7 @@ n_head = 4
 n_embd = 128
 dropout = 0.0
 pad_vocab_multiple = 1
+gelu_approx = 'none'  # exact GELU (as nanoGPT): on CPU its kernel is ~4x faster than GPT-2's tanh form
 learning_rate = 4e-3
 max_iters = 3300
 lr_decay_iters = 3300
