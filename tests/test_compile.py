@@ -1,0 +1,48 @@
+"""torch.compile on the CPU (inductor's C++ backend), as users turn it on: train.py and sample.py with
+--compile=True give what the eager runs give. The first compile of each graph takes tens of seconds,
+so the runs are short and shared by the tests here."""
+import subprocess
+
+import pytest
+import torch
+
+from test_train import TINY, events, run
+
+COMMON = [*[a for a in TINY if not a.startswith('--compile=')], '--dtype=float32', '--max_iters=6',
+          '--eval_interval=3', '--log_interval=1', '--eval_iters=2', '--plot=False']
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory, shakespeare_text):
+    data = tmp_path_factory.mktemp('data')
+    run('data/shakespeare_char/prepare.py', '--input', shakespeare_text, '--out_dir', data)
+    out = {}
+    for compiled in (False, True):
+        out[compiled] = tmp_path_factory.mktemp(f'compile_{compiled}')
+        p = run('train.py', *COMMON, f'--compile={compiled}', f'--data_dir={data}', f'--out_dir={out[compiled]}')
+        assert ('compiling the model' in p.stdout) == compiled
+    return out
+
+
+def test_compiled_training_matches_eager(runs):
+    eager, compiled = runs[False], runs[True]
+    # the compiled graphs (training, then evaluation in no_grad mode) compute the same losses...
+    for kind, key in (('train', 'loss'), ('eval', 'val_loss'), ('eval', 'train_loss')):
+        a, b = [e[key] for e in events(eager, kind)], [e[key] for e in events(compiled, kind)]
+        assert len(a) == len(b) > 1
+        assert b == pytest.approx(a, rel=1e-4), (kind, key)
+    # ...and the checkpoint holds the plain model (no torch.compile wrapper names) with the same weights
+    a = torch.load(eager / 'ckpt.pt', weights_only=True)['model']
+    b = torch.load(compiled / 'ckpt.pt', weights_only=True)['model']
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-4, msg=k)
+
+
+def test_compiled_sampling_matches_eager(runs):
+    # greedy, beyond the 32-token context: prefill, cached steps and the sliding window all run compiled
+    args = [f'--out_dir={runs[True]}', '--device=cpu', '--dtype=float32', '--temperature=0', '--num_samples=1',
+            '--max_new_tokens=48', '--start=ROMEO:']
+    eager = run('sample.py', *args, '--compile=False').stdout
+    compiled = run('sample.py', *args, '--compile=True').stdout
+    assert compiled == eager and len(eager) > 48
