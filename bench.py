@@ -230,8 +230,8 @@ def describe(v, c, dev):
     if v['kind'] == 'hf':
         return "transformers GPT2LMHeadModel.generate(do_sample=False, use_cache=True), fp32"
     attn = v['attn'] or c.attn_impl
-    if attn == 'sdpa' and mode == 'train' and v['dtype'] == 'bfloat16' and dev.startswith('cpu'):
-        attn = 'sdpa->explicit (bf16 training on CPU)'
+    if attn == 'sdpa' and mode == 'train' and dev.startswith('cpu') and (v['dtype'] == 'bfloat16' or c.dropout > 0):
+        attn = 'sdpa->explicit (CPU training in bf16 or with dropout)'
     parts = [v['dtype'], attn, 'compiled' if v['compile'] else 'eager']
     if mode == 'train':
         parts.append(f"AdamW {v['optim'] or 'as train.py'}")

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
                           OpenAIGPTConfig, OpenAIGPTLMHeadModel)
 
-from model import GPT, PRESETS, GPTConfig, KVCache, device_peak_flops
+from model import GPT, PRESETS, Dropout, GPTConfig, KVCache, device_peak_flops
 
 ATOL = 1e-5
 
@@ -382,6 +382,33 @@ def test_sdpa_matches_explicit(post_norm):
     g1, g2 = dict(sdpa.named_parameters()), dict(explicit.named_parameters())
     for n in g1:
         torch.testing.assert_close(g1[n].grad, g2[n].grad, atol=ATOL, rtol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize('p', [0.1, 0.2, 0.5])
+def test_cpu_dropout_is_dropout(p):
+    """model.Dropout's CPU mask (two 16-bit uniforms per random word) behaves as nn.Dropout's: each element
+    is zeroed with probability p, independently (also the two halves of one word), kept ones are scaled
+    by 1/(1-p), the gradient takes the same mask, and torch.manual_seed makes it repeatable."""
+    d = Dropout(p).train()
+    torch.manual_seed(0)
+    x = torch.randn(999, 1001, requires_grad=True)  # odd size: the last word is half used
+    y = d(x)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / (1 - p), rtol=1e-6, atol=0)
+    dropped = (~kept).flatten().double()
+    even, odd = dropped[0:-1:2], dropped[1::2]  # the two halves of each random word
+    for rate, expect in ((even.mean(), p), (odd.mean(), p), ((even * odd).mean(), p * p)):
+        sigma = math.sqrt(expect * (1 - expect) / even.numel())
+        assert abs(rate.item() - expect) < 6 * sigma, (rate.item(), expect)
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, kept.float() / (1 - p), rtol=1e-6, atol=0)
+    # seeded like torch's own RNG; successive calls draw new masks; bf16 in, bf16 out; eval mode is identity
+    ones = torch.ones(10_000, dtype=torch.bfloat16)
+    torch.manual_seed(1)
+    a, b = d(ones), d(ones)
+    torch.manual_seed(1)
+    assert torch.equal(d(ones), a) and not torch.equal(a, b) and a.dtype == torch.bfloat16
+    assert torch.equal(d.eval()(x), x)
 
 
 @pytest.mark.parametrize('impl', ['sdpa', 'explicit'])
