@@ -122,12 +122,11 @@ class Dropout(nn.Dropout):
     """nn.Dropout with a cheaper mask on the CPU, where PyTorch's bernoulli draws one 32-bit random number
     per element (~12 ns each, a fifth of a bf16 training step of the 6x384 Shakespeare model). Here each
     draw gives two 16-bit uniforms, so p is rounded to a multiple of 1/65536 (0.2 -> 0.199997), and
-    forward+backward is ~1.5x faster. GPUs (fused Philox kernels) and torch.compile (inductor's own
-    RNG) use nn.Dropout as it is. Seeded by torch.manual_seed like any other torch RNG."""
+    forward+backward is ~1.5x faster. Compiled, it also beats inductor's CPU dropout (bf16 step of the
+    6x384 model: 1.36 vs 2.03 s). GPUs keep nn.Dropout (fused Philox kernels). Seeded by torch.manual_seed."""
 
     def forward(self, x):
-        if (not self.training or self.p == 0.0 or self.p >= 1.0 or self.inplace or x.device.type != 'cpu'
-                or torch.compiler.is_compiling()):
+        if not self.training or self.p == 0.0 or self.p >= 1.0 or self.inplace or x.device.type != 'cpu':
             return super().forward(x)
         n = x.numel()
         # 2**32 - 1 values: uniform 32-bit words but for one value in four billion
