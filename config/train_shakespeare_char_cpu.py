@@ -2,8 +2,9 @@
 # $ python data/shakespeare_char/prepare.py
 # $ python train.py config/train_shakespeare_char_cpu.py
 # $ python sample.py --out_dir=out-shakespeare-char-cpu
-# Expect: val loss ~1.66 after 4000 iterations (1.69 at 3000); the measured time on 2 cores is in the
-# README. On CPUs with AMX (Xeon 4th gen+) dtype='auto' trains in bf16, elsewhere in fp32.
+# Expect: val loss ~1.65 after 4000 iterations (1.69 at 3000), ~44 ms per iteration on 2 cores (`make demo`:
+# 3.5 minutes for preparing, training and sampling). On CPUs with AMX (Xeon 4th gen+) dtype='auto' trains in
+# bf16, elsewhere in fp32.
 # 12 batch * 64 block * 1 accum = 768 tokens/iter; 4000 iters = ~3M tokens, ~3 passes over the data.
 out_dir = 'out-shakespeare-char-cpu'
 eval_interval = 500
