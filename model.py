@@ -101,21 +101,23 @@ HF_HUB_MODELS = {'gpt2': 'gpt2', 'gpt2-medium': 'gpt2-medium', 'gpt2-large': 'gp
 
 
 class KVCache:
-    """Preallocated keys/values for incremental decoding: (n_layer, B, n_head, block_size, head_dim).
+    """Preallocated keys/values for incremental decoding: per layer, (B, n_head, block_size, head_dim).
 
-    `pos` is the number of positions already filled; every layer appends at the same offset.
+    `pos` is the number of positions already filled; every layer appends at the same offset. One tensor
+    per layer, not one for all: torch.compile then updates each in place (writes into slices of a shared
+    tensor made inductor copy the whole cache at every step, 3x slower than eager on CPU).
     """
 
     def __init__(self, config, batch_size, device, dtype):
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.pos = 0
 
     def reorder(self, index):
         # beam search: keep the cache rows of the surviving beams
-        self.k = self.k.index_select(1, index)
-        self.v = self.v.index_select(1, index)
+        self.k = [k.index_select(0, index) for k in self.k]
+        self.v = [v.index_select(0, index) for v in self.v]
 
 
 class Dropout(nn.Dropout):
@@ -160,10 +162,10 @@ class CausalSelfAttention(nn.Module):
         past = 0
         if kv_cache is not None:
             past = kv_cache.pos
-            kv_cache.k[self.layer_idx, :, :, past:past + T] = k
-            kv_cache.v[self.layer_idx, :, :, past:past + T] = v
-            k = kv_cache.k[self.layer_idx, :, :, :past + T]
-            v = kv_cache.v[self.layer_idx, :, :, :past + T]
+            kv_cache.k[self.layer_idx][:, :, past:past + T] = k
+            kv_cache.v[self.layer_idx][:, :, past:past + T] = v
+            k = kv_cache.k[self.layer_idx][:, :, :past + T]
+            v = kv_cache.v[self.layer_idx][:, :, :past + T]
         # Query i (absolute position past+i) may attend to keys 0..past+i.
         if past == 0:
             mask, is_causal = None, True            # plain causal attention
