@@ -201,9 +201,11 @@ def test_checkpoint_with_pickled_code_is_refused_everywhere(tmp_path, char_data,
     assert not target.exists()
     assert snapshot(evil_dir) == before
 
-    # the payload is real: an unsafe load does create the file
-    torch.load(evil_dir / 'ckpt.pt', weights_only=False)
-    assert target.exists()
+    # the payload is real: the file names the callable an unsafe load would run (found without running it)
+    fn = payload(str(target)).__reduce__()[0]
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(evil_dir / 'ckpt.pt') == \
+        [f'{fn.__module__}.{fn.__qualname__}']
+    assert not target.exists()
 
 
 # ----------------------------------------------------------------------------- out_dir and disk
