@@ -176,14 +176,20 @@ def test_fsdp_matches_ddp_and_one_process(runs):
     assert m['lm_head.weight'].data_ptr() == m['transformer.wte.weight'].data_ptr()
 
 
-def test_fsdp_checkpoint_resumes_in_one_process(runs):
-    # steps 8 and 9 of the resumed run are those of an uninterrupted 10-step single-process run,
-    # which needs the weights and the AdamW moments of the FSDP checkpoint
-    straight, resumed = losses(runs['single10']), losses(runs['resumed'])
+def assert_continues_straight_run(straight_dir, resumed_dir):
+    """The run resumed at step 8 logs steps 8 and 9 as the uninterrupted 10-step run does, and ends
+    with its weights and optimizer state."""
+    straight, resumed = losses(straight_dir), losses(resumed_dir)
     assert sorted(resumed) == [8, 9]
     for it in resumed:
         assert abs(straight[it] - resumed[it]) < TOL, (it, straight[it], resumed[it])
-    assert_same_state(ckpt(runs['single10']), ckpt(runs['resumed']))
+    assert_same_state(ckpt(straight_dir), ckpt(resumed_dir))
+
+
+def test_fsdp_checkpoint_resumes_in_one_process(runs):
+    # steps 8 and 9 of the resumed run are those of an uninterrupted 10-step single-process run,
+    # which needs the weights and the AdamW moments of the FSDP checkpoint
+    assert_continues_straight_run(runs['single10'], runs['resumed'])
     # and its evaluation at step 8 is the single-process run's final evaluation
     ev8 = [e for e in events(runs['resumed'], 'eval') if e['iter'] == 8][0]
     ev_single = [e for e in events(runs['single'], 'eval') if e['iter'] == 8][0]
@@ -193,11 +199,7 @@ def test_fsdp_checkpoint_resumes_in_one_process(runs):
 def test_one_process_checkpoint_resumes_under_fsdp(runs):
     # the other way round: each rank loads the full checkpoint and keeps its shard of the weights and
     # of the AdamW moments; steps 8 and 9 and the gathered final state match the uninterrupted run
-    straight, resumed = losses(runs['single10']), losses(runs['fsdp_resumed'])
-    assert sorted(resumed) == [8, 9]
-    for it in resumed:
-        assert abs(straight[it] - resumed[it]) < TOL, (it, straight[it], resumed[it])
-    assert_same_state(ckpt(runs['single10']), ckpt(runs['fsdp_resumed']))
+    assert_continues_straight_run(runs['single10'], runs['fsdp_resumed'])
 
 
 def test_fsdp_checkpoint_samples(runs):
