@@ -44,7 +44,7 @@ from torch.nn import functional as F
 import configurator
 from checkpoint import load_model
 from common import TokenData, UserError, autocast_ctx, pick_device, pick_dtype
-from model import GPT, PRESETS, device_peak_flops
+from model import GPT, PRESETS, cpu_training_avoids_sdpa, device_peak_flops
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value
@@ -230,7 +230,8 @@ def describe(v, c, dev):
     if v['kind'] == 'hf':
         return "transformers GPT2LMHeadModel.generate(do_sample=False, use_cache=True), fp32"
     attn = v['attn'] or c.attn_impl
-    if attn == 'sdpa' and mode == 'train' and dev.startswith('cpu') and (v['dtype'] == 'bfloat16' or c.dropout > 0):
+    if (attn == 'sdpa' and mode == 'train' and dev.startswith('cpu')
+            and cpu_training_avoids_sdpa(getattr(torch, v['dtype']), c.dropout)):
         attn = 'sdpa->explicit (CPU training in bf16 or with dropout)'
     parts = [v['dtype'], attn, 'compiled' if v['compile'] else 'eager']
     if mode == 'train':

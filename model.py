@@ -137,6 +137,15 @@ class Dropout(nn.Dropout):
         return x * keep * (1.0 / (1.0 - self.p))
 
 
+def cpu_training_avoids_sdpa(dtype, dropout_p):
+    """On the CPU, training takes the explicit attention path in two cases: PyTorch's flash-attention
+    backward is slow in bfloat16 (forward+backward 2-3x the masked softmax's: torch 2.13, one core, 21 vs
+    6 ms at B,H,T,hs = 12,4,64,32; 105 vs 52 ms at 12,6,256,64), and with dropout SDPA falls back to its
+    math kernel with the slow bernoulli mask (129 vs 98 ms at 12,6,256,64, fp32, p=0.2). Inference keeps
+    SDPA, whose forward is the fast one."""
+    return dtype == torch.bfloat16 or dropout_p > 0
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config, layer_idx):
@@ -177,12 +186,7 @@ class CausalSelfAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         use_sdpa = self.attn_impl == 'sdpa'
         if (use_sdpa and q.device.type == 'cpu' and torch.is_grad_enabled()
-                and (q.dtype == torch.bfloat16 or dropout_p > 0)):
-            # On the CPU, training takes the explicit path in two cases: PyTorch's flash-attention backward
-            # is slow in bfloat16 (forward+backward 2-3x this masked softmax's: torch 2.13, one core, 21 vs
-            # 6 ms at B,H,T,hs = 12,4,64,32; 105 vs 52 ms at 12,6,256,64), and with dropout SDPA falls back
-            # to its math kernel with the slow bernoulli mask (129 vs 98 ms at 12,6,256,64, fp32, p=0.2).
-            # Inference keeps SDPA, whose forward is the fast one.
+                and cpu_training_avoids_sdpa(q.dtype, dropout_p)):
             use_sdpa = False
         if use_sdpa:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
