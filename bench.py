@@ -31,6 +31,7 @@ cache|nocache, e.g. --variants=reference,compile+bf16+fused.
 """
 
 import copy
+import itertools
 import os
 import statistics
 import sys
@@ -38,13 +39,16 @@ import tempfile
 import time
 
 import torch
-import torch.nn as nn
-from torch.nn import functional as F
 
 import configurator
+import hf
+from bench_reference import RefGPT
 from checkpoint import load_model
-from common import TokenData, UserError, autocast_ctx, pick_device, pick_dtype
-from model import GPT, PRESETS, cpu_training_avoids_sdpa, device_peak_flops
+from configurator import UserError
+from device import autocast_ctx, cpu_name, device_peak_flops, pick_device, pick_dtype
+from generate import generate
+from model import PRESETS, GPTConfig, cpu_training_avoids_sdpa
+from tokendata import TokenData, dataset_dir
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value
@@ -90,73 +94,6 @@ DTYPES = {'fp32': 'float32', 'bf16': 'bfloat16', 'fp16': 'float16'}
 OPTIMS = ('forloop', 'foreach', 'fused')
 
 
-# ----------------------------------------------------------------------------- the reference
-# A plain nanoGPT-style GPT with the same architecture and parameter names as model.GPT (pre-norm
-# GPT-2 blocks), trained the obvious way: eager, fp32, torch.optim.AdamW with its defaults.
-
-class RefAttention(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.n_head, self.dropout = c.n_head, c.dropout
-        self.c_attn = nn.Linear(c.n_embd, 3 * c.n_embd, bias=c.bias)
-        self.c_proj = nn.Linear(c.n_embd, c.n_embd, bias=c.bias)
-        self.resid_dropout = nn.Dropout(c.dropout)
-
-    def forward(self, x):
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
-        return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
-
-
-class RefMLP(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.c_fc = nn.Linear(c.n_embd, c.d_ff, bias=c.bias)
-        self.gelu = nn.GELU(approximate=c.gelu_approx)
-        self.c_proj = nn.Linear(c.d_ff, c.n_embd, bias=c.bias)
-        self.dropout = nn.Dropout(c.dropout)
-
-    def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
-
-
-class RefBlock(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(c.n_embd, eps=c.layer_norm_eps, bias=c.bias)
-        self.attn = RefAttention(c)
-        self.ln_2 = nn.LayerNorm(c.n_embd, eps=c.layer_norm_eps, bias=c.bias)
-        self.mlp = RefMLP(c)
-
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
-class RefGPT(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(c.padded_vocab_size, c.n_embd),
-            wpe=nn.Embedding(c.block_size, c.n_embd),
-            drop=nn.Dropout(c.dropout),
-            h=nn.ModuleList([RefBlock(c) for _ in range(c.n_layer)]),
-            ln_f=nn.LayerNorm(c.n_embd, eps=c.layer_norm_eps, bias=c.bias),
-        ))
-        self.lm_head = nn.Linear(c.n_embd, c.padded_vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight
-
-    def forward(self, idx, targets):
-        pos = torch.arange(idx.size(1), device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))
-        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-
-
 # ----------------------------------------------------------------------------- set-up
 
 def build_model(dev):
@@ -166,27 +103,23 @@ def build_model(dev):
         overrides['dropout'] = dropout
     if attn_impl:
         overrides['attn_impl'] = attn_impl
+    scratch = None
     if init_from == 'scratch':
         if model not in PRESETS:
             raise UserError(f"unknown preset {model!r}; choose one of: {', '.join(PRESETS)}")
-        for k, v in dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=vocab_size,
-                         block_size=block_size).items():
-            if v:
-                overrides[k] = v
+        sizes = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=vocab_size, block_size=block_size)
         try:
-            m = GPT.from_preset(model, **overrides)
+            scratch = GPTConfig(**{**PRESETS[model], **{k: v for k, v in sizes.items() if v}, **overrides})
         except ValueError as e:
             raise UserError(str(e)) from None
-    else:
-        m, _, _ = load_model(init_from, out_dir, ckpt_name, 'cpu', **overrides)
+    m, _, _ = load_model(init_from, out_dir, ckpt_name, scratch=scratch, **overrides)
     return m.to(dev).train()
 
 
 def batches(m, dev, B, T):
     """A few (X, Y) batches drawn before timing, cycled through by every variant alike."""
     if dataset or data_dir:
-        path = data_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', dataset)
-        data = TokenData(path, T, B, dev, seed=seed, vocab_size=m.config.vocab_size)
+        data = TokenData(dataset_dir(dataset, data_dir)[0], T, B, dev, seed=seed, vocab_size=m.config.vocab_size)
         return [data.batch('train', i) for i in range(8)]
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -244,69 +177,77 @@ def describe(v, c, dev):
 def make_step(v, base, data, dev, prompt):
     """A function running one timed unit of variant v (with its own copy of the model), and the
     number of tokens that unit processes."""
-    B, T = data[0][0].shape
-    it = [0]
-
-    def next_batch():
-        it[0] += 1
-        return data[it[0] % len(data)]
-
     if v['kind'] == 'hf':
-        if base.config.post_norm:
-            raise UserError("variant 'hf' needs a pre-norm (GPT-2) model")
-        if prompt.size(1) + max_new_tokens > base.config.block_size:
-            raise UserError(f"variant 'hf': prompt_len + max_new_tokens ({prompt.size(1) + max_new_tokens}) exceeds "
-                            f"block_size ({base.config.block_size}) and transformers' GPT-2 has no sliding window; "
-                            f"use a longer --block_size or fewer --max_new_tokens")
-        import transformers
-        from transformers import GPT2LMHeadModel
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-        with tempfile.TemporaryDirectory(prefix='bench-') as tmp:  # export our weights, load them in transformers
-            base.save_pretrained(tmp)
-            hf = GPT2LMHeadModel.from_pretrained(tmp, dtype=torch.float32).to(dev).eval()
-        hf.generation_config.eos_token_id = None  # always generate max_new_tokens, like ours
-        hf.generation_config.pad_token_id = 0
-        mask = torch.ones_like(prompt)
-        return (lambda: hf.generate(prompt, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                    do_sample=False, use_cache=True)[:, prompt.size(1):]), max_new_tokens * prompt.size(0)
-
+        return hf_generate_step(base, dev, prompt)
     if v['kind'] == 'reference':
         if base.config.post_norm:
             raise UserError("variant 'reference' needs a pre-norm (GPT-2) model")
         m = RefGPT(base.config).to(dev)
         m.load_state_dict(base.state_dict())
-        m.train(mode == 'train')
     else:
         m = copy.deepcopy(base)
         if v['attn']:
             for block in m.transformer.h:
                 block.attn.attn_impl = v['attn']
-        m.train(mode == 'train')
+    m.train(mode == 'train')
     ctx = autocast_ctx(dev, v['dtype'])
-    sync = torch.cuda.synchronize if dev.startswith('cuda') else (lambda: None)
     if mode == 'sample':
-        if v['compile']:  # as sample.py: compile the forward that generate() calls
-            m.forward = torch.compile(m.forward, dynamic=True)
-
-        def step():
-            with ctx:
-                out = m.generate(prompt, max_new_tokens, temperature=0.0, use_cache=v['cache'])
-            sync()
-            return out[:, prompt.size(1):]
-        return step, max_new_tokens * prompt.size(0)
-
+        return sample_step(m, v, ctx, dev, prompt)
     fwd = torch.compile(m) if v['compile'] else m
+    B, T = data[0][0].shape
+    batch = iter(data[i % len(data)] for i in itertools.count(1))
     if mode == 'forward':
         def step():
-            X, Y = next_batch()
+            X, Y = next(batch)
             with torch.no_grad(), ctx:
                 _, loss = fwd(X, Y)
             loss.item()
         return step, B * T
+    return train_step(m, fwd, v, ctx, dev, batch), B * T
 
-    # train: the hot path of train.py's loop (one micro-step)
-    device_type = 'cuda' if dev.startswith('cuda') else dev.split(':')[0]
+
+def hf_generate_step(base, dev, prompt):
+    """transformers' GPT2LMHeadModel.generate on our weights (exported and loaded back), greedy, cached."""
+    if base.config.post_norm:
+        raise UserError("variant 'hf' needs a pre-norm (GPT-2) model")
+    if prompt.size(1) + max_new_tokens > base.config.block_size:
+        raise UserError(f"variant 'hf': prompt_len + max_new_tokens ({prompt.size(1) + max_new_tokens}) exceeds "
+                        f"block_size ({base.config.block_size}) and transformers' GPT-2 has no sliding window; "
+                        f"use a longer --block_size or fewer --max_new_tokens")
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory(prefix='bench-') as tmp:
+        hf.save_pretrained(base, tmp)
+        theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp, dtype=torch.float32).to(dev).eval()
+    theirs.generation_config.eos_token_id = None  # always generate max_new_tokens, like ours
+    theirs.generation_config.pad_token_id = 0
+    mask = torch.ones_like(prompt)
+
+    def step():
+        out = theirs.generate(prompt, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                              use_cache=True)
+        return out[:, prompt.size(1):]
+    return step, max_new_tokens * prompt.size(0)
+
+
+def sample_step(m, v, ctx, dev, prompt):
+    """Greedy generation of max_new_tokens with generate.py, as sample.py runs it."""
+    if v['compile']:  # as sample.py: compile the forward that generate() calls
+        m.forward = torch.compile(m.forward, dynamic=True)
+    sync = torch.cuda.synchronize if dev.startswith('cuda') else (lambda: None)
+
+    def step():
+        with ctx:
+            out = generate(m, prompt, max_new_tokens, temperature=0.0, use_cache=v['cache'])
+        sync()
+        return out[:, prompt.size(1):]
+    return step, max_new_tokens * prompt.size(0)
+
+
+def train_step(m, fwd, v, ctx, dev, batch):
+    """The hot path of train.py's loop: forward, backward, grad clip, AdamW, one host sync."""
+    device_type = torch.device(dev).type
     if v['kind'] == 'reference':
         decay = [p for p in m.parameters() if p.dim() >= 2]
         no_decay = [p for p in m.parameters() if p.dim() < 2]
@@ -323,7 +264,7 @@ def make_step(v, base, data, dev, prompt):
     scaler = torch.amp.GradScaler(device_type, enabled=v['dtype'] == 'float16')
 
     def step():
-        X, Y = next_batch()
+        X, Y = next(batch)
         with ctx:
             _, loss = fwd(X, Y)
         scaler.scale(loss).backward()
@@ -334,7 +275,7 @@ def make_step(v, base, data, dev, prompt):
         scaler.update()
         opt.zero_grad(set_to_none=True)
         loss.item()  # train.py's one host sync per iteration
-    return step, B * T
+    return step
 
 
 def peak_memory_mb(dev):
@@ -361,6 +302,40 @@ def flops_per_unit_token(m, T, ctx_len):
 
 def main():
     dev = pick_device(device)
+    names, specs = check_settings(dev)
+    base = build_model(dev)
+    B = batch_size or (1 if mode == 'sample' else 12)
+    T = block_size or base.config.block_size
+    if T > base.config.block_size:
+        raise UserError(f"block_size={T} exceeds the model's context ({base.config.block_size})")
+    if mode == 'sample' and prompt_len >= base.config.block_size:
+        raise UserError(f"prompt_len ({prompt_len}) must be shorter than the context ({base.config.block_size})")
+    data = batches(base, dev, B, T)
+    prompt = data[0][0][:, :prompt_len]
+    c = base.config
+    shape = (f"{B} x {max_new_tokens} new tokens after a {prompt_len}-token prompt" if mode == 'sample'
+             else f"batch {B} x block {T}")
+    print(f"{mode}: {base.num_params() / 1e6:.2f}M params ({c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, "
+          f"context {c.block_size}, vocab {c.vocab_size}, dropout {c.dropout}), {shape}, "
+          f"{'real' if dataset or data_dir else 'random'} tokens, torch {torch.__version__}")
+    hw = torch.cuda.get_device_name(dev) if dev.startswith('cuda') else cpu_name()
+    print(f"device {dev}: {hw}, {torch.get_num_threads()} threads")
+    steps, work = {}, {}
+    for n in names:
+        steps[n], work[n] = make_step(specs[n], base, data, dev, prompt)
+    ctx_len = min(prompt_len + max_new_tokens / 2, c.block_size)  # mean context of a new token
+    fpt = flops_per_unit_token(base, T, ctx_len)
+    del base  # every variant has its own copy
+    times, cpu_times, outputs = time_variants(names, specs, steps, dev)
+    report(names, specs, times, cpu_times, work, fpt, c, dev)
+    if mode == 'sample' and len(names) > 1:
+        compare_outputs(names, outputs)
+    if profile:
+        write_traces(names, steps, dev)
+
+
+def check_settings(dev):
+    """The variants to run, after checking the settings that need no model."""
     if mode not in ('train', 'forward', 'sample'):
         raise UserError(f"mode must be 'train', 'forward' or 'sample', got {mode!r}")
     if iters < 1 or warmup < 0 or rounds < 1 or max_new_tokens < 1 or prompt_len < 1:
@@ -376,33 +351,14 @@ def main():
     names = [s.strip() for s in (variants or (STANDARD[mode] if compare else 'ours')).split(',') if s.strip()]
     if len(set(names)) != len(names):
         raise UserError(f"variants are listed twice: {variants}")
-    specs = {n: parse_variant(n, dev) for n in names}
-    base = build_model(dev)
-    B = batch_size or (1 if mode == 'sample' else 12)
-    T = block_size or base.config.block_size
-    if T > base.config.block_size:
-        raise UserError(f"block_size={T} exceeds the model's context ({base.config.block_size})")
-    data = batches(base, dev, B, T)
-    if mode == 'sample' and prompt_len >= base.config.block_size:
-        raise UserError(f"prompt_len ({prompt_len}) must be shorter than the context ({base.config.block_size})")
-    prompt = data[0][0][:, :prompt_len]
-    ctx_len = min(prompt_len + max_new_tokens / 2, base.config.block_size)  # mean context of a new token
-    c = base.config
-    shape = (f"{B} x {max_new_tokens} new tokens after a {prompt_len}-token prompt" if mode == 'sample'
-             else f"batch {B} x block {T}")
-    print(f"{mode}: {base.num_params() / 1e6:.2f}M params ({c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, "
-          f"context {c.block_size}, vocab {c.vocab_size}, dropout {c.dropout}), {shape}, "
-          f"{'real' if dataset or data_dir else 'random'} tokens, device {dev}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}")
+    return names, {n: parse_variant(n, dev) for n in names}
 
-    steps, work = {}, {}
-    for n in names:
-        steps[n], work[n] = make_step(specs[n], base, data, dev, prompt)
-    fpt = flops_per_unit_token(base, T, ctx_len)
-    del base  # every variant has its own copy
+
+def time_variants(names, specs, steps, dev):
+    """Warm up (and compile) each variant, then let them take turns: A, B, C, A, B, C, ... so that a change
+    in machine load hits them alike. Returns wall and process-CPU seconds per run, and the last outputs."""
     if dev.startswith('cuda'):
         torch.cuda.reset_peak_memory_stats(dev)
-    # warm-up (and compile) each variant, then let them take turns
     for n in names:
         t0 = time.perf_counter()
         for _ in range(warmup):
@@ -421,12 +377,14 @@ def main():
                 outputs[n] = steps[n]()
                 times[n].append(time.perf_counter() - t0)
                 cpu_times[n].append(time.process_time() - c0)
-    mem = peak_memory_mb(dev)
+    return times, cpu_times, outputs
 
-    # report: per iteration = per optimizer step / forward pass / new token
+
+def report(names, specs, times, cpu_times, work, fpt, c, dev):
+    """Medians per iteration (optimizer step / forward pass / new token), tokens/s, MFU and ratios."""
+    mem = peak_memory_mb(dev)
     per = max_new_tokens if mode == 'sample' else 1
-    peaks = {}
-    rows = []
+    peaks, rows = {}, []
     for n in names:
         med = statistics.median(times[n]) / per
         dt_name = specs[n]['dtype']
@@ -444,48 +402,48 @@ def main():
               f"max {hi * 1000:.3f})  tokens/s {tok_s:,.0f}  MFU {mfu * 100:.2f}%  peak memory {mem:,.0f} MB  "
               f"cpu ms/iter {cpu * 1000:.3f}")
     else:
-        base_speed = rows[0][2]
-        base_cpu = rows[0][6]
+        base_speed, base_cpu = rows[0][2], rows[0][6]
         w = max(len(n) for n in names + ['variant'])
         print(f"{'variant':<{w}} {'ms/iter':>9} {'tokens/s':>10} {'MFU':>7} {'vs ' + names[0]:>14} "
               f"{'cpu ms/iter':>11} {'(cpu)':>6}  settings")
         for n, med, tok_s, mfu, lo, hi, cpu in rows:
             print(f"{n:<{w}} {med * 1000:>9.3f} {tok_s:>10,.0f} {mfu * 100:>6.2f}% {tok_s / base_speed:>13.2f}x "
                   f"{cpu * 1000:>11.3f} {base_cpu / cpu:>5.2f}x  {describe(specs[n], c, dev)}")
-        print(f"(one iteration = one {unit}; medians of {iters} timed iterations per variant in {n_rounds} "
-              f"interleaved rounds after {warmup} warm-up; ratios are speed-ups over {names[0]}, from wall "
-              f"time and from process CPU time; peak memory {mem:,.0f} MB for all variants together)")
-    if mode == 'sample' and len(names) > 1:
-        # greedy decoding is deterministic, so fp32 variants should agree token for token; low precision
-        # and different kernels may flip near-ties
-        ref = outputs[names[0]]
-        differ = [n for n in names[1:] if not torch.equal(outputs[n].cpu(), ref.cpu())]
-        if not differ:
-            print("greedy outputs: identical in all variants")
-        for n in differ:
-            same = (outputs[n].cpu() == ref.cpu()).all(0).long()
-            first = int(same.argmin()) if not same.all() else same.numel()
-            print(f"greedy outputs: {n} departs from {names[0]} at new token {first}")
+        print(f"(one iteration = one {unit}; medians of {iters} timed iterations per variant in "
+              f"{min(rounds, iters)} interleaved rounds after {warmup} warm-up; ratios are speed-ups over "
+              f"{names[0]}, from wall time and from process CPU time; peak memory {mem:,.0f} MB for all variants "
+              f"together)")
     for dt_name, p in peaks.items():
         how = 'data sheet' if dev.startswith('cuda') and not peak_flops else 'given' if peak_flops else 'measured matmul'
         print(f"peak {dt_name}: {p / 1e9:,.1f} GFLOP/s ({how})")
 
-    if profile:
-        from torch.profiler import ProfilerActivity, profile as torch_profile
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.startswith('cuda') else [])
-        for n in names:
-            with torch_profile(activities=acts, record_shapes=True) as prof:
-                for _ in range(1 if mode == 'sample' else 3):
-                    steps[n]()
-            path = os.path.join(out_dir, f"bench_trace_{mode}_{n.replace('+', '_')}.json")
-            prof.export_chrome_trace(path)
-            print(f"\n{n}: trace written to {path}")
-            print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=12))
+
+def compare_outputs(names, outputs):
+    """Greedy decoding is deterministic, so fp32 variants should agree token for token; low precision
+    and different kernels may flip near-ties."""
+    ref = outputs[names[0]]
+    differ = [n for n in names[1:] if not torch.equal(outputs[n].cpu(), ref.cpu())]
+    if not differ:
+        print("greedy outputs: identical in all variants")
+    for n in differ:
+        same = (outputs[n].cpu() == ref.cpu()).all(0).long()
+        first = int(same.argmin()) if not same.all() else same.numel()
+        print(f"greedy outputs: {n} departs from {names[0]} at new token {first}")
+
+
+def write_traces(names, steps, dev):
+    """A chrome trace per variant in out_dir, and the top operators by CPU time."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.startswith('cuda') else [])
+    for n in names:
+        with torch_profile(activities=acts, record_shapes=True) as prof:
+            for _ in range(1 if mode == 'sample' else 3):
+                steps[n]()
+        path = os.path.join(out_dir, f"bench_trace_{mode}_{n.replace('+', '_')}.json")
+        prof.export_chrome_trace(path)
+        print(f"\n{n}: trace written to {path}")
+        print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=12))
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    main()  # a UserError prints one line and exits 1 (configurator.py)

@@ -1,5 +1,6 @@
 """
-Checkpoints: written atomically, loaded safely, and one loader for train.py, sample.py and bench.py.
+Checkpoints: written atomically, loaded safely, and the one loader (load_model) that every script uses
+to get a model by init_from: scratch, resume, a hub name or a Hugging Face directory.
 
 A checkpoint is a torch.save'd dict of tensors and plain data only, so it loads with
 torch.load(weights_only=True): a file from someone else cannot run code. Layout:
@@ -24,8 +25,9 @@ from dataclasses import fields
 import numpy as np
 import torch
 
-from common import UserError
-from model import GPT, GPTConfig, HF_HUB_MODELS
+import hf
+from configurator import UserError
+from model import GPT, GPTConfig
 
 CHECKPOINT_FORMAT = 'gpt-checkpoint/1'
 
@@ -182,34 +184,63 @@ def set_rng_state(state):
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state['python']))
 
 
-def load_model(init_from, out_dir='out', ckpt_name='best.pt', device='cpu', **overrides):
-    """The one way scripts get a model to run: returns (model, data_meta or None, ckpt or None).
+INIT_FROM = f"'scratch', 'resume', a hub model ({', '.join(hf.HF_HUB_MODELS)}) or a local Hugging Face directory"
 
-    init_from: 'resume' (out_dir/ckpt_name, falling back to out_dir/ckpt.pt), a Hugging Face hub name
-    (gpt2, gpt2-medium, gpt2-large, gpt2-xl, openai-gpt) or a local transformers directory.
+
+def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, block_size=0, expect=None, **overrides):
+    """The one way scripts get a model: returns (model on the CPU, data_meta or None, ckpt or None).
+
+    init_from: 'scratch' (GPT(scratch), a GPTConfig), 'resume' (out_dir/ckpt_name, falling back to
+    out_dir/ckpt.pt), a Hugging Face hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, openai-gpt) or a
+    local transformers directory. overrides: GPTConfig fields that leave the weights' meaning alone
+    (dropout, attn_impl, ...). block_size: run at this context (0 keeps the model's; see crop_block_size).
+    expect: architecture settings the user asked for explicitly, which a resumed checkpoint must have.
     """
-    if init_from == 'resume':
-        path = os.path.join(out_dir, ckpt_name)
-        if not os.path.exists(path) and os.path.exists(os.path.join(out_dir, 'ckpt.pt')):
-            path = os.path.join(out_dir, 'ckpt.pt')
-        if not os.path.exists(path):
-            raise UserError(f"no checkpoint in {out_dir} (looked for {ckpt_name} and ckpt.pt): train first, "
-                            f"or pass --out_dir=<a training run's out_dir>")
-        ckpt = load_checkpoint(path, map_location='cpu')
-        model = model_from_checkpoint(ckpt, **overrides)
-        return model.to(device), ckpt.get('data_meta'), ckpt
-    if init_from in HF_HUB_MODELS or os.path.isdir(init_from):
-        try:
-            model = GPT.from_pretrained(init_from, **overrides)
-        except (ValueError, OSError) as e:
-            raise UserError(f"cannot load {init_from!r}: {str(e).splitlines()[0]}") from None
-        # GPT-2 models use tiktoken's GPT-2 BPE; GPT-1 and directories that ship a tokenizer use theirs
-        own_tokenizer = init_from == 'openai-gpt' or any(
-            os.path.exists(os.path.join(init_from, f)) for f in ('tokenizer.json', 'vocab.json', 'tokenizer_config.json'))
-        meta = {'tokenizer': 'hf', 'name': init_from} if own_tokenizer else {'tokenizer': 'gpt2'}
-        return model.to(device), {**meta, 'vocab_size': model.config.vocab_size}, None
-    raise UserError(f"init_from={init_from!r} is not 'resume', a hub model ({', '.join(HF_HUB_MODELS)}) "
-                    f"or an existing Hugging Face directory")
+    ckpt, meta = None, None
+    try:
+        if init_from == 'scratch':
+            if scratch is None:
+                raise UserError("init_from='scratch' needs model settings; this script loads trained models: "
+                                f"use {INIT_FROM.split(', ', 1)[1]}")
+            model = GPT(scratch)
+        elif init_from == 'resume':
+            candidates = [os.path.join(out_dir, name) for name in dict.fromkeys((ckpt_name, 'ckpt.pt'))]
+            path = next((p for p in candidates if os.path.exists(p)), None)
+            if path is None:
+                raise UserError(f"no checkpoint at {' or '.join(candidates)}: train with --init_from=scratch first, "
+                                f"or point --out_dir at a training run")
+            ckpt = load_checkpoint(path, map_location='cpu')
+            ckpt['path'] = path
+            for k, v in (expect or {}).items():
+                if ckpt['model_args'].get(k) != v:
+                    raise UserError(f"the checkpoint in {out_dir} has {k}={ckpt['model_args'].get(k)} but you asked "
+                                    f"for {k}={v}; drop that setting to resume, or use a new --out_dir")
+            model, meta = model_from_checkpoint(ckpt, **overrides), ckpt.get('data_meta')
+        elif init_from in hf.HF_HUB_MODELS or os.path.isdir(init_from):
+            try:
+                model = hf.from_pretrained(init_from, **overrides)
+            except (ValueError, OSError) as e:
+                raise UserError(f"cannot load {init_from!r}: {str(e).splitlines()[0]}") from None
+            # GPT-2 models use tiktoken's GPT-2 BPE; GPT-1 and directories that ship a tokenizer use theirs
+            own_tokenizer = init_from == 'openai-gpt' or any(
+                os.path.exists(os.path.join(init_from, f)) for f in ('tokenizer.json', 'vocab.json', 'tokenizer_config.json'))
+            meta = {'tokenizer': 'hf', 'name': init_from} if own_tokenizer else {'tokenizer': 'gpt2'}
+            meta['vocab_size'] = model.config.vocab_size
+        else:
+            raise UserError(f"init_from={init_from!r}: expected {INIT_FROM}")
+        if block_size:
+            model.crop_block_size(block_size)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return model, meta, ckpt
+
+
+def check_resume_data(ckpt, data_meta, data_dir):
+    """A resumed run continues on a dataset with the vocabulary it was trained on."""
+    saved = (ckpt.get('data_meta') or {}).get('vocab_size')
+    if saved is not None and saved != data_meta['vocab_size']:
+        raise UserError(f"the checkpoint was trained on a dataset with vocab_size {saved}, "
+                        f"but the one in {data_dir} has {data_meta['vocab_size']}")
 
 
 # ---------------------------------------------------------------------- FSDP: full state dicts

@@ -18,6 +18,10 @@ Arguments without a leading -- are config files (plain Python assignments), appl
 in order; --key=value arguments are applied after all files, in order, so the command
 line always wins. Unknown keys and values of the wrong type are errors that name the
 key; the script exits with one line on stderr instead of a traceback.
+
+The same holds for every other mistake a user can make: code anywhere raises UserError with a
+message that says what to do, and configure() installs the hook that prints it as one
+`error: ...` line and exits with status 1 (once under torchrun, see report_user_error).
 """
 import ast
 import difflib
@@ -29,8 +33,36 @@ import types
 CONFIG_TYPES = (bool, int, float, str)
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A mistake the user can fix (bad setting, missing file, ...): printed as one `error: ...` line."""
+
+
+class ConfigError(UserError, ValueError):
     """A bad config file or --key=value argument; the message is one line for the user."""
+
+
+def report_user_error(message):
+    """Print `error: message` to stderr. Under torchrun, before the process group exists, every rank
+    runs the same checks on the same settings and files, so only rank 0 prints; once it exists, a
+    failure may be one rank's own (its disk, its device), so every failing rank prints."""
+    dist = sys.modules.get('torch.distributed')
+    grouped = dist is not None and dist.is_available() and dist.is_initialized()
+    if grouped or int(os.environ.get('RANK', '0') or 0) == 0:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def exit_on_user_error():
+    """From now on an uncaught UserError prints one `error: ...` line and exits 1 (configure() calls it);
+    other exceptions go to the hook that was in place. train.py calls it again after joining a process
+    group, whose hook would put `[rankN]: ` before the line."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if issubclass(kind, UserError):
+            report_user_error(value)  # the interpreter then exits with status 1
+        else:
+            previous(kind, value, tb)
+    sys.excepthook = hook
 
 
 def config_keys(namespace):
@@ -153,8 +185,10 @@ def configure(namespace, argv=None, verbose=True):
 
     Updates `namespace` in place and returns the resolved config as a plain dict (for logs and
     checkpoints). On a bad argument prints `error: ...` to stderr and exits with status 2;
-    on -h/--help lists the keys and exits with status 0.
+    on -h/--help lists the keys and exits with status 0. Installs the hook that prints any later
+    uncaught UserError as one line (exit status 1).
     """
+    exit_on_user_error()
     argv = sys.argv[1:] if argv is None else list(argv)
     defaults = config_keys(namespace)
     if '-h' in argv or '--help' in argv:
@@ -163,7 +197,7 @@ def configure(namespace, argv=None, verbose=True):
     try:
         config = parse(defaults, argv)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        report_user_error(e)
         sys.exit(2)
     if verbose:
         for k, v in config.items():

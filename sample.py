@@ -18,8 +18,10 @@ import torch
 
 import configurator
 from checkpoint import load_model
-from common import UserError, autocast_ctx, get_tokenizer, pick_device, pick_dtype
-from model import check_sampling_args
+from configurator import UserError
+from device import autocast_ctx, pick_device, pick_dtype
+from generate import beam_search, check_sampling_args, generate_stream
+from tokendata import get_tokenizer
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value
@@ -42,7 +44,7 @@ use_cache = True            # key/value cache: one token per step instead of the
 seed = 1337
 device = 'auto'             # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...
 dtype = 'auto'              # 'auto', 'float32', 'bfloat16', 'float16'
-compile = False             # torch.compile the model: for long generations (decoding 1.3x faster on CPU, after a ~1 min cold compile)
+compile = False             # torch.compile the forward: for long generations (bench.py --mode=sample --variants=cache,compile+cache)
 # -----------------------------------------------------------------------------
 config = configurator.configure(globals(), verbose=False)
 
@@ -58,26 +60,35 @@ def parse_stops(s):
 def main():
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
-    check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
+    try:
+        check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
+    except ValueError as e:
+        raise UserError(e) from None
     if num_beams < 1 or num_samples < 1 or max_new_tokens < 1:
         raise UserError("num_beams, num_samples and max_new_tokens must be >= 1")
     torch.manual_seed(seed)
-    model, meta, _ = load_model(init_from, out_dir, ckpt_name, dev, dropout=0.0)
-    model.eval()
+    model, meta, _ = load_model(init_from, out_dir, ckpt_name, dropout=0.0)
+    model.to(dev).eval()
     encode, decode, eot = get_tokenizer(meta)
     if compile:  # generation calls self(...), so compile the forward the module dispatches to
         model.forward = torch.compile(model.forward, dynamic=True)
 
     prompt = start
     if prompt.startswith('FILE:'):
-        with open(prompt[5:], encoding='utf-8') as f:
-            prompt = f.read()
+        try:
+            with open(prompt[5:], encoding='utf-8') as f:
+                prompt = f.read()
+        except OSError as e:
+            raise UserError(f"cannot read the prompt file {prompt[5:]!r} ({e.strerror})") from None
     ids = encode(prompt)
     if not ids:
         raise UserError("the prompt is empty: pass --start='some text' (or FILE:prompt.txt)")
     if len(ids) > model.config.block_size:
         raise UserError(f"the prompt is {len(ids)} tokens, longer than the model's context "
                         f"({model.config.block_size}); shorten it")
+    if num_beams > 1 and len(ids) + max_new_tokens - 1 > model.config.block_size:
+        raise UserError(f"beam search has no sliding window: the prompt ({len(ids)} tokens) + max_new_tokens "
+                        f"({max_new_tokens}) must fit the context ({model.config.block_size}); lower --max_new_tokens")
     stops = parse_stops(stop)
     eos = eot if stop_at_eos else None
     x = torch.tensor(ids, dtype=torch.long, device=dev)[None]
@@ -86,16 +97,17 @@ def main():
     n_tokens, t0 = 0, time.time()
     with torch.no_grad(), autocast_ctx(dev, dt):
         if num_beams > 1:
-            out = model.beam_search(x, max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
-                                    eos_token_id=eos, use_cache=use_cache)
+            out = beam_search(model, x, max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
+                              eos_token_id=eos, use_cache=use_cache)
             new = out[0, len(ids):].tolist()
+            new = new[:new.index(eos)] if eos in new else new  # the end-of-text token is not text
             n_tokens += len(new)
             print(prompt + cut_at_stop(decode(new), stops))
         else:
             for s in range(num_samples):
-                stream = model.generate_stream(x, max_new_tokens, temperature=temperature, top_k=top_k,
-                                               top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
-                                               eos_token_id=eos, use_cache=use_cache, generator=gen)
+                stream = generate_stream(model, x, max_new_tokens, temperature=temperature, top_k=top_k,
+                                         top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
+                                         eos_token_id=eos, use_cache=use_cache, generator=gen)
                 text = stream_text(stream, decode, prompt, stops, eos, live=(num_samples == 1))
                 n_tokens += text[1]
                 if num_samples > 1:
@@ -136,11 +148,4 @@ def stream_text(stream, decode, prompt, stops, eos, live):
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except (UserError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except OSError as e:
-        print(f"error: {e.strerror}: {e.filename}", file=sys.stderr)
-        sys.exit(1)
+    main()  # a UserError prints one line and exits 1 (configurator.py)

@@ -31,17 +31,14 @@ import sys
 import time
 from datetime import datetime, timezone
 
+from configurator import UserError, exit_on_user_error
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # Candidate shapes (n_layer, n_embd), heads of size 16 (one head of 8 for the smallest), ordered by
 # size: each has ~2x the parameters of the previous one, so 7 consecutive shapes span ~60x in N.
 SHAPES = [(1, 8), (1, 16), (2, 16), (4, 16), (2, 32), (4, 32), (4, 48), (4, 64), (5, 80), (6, 96), (6, 128), (8, 160)]
 VOCAB_SIZE = 65  # character-level Shakespeare
-
-
-def fail(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(1)
 
 
 def model_size(n_layer, n_embd, block_size):
@@ -120,13 +117,8 @@ def final_eval(log_path, iters):
 
 def machine_info():
     import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8') as f:
-            cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
-    return dict(cpu=cpu, cpu_count=os.cpu_count(), platform=platform.platform(), python=platform.python_version(),
+    from device import cpu_name
+    return dict(cpu=cpu_name(), cpu_count=os.cpu_count(), platform=platform.platform(), python=platform.python_version(),
                 torch=torch.__version__, omp_num_threads=os.environ.get('OMP_NUM_THREADS', ''))
 
 
@@ -169,14 +161,14 @@ def main():
     try:
         budgets = sorted(float(b) for b in args.budgets.split(','))
     except ValueError:
-        fail(f"--budgets must be comma-separated numbers of FLOPs like 1e11,3e11, got {args.budgets!r}")
+        raise UserError(f"--budgets must be comma-separated numbers of FLOPs like 1e11,3e11, got {args.budgets!r}")
     if not budgets or min(budgets) <= 0:
-        fail(f"--budgets must be positive, got {args.budgets!r}")
+        raise UserError(f"--budgets must be positive, got {args.budgets!r}")
     if not 1 <= args.sizes_per_budget <= len(SHAPES):
-        fail(f"--sizes_per_budget must be between 1 and {len(SHAPES)}, got {args.sizes_per_budget}")
+        raise UserError(f"--sizes_per_budget must be between 1 and {len(SHAPES)}, got {args.sizes_per_budget}")
     for k in ('batch_size', 'block_size', 'eval_iters', 'tokens_per_param'):
         if getattr(args, k) <= 0:
-            fail(f"--{k} must be positive, got {getattr(args, k)}")
+            raise UserError(f"--{k} must be positive, got {getattr(args, k)}")
 
     runs = plan(budgets, args.sizes_per_budget, args.tokens_per_param, args.batch_size, args.block_size,
                 min_iters=5 if args.tiny else 20, max_iters=args.max_iters)
@@ -194,15 +186,15 @@ def main():
     data_dir = args.data_dir or os.path.join(args.work_dir, 'data')
     if not os.path.exists(os.path.join(data_dir, 'train.bin')):
         if args.data_dir:
-            fail(f"{data_dir} has no train.bin; prepare it with data/shakespeare_char/prepare.py --out_dir={data_dir}")
+            raise UserError(f"{data_dir} has no train.bin; prepare it with data/shakespeare_char/prepare.py --out_dir={data_dir}")
         cmd = [sys.executable, os.path.join(ROOT, 'data', 'shakespeare_char', 'prepare.py'), f"--out_dir={data_dir}"]
         cmd += [f"--input={args.input}"] if args.input else []
         if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:
-            fail("preparing the data failed (see above); pass --input=path/to/input.txt when offline")
+            raise UserError("preparing the data failed (see above); pass --input=path/to/input.txt when offline")
     with open(os.path.join(data_dir, 'meta.json'), encoding='utf-8') as f:
         meta = json.load(f)
     if meta.get('tokenizer') != 'char' or meta.get('vocab_size') != VOCAB_SIZE:
-        fail(f"{data_dir} is not character-level Shakespeare (tokenizer {meta.get('tokenizer')!r}, "
+        raise UserError(f"{data_dir} is not character-level Shakespeare (tokenizer {meta.get('tokenizer')!r}, "
              f"vocab_size {meta.get('vocab_size')}); the sweep's model sizes assume a {VOCAB_SIZE}-symbol vocabulary")
 
     # an interrupted or extended sweep is re-run with the same --out: keep the record of earlier invocations
@@ -242,10 +234,10 @@ def main():
             wall = time.time() - t0
             if proc.returncode != 0:
                 last = (proc.stderr.strip().splitlines() or ['(no output)'])[-1]
-                fail(f"run {run['name']} failed (exit {proc.returncode}): {last}")
+                raise UserError(f"run {run['name']} failed (exit {proc.returncode}): {last}")
             done = final_eval(log_path, run['iters'])
             if done is None:
-                fail(f"run {run['name']} finished without an evaluation at iteration {run['iters']} in {log_path}")
+                raise UserError(f"run {run['name']} finished without an evaluation at iteration {run['iters']} in {log_path}")
             with open(os.path.join(run_dir, 'wall_s.txt'), 'w', encoding='utf-8') as f:
                 f.write(f"{wall:.2f}\n")
             for name in ('ckpt.pt', 'best.pt'):
@@ -270,4 +262,5 @@ def main():
 
 
 if __name__ == '__main__':
+    exit_on_user_error()  # a UserError prints one `error: ...` line and exits 1
     main()

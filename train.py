@@ -41,10 +41,12 @@ from dataclasses import asdict
 import torch
 
 import configurator
-from checkpoint import (CHECKPOINT_FORMAT, gather_full_state, link_checkpoint, load_checkpoint, load_optimizer_state,
-                        model_from_checkpoint, rng_state, save_checkpoint, set_rng_state)
-from common import TokenData, UserError, autocast_ctx, load_meta, pick_device, pick_dtype, seed_from, setup_torch
-from model import GPT, GPTConfig, HF_HUB_MODELS, device_peak_flops
+from checkpoint import (CHECKPOINT_FORMAT, check_resume_data, gather_full_state, link_checkpoint, load_model,
+                        load_optimizer_state, rng_state, save_checkpoint, set_rng_state)
+from configurator import UserError
+from device import autocast_ctx, describe, device_peak_flops, pick_device, pick_dtype, setup_torch
+from model import GPTConfig
+from tokendata import TokenData, dataset_dir, load_meta, seed_from
 
 # -----------------------------------------------------------------------------
 # config: defaults train GPT-2 124M on OpenWebText; overridden by a config file, then --key=value
@@ -76,7 +78,7 @@ dropout = 0.0                   # 0 for pretraining, 0.1+ for finetuning
 bias = True                     # biases in Linear and LayerNorm layers
 pad_vocab_multiple = 64         # pad the embedding rows to a multiple of this (faster matmuls on GPUs)
 attn_impl = 'sdpa'              # 'sdpa' (flash kernels) or 'explicit' (masked softmax)
-gelu_approx = 'tanh'            # GPT-2's tanh GELU, or 'none': exact erf GELU (nanoGPT's), 4x cheaper on CPU in eager
+gelu_approx = 'tanh'            # GPT-2's tanh GELU, or 'none': exact erf GELU (nanoGPT's), cheaper on CPU in eager
 # AdamW (GPT-3 settings)
 learning_rate = 6e-4            # peak learning rate
 max_iters = 600000              # total optimizer steps
@@ -102,24 +104,9 @@ max_time = 0.0                  # stop after this many seconds of training (0 = 
 defaults = configurator.config_keys(globals())
 config = configurator.configure(globals(), verbose=int(os.environ.get('RANK', 0)) == 0)  # print once under torchrun
 overridden = {k for k, v in config.items() if v != defaults[k]}
-
-
-def fail(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-
-def user_error_hook(kind, value, tb, default_hook=sys.excepthook):
-    """A UserError that escapes (e.g. a bad token id met mid-run) prints one line, not a traceback."""
-    if issubclass(kind, UserError):
-        print(f"error: {value}", file=sys.stderr)
-    else:
-        default_hook(kind, value, tb)
-
-
-sys.excepthook = user_error_hook
+# a mistake anywhere below raises UserError: one `error: ...` line, exit status 1 (configurator.py)
 if nan_policy not in ('stop', 'skip'):
-    fail(f"nan_policy must be 'stop' or 'skip', got {nan_policy!r}")
+    raise UserError(f"nan_policy must be 'stop' or 'skip', got {nan_policy!r}")
 
 
 # ----------------------------------------------------------------------------- distributed set-up
@@ -130,18 +117,13 @@ if ddp:
     import torch.distributed as dist
     rank, local_rank, world_size = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
     master_process = rank == 0  # does the printing, logging and checkpointing
-    # checked before joining the process group: every rank exits at once, one message is printed
-    problem = None
+    # checked before joining the process group: every rank exits at once, rank 0 prints the message
     if gradient_accumulation_steps % world_size:
-        problem = (f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the number of "
-                   f"processes ({world_size}); e.g. --gradient_accumulation_steps="
-                   f"{max(1, gradient_accumulation_steps // world_size) * world_size}")
-    elif parallelism not in ('ddp', 'fsdp'):
-        problem = f"parallelism must be 'ddp' or 'fsdp', got {parallelism!r}"
-    if problem:
-        if master_process:
-            print(f"error: {problem}", file=sys.stderr)
-        sys.exit(1)
+        raise UserError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
+                        f"number of processes ({world_size}); e.g. --gradient_accumulation_steps="
+                        f"{max(1, gradient_accumulation_steps // world_size) * world_size}")
+    if parallelism not in ('ddp', 'fsdp'):
+        raise UserError(f"parallelism must be 'ddp' or 'fsdp', got {parallelism!r}")
     gradient_accumulation_steps //= world_size  # micro-steps per process
     if device == 'auto':
         device = f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu'
@@ -149,27 +131,11 @@ if ddp:
         device = f'cuda:{local_rank}'
 else:
     rank, local_rank, world_size, master_process = 0, 0, 1, True
-try:
-    device = pick_device(device)
-    # CPUs with AMX (Intel Xeon 4th gen and later) multiply in bf16 several times faster than in fp32: bf16
-    # autocast trains 1.2x (4x128 model) to 1.6x (6x384) faster there, to the same loss (bench.py --compare=True)
-    if dtype == 'auto' and device == 'cpu' and getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)():
-        dtype = 'bfloat16'
-    dtype = pick_dtype(dtype, device)
-except UserError as e:
-    fail(e)
-if ddp:
-    if device.startswith('cuda'):
-        torch.cuda.set_device(device)
-    if backend == 'auto':
-        backend = 'nccl' if device.startswith('cuda') else 'gloo'
-    dist.init_process_group(backend=backend)
-    # leave the group cleanly however the script ends (normal exit, fail() or an exception)
-    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
-device_type = 'cuda' if device.startswith('cuda') else device
+device = pick_device(device)
+dtype = pick_dtype(dtype, device)  # 'auto': bf16 on GPUs, and on CPUs only where bf16 is fast (AMX)
+device_type = torch.device(device).type  # 'cuda', 'cpu' or 'mps'
 if device_type != 'cuda':
     compile = compile and device_type == 'cpu'  # inductor has no MPS backend worth using yet
-tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
 setup_torch(seed, device)  # the same initial weights on every rank (FSDP shards them as they are)
 # FSDP casts the parameters itself (MixedPrecisionPolicy below), so it needs no autocast
 ctx = autocast_ctx(device, 'float32' if fsdp else dtype)
@@ -181,12 +147,7 @@ def log(*args):
 
 
 log(f"command: {' '.join(sys.argv)}")
-log(f"python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
-    f"{os.cpu_count()} CPUs, device {device}"
-    + (f" ({torch.cuda.get_device_name(device)})" if device_type == 'cuda' else '')
-    + f", dtype {dtype}, {world_size} process(es)")
-log(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps} accum * {world_size} processes "
-    f"* {batch_size} batch * {block_size} block")
+log(f"python {platform.python_version()}, {describe(device, dtype)}, {world_size} process(es)")
 
 if master_process:
     try:
@@ -196,67 +157,56 @@ if master_process:
             f.write('ok')
         os.remove(probe)
     except OSError as e:
-        fail(f"out_dir {out_dir!r} is not writable ({e.strerror}); choose another with --out_dir=...")
+        raise UserError(f"out_dir {out_dir!r} is not writable ({e.strerror}); choose another with --out_dir=...") from None
 
 # ----------------------------------------------------------------------------- model
-prepare = f"data/{dataset}/prepare.py" + (f" --out_dir {data_dir}" if data_dir else '')  # for error messages
-data_dir = data_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', dataset)
-iter_num, best_val_loss, ckpt = 0, float('inf'), None
-try:
-    meta = load_meta(data_dir, prepare)
-    if init_from == 'scratch':
-        log("initialising a new model from scratch")
-        model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                          vocab_size=meta['vocab_size'], dropout=dropout, pad_vocab_multiple=pad_vocab_multiple,
-                          attn_impl=attn_impl, gelu_approx=gelu_approx)
-        model = GPT(GPTConfig(**model_args))
-    elif init_from == 'resume':
-        ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-        if not os.path.exists(ckpt_path):
-            raise UserError(f"init_from='resume' but there is no checkpoint at {ckpt_path}; "
-                            f"train with --init_from=scratch first, or point --out_dir at the run to resume")
-        log(f"resuming from {ckpt_path}")
-        ckpt = load_checkpoint(ckpt_path, map_location='cpu')
-        # architecture settings the user set explicitly must agree with the checkpoint
-        for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias'):
-            if k in overridden and ckpt['model_args'].get(k) != config[k]:
-                raise UserError(f"the checkpoint in {out_dir} has {k}={ckpt['model_args'].get(k)} but you asked "
-                                f"for {k}={config[k]}; drop that setting to resume, or use a new --out_dir")
-        if ckpt.get('data_meta') and ckpt['data_meta'].get('vocab_size') != meta['vocab_size']:
-            raise UserError(f"the checkpoint was trained on a dataset with vocab_size {ckpt['data_meta'].get('vocab_size')}, "
-                            f"but the one in {data_dir} has {meta['vocab_size']}")
-        model = model_from_checkpoint(ckpt, dropout=dropout)
-        iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
-        if 'block_size' not in overridden:  # `--init_from=resume --out_dir=...` alone keeps the run's context
-            block_size = ckpt['model_args']['block_size']
-            tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
-        # an exact continuation needs the same settings (batch, lr schedule, seed, ...): show what changed
-        changed = [f"{k}={v!r} (was {ckpt['config'][k]!r})" for k, v in config.items()
-                   if k != 'init_from' and k in ckpt.get('config', {}) and ckpt['config'][k] != v]
-        if changed:
-            log(f"settings that differ from the checkpoint's run: {', '.join(changed)}")
-        # a run killed between writing ckpt.pt and linking best.pt left best.pt one checkpoint behind
-        best_path = os.path.join(out_dir, 'best.pt')
-        if master_process and ckpt.get('is_best') and not (os.path.exists(best_path)
-                                                           and os.path.samefile(ckpt_path, best_path)):
-            link_checkpoint(ckpt_path, best_path)
-            log(f"{best_path} was behind {ckpt_path}, the best so far (a save was interrupted); linked it")
-    elif init_from in HF_HUB_MODELS or os.path.isdir(init_from):
-        log(f"initialising from pretrained weights: {init_from}")
-        try:
-            model = GPT.from_pretrained(init_from, dropout=dropout)
-        except (ValueError, OSError) as e:
-            raise UserError(f"cannot load {init_from!r}: {str(e).splitlines()[0]}") from None
-    else:
-        raise UserError(f"init_from={init_from!r}: expected 'scratch', 'resume', one of {', '.join(HF_HUB_MODELS)}, "
-                        f"or a local Hugging Face directory")
-    if block_size < model.config.block_size:
-        model.crop_block_size(block_size)  # e.g. GPT-2's 1024 context cut down for small-memory finetuning
-    elif block_size > model.config.block_size:
-        raise UserError(f"block_size={block_size} exceeds the model's context ({model.config.block_size})")
-    data = TokenData(data_dir, block_size, batch_size, device, seed=seed, vocab_size=model.config.vocab_size)
-except UserError as e:
-    fail(e)
+data_dir, prepare = dataset_dir(dataset, data_dir)
+meta = load_meta(data_dir, prepare)
+if init_from == 'scratch':
+    log("initialising a new model from scratch")
+elif init_from == 'resume':
+    log(f"resuming from {os.path.join(out_dir, 'ckpt.pt')}")
+else:
+    log(f"initialising from pretrained weights: {init_from}")
+# a resumed run keeps its checkpoint's context unless the command line sets block_size
+model, _, ckpt = load_model(
+    init_from, out_dir, 'ckpt.pt', block_size=block_size if init_from != 'resume' or 'block_size' in overridden else 0,
+    scratch=GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
+                      vocab_size=meta['vocab_size'], dropout=dropout, pad_vocab_multiple=pad_vocab_multiple,
+                      attn_impl=attn_impl, gelu_approx=gelu_approx) if init_from == 'scratch' else None,
+    expect={k: config[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias') if k in overridden},
+    dropout=dropout)
+block_size = model.config.block_size
+tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
+log(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps} accum * {world_size} processes "
+    f"* {batch_size} batch * {block_size} block")
+iter_num, best_val_loss = 0, float('inf')
+if ckpt is not None:
+    check_resume_data(ckpt, meta, data_dir)
+    iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
+    # an exact continuation needs the same settings (batch, lr schedule, seed, ...): show what changed
+    changed = [f"{k}={v!r} (was {ckpt['config'][k]!r})" for k, v in config.items()
+               if k != 'init_from' and k in ckpt.get('config', {}) and ckpt['config'][k] != v]
+    if changed:
+        log(f"settings that differ from the checkpoint's run: {', '.join(changed)}")
+    # a run killed between writing ckpt.pt and linking best.pt left best.pt one checkpoint behind
+    ckpt_path, best_path = ckpt['path'], os.path.join(out_dir, 'best.pt')
+    if master_process and ckpt.get('is_best') and not (os.path.exists(best_path)
+                                                       and os.path.samefile(ckpt_path, best_path)):
+        link_checkpoint(ckpt_path, best_path)
+        log(f"{best_path} was behind {ckpt_path}, the best so far (a save was interrupted); linked it")
+data = TokenData(data_dir, block_size, batch_size, device, seed=seed, vocab_size=model.config.vocab_size)
+# join the process group only now: a mistake in the settings or data above stops every rank alike before it,
+# with one message from rank 0
+if ddp:
+    if device.startswith('cuda'):
+        torch.cuda.set_device(device)
+    if backend == 'auto':
+        backend = 'nccl' if device.startswith('cuda') else 'gloo'
+    dist.init_process_group(backend=backend)
+    configurator.exit_on_user_error()  # (torch's hook, installed just now, would prefix the line with [rankN])
+    # leave the group cleanly however the script ends (normal exit, a UserError or another exception)
+    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
 model_args = asdict(model.config)
 log(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_args}")
 if not fsdp:
@@ -276,7 +226,7 @@ if fsdp:
 # float16 needs loss scaling to keep small gradients from underflowing; a no-op otherwise
 # (under FSDP each rank sees only its shard of the gradients, so the inf check is all-reduced)
 scaler = (ShardedGradScaler if fsdp else torch.amp.GradScaler)(device_type, enabled=(dtype == 'float16'))
-# the fused AdamW kernel: one pass over all parameters, on CUDA and (3-6x faster than the default loop) on CPU
+# the fused AdamW kernel: one pass over all parameters, on CUDA and on CPU (bench.py --variants=forloop,fused)
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, verbose=master_process,
                                        fused=device_type in ('cuda', 'cpu'))
 if ckpt is not None:
@@ -410,7 +360,7 @@ if ckpt is not None:
     del ckpt
 X, Y = data.batch('train', iter_num, rank * gradient_accumulation_steps)  # first batch
 t0 = time.time()
-t_start, iters_timed = t0, 0
+t_start = t0
 local_iter_num = 0  # iterations run by this process (MFU is skipped while torch.compile warms up)
 running_mfu = -1.0
 while True:
@@ -433,7 +383,7 @@ while True:
             plot_losses()
         if not (math.isfinite(losses['train']) and math.isfinite(losses['val'])):
             # diverged weights; whatever nan_policy says, saving them would replace the last good checkpoint
-            fail(f"eval loss is {losses['val']} at iteration {iter_num}: the model has diverged; stopped without "
+            raise UserError(f"eval loss is {losses['val']} at iteration {iter_num}: the model has diverged; stopped without "
                  f"saving, so {out_dir}/ckpt.pt still holds the last good state. Lower learning_rate (or set "
                  f"grad_clip), then --init_from=resume")
         improved = losses['val'] < best_val_loss
@@ -441,10 +391,7 @@ while True:
             best_val_loss = losses['val']  # only ever a real improvement, even with always_save_checkpoint
         # (a resumed run evaluates again at its checkpoint's iteration; that state is already on disk)
         if iter_num > 0 and (improved or (always_save_checkpoint and iter_num != resumed_iter)) and not eval_only:
-            try:
-                save(path_best=improved)  # on every rank: FSDP gathers, rank 0 writes
-            except UserError as e:
-                fail(e)
+            save(path_best=improved)  # on every rank: FSDP gathers, rank 0 writes
     if eval_only or iter_num >= max_iters:
         break
 
@@ -480,7 +427,7 @@ while True:
         lossf, stopping, time_up = 0.0, False, False
     skipped = not math.isfinite(lossf)
     if skipped and nan_policy == 'stop':
-        fail(f"loss is {lossf} at iteration {iter_num}; stopped without saving, so {out_dir}/ckpt.pt still holds the "
+        raise UserError(f"loss is {lossf} at iteration {iter_num}; stopped without saving, so {out_dir}/ckpt.pt still holds the "
              f"last good state. Lower learning_rate or use dtype=float32/bfloat16, then --init_from=resume")
     if skipped:  # nan_policy='skip': drop these gradients, leave the weights and optimizer state as they were
         log(f"iter {iter_num}: loss is {lossf}; skipping this step (nan_policy='skip')")
@@ -499,7 +446,6 @@ while True:
         if local_iter_num >= 5:  # let the training loop settle (and compile) first
             mfu = raw_model.estimate_mfu(tokens_per_iter // world_size, dt, peak)
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
-            iters_timed += 1
         eta = (max_iters - iter_num) * dt
         log(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, time {dt * 1000:.1f}ms, "
             f"{tokens_per_iter / dt:,.0f} tok/s, mfu {running_mfu * 100:.2f}%, eta {eta / 60:.1f}min")
@@ -516,10 +462,7 @@ while True:
         max_iters = iter_num  # end here as at max_iters: evaluate, save (if improved or always_save_checkpoint), stop
 
     if stopping:
-        try:
-            save()
-        except UserError as e:
-            fail(e)
+        save()
         args = [a for a in sys.argv[1:] if not a.startswith('--init_from=')]
         log(f"stopped by signal after {iter_num} iterations, checkpoint saved; to resume, run the same command "
             f"with --init_from=resume: {shlex.join(['python', 'train.py', *args, '--init_from=resume'])}")

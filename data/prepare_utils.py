@@ -2,7 +2,8 @@
 Helpers shared by the data/<name>/prepare.py scripts.
 
 Every dataset ends up as the same three files in its folder:
-- train.bin, val.bin: flat arrays of token ids (uint16), read back with np.memmap
+- train.bin, val.bin: flat arrays of token ids (uint16, or uint32 for vocabularies over 65,536),
+  read back with np.memmap
 - meta.json: tokenizer, vocab_size, dtype, token counts and source, checked by the loader
 All of them are written to a temp file first and then renamed, so an interrupted run
 never leaves a half-written file behind that looks complete.
@@ -17,6 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
+
+def token_dtype(vocab_size):
+    """The smallest unsigned type that holds every id: uint16 up to 65,536 ids, else uint32."""
+    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
 
 
 @contextmanager
@@ -108,6 +116,18 @@ def write_meta(data_dir, **fields):
     return path
 
 
+def write_splits(out_dir, splits, vocab_size, **meta):
+    """Write each split's ids ({'train': ids, 'val': ids}) to <name>.bin in the dtype the vocabulary
+    needs, then meta.json with the tokenizer fields in meta, the dtype and the token counts."""
+    dtype = token_dtype(vocab_size)
+    counts = {f"{name}_tokens": len(ids) for name, ids in splits.items()}
+    print(", ".join(f"{name} has {len(ids):,} tokens" for name, ids in splits.items()))
+    for name, ids in splits.items():
+        write_tokens(Path(out_dir) / f"{name}.bin", ids, dtype)
+    write_meta(out_dir, vocab_size=vocab_size, dtype=np.dtype(dtype).name, **counts, **meta)
+    print(f"wrote {', '.join(f'{name}.bin' for name in splits)}, meta.json to {out_dir}")
+
+
 def get_parser(doc, script, url=None):
     """
     Argument parser with --out_dir (default: the folder of `script`). With a url, also
@@ -125,6 +145,7 @@ def get_parser(doc, script, url=None):
 
 def get_input_text(args):
     """Return (text, source path): the --input file, or out_dir/input.txt downloaded from --url."""
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.input is not None:
         path = args.input
         if not path.is_file():

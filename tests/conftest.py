@@ -1,9 +1,19 @@
-"""Shared test set-up: the repo root on sys.path, and the offline stand-ins from ../shared."""
+"""Shared test set-up: the repo root on sys.path, the offline stand-ins from ../shared, and the fixtures and
+helpers several test files use (tiny training settings, prepared character data, running a script as a user
+would or in-process, reading a run's log, comparing checkpoints). Test files import from here, never from
+each other."""
+import contextlib
+import io
+import json
 import os
+import runpy
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -16,9 +26,109 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def tiny(**overrides):
+    """train.py arguments for a tiny CPU model (2 layers, 2 heads, 32 wide, context 32, eager), plus overrides."""
+    args = dict(device='cpu', compile=False, n_layer=2, n_head=2, n_embd=32, block_size=32, pad_vocab_multiple=1,
+                wandb_log=False)
+    return [f'--{k}={v}' for k, v in {**args, **overrides}.items()]
+
+
+# ----------------------------------------------------------------------------- data
+
 @pytest.fixture(scope="session")
 def shakespeare_text():
     path = SHARED / "data" / "tinyshakespeare" / "input.txt"
     if not path.exists():
         pytest.skip(f"{path} not found (the offline Tiny Shakespeare stand-in)")
     return path
+
+
+@pytest.fixture(scope="session")
+def char_data(tmp_path_factory, shakespeare_text):
+    """Character-level Shakespeare, prepared once per session by the real prepare script. Read-only: a test
+    that changes data files works on a copy."""
+    d = tmp_path_factory.getbasetemp() / "shakespeare_char"
+    if not (d / "meta.json").exists():
+        run("data/shakespeare_char/prepare.py", "--input", shakespeare_text, "--out_dir", d)
+    return d
+
+
+# ----------------------------------------------------------------------------- running scripts
+
+def run(script, *args, check=True, env=None, timeout=600):
+    """`python script args...` from the repo root, as a user runs it; with check, it must succeed."""
+    p = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=timeout, env=None if env is None else {**os.environ, **env})
+    if check and p.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stdout[-2000:]}\n"
+                             f"{p.stderr[-2000:]}")
+    return p
+
+
+def run_inprocess(script, *argv):
+    """Run a script in this process as `python script argv...` would: returns (exit code, stdout, stderr).
+    An uncaught exception goes to sys.excepthook (as the interpreter does), so the scripts' one-line
+    UserError hook is exercised too. Signal handlers, the excepthook and torch's thread count (one,
+    for tiny models on a shared machine) are put back afterwards."""
+    saved_argv, saved_hook, saved_threads = sys.argv, sys.excepthook, torch.get_num_threads()
+    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    try:
+        sys.argv = [str(ROOT / script), *map(str, argv)]
+        torch.set_num_threads(1)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(ROOT / script), run_name='__main__')
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+            except Exception:
+                sys.excepthook(*sys.exc_info())
+                code = 1
+    finally:
+        sys.argv, sys.excepthook = saved_argv, saved_hook
+        torch.set_num_threads(saved_threads)
+        for s, h in saved_signals.items():
+            signal.signal(s, h)
+    return code, out.getvalue(), err.getvalue()
+
+
+# ----------------------------------------------------------------------------- reading a run
+
+def events(out_dir, kind):
+    """The entries of one kind ('start', 'train', 'eval', 'skip') in a run's log.jsonl, in order."""
+    lines = (Path(out_dir) / 'log.jsonl').read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e.get('event') == kind]
+
+
+def train_losses(out_dir):
+    """{iteration: [loss, ...]} from every 'train' event in log.jsonl (a resumed run repeats some)."""
+    losses = {}
+    for e in events(out_dir, 'train'):
+        losses.setdefault(e['iter'], []).append(e['loss'])
+    return losses
+
+
+def load_ckpt(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def assert_same_state(a, b, atol=0.0):
+    """Two checkpoints hold the same weights and optimizer state in the same layout: bit for bit with
+    atol=0, else within atol."""
+    def same(x, y, msg):
+        x, y = torch.as_tensor(x), torch.as_tensor(y)
+        if atol == 0:
+            assert torch.equal(x, y), msg
+        else:
+            torch.testing.assert_close(y, x, rtol=0, atol=atol, msg=msg)
+    assert a['iter_num'] == b['iter_num']
+    assert a['model'].keys() == b['model'].keys()
+    for k in a['model']:
+        same(a['model'][k], b['model'][k], k)
+    oa, ob = a['optimizer'], b['optimizer']
+    assert oa['param_groups'] == ob['param_groups']  # hyperparameters and parameter numbering
+    assert oa['state'].keys() == ob['state'].keys()
+    for i in oa['state']:
+        assert oa['state'][i].keys() == ob['state'][i].keys()
+        for k in oa['state'][i]:
+            same(oa['state'][i][k], ob['state'][i][k], f'{i} {k}')

@@ -9,11 +9,11 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=16', '--iters=2', '--warmup=1']
 PEAK = '--peak_flops=1e11'  # skips measuring the CPU's matmul rate (half a second) where it is not under test
 NUM = r'([0-9][0-9,]*\.?[0-9]*)'

@@ -1,25 +1,23 @@
 """torch.compile on the CPU (inductor's C++ backend), as users turn it on: train.py and sample.py with
 --compile=True give what the eager runs give. The first compile of each graph takes tens of seconds,
 so the runs are short and shared by the tests here."""
-import subprocess
-
 import pytest
 import torch
 
-from test_train import TINY, events, run
+from conftest import events, run, tiny
 
-COMMON = [*[a for a in TINY if not a.startswith('--compile=')], '--dtype=float32', '--max_iters=6',
-          '--eval_interval=3', '--log_interval=1', '--eval_iters=2', '--plot=False']
+COMMON = [a for a in tiny(dtype='float32', max_iters=6, eval_interval=3, log_interval=1, eval_iters=2, plot=False,
+                          batch_size=16, gradient_accumulation_steps=1, dropout=0.0, learning_rate=3e-3,
+                          warmup_iters=2)
+          if not a.startswith('--compile=')]
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory, shakespeare_text):
-    data = tmp_path_factory.mktemp('data')
-    run('data/shakespeare_char/prepare.py', '--input', shakespeare_text, '--out_dir', data)
+def runs(tmp_path_factory, char_data):
     out = {}
     for compiled in (False, True):
         out[compiled] = tmp_path_factory.mktemp(f'compile_{compiled}')
-        p = run('train.py', *COMMON, f'--compile={compiled}', f'--data_dir={data}', f'--out_dir={out[compiled]}')
+        p = run('train.py', *COMMON, f'--compile={compiled}', f'--data_dir={char_data}', f'--out_dir={out[compiled]}')
         assert ('compiling the model' in p.stdout) == compiled
     return out
 

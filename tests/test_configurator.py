@@ -6,10 +6,9 @@ import textwrap
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import configurator  # noqa: E402
-from configurator import ConfigError, config_keys, parse  # noqa: E402
+import configurator
+from configurator import ConfigError, config_keys, parse
+from conftest import ROOT
 
 DEFAULTS = {'out_dir': 'out', 'batch_size': 12, 'learning_rate': 6e-4,
             'compile': True, 'start': '\n'}
@@ -174,7 +173,7 @@ print('batch_size', batch_size)
 
 def run_script(tmp_path, *args):
     script = write(tmp_path, 'script.py', SCRIPT)
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
                           env=env, cwd=tmp_path)
 

@@ -5,7 +5,6 @@ from log.jsonl, final weights and optimizer state from ckpt.pt); an FSDP checkpo
 one process and sample; a failing rank must end the whole job promptly. Each launch costs seconds,
 so the runs are made once per module and shared by the tests that read them.
 """
-import json
 import os
 import shutil
 import signal
@@ -18,16 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from common import TokenData
+from conftest import ROOT, assert_same_state, events, load_ckpt, tiny
+from tokendata import TokenData
 
-ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
 
 # a tiny model; fp32, no dropout, constant lr (no warmup: the steps must move the weights)
-TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4', '--pad_vocab_multiple=1',
-        '--dtype=float32', '--dropout=0.0', '--compile=False', '--device=cpu', '--plot=False',
-        '--learning_rate=3e-3', '--decay_lr=False', '--warmup_iters=0', '--eval_iters=2', '--log_interval=1',
-        '--eval_interval=4', '--always_save_checkpoint=True', '--gradient_accumulation_steps=4']
+TINY = tiny(batch_size=4, dtype='float32', dropout=0.0, plot=False, learning_rate=3e-3, decay_lr=False, warmup_iters=0,
+            eval_iters=2, log_interval=1, eval_interval=4, always_save_checkpoint=True, gradient_accumulation_steps=4)
 
 
 def env():
@@ -49,10 +46,10 @@ def launch(args, nproc=1, timeout=300, script='train.py'):
                           timeout=timeout)
 
 
-def start(out_dir, data_dir, *extra):
+def start(out_dir, char_data, *extra):
     """Start a single-process training run in the background; finish() waits for it."""
     err = open(f'{out_dir}.err', 'w+')
-    return subprocess.Popen(command([f'--out_dir={out_dir}', f'--data_dir={data_dir}', *TINY, *extra]),
+    return subprocess.Popen(command([f'--out_dir={out_dir}', f'--data_dir={char_data}', *TINY, *extra]),
                             cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=err), err
 
 
@@ -62,15 +59,10 @@ def finish(started):
     err.close()
 
 
-def train(out_dir, data_dir, *extra, nproc=1):
-    p = launch([f'--out_dir={out_dir}', f'--data_dir={data_dir}', *TINY, *extra], nproc=nproc)
+def train(out_dir, char_data, *extra, nproc=1):
+    p = launch([f'--out_dir={out_dir}', f'--data_dir={char_data}', *TINY, *extra], nproc=nproc)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return p
-
-
-def events(out_dir, kind):
-    with open(Path(out_dir) / 'log.jsonl') as f:
-        return [e for e in map(json.loads, f) if e['event'] == kind]
 
 
 def losses(out_dir):
@@ -78,34 +70,11 @@ def losses(out_dir):
 
 
 def ckpt(out_dir):
-    return torch.load(Path(out_dir) / 'ckpt.pt', map_location='cpu', weights_only=True)
-
-
-def assert_same_state(a, b):
-    """Two checkpoints hold the same weights and the same optimizer state, in the same layout."""
-    assert a['iter_num'] == b['iter_num']
-    assert a['model'].keys() == b['model'].keys()
-    for k in a['model']:
-        torch.testing.assert_close(b['model'][k], a['model'][k], rtol=0, atol=TOL, msg=k)
-    oa, ob = a['optimizer'], b['optimizer']
-    assert oa['param_groups'] == ob['param_groups']  # hyperparameters and parameter numbering
-    assert oa['state'].keys() == ob['state'].keys()
-    for i in oa['state']:
-        assert oa['state'][i].keys() == ob['state'][i].keys()
-        for k in oa['state'][i]:
-            torch.testing.assert_close(ob['state'][i][k], oa['state'][i][k], rtol=0, atol=TOL, msg=f'{i} {k}')
+    return load_ckpt(Path(out_dir) / 'ckpt.pt')
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory, shakespeare_text):
-    d = tmp_path_factory.mktemp('shakespeare_char')
-    subprocess.run([sys.executable, 'data/shakespeare_char/prepare.py', f'--input={shakespeare_text}', f'--out_dir={d}'],
-                   cwd=ROOT, env=env(), check=True, capture_output=True)
-    return d
-
-
-@pytest.fixture(scope='module')
-def runs(tmp_path_factory, data_dir):
+def runs(tmp_path_factory, char_data):
     """Training runs over the same global batch (4 micro-batches of 4 per step):
     single: 1 process, 8 steps        ddp, fsdp: 2 processes x 2 micro-steps, 8 steps
     single10: 1 process, 10 steps     resumed: fsdp's step-8 checkpoint continued to 10 in 1 process
@@ -113,27 +82,27 @@ def runs(tmp_path_factory, data_dir):
     d = tmp_path_factory.mktemp('runs')
     out = {name: d / name for name in ('single', 'single10', 'ddp', 'fsdp', 'resumed', 'fsdp_resumed')}
     # the two single-process runs side by side (one thread each, and the machine has 2 cores)
-    other = start(out['single10'], data_dir, '--max_iters=10')
-    train(out['single'], data_dir, '--max_iters=8')
+    other = start(out['single10'], char_data, '--max_iters=10')
+    train(out['single'], char_data, '--max_iters=8')
     finish(other)
-    out['ddp_proc'] = train(out['ddp'], data_dir, '--max_iters=8', nproc=2)
-    train(out['fsdp'], data_dir, '--max_iters=8', '--parallelism=fsdp', nproc=2)
+    out['ddp_proc'] = train(out['ddp'], char_data, '--max_iters=8', nproc=2)
+    train(out['fsdp'], char_data, '--max_iters=8', '--parallelism=fsdp', nproc=2)
     for src, dst in (('fsdp', 'resumed'), ('single', 'fsdp_resumed')):
         out[dst].mkdir()
         shutil.copy(out[src] / 'ckpt.pt', out[dst] / 'ckpt.pt')
-    other = start(out['resumed'], data_dir, '--max_iters=10', '--init_from=resume')
-    train(out['fsdp_resumed'], data_dir, '--max_iters=10', '--init_from=resume', '--parallelism=fsdp', nproc=2)
+    other = start(out['resumed'], char_data, '--max_iters=10', '--init_from=resume')
+    train(out['fsdp_resumed'], char_data, '--max_iters=10', '--init_from=resume', '--parallelism=fsdp', nproc=2)
     finish(other)
     return out
 
 
-def test_rank_windows_are_the_single_process_micro_steps(data_dir):
+def test_rank_windows_are_the_single_process_micro_steps(char_data):
     # rank r, micro-step m reads global micro-step r*k + m: together the ranks read exactly the
     # windows one process with accumulation world*k reads, and no two ranks read the same window
     world, k = 2, 3
     for it in (0, 1, 57):
-        single = TokenData(data_dir, 32, 4, 'cpu', seed=1337)
-        ranks = [TokenData(data_dir, 32, 4, 'cpu', seed=1337) for _ in range(world)]  # one loader per process
+        single = TokenData(char_data, 32, 4, 'cpu', seed=1337)
+        ranks = [TokenData(char_data, 32, 4, 'cpu', seed=1337) for _ in range(world)]  # one loader per process
         one = [single.batch('train', it, m) for m in range(world * k)]
         per_rank = [ranks[r].batch('train', it, r * k + m) for r in range(world) for m in range(k)]
         for (x1, y1), (x2, y2) in zip(one, per_rank):
@@ -149,7 +118,7 @@ def test_ddp_matches_one_process(runs):
     for it in single:
         assert abs(single[it] - ddp[it]) < TOL, (it, single[it], ddp[it])
     assert single[7] < single[0] - 0.2  # the steps did move the weights
-    assert_same_state(ckpt(runs['single']), ckpt(runs['ddp']))
+    assert_same_state(ckpt(runs['single']), ckpt(runs['ddp']), atol=TOL)
 
 
 def test_ddp_side_effects_on_rank_zero_only(runs):
@@ -169,8 +138,8 @@ def test_fsdp_matches_ddp_and_one_process(runs):
     for it in single:
         assert abs(single[it] - fsdp[it]) < TOL, (it, single[it], fsdp[it])
     # the gathered checkpoint has a single-process run's layout: same keys, optimizer state by position
-    assert_same_state(ckpt(runs['single']), ckpt(runs['fsdp']))
-    assert_same_state(ckpt(runs['ddp']), ckpt(runs['fsdp']))
+    assert_same_state(ckpt(runs['single']), ckpt(runs['fsdp']), atol=TOL)
+    assert_same_state(ckpt(runs['ddp']), ckpt(runs['fsdp']), atol=TOL)
     # tied embedding and output layer stay one tensor in the file
     m = ckpt(runs['fsdp'])['model']
     assert m['lm_head.weight'].data_ptr() == m['transformer.wte.weight'].data_ptr()
@@ -183,7 +152,7 @@ def assert_continues_straight_run(straight_dir, resumed_dir):
     assert sorted(resumed) == [8, 9]
     for it in resumed:
         assert abs(straight[it] - resumed[it]) < TOL, (it, straight[it], resumed[it])
-    assert_same_state(ckpt(straight_dir), ckpt(resumed_dir))
+    assert_same_state(ckpt(straight_dir), ckpt(resumed_dir), atol=TOL)
 
 
 def test_fsdp_checkpoint_resumes_in_one_process(runs):
@@ -209,12 +178,12 @@ def test_fsdp_checkpoint_samples(runs):
     assert len(p.stdout.strip()) > 0
 
 
-def test_failed_rank_ends_the_job(data_dir, tmp_path):
+def test_failed_rank_ends_the_job(char_data, tmp_path):
     # a real per-rank failure, no test hook: rank 0 cannot write its checkpoint (ckpt.pt is a
     # directory) and exits at step 3, while rank 1 goes on into the next step's collectives
     (tmp_path / 'ckpt.pt').mkdir()
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py',
-           f'--out_dir={tmp_path}', f'--data_dir={data_dir}', *TINY, '--max_iters=1000', '--eval_interval=3']
+           f'--out_dir={tmp_path}', f'--data_dir={char_data}', *TINY, '--max_iters=1000', '--eval_interval=3']
     p = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True)
     watchdog = threading.Timer(180, lambda: os.killpg(p.pid, signal.SIGKILL))  # a hang must not hang pytest
@@ -237,9 +206,9 @@ def test_failed_rank_ends_the_job(data_dir, tmp_path):
     assert t_exit - t_error < 30, f"job took {t_exit - t_error:.1f}s to end after rank 0 failed"
 
 
-def test_indivisible_accumulation_fails_once_on_every_rank(data_dir, tmp_path):
+def test_indivisible_accumulation_fails_once_on_every_rank(char_data, tmp_path):
     t0 = time.monotonic()
-    p = launch([f'--out_dir={tmp_path}', f'--data_dir={data_dir}', *TINY, '--gradient_accumulation_steps=3'], nproc=2,
+    p = launch([f'--out_dir={tmp_path}', f'--data_dir={char_data}', *TINY, '--gradient_accumulation_steps=3'], nproc=2,
                timeout=120)
     assert p.returncode != 0
     errors = [line for line in p.stderr.splitlines() if line.startswith('error: ')]

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
-from test_resume import TINY, char_data, run_inprocess  # noqa: F401 (char_data is a fixture)
-
 import checkpoint
 import model
-from common import UserError
+from configurator import UserError
+from conftest import ROOT, run_inprocess, tiny
+
+TINY = tiny(batch_size=4, gradient_accumulation_steps=2, eval_iters=2, log_interval=1, dropout=0.1, plot=False,
+            peak_flops=1e12, learning_rate=1e-3, warmup_iters=4, lr_decay_iters=24, min_lr=1e-4)
 
 
 @pytest.fixture(scope='module')

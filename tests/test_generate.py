@@ -1,11 +1,13 @@
-"""Tests for generation in model.py: KV cache vs recomputation, parity with transformers' greedy
+"""Tests for generate.py: KV cache vs recomputation, parity with transformers' greedy
 and beam search on the same random GPT-2 weights, the sampling filters against transformers'
 logits processors, seeded sampling, eos stopping, and argument errors. CPU, small random models."""
 import pytest
 import torch
 
-from model import (GPT, GPTConfig, KVCache, apply_min_p, apply_repetition_penalty, apply_top_k,
-                   apply_top_p, check_sampling_args)
+import hf as hf_io
+from generate import (apply_min_p, apply_repetition_penalty, apply_top_k, apply_top_p, beam_search,
+                      check_sampling_args, generate, generate_stream)
+from model import GPT, GPTConfig, KVCache
 
 VOCAB = 101
 
@@ -49,8 +51,8 @@ STYLES = {'gpt2': dict(), 'gpt1': dict(post_norm=True, gelu_approx='none')}
 def test_greedy_cache_matches_no_cache(style, attn_impl, block_size):
     model = random_gpt(block_size=block_size, attn_impl=attn_impl, **STYLES[style])
     x = prompt(T=16)  # 16 + 200 tokens: beyond block_size=64 (the window slides), within 256
-    fast = model.generate(x, 200, temperature=0, use_cache=True)
-    slow = model.generate(x, 200, temperature=0, use_cache=False)
+    fast = generate(model, x, 200, temperature=0, use_cache=True)
+    slow = generate(model, x, 200, temperature=0, use_cache=False)
     assert fast.shape == (1, 216)
     assert torch.equal(fast, slow)
     assert len(set(fast[0, 16:].tolist())) > 5  # a varied output, not one token repeated
@@ -60,8 +62,8 @@ def test_greedy_cache_matches_no_cache(style, attn_impl, block_size):
 def test_batched_greedy_cache_matches_no_cache(style):
     model = random_gpt(block_size=64, **STYLES[style])
     x = prompt(B=3, T=12)
-    fast = model.generate(x, 80, temperature=0, use_cache=True)
-    slow = model.generate(x, 80, temperature=0, use_cache=False)
+    fast = generate(model, x, 80, temperature=0, use_cache=True)
+    slow = generate(model, x, 80, temperature=0, use_cache=False)
     assert torch.equal(fast, slow)
     assert not torch.equal(fast[0], fast[1])  # the rows really are different generations
 
@@ -72,7 +74,7 @@ def test_bf16_cache_matches_no_cache():
     rounding of the recomputed ones, and the greedy tokens agree for the first 10 steps."""
     model = random_gpt(block_size=128).to(torch.bfloat16)
     x = prompt(T=16)
-    slow = model.generate(x, 40, temperature=0, use_cache=False)
+    slow = generate(model, x, 40, temperature=0, use_cache=False)
     full, _ = model(slow[:, :-1])  # every position's logits in one pass, no cache
     cache = KVCache(model.config, 1, x.device, torch.bfloat16)
     steps = [model(x, kv_cache=cache)[0][:, -1]]
@@ -82,7 +84,7 @@ def test_bf16_cache_matches_no_cache():
     ref = full[:, 15:].float()
     scale = ref.abs().max()
     assert (cached - ref).abs().max() <= 0.05 * scale  # bf16: eps 2^-8 per op, a few ops deep
-    fast = model.generate(x, 40, temperature=0, use_cache=True)
+    fast = generate(model, x, 40, temperature=0, use_cache=True)
     assert torch.equal(fast[:, :26], slow[:, :26])
 
 
@@ -100,9 +102,9 @@ def hf_pair(tmp_path_factory):
     hf = transformers.GPT2LMHeadModel(cfg).eval()
     path = tmp_path_factory.mktemp('hf_gpt2')
     hf.save_pretrained(path)
-    ours = GPT.from_pretrained(str(path)).eval()
+    ours = hf_io.from_pretrained(str(path)).eval()
     x = prompt(T=7)
-    greedy = ours.generate(x, 50, temperature=0)[0, 7:].tolist()
+    greedy = generate(ours, x, 50, temperature=0)[0, 7:].tolist()
     # eos: a token that greedy decoding emits, but not at once, so hypotheses end at varied lengths
     eos = next(t for i, t in enumerate(greedy) if i >= 5 and t not in greedy[:i])
     return hf, ours, x, eos
@@ -119,7 +121,7 @@ def test_greedy_matches_transformers(hf_pair, with_eos):
     hf, ours, x, eos = hf_pair
     eos = eos if with_eos else None
     ref = hf_generate(hf, x, max_new_tokens=50, num_beams=1, eos_token_id=eos)
-    out = ours.generate(x, 50, temperature=0, eos_token_id=eos)
+    out = generate(ours, x, 50, temperature=0, eos_token_id=eos)
     assert torch.equal(out, ref)
     assert (out.size(1) < 57) == with_eos  # with eos, generation stopped at it
 
@@ -134,15 +136,15 @@ def test_beam_search_matches_transformers(hf_pair, num_beams, length_penalty, eo
     eos = eos_id if eos else None
     kw = dict(length_penalty=length_penalty, early_stopping=early_stopping)
     ref = hf_generate(hf, x, max_new_tokens=40, num_beams=num_beams, eos_token_id=eos, **kw)
-    out = ours.beam_search(x, 40, num_beams, eos_token_id=eos, **kw)
+    out = beam_search(ours, x, 40, num_beams, eos_token_id=eos, **kw)
     assert torch.equal(out, ref), f"ours {out[0, 7:].tolist()}\nHF   {ref[0, 7:].tolist()}"
-    assert torch.equal(ours.beam_search(x, 40, num_beams, eos_token_id=eos, use_cache=False, **kw), out)
+    assert torch.equal(beam_search(ours, x, 40, num_beams, eos_token_id=eos, use_cache=False, **kw), out)
 
 
 def test_beam_search_eos_shortens_hypotheses(hf_pair):
     """The eos case above is not vacuous: the length penalty decides between finished lengths."""
     _, ours, x, eos = hf_pair
-    lengths = {lp: ours.beam_search(x, 40, 4, length_penalty=lp, eos_token_id=eos).size(1) - 7
+    lengths = {lp: beam_search(ours, x, 40, 4, length_penalty=lp, eos_token_id=eos).size(1) - 7
                for lp in (0.6, 1.0, 2.0)}
     assert min(lengths.values()) < 40
     assert lengths[0.6] <= lengths[1.0] <= lengths[2.0]
@@ -150,7 +152,7 @@ def test_beam_search_eos_shortens_hypotheses(hf_pair):
 
 def test_beam_search_one_beam_is_greedy(hf_pair):
     _, ours, x, _ = hf_pair
-    assert torch.equal(ours.beam_search(x, 30, 1), ours.generate(x, 30, temperature=0))
+    assert torch.equal(beam_search(ours, x, 30, 1), generate(ours, x, 30, temperature=0))
 
 
 # ---------------------------------------------------------------------- filters vs transformers
@@ -217,7 +219,7 @@ def test_seeded_sampling_is_reproducible():
     x = prompt(B=2, T=8)
 
     def sample(seed, **kw):
-        return model.generate(x, 30, temperature=1.0, top_k=50, top_p=0.95,
+        return generate(model, x, 30, temperature=1.0, top_k=50, top_p=0.95,
                               generator=torch.Generator().manual_seed(seed), **kw)
 
     a = sample(123)
@@ -231,7 +233,7 @@ def test_eos_rows_stay_finished_and_stream_stops():
     model = random_gpt(std=0.02, vocab_size=5)
     x = prompt(B=3, T=8, vocab=5)
     eos = 4
-    steps = list(model.generate_stream(x, 200, temperature=1.0, eos_token_id=eos,
+    steps = list(generate_stream(model, x, 200, temperature=1.0, eos_token_id=eos,
                                        generator=torch.Generator().manual_seed(0)))
     out = torch.cat(steps, dim=1)  # (3, n)
     assert out.size(1) < 200
@@ -255,19 +257,19 @@ def test_bad_sampling_args_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         check_sampling_args(**kwargs)
     with pytest.raises(ValueError, match=match):
-        model.generate(prompt(T=4), 3, **kwargs)
+        generate(model, prompt(T=4), 3, **kwargs)
 
 
 def test_bad_prompts_raise():
     model = random_gpt(std=0.02)
     empty = torch.zeros(1, 0, dtype=torch.long)
     with pytest.raises(ValueError, match='at least one token'):
-        model.generate(empty, 3)
+        generate(model, empty, 3)
     with pytest.raises(ValueError, match='at least one token'):
-        model.beam_search(empty, 3, num_beams=2)
+        beam_search(model, empty, 3, num_beams=2)
     with pytest.raises(ValueError, match='batch size 1'):
-        model.beam_search(prompt(B=2, T=4), 3, num_beams=2)
+        beam_search(model, prompt(B=2, T=4), 3, num_beams=2)
     with pytest.raises(ValueError, match='block_size'):
-        model.beam_search(prompt(T=60), 10, num_beams=2)
+        beam_search(model, prompt(T=60), 10, num_beams=2)
     with pytest.raises(ValueError, match='early_stopping'):
-        model.beam_search(prompt(T=4), 3, num_beams=2, early_stopping='sometimes')
+        beam_search(model, prompt(T=4), 3, num_beams=2, early_stopping='sometimes')

@@ -6,6 +6,8 @@ formulas (initialisation, FLOPs). All on CPU with small random models; no hub ac
 """
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,7 +16,11 @@ from safetensors.torch import load_file
 from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
                           OpenAIGPTConfig, OpenAIGPTLMHeadModel)
 
-from model import GPT, PRESETS, Dropout, GPTConfig, KVCache, device_peak_flops
+import hf as hf_io
+from conftest import ROOT
+from device import device_peak_flops
+from generate import generate
+from model import GPT, PRESETS, Dropout, GPTConfig, KVCache
 
 ATOL = 1e-5
 
@@ -61,7 +67,7 @@ def check_parity(ours, hf, vocab_size, context):
     n = min(20, context - prompt.size(1))
     expected = hf_greedy(hf, prompt, n)
     assert expected.shape == (2, 4 + n)
-    assert torch.equal(ours.generate(prompt, n, temperature=0), expected)
+    assert torch.equal(generate(ours, prompt, n, temperature=0), expected)
 
 
 # ---------------------------------------------------------------------- 1, 2: import from transformers
@@ -84,7 +90,7 @@ def test_gpt2_parity(tmp_path, n_layer, n_head, n_embd, n_pos, vocab, n_inner, a
     hf.save_pretrained(tmp_path)
     # transformers writes tied weights once: no lm_head.weight in the file, and we still load
     assert 'lm_head.weight' not in load_file(tmp_path / 'model.safetensors')
-    ours = GPT.from_pretrained(str(tmp_path)).eval()
+    ours = hf_io.from_pretrained(str(tmp_path)).eval()
     c = ours.config
     assert (c.n_layer, c.n_head, c.n_embd, c.block_size, c.vocab_size) == (n_layer, n_head, n_embd, n_pos, vocab)
     assert c.d_ff == (n_inner or 4 * n_embd) and not c.post_norm
@@ -97,7 +103,7 @@ def test_openai_gpt_parity(tmp_path, n_layer, n_head, n_embd, n_pos, vocab):
     torch.manual_seed(0)
     hf = perturb_(OpenAIGPTLMHeadModel(cfg))
     hf.save_pretrained(tmp_path)
-    ours = GPT.from_pretrained(str(tmp_path)).eval()
+    ours = hf_io.from_pretrained(str(tmp_path)).eval()
     # GPT-1's "gelu" is the tanh approximation (OpenAI's finetune-transformer-lm), not exact erf
     assert ours.config.post_norm and ours.config.gelu_approx == 'tanh'
     assert 'ln_f' not in ours.transformer
@@ -126,7 +132,7 @@ def test_save_pretrained_round_trip(tmp_path, kind, caplog):
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     ours.eval()
-    ours.save_pretrained(tmp_path)
+    hf_io.save_pretrained(ours, tmp_path)
     cfg = json.loads((tmp_path / 'config.json').read_text())
     assert cfg['model_type'] == ('openai-gpt' if ours.config.post_norm else 'gpt2')
 
@@ -144,16 +150,16 @@ def test_save_pretrained_round_trip(tmp_path, kind, caplog):
         want, _ = ours(x)
         want = want[..., :97]  # padded rows are not part of the model's vocabulary
         torch.testing.assert_close(hf(x).logits, want, atol=ATOL, rtol=0)
-        back = GPT.from_pretrained(str(tmp_path)).eval()
+        back = hf_io.from_pretrained(str(tmp_path)).eval()
         torch.testing.assert_close(back(x)[0], want, atol=ATOL, rtol=0)
 
 
 def test_save_pretrained_refuses_what_transformers_cannot_express(tmp_path):
     base = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=31, post_norm=True)
     with pytest.raises(ValueError, match="d_ff = 4 \\* n_embd"):
-        GPT(GPTConfig(**base, n_inner=24)).save_pretrained(tmp_path / 'a')
+        hf_io.save_pretrained(GPT(GPTConfig(**base, n_inner=24)), tmp_path / 'a')
     with pytest.raises(ValueError, match="tanh GELU"):
-        GPT(GPTConfig(**base, gelu_approx='none')).save_pretrained(tmp_path / 'b')
+        hf_io.save_pretrained(GPT(GPTConfig(**base, gelu_approx='none')), tmp_path / 'b')
 
 
 # ---------------------------------------------------------------------- 4: overrides and refusals
@@ -170,7 +176,7 @@ def gpt2_dir(tmp_path):
 
 def test_from_pretrained_free_overrides(gpt2_dir):
     path, hf = gpt2_dir
-    m = GPT.from_pretrained(str(path), dropout=0.1, attn_impl='explicit', pad_vocab_multiple=64)
+    m = hf_io.from_pretrained(str(path), dropout=0.1, attn_impl='explicit', pad_vocab_multiple=64)
     assert m.config.dropout == 0.1 and m.config.attn_impl == 'explicit'
     assert m.transformer.drop.p == 0.1 and m.transformer.h[0].attn.attn_impl == 'explicit'
     assert m.transformer.wte.weight.shape[0] == 128 and m.config.vocab_size == 97
@@ -178,24 +184,24 @@ def test_from_pretrained_free_overrides(gpt2_dir):
     with torch.no_grad():
         torch.testing.assert_close(m.eval()(x)[0][..., :97], hf(x).logits, atol=ATOL, rtol=0)
     # a value equal to the checkpoint's is not an override, so it is accepted
-    assert GPT.from_pretrained(str(path), n_layer=2).config.n_layer == 2
+    assert hf_io.from_pretrained(str(path), n_layer=2).config.n_layer == 2
 
 
 def test_from_pretrained_refuses_shape_overrides(gpt2_dir):
     path, _ = gpt2_dir
     with pytest.raises(ValueError, match=r"n_layer=99.*n_layer=2"):
-        GPT.from_pretrained(str(path), n_layer=99)
+        hf_io.from_pretrained(str(path), n_layer=99)
     with pytest.raises(ValueError, match="post_norm"):
-        GPT.from_pretrained(str(path), post_norm=True)
+        hf_io.from_pretrained(str(path), post_norm=True)
     with pytest.raises(ValueError, match="unknown GPTConfig field 'n_layers'"):
-        GPT.from_pretrained(str(path), n_layers=2)
+        hf_io.from_pretrained(str(path), n_layers=2)
     with pytest.raises(ValueError, match="block_size=64.*33"):
-        GPT.from_pretrained(str(path), block_size=64)
+        hf_io.from_pretrained(str(path), block_size=64)
 
 
 def test_from_pretrained_crops_block_size(gpt2_dir):
     path, hf = gpt2_dir
-    m = GPT.from_pretrained(str(path), block_size=16).eval()
+    m = hf_io.from_pretrained(str(path), block_size=16).eval()
     assert m.config.block_size == 16 and m.transformer.wpe.weight.shape == (16, 48)
     x = torch.randint(0, 97, (2, 16))
     with torch.no_grad():
@@ -209,20 +215,20 @@ def test_from_pretrained_refuses_other_models(tmp_path):
     LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                  num_attention_heads=2, num_key_value_heads=2)).save_pretrained(llama)
     with pytest.raises(ValueError, match="unsupported model_type 'llama'"):
-        GPT.from_pretrained(str(llama))
+        hf_io.from_pretrained(str(llama))
     hand = tmp_path / 'hand'
     hand.mkdir()
     (hand / 'config.json').write_text(json.dumps({'model_type': 'not-a-model', 'n_layer': 2}))
     with pytest.raises(ValueError, match="unsupported model_type 'not-a-model'"):
-        GPT.from_pretrained(str(hand))
+        hf_io.from_pretrained(str(hand))
     empty = tmp_path / 'empty'
     empty.mkdir()
     with pytest.raises(ValueError, match="no config.json"):
-        GPT.from_pretrained(str(empty))
+        hf_io.from_pretrained(str(empty))
     with pytest.raises(ValueError, match="neither a local directory nor one of the hub models"):
-        GPT.from_pretrained(str(tmp_path / 'no-such-dir'))
+        hf_io.from_pretrained(str(tmp_path / 'no-such-dir'))
     with pytest.raises(ValueError, match="neither a local directory"):
-        GPT.from_pretrained('gpt5')
+        hf_io.from_pretrained('gpt5')
 
 
 def test_from_pretrained_refuses_unsupported_gpt2_variants(tmp_path):
@@ -233,7 +239,7 @@ def test_from_pretrained_refuses_unsupported_gpt2_variants(tmp_path):
     for name, (extra, msg) in variants.items():
         GPT2LMHeadModel(GPT2Config(**base, **extra)).save_pretrained(tmp_path / name)
         with pytest.raises(ValueError, match=msg):
-            GPT.from_pretrained(str(tmp_path / name))
+            hf_io.from_pretrained(str(tmp_path / name))
 
 
 # ---------------------------------------------------------------------- 5: optimizer groups
@@ -489,3 +495,13 @@ def test_flops_and_mfu():
     assert device_peak_flops('cpu', override=123e12) == 123e12
     measured = device_peak_flops('cpu')
     assert measured > 0 and math.isfinite(measured)
+
+
+def test_model_py_imports_torch_alone():
+    # the network stands on its own: no transformers, tokenizers or the repo's other modules come with it
+    code = ("import sys, model; print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'transformers', 'safetensors', 'tiktoken', 'datasets', 'hf', 'generate', 'checkpoint', 'device', "
+            "'tokendata', 'configurator'}))")
+    p = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == '[]'

@@ -9,14 +9,12 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from model import GPT, GPTConfig
 import scaling_sweep
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+from model import GPT, GPTConfig
 NOTEBOOK = ROOT / 'scaling_laws.ipynb'
 PLOTS = ('chinchilla_parametric.png', 'chinchilla_frontiers.png', 'isoflop.png', 'parametric_fit.png')
 

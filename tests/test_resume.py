@@ -6,14 +6,11 @@ every logged iteration and bit-identical final weights and optimizer state.
 All runs are tiny (2 layers, 32 wide, dropout on, fp32, CPU) on character-level Shakespeare. Each
 run is a separate process running train.py as __main__, forked from a launcher that has already
 imported torch (which takes ~5 s per process otherwise); all use one thread, so they compute alike.
-The helpers here (data fixture, in-process runner) are also used by test_errors.py.
 """
 import contextlib
-import io
 import json
 import os
 import random
-import runpy
 import shlex
 import signal
 import subprocess
@@ -21,15 +18,12 @@ import sys
 import time
 
 import pytest
-import torch
 
-from conftest import ROOT
+from conftest import ROOT, assert_same_state, load_ckpt, tiny, train_losses
 
 M = 24  # iterations of every run compared with the reference
-TINY = ['--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32',
-        '--batch_size=4', '--gradient_accumulation_steps=2', '--eval_iters=2', '--log_interval=1',
-        '--dropout=0.1', '--plot=False', '--peak_flops=1e12', '--learning_rate=1e-3', '--warmup_iters=4',
-        f'--lr_decay_iters={M}', '--min_lr=1e-4', '--wandb_log=False']
+TINY = tiny(batch_size=4, gradient_accumulation_steps=2, eval_iters=2, log_interval=1, dropout=0.1, plot=False,
+            peak_flops=1e12, learning_rate=1e-3, warmup_iters=4, lr_decay_iters=M, min_lr=1e-4)
 RUN = TINY + [f'--max_iters={M}', '--eval_interval=3', '--always_save_checkpoint=True']
 
 # Reads requests (JSON [argv, kill_at, stdout file, stderr file]) on stdin; for each, forks a process
@@ -41,7 +35,7 @@ RUN = TINY + [f'--max_iters={M}', '--eval_interval=3', '--always_save_checkpoint
 LAUNCHER = r'''
 import io, json, os, runpy, signal, sys, time
 sys.path.insert(0, os.getcwd())
-import torch, checkpoint, common, configurator, model
+import torch, checkpoint, configurator, device, model, tokendata
 torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # the first optimizer imports torch._dynamo (slow)
 
 def set_kill_point(kill_at):
@@ -105,16 +99,6 @@ for line in sys.stdin:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-@pytest.fixture(scope='session')
-def char_data(tmp_path_factory, shakespeare_text):
-    """Character-level Shakespeare prepared once per session (shared with test_errors.py)."""
-    d = tmp_path_factory.getbasetemp() / 'shakespeare_char'
-    if not (d / 'meta.json').exists():
-        subprocess.run([sys.executable, 'data/shakespeare_char/prepare.py', '--input', str(shakespeare_text),
-                        '--out_dir', str(d)], cwd=ROOT, check=True, capture_output=True)
-    return d
-
 
 class Launcher:
     def __init__(self, logs):
@@ -192,60 +176,6 @@ def ok(run):
     return run.stdout()
 
 
-def run_inprocess(script, *argv):
-    """Run a script in this process as `python script argv...` would: returns (exit code, stdout, stderr).
-    An uncaught exception goes to sys.excepthook (as the interpreter does), so train.py's one-line
-    UserError hook is exercised too. Signal handlers, the excepthook and torch's thread count (one,
-    for tiny models on a shared machine) are put back afterwards."""
-    saved_argv, saved_hook, saved_threads = sys.argv, sys.excepthook, torch.get_num_threads()
-    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    try:
-        sys.argv = [str(ROOT / script), *map(str, argv)]
-        torch.set_num_threads(1)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                runpy.run_path(str(ROOT / script), run_name='__main__')
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else int(e.code is not None)
-            except Exception:
-                sys.excepthook(*sys.exc_info())
-                code = 1
-    finally:
-        sys.argv, sys.excepthook = saved_argv, saved_hook
-        torch.set_num_threads(saved_threads)
-        for s, h in saved_signals.items():
-            signal.signal(s, h)
-    return code, out.getvalue(), err.getvalue()
-
-
-def train_losses(out_dir):
-    """{iteration: [loss, ...]} from every 'train' event in log.jsonl (a resumed run repeats some)."""
-    losses = {}
-    for line in (out_dir / 'log.jsonl').read_text().splitlines():
-        e = json.loads(line)
-        if e['event'] == 'train':
-            losses.setdefault(e['iter'], []).append(e['loss'])
-    return losses
-
-
-def load(path):
-    return torch.load(path, map_location='cpu', weights_only=True)
-
-
-def assert_same_state(a, b):
-    """Bit-identical model weights and optimizer state."""
-    assert a['iter_num'] == b['iter_num']
-    assert a['model'].keys() == b['model'].keys()
-    for k in a['model']:
-        assert torch.equal(a['model'][k], b['model'][k]), k
-    sa, sb = a['optimizer']['state'], b['optimizer']['state']
-    assert sa.keys() == sb.keys()
-    for i in sa:
-        for k in sa[i]:
-            assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), (i, k)
-
-
 def assert_matches_reference(out_dir, reference):
     """Every logged loss (also those logged by killed runs) equals the uninterrupted run's at that
     iteration, every iteration was logged, and the final checkpoint is bit-identical."""
@@ -255,8 +185,8 @@ def assert_matches_reference(out_dir, reference):
     assert sorted(got) == list(range(M))
     for i, values in got.items():
         assert values == [ref[i]] * len(values), (i, values, ref[i])
-    assert_same_state(load(out_dir / 'ckpt.pt'), load(reference / 'ckpt.pt'))
-    assert load(out_dir / 'ckpt.pt')['iter_num'] == M
+    assert_same_state(load_ckpt(out_dir / 'ckpt.pt'), load_ckpt(reference / 'ckpt.pt'))
+    assert load_ckpt(out_dir / 'ckpt.pt')['iter_num'] == M
     assert not list(out_dir.glob('*.tmp')), "a save left a temp file behind"
 
 
@@ -287,13 +217,13 @@ def reference(tmp_path_factory, launcher, char_data):
 
 def test_reference_run_is_sane(reference):
     # evaluations (and saves) every 3 iterations and at the end, dropout on, best.pt the lowest val loss
-    ckpt = load(reference / 'ckpt.pt')
+    ckpt = load_ckpt(reference / 'ckpt.pt')
     assert ckpt['iter_num'] == M and ckpt['config']['dropout'] == 0.1
     events = [json.loads(line) for line in (reference / 'log.jsonl').read_text().splitlines()]
     evals = [e for e in events if e['event'] == 'eval']
     assert [e['iter'] for e in evals] == list(range(0, M + 1, 3))
     best = min(evals[1:], key=lambda e: e['val_loss'])  # (iteration 0 is never saved)
-    assert load(reference / 'best.pt')['iter_num'] == best['iter']
+    assert load_ckpt(reference / 'best.pt')['iter_num'] == best['iter']
     assert ckpt['best_val_loss'] == min(e['val_loss'] for e in evals)  # never a worse loss recorded as best
     assert all(ckpt['rng'][k] is not None for k in ('torch', 'numpy', 'python'))
 
@@ -301,7 +231,7 @@ def test_reference_run_is_sane(reference):
 def test_stop_and_resume_is_exact(tmp_path, train, reference):
     # M/2 iterations, then resume for the rest: same losses, bit-identical weights and optimizer state
     ok(train(tmp_path, f'--max_iters={M // 2}'))
-    assert load(tmp_path / 'ckpt.pt')['iter_num'] == M // 2
+    assert load_ckpt(tmp_path / 'ckpt.pt')['iter_num'] == M // 2
     out = ok(train(tmp_path, '--init_from=resume'))
     assert f"settings that differ from the checkpoint's run: max_iters={M}" in out
     assert_matches_reference(tmp_path, reference)
@@ -337,12 +267,12 @@ def test_sigkill_inside_save_and_before_best_link(tmp_path, train, reference):
     # killed halfway through writing the 3rd checkpoint (iteration 9): the torn temp file is left
     # behind and ignored; ckpt.pt still holds iteration 6
     assert train(tmp_path, kill_at='save:3').wait() == -signal.SIGKILL
-    assert load(tmp_path / 'ckpt.pt')['iter_num'] == 6 and list(tmp_path.glob('ckpt.pt.*.tmp'))
+    assert load_ckpt(tmp_path / 'ckpt.pt')['iter_num'] == 6 and list(tmp_path.glob('ckpt.pt.*.tmp'))
     # resumed, then killed once its first new checkpoint (iteration 9, a new best) is in place but
     # before best.pt is linked to it: the stale temp file is gone, best.pt is one checkpoint behind
     assert train(tmp_path, '--init_from=resume', kill_at='link:1').wait() == -signal.SIGKILL
-    ckpt = load(tmp_path / 'ckpt.pt')
-    assert ckpt['iter_num'] == 9 and ckpt['is_best'] and load(tmp_path / 'best.pt')['iter_num'] == 6
+    ckpt = load_ckpt(tmp_path / 'ckpt.pt')
+    assert ckpt['iter_num'] == 9 and ckpt['is_best'] and load_ckpt(tmp_path / 'best.pt')['iter_num'] == 6
     assert not list(tmp_path.glob('*.tmp'))
     # resuming repairs best.pt before anything else (this run stops at once: max_iters is reached)
     assert 'was behind' in ok(train(tmp_path, '--init_from=resume', '--max_iters=9'))
@@ -350,7 +280,7 @@ def test_sigkill_inside_save_and_before_best_link(tmp_path, train, reference):
     # and then finishes exactly like the uninterrupted run, best.pt included
     ok(train(tmp_path, '--init_from=resume'))
     assert_matches_reference(tmp_path, reference)
-    assert_same_state(load(tmp_path / 'best.pt'), load(reference / 'best.pt'))
+    assert_same_state(load_ckpt(tmp_path / 'best.pt'), load_ckpt(reference / 'best.pt'))
 
 
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
@@ -360,7 +290,7 @@ def test_stop_signal_checkpoints_exits_0_and_resumes_exactly(tmp_path, launcher,
     os.kill(run.pid, sig)
     assert run.wait() == 0, run.stderr()[-2000:]
     last = max(train_losses(tmp_path))
-    assert load(tmp_path / 'ckpt.pt')['iter_num'] == last + 1  # the step in flight finished and was saved
+    assert load_ckpt(tmp_path / 'ckpt.pt')['iter_num'] == last + 1  # the step in flight finished and was saved
     assert sig.name in run.stderr()
     # the message gives the command to resume; run exactly that
     cmd = shlex.split(run.stdout().split('--init_from=resume: ')[1].splitlines()[0])

@@ -1,40 +1,15 @@
 """End to end on the CPU, as a user runs it: prepare Shakespeare-char, train, resume, evaluate,
 sample, and start from a local Hugging Face directory."""
-import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import events, run, tiny
 
-TINY = ['--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=64', '--block_size=32',
-        '--batch_size=16', '--gradient_accumulation_steps=1', '--eval_iters=10', '--log_interval=10',
-        '--dropout=0.0', '--learning_rate=3e-3', '--min_lr=3e-4', '--warmup_iters=20', '--pad_vocab_multiple=1',
-        '--beta2=0.99', '--wandb_log=False']
-
-
-def run(script, *args, check=True):
-    p = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
-                       cwd=ROOT, timeout=600)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{script} {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
-    return p
-
-
-def events(out_dir, kind):
-    lines = (out_dir / 'log.jsonl').read_text().splitlines()
-    return [e for e in map(json.loads, lines) if e.get('event') == kind]
-
-
-@pytest.fixture(scope='module')
-def char_data(tmp_path_factory, shakespeare_text):
-    d = tmp_path_factory.mktemp('shakespeare_char')
-    run('data/shakespeare_char/prepare.py', '--input', shakespeare_text, '--out_dir', d)
-    return d
+TINY = tiny(n_embd=64, batch_size=16, gradient_accumulation_steps=1, eval_iters=10, log_interval=10, dropout=0.0,
+            learning_rate=3e-3, min_lr=3e-4, warmup_iters=20, beta2=0.99)
 
 
 @pytest.fixture(scope='module')

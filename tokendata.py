@@ -1,9 +1,8 @@
 """
-Helpers shared by train.py, sample.py and bench.py, kept once here: device and precision set-up,
-the token data loader, dataset metadata and tokenizers.
+Token data: a dataset's metadata (meta.json), its tokenizer, and the loader that draws training and
+evaluation batches from the memmapped train.bin / val.bin that data/<dataset>/prepare.py writes.
 """
 
-import contextlib
 import hashlib
 import json
 import os
@@ -11,50 +10,16 @@ import os
 import numpy as np
 import torch
 
+from configurator import UserError
 
-class UserError(Exception):
-    """A mistake the user can fix; scripts print its one-line message and exit non-zero."""
-
-
-# ---------------------------------------------------------------------- device and precision
-
-def pick_device(device='auto'):
-    """'auto' picks cuda > mps > cpu."""
-    if device != 'auto':
-        if device.startswith('cuda') and not torch.cuda.is_available():
-            raise UserError(f"device={device!r} but CUDA is not available; use --device=cpu (or auto)")
-        return device
-    if torch.cuda.is_available():
-        return 'cuda'
-    if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
-        return 'mps'
-    return 'cpu'
+ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def pick_dtype(dtype, device):
-    """'auto' is bfloat16 on GPUs that have it, float16 on older GPUs, float32 elsewhere."""
-    if dtype == 'auto':
-        if device.startswith('cuda'):
-            return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
-        return 'float32'
-    if dtype not in ('float32', 'bfloat16', 'float16'):
-        raise UserError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
-    return dtype
-
-
-def autocast_ctx(device, dtype):
-    """Mixed precision for float16/bfloat16: weights stay fp32, matmuls run in the low precision."""
-    if dtype == 'float32':
-        return contextlib.nullcontext()
-    device_type = 'cuda' if device.startswith('cuda') else device.split(':')[0]
-    return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
-
-
-def setup_torch(seed, device):
-    torch.manual_seed(seed)
-    if device.startswith('cuda'):
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls/convs: ~free speed on Ampere+
-        torch.backends.cudnn.allow_tf32 = True
+def dataset_dir(dataset, data_dir=''):
+    """(the folder holding a dataset's files, the prepare command that writes them): data/<dataset>/
+    beside this file, or data_dir when given."""
+    prepare = f"data/{dataset}/prepare.py" + (f" --out_dir {data_dir}" if data_dir else '')
+    return data_dir or os.path.join(ROOT, 'data', dataset), prepare
 
 
 # ---------------------------------------------------------------------- dataset metadata

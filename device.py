@@ -1,0 +1,164 @@
+"""
+Device and precision: which device and dtype a run uses, the autocast context, and the peak FLOP/s
+that MFU is measured against. train.py, sample.py, bench.py and eval.py all choose them here.
+
+    python device.py          # this machine: CPU model and flags, the dtype 'auto' picks, measured peaks
+"""
+
+import contextlib
+import functools
+import os
+import platform
+import time
+
+import torch
+
+from configurator import UserError
+
+DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def pick_device(device='auto'):
+    """'auto' picks cuda > mps > cpu; an explicit CUDA device must exist."""
+    if device != 'auto':
+        if device.startswith('cuda') and not torch.cuda.is_available():
+            raise UserError(f"device={device!r} but CUDA is not available; use --device=cpu (or auto)")
+        if device.split(':')[0] not in ('cpu', 'cuda', 'mps'):
+            raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+        return device
+    if torch.cuda.is_available():
+        return 'cuda'
+    if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
+        return 'mps'
+    return 'cpu'
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags():
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            for line in f:
+                if line.startswith(('flags', 'Features')):
+                    return frozenset(line.split(':', 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_name():
+    """The CPU model and the flags that decide its speed in each dtype, e.g. 'AMD EPYC (avx2)'."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    name = line.split(':', 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    shown = [f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16', 'asimd', 'sve') if f in cpu_flags()]
+    return f"{name} ({', '.join(shown) or 'no SIMD flags read'}), {os.cpu_count()} CPUs"
+
+
+def cpu_has_fast_bf16():
+    """True where the CPU multiplies bfloat16 natively and fast: Intel AMX (Xeon 4th gen+), where bf16
+    autocast trains several times faster than fp32. Elsewhere (AVX2, and AVX512_BF16 without AMX, which
+    speeds up dot products but not PyTorch's bf16 GEMMs enough) bf16 matmuls are emulated: on an AVX2-only
+    CPU ~1 GFLOP/s against ~120 in fp32 (`python device.py` measures both)."""
+    return bool(getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)())
+
+
+def pick_dtype(dtype, device):
+    """'auto': bfloat16 on GPUs that have it, float16 (with a GradScaler) on older GPUs, bfloat16 on CPUs
+    with fast bf16 (cpu_has_fast_bf16), float32 elsewhere."""
+    if dtype == 'auto':
+        if device.startswith('cuda'):
+            return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+        if device == 'cpu' and cpu_has_fast_bf16():
+            return 'bfloat16'
+        return 'float32'
+    if dtype not in DTYPES:
+        raise UserError(f"dtype must be auto, {', '.join(DTYPES)}, got {dtype!r}")
+    return dtype
+
+
+def autocast_ctx(device, dtype):
+    """Mixed precision for float16/bfloat16: weights stay fp32, matmuls run in the low precision."""
+    if dtype == 'float32':
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, dtype))
+
+
+def setup_torch(seed, device):
+    torch.manual_seed(seed)
+    if device.startswith('cuda'):
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls/convs: ~free speed on Ampere+
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def describe(device, dtype):
+    """One line for logs: the hardware every figure was measured on."""
+    hw = torch.cuda.get_device_name(device) if device.startswith('cuda') else cpu_name()
+    return f"device {device} ({hw}), dtype {dtype}, torch {torch.__version__}"
+
+
+# ---------------------------------------------------------------------- peak FLOP/s for MFU
+
+# Dense tensor-core peaks from the vendors' data sheets (FLOP/s, no sparsity): (bf16/fp16, tf32).
+# tf32 is None for GPUs without TF32 (before Ampere), whose fp32 peak is the plain FP32 figure.
+GPU_PEAK_FLOPS = {
+    'B200': (2250e12, 1100e12), 'H200': (989e12, 494e12), 'H100 SXM': (989e12, 494e12),
+    'H100 NVL': (835e12, 418e12), 'H100 PCIe': (756e12, 378e12), 'H100': (989e12, 494e12),
+    'GH200': (989e12, 494e12), 'A100': (312e12, 156e12), 'A800': (312e12, 156e12),
+    'L40S': (362e12, 183e12), 'L40': (181e12, 90e12), 'L4': (121e12, 60e12), 'A10G': (70e12, 35e12),
+    'A10': (125e12, 62.5e12), 'A6000': (155e12, 77e12), 'RTX 4090': (165e12, 83e12),
+    'RTX 3090': (71e12, 35.6e12), 'MI300X': (1307e12, 654e12), 'MI250X': (383e12, 95.7e12),
+    'V100': (125e12, None), 'T4': (65e12, None),
+}
+GPU_FP32_FLOPS = {'V100': 15.7e12, 'T4': 8.1e12}  # plain FP32 (no TF32) of the GPUs above without it
+
+_measured_peak = {}
+
+
+def measure_matmul_flops(device='cpu', dtype=torch.float32, n=1024, seconds=0.5):
+    """Achieved FLOP/s of a large square matmul (best of repeated runs): the practical peak of a CPU
+    or an unknown device in that dtype. Cached per (device, dtype, n)."""
+    key = (str(device), dtype, n)
+    if key not in _measured_peak:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        a @ b  # warm-up
+        best, t_end = float('inf'), time.perf_counter() + seconds
+        while time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            a @ b
+            if str(device).startswith('cuda'):
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+        _measured_peak[key] = 2 * n ** 3 / best
+    return _measured_peak[key]
+
+
+def device_peak_flops(device='cpu', dtype=torch.float32, override=0.0):
+    """Peak FLOP/s of the dtype doing the math, for MFU: a user-given figure, else the data sheet of a
+    known GPU, else a measured matmul (CPUs, unknown GPUs)."""
+    if override:
+        return override
+    if str(device).startswith('cuda') and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(device)
+        for key in sorted(GPU_PEAK_FLOPS, key=len, reverse=True):  # most specific name first
+            if key in name:
+                half, tf32 = GPU_PEAK_FLOPS[key]
+                if dtype in (torch.bfloat16, torch.float16):
+                    return half
+                return tf32 if tf32 is not None else GPU_FP32_FLOPS[key]
+    return measure_matmul_flops(device, dtype)
+
+
+if __name__ == '__main__':
+    dev = pick_device('auto')
+    print(describe(dev, pick_dtype('auto', dev)))
+    for dt in DTYPES[:2] if dev == 'cpu' else DTYPES:
+        print(f"matmul 1024x1024 {dt}: {measure_matmul_flops(dev, getattr(torch, dt)) / 1e9:,.1f} GFLOP/s")

@@ -1,0 +1,153 @@
+"""
+Hugging Face interchange: OpenAI's GPT-2 and GPT-1 weights (hub names or local directories written by
+transformers' save_pretrained) into our GPT, and our GPT out to a directory transformers loads.
+
+    import hf
+    model = hf.from_pretrained('gpt2')              # OpenAI's 124M weights (downloads once)
+    model = hf.from_pretrained('path/to/hf_dir')    # GPT2LMHeadModel / OpenAIGPTLMHeadModel directories
+    hf.save_pretrained(model, 'out/hf')             # transformers.AutoModelForCausalLM.from_pretrained('out/hf')
+
+Our state-dict names are GPT-2's, so the mapping is a transpose of the four Conv1D weights (HF stores
+them (in, out)) and GPT-1's two embedding names. Every key and shape is checked. transformers is
+imported here only, inside the functions that need it.
+"""
+
+import json
+import os
+
+import torch
+import torch.nn as nn
+
+from model import GPT, GPTConfig
+
+# Hugging Face names of OpenAI's released checkpoints, and the preset each corresponds to.
+HF_HUB_MODELS = {'gpt2': 'gpt2', 'gpt2-medium': 'gpt2-medium', 'gpt2-large': 'gpt2-large',
+                 'gpt2-xl': 'gpt2-xl', 'openai-gpt': 'gpt1'}
+
+_CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+
+
+def config_from_hf(hf_config):
+    """GPTConfig from a transformers GPT2Config / OpenAIGPTConfig, refusing variants we do not model."""
+    if hf_config.model_type not in ('gpt2', 'openai-gpt'):  # first: other configs lack the GPT-2 field names
+        raise ValueError(f"unsupported model_type {hf_config.model_type!r}: expected 'gpt2' or 'openai-gpt'")
+    c = hf_config
+    common = dict(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
+                  n_embd=c.n_embd, dropout=0.0, bias=True, layer_norm_eps=c.layer_norm_epsilon)
+    if not getattr(hf_config, 'tie_word_embeddings', True):
+        raise ValueError("this checkpoint has untied input/output embeddings, which this GPT does not model")
+    if hf_config.model_type == 'openai-gpt':
+        if hf_config.afn != 'gelu':
+            raise ValueError(f"unsupported GPT-1 activation {hf_config.afn!r} (only 'gelu')")
+        # GPT-1's "gelu" is the tanh approximation (OpenAI's finetune-transformer-lm; HF maps it to gelu_new)
+        return GPTConfig(post_norm=True, gelu_approx='tanh', **common)
+    acts = {'gelu_new': 'tanh', 'gelu_pytorch_tanh': 'tanh', 'gelu': 'none'}
+    if hf_config.activation_function not in acts:
+        raise ValueError(f"unsupported GPT-2 activation {hf_config.activation_function!r}")
+    for flag in ('scale_attn_by_inverse_layer_idx', 'reorder_and_upcast_attn', 'add_cross_attention'):
+        if getattr(hf_config, flag, False):
+            raise ValueError(f"unsupported GPT-2 variant: {flag}=True")
+    if not getattr(hf_config, 'scale_attn_weights', True):
+        raise ValueError("unsupported GPT-2 variant: scale_attn_weights=False")
+    return GPTConfig(post_norm=False, gelu_approx=acts[c.activation_function], n_inner=c.n_inner or 0, **common)
+
+
+def from_pretrained(name_or_path, **overrides):
+    """Load GPT-2 / GPT-1 weights through transformers.
+
+    name_or_path: a hub name ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', 'openai-gpt')
+    or a local directory written by transformers' save_pretrained (model_type gpt2 or openai-gpt).
+    overrides: settings that do not change the weights' meaning: dropout, attn_impl,
+    pad_vocab_multiple, block_size (only to shorten the context); anything else must agree
+    with the checkpoint.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+    if not os.path.isdir(name_or_path) and name_or_path not in HF_HUB_MODELS:
+        raise ValueError(f"{name_or_path!r} is neither a local directory nor one of the hub models "
+                         f"{', '.join(HF_HUB_MODELS)}")
+    if os.path.isdir(name_or_path):  # check the model type ourselves: transformers' errors are vaguer
+        cfg_path = os.path.join(name_or_path, 'config.json')
+        if not os.path.isfile(cfg_path):
+            raise ValueError(f"{name_or_path!r} has no config.json; expected a directory written by save_pretrained")
+        with open(cfg_path, encoding='utf-8') as f:
+            model_type = json.load(f).get('model_type')
+        if model_type not in ('gpt2', 'openai-gpt'):
+            raise ValueError(f"unsupported model_type {model_type!r} in {cfg_path}: expected 'gpt2' or 'openai-gpt'")
+    hf_config = AutoConfig.from_pretrained(name_or_path)
+    config = config_from_hf(hf_config)
+    block_size = overrides.pop('block_size', config.block_size)
+    free = {'dropout', 'attn_impl', 'pad_vocab_multiple'}
+    for k, v in overrides.items():
+        if k in free:
+            setattr(config, k, v)
+        elif not hasattr(config, k):
+            raise ValueError(f"unknown GPTConfig field {k!r}")
+        elif getattr(config, k) != v:
+            raise ValueError(f"cannot override {k}={v!r}: the checkpoint at {name_or_path!r} has "
+                             f"{k}={getattr(config, k)!r}, and the weights only fit that")
+    hf_model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
+    hf_sd = hf_model.state_dict()
+    if hf_config.model_type == 'openai-gpt':  # GPT-1 names its embeddings differently
+        hf_sd = {k.replace('tokens_embed', 'wte').replace('positions_embed', 'wpe'): v for k, v in hf_sd.items()}
+    config.__post_init__()
+    model = GPT(config)
+    sd = model.state_dict()
+    expected = set(sd)
+    got = {k for k in hf_sd if not k.endswith(('.attn.bias', '.attn.masked_bias'))}  # old HF mask buffers
+    if expected != got:
+        raise ValueError(f"checkpoint keys do not match a {hf_config.model_type} model: missing "
+                         f"{sorted(expected - got)[:5]}, unexpected {sorted(got - expected)[:5]}")
+    V = config.vocab_size
+    with torch.no_grad():
+        for k in expected:
+            src = hf_sd[k]
+            if k.endswith(_CONV1D):
+                src = src.t()  # HF Conv1D stores (in, out); nn.Linear wants (out, in)
+            dst = sd[k]
+            if k in ('transformer.wte.weight', 'lm_head.weight') and dst.shape[0] != src.shape[0]:
+                dst = dst[:V]  # padded vocabulary: copy the real rows, keep the pad rows' init
+            if dst.shape != src.shape:
+                raise ValueError(f"shape mismatch for {k}: checkpoint {tuple(src.shape)}, model {tuple(dst.shape)}")
+            dst.copy_(src)
+    if block_size < config.block_size:
+        model.crop_block_size(block_size)
+    elif block_size > config.block_size:
+        raise ValueError(f"cannot override block_size={block_size}: the checkpoint has only "
+                         f"{config.block_size} positions")
+    return model
+
+def save_pretrained(model, path):
+    """Write a transformers directory (config.json + model.safetensors).
+
+    Pre-norm models are written as GPT2LMHeadModel, post-norm ones as OpenAIGPTLMHeadModel.
+    Padded vocabulary rows are dropped. bias=False models are written with zero biases in every
+    Linear and LayerNorm, which computes the same function."""
+    from safetensors.torch import save_file
+    c = model.config
+    if c.post_norm and (c.gelu_approx != 'tanh' or c.d_ff != 4 * c.n_embd):
+        raise ValueError("a post-norm model exports as openai-gpt, which needs GPT-1's tanh GELU "
+                         "(gelu_approx='tanh') and d_ff = 4 * n_embd")
+    os.makedirs(path, exist_ok=True)
+    sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    sd['transformer.wte.weight'] = sd['transformer.wte.weight'][:c.vocab_size]
+    del sd['lm_head.weight']  # tied: transformers re-ties it from wte
+    for name, mod in model.named_modules():  # bias=False: write the zero biases HF expects
+        if isinstance(mod, (nn.Linear, nn.LayerNorm)) and mod.bias is None and name != 'lm_head':
+            sd[f'{name}.bias'] = torch.zeros(mod.weight.shape[0])
+    sd = {k: (v.t() if k.endswith(_CONV1D) else v).contiguous() for k, v in sd.items()}
+    common = dict(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+                  n_head=c.n_head, resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
+                  layer_norm_epsilon=c.layer_norm_eps, initializer_range=0.02, tie_word_embeddings=True)
+    if c.post_norm:
+        sd = {k.replace('.wte.', '.tokens_embed.').replace('.wpe.', '.positions_embed.'): v for k, v in sd.items()}
+        hf = dict(model_type='openai-gpt', architectures=['OpenAIGPTLMHeadModel'], afn='gelu', **common)
+    else:
+        # <|endoftext|> (50256) of the GPT-2 tokenizer; for other vocabularies it would be out of
+        # range, which transformers warns about, so leave it unset
+        eot = 50256 if c.vocab_size > 50256 else None
+        act = 'gelu_new' if c.gelu_approx == 'tanh' else 'gelu'  # HF's names for tanh / exact GELU
+        hf = dict(model_type='gpt2', architectures=['GPT2LMHeadModel'], activation_function=act,
+                  n_inner=c.n_inner or None, bos_token_id=eot, eos_token_id=eot, **common)
+    with open(os.path.join(path, 'config.json'), 'w', encoding='utf-8') as f:
+        json.dump(hf, f, indent=2)
+    save_file(sd, os.path.join(path, 'model.safetensors'), metadata={'format': 'pt'})
