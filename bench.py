@@ -16,15 +16,16 @@ generation (one iteration = one new token for every row). Each variant warms up 
 figures are medians over the timed iterations, with the process CPU time beside them (on a busy machine
 the less disturbed figure for one thread). MFU is the model's FLOPs (model.flops_per_token) per second
 over the device peak of the variant's compute dtype: the data sheet for known GPUs, a measured large
-matmul on CPUs. dtype 'auto' here is float32 on CPUs; train.py's 'auto' is bfloat16 on CPUs with AMX,
-which is the 'bf16' variant.
+matmul on CPUs (for emulated bf16, the fp32 units' peak). dtype 'auto' is train.py's: bf16/fp16 on GPUs,
+bf16 on CPUs with AMX, float32 on other CPUs.
 
 --compare=True runs several variants in one process, taking turns (A, B, C, A, B, C, ...) so that a
 change in machine load hits them alike, and reports each against the first (the baseline):
-  train/forward: reference, eager, bf16, compile, compile+bf16
+  train/forward: reference, eager+fp32, eager+bf16, compile+fp32, compile+bf16 (the bf16 ones only where
+                 the CPU has fast bf16, AMX: elsewhere it is emulated, ~100x slower, and train.py never uses it)
   sample:        nocache, cache, hf
 or pick them with --variants=a,b,... where a variant is 'reference' (a plain nanoGPT-style eager fp32
-loop written below, with torch.optim.AdamW's defaults), 'hf' (transformers' GPT2LMHeadModel.generate on
+loop, bench_reference.py, with torch.optim.AdamW's defaults), 'hf' (transformers' GPT2LMHeadModel.generate on
 the same weights, sample mode), or our model with '+'-joined settings over the config's:
 eager|compile, fp32|bf16|fp16, sdpa|explicit, forloop|foreach|fused (AdamW implementation),
 cache|nocache, e.g. --variants=reference,compile+bf16+fused.
@@ -45,9 +46,9 @@ import hf
 from bench_reference import RefGPT
 from checkpoint import load_model
 from configurator import UserError
-from device import autocast_ctx, cpu_name, device_peak_flops, pick_device, pick_dtype
+from device import autocast_ctx, cpu_has_fast_bf16, cpu_has_native_bf16, cpu_name, device_peak_flops, pick_device, pick_dtype
 from generate import generate
-from model import PRESETS, GPTConfig, cpu_training_avoids_sdpa
+from model import PRESETS, cpu_training_avoids_sdpa
 from tokendata import TokenData, dataset_dir
 
 # -----------------------------------------------------------------------------
@@ -77,7 +78,7 @@ learning_rate = 1e-3        # train: AdamW settings (only the work matters here,
 weight_decay = 0.1
 grad_clip = 1.0             # train: clip the global grad norm (as train.py); 0 disables
 device = 'auto'             # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...
-dtype = 'auto'              # 'auto' (as train.py: bf16/fp16 on GPUs, float32 on CPU), 'float32', 'bfloat16', 'float16'
+dtype = 'auto'              # 'auto' (as train.py: bf16/fp16 on GPUs, bf16 on AMX CPUs, else float32), 'float32', 'bfloat16', 'float16'
 compile = False             # torch.compile our model
 attn_impl = ''              # 'sdpa' or 'explicit' ('' keeps the model's)
 threads = 0                 # torch.set_num_threads (0 = torch's default, one per core)
@@ -87,8 +88,8 @@ seed = 1337
 # -----------------------------------------------------------------------------
 config = configurator.configure(globals(), verbose=False)
 
-STANDARD = {'train': 'reference,eager,bf16,compile,compile+bf16',
-            'forward': 'reference,eager,bf16,compile,compile+bf16',
+STANDARD = {'train': 'reference,eager+fp32,eager+bf16,compile+fp32,compile+bf16',
+            'forward': 'reference,eager+fp32,eager+bf16,compile+fp32,compile+bf16',
             'sample': 'nocache,cache,hf'}
 DTYPES = {'fp32': 'float32', 'bf16': 'bfloat16', 'fp16': 'float16'}
 OPTIMS = ('forloop', 'foreach', 'fused')
@@ -108,10 +109,7 @@ def build_model(dev):
         if model not in PRESETS:
             raise UserError(f"unknown preset {model!r}; choose one of: {', '.join(PRESETS)}")
         sizes = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=vocab_size, block_size=block_size)
-        try:
-            scratch = GPTConfig(**{**PRESETS[model], **{k: v for k, v in sizes.items() if v}, **overrides})
-        except ValueError as e:
-            raise UserError(str(e)) from None
+        scratch = {**PRESETS[model], **{k: v for k, v in sizes.items() if v}}
     m, _, _ = load_model(init_from, out_dir, ckpt_name, scratch=scratch, **overrides)
     return m.to(dev).train()
 
@@ -166,7 +164,10 @@ def describe(v, c, dev):
     if (attn == 'sdpa' and mode == 'train' and dev.startswith('cpu')
             and cpu_training_avoids_sdpa(getattr(torch, v['dtype']), c.dropout)):
         attn = 'sdpa->explicit (CPU training in bf16 or with dropout)'
-    parts = [v['dtype'], attn, 'compiled' if v['compile'] else 'eager']
+    dtype = v['dtype']
+    if dtype == 'bfloat16' and dev == 'cpu' and not cpu_has_fast_bf16():
+        dtype += ' (slow here: no AMX; train.py would use float32)'
+    parts = [dtype, attn, 'compiled' if v['compile'] else 'eager']
     if mode == 'train':
         parts.append(f"AdamW {v['optim'] or 'as train.py'}")
     if mode == 'sample':
@@ -351,7 +352,14 @@ def check_settings(dev):
     names = [s.strip() for s in (variants or (STANDARD[mode] if compare else 'ours')).split(',') if s.strip()]
     if len(set(names)) != len(names):
         raise UserError(f"variants are listed twice: {variants}")
-    return names, {n: parse_variant(n, dev) for n in names}
+    specs = {n: parse_variant(n, dev) for n in names}
+    if not variants and dev == 'cpu' and not cpu_has_fast_bf16():
+        # emulated bf16 runs ~100x slower than fp32 here: the standard set leaves it out (--variants=bf16 runs it)
+        slow = [n for n in names if specs[n]['dtype'] == 'bfloat16']
+        if slow:
+            print(f"skipping {', '.join(slow)}: this CPU has no fast bf16 (AMX), so dtype 'auto' never uses it here")
+        names = [n for n in names if n not in slow]
+    return names, {n: specs[n] for n in names}
 
 
 def time_variants(names, specs, steps, dev):
@@ -415,6 +423,8 @@ def report(names, specs, times, cpu_times, work, fpt, c, dev):
               f"together)")
     for dt_name, p in peaks.items():
         how = 'data sheet' if dev.startswith('cuda') and not peak_flops else 'given' if peak_flops else 'measured matmul'
+        if dev == 'cpu' and dt_name == 'bfloat16' and not peak_flops and not cpu_has_native_bf16():
+            how = 'measured float32 matmul: bf16 is emulated in fp32 on this CPU'
         print(f"peak {dt_name}: {p / 1e9:,.1f} GFLOP/s ({how})")
 
 

@@ -168,7 +168,9 @@ def rng_state():
     np_state = np.random.get_state()
     return {
         'torch': torch.get_rng_state(),
-        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # this process's GPU only: a run may resume on another number of GPUs (dropout masks are reseeded at
+        # every micro-step, so nothing depends on it; it is kept for code that draws from it)
+        'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         # numpy's state holds an ndarray; stored as a tensor to stay weights_only-loadable
         'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
         'python': random.getstate(),
@@ -177,8 +179,11 @@ def rng_state():
 
 def set_rng_state(state):
     torch.set_rng_state(state['torch'])
-    if state['cuda'] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    cuda = state.get('cuda')
+    if isinstance(cuda, list):  # older checkpoints: one state per GPU the saving process could see
+        cuda = cuda[0] if cuda else None
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda)
     name, keys, *rest = state['numpy']
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state['python']))
@@ -187,30 +192,39 @@ def set_rng_state(state):
 INIT_FROM = f"'scratch', 'resume', a hub model ({', '.join(hf.HF_HUB_MODELS)}) or a local Hugging Face directory"
 
 
-def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, block_size=0, expect=None, **overrides):
+def find_checkpoint(out_dir, ckpt_name='ckpt.pt'):
+    """out_dir/ckpt_name, falling back to out_dir/ckpt.pt (the latest state), or one line saying what to do."""
+    candidates = [os.path.join(out_dir, name) for name in dict.fromkeys((ckpt_name, 'ckpt.pt'))]
+    path = next((p for p in candidates if os.path.exists(p)), None)
+    if path is None:
+        raise UserError(f"no checkpoint at {' or '.join(candidates)}: train with --init_from=scratch first, "
+                        f"or point --out_dir at a training run")
+    return path
+
+
+def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, block_size=0, expect=None, ckpt=None,
+               **overrides):
     """The one way scripts get a model: returns (model on the CPU, data_meta or None, ckpt or None).
 
-    init_from: 'scratch' (GPT(scratch), a GPTConfig), 'resume' (out_dir/ckpt_name, falling back to
-    out_dir/ckpt.pt), a Hugging Face hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, openai-gpt) or a
-    local transformers directory. overrides: GPTConfig fields that leave the weights' meaning alone
-    (dropout, attn_impl, ...). block_size: run at this context (0 keeps the model's; see crop_block_size).
+    init_from: 'scratch' (a new GPT with the GPTConfig fields in the dict scratch), 'resume'
+    (out_dir/ckpt_name, falling back to out_dir/ckpt.pt; or ckpt, a checkpoint already loaded), a Hugging
+    Face hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, openai-gpt) or a local transformers directory.
+    overrides: GPTConfig fields that leave the weights' meaning alone (dropout, attn_impl, ...).
+    block_size: run at this context (0 keeps the model's; see GPT.crop_block_size).
     expect: architecture settings the user asked for explicitly, which a resumed checkpoint must have.
     """
-    ckpt, meta = None, None
+    meta = None
     try:
         if init_from == 'scratch':
             if scratch is None:
                 raise UserError("init_from='scratch' needs model settings; this script loads trained models: "
                                 f"use {INIT_FROM.split(', ', 1)[1]}")
-            model = GPT(scratch)
+            model = GPT(GPTConfig(**{**scratch, **overrides}))
         elif init_from == 'resume':
-            candidates = [os.path.join(out_dir, name) for name in dict.fromkeys((ckpt_name, 'ckpt.pt'))]
-            path = next((p for p in candidates if os.path.exists(p)), None)
-            if path is None:
-                raise UserError(f"no checkpoint at {' or '.join(candidates)}: train with --init_from=scratch first, "
-                                f"or point --out_dir at a training run")
-            ckpt = load_checkpoint(path, map_location='cpu')
-            ckpt['path'] = path
+            if ckpt is None:
+                path = find_checkpoint(out_dir, ckpt_name)
+                ckpt = load_checkpoint(path, map_location='cpu')
+                ckpt['path'] = path
             for k, v in (expect or {}).items():
                 if ckpt['model_args'].get(k) != v:
                     raise UserError(f"the checkpoint in {out_dir} has {k}={ckpt['model_args'].get(k)} but you asked "
@@ -232,7 +246,7 @@ def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, bloc
             model.crop_block_size(block_size)
     except ValueError as e:
         raise UserError(str(e)) from None
-    return model, meta, ckpt
+    return model, meta, (ckpt if init_from == 'resume' else None)
 
 
 def check_resume_data(ckpt, data_meta, data_dir):

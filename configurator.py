@@ -25,6 +25,7 @@ message that says what to do, and configure() installs the hook that prints it a
 """
 import ast
 import difflib
+import math
 import os
 import sys
 import tokenize
@@ -63,6 +64,28 @@ def exit_on_user_error():
         else:
             previous(kind, value, tb)
     sys.excepthook = hook
+
+
+def check_range(name, value, low=None, high=None, low_open=False, high_open=False):
+    """Raise a UserError naming the key unless value is a finite number with low <= value <= high
+    (low < value with low_open, value < high with high_open)."""
+    ok = math.isfinite(value) and (low is None or (value > low if low_open else value >= low)) \
+        and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        lo = '' if low is None else f"{'(' if low_open else '['}{low}"
+        hi = '' if high is None else f"{high}{')' if high_open else ']'}"
+        allowed = (f"in {lo}, {hi}" if low is not None and high is not None
+                   else f"{'>' if low_open else '>='} {low}" if low is not None
+                   else f"{'<' if high_open else '<='} {high}")
+        raise UserError(f"{name} must be {allowed}, got {value!r}")
+
+
+def check_choice(name, value, choices):
+    """Raise a UserError naming the key unless value is one of choices."""
+    if value not in choices:
+        names = list(map(repr, choices))
+        allowed = ' or '.join(names) if len(names) == 2 else f"one of {', '.join(names)}"
+        raise UserError(f"{name} must be {allowed}, got {value!r}")
 
 
 def config_keys(namespace):
@@ -134,13 +157,17 @@ def _load_file(path, defaults):
     return values
 
 
-def parse(defaults, argv):
-    """Resolve defaults + config files + --key=value arguments into a new dict. Raises ConfigError."""
+def parse(defaults, argv, given=None):
+    """Resolve defaults + config files + --key=value arguments into a new dict. Raises ConfigError.
+    given: a set that receives the keys the files and arguments set (whatever their values)."""
     config = dict(defaults)
+    given = set() if given is None else given
     files = [a for a in argv if not a.startswith('--')]
     flags = [a for a in argv if a.startswith('--')]
     for path in files:
-        config.update(_load_file(path, defaults))
+        values = _load_file(path, defaults)
+        config.update(values)
+        given.update(values)
     for arg in flags:
         if '=' not in arg:
             raise ConfigError(f"argument {arg!r} has no value: use {arg}=value")
@@ -148,6 +175,7 @@ def parse(defaults, argv):
         if key not in defaults:
             raise _unknown_key(key, defaults, "on the command line")
         config[key] = _parse_value(key, raw, type(defaults[key]), "command line")
+        given.add(key)
     return config
 
 
@@ -180,13 +208,14 @@ def _print_help(defaults, script):
         print(f"  {line:<{width}}  # {comments[k]}" if k in comments else f"  {line}")
 
 
-def configure(namespace, argv=None, verbose=True):
+def configure(namespace, argv=None, verbose=True, given=None):
     """Apply config files and --key=value from argv (default sys.argv[1:]) to a script's globals.
 
     Updates `namespace` in place and returns the resolved config as a plain dict (for logs and
     checkpoints). On a bad argument prints `error: ...` to stderr and exits with status 2;
     on -h/--help lists the keys and exits with status 0. Installs the hook that prints any later
-    uncaught UserError as one line (exit status 1).
+    uncaught UserError as one line (exit status 1). given: a set that receives the keys the user set
+    (train.py's resume takes every other setting from the checkpoint).
     """
     exit_on_user_error()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -195,7 +224,7 @@ def configure(namespace, argv=None, verbose=True):
         _print_help(defaults, namespace.get('__file__'))
         sys.exit(0)
     try:
-        config = parse(defaults, argv)
+        config = parse(defaults, argv, given)
     except ConfigError as e:
         report_user_error(e)
         sys.exit(2)

@@ -12,14 +12,27 @@ import platform
 import time
 
 import torch
+from torch.torch_version import TorchVersion
 
 from configurator import UserError
 
 DTYPES = ('float32', 'bfloat16', 'float16')
 
 
+MIN_TORCH = (2, 6)  # FSDP2's fully_shard in torch.distributed.fsdp, DTensor, nn.utils.get_total_norm
+
+
+def check_torch():
+    """One line naming the version needed, instead of an ImportError deep inside a run."""
+    if TorchVersion(torch.__version__) < MIN_TORCH:
+        raise UserError(f"PyTorch {'.'.join(map(str, MIN_TORCH))} or newer is needed, found {torch.__version__}: "
+                        f"see https://pytorch.org for the build for your machine")
+
+
 def pick_device(device='auto'):
-    """'auto' picks cuda > mps > cpu; an explicit CUDA device must exist."""
+    """'auto' picks cuda > mps > cpu; an explicit CUDA device must exist. (Every script calls this first,
+    so it also checks the torch version.)"""
+    check_torch()
     if device != 'auto':
         if device.startswith('cuda') and not torch.cuda.is_available():
             raise UserError(f"device={device!r} but CUDA is not available; use --device=cpu (or auto)")
@@ -60,6 +73,12 @@ def cpu_name():
         pass
     shown = [f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16', 'asimd', 'sve') if f in cpu_flags()]
     return f"{name} ({', '.join(shown) or 'no SIMD flags read'}), {os.cpu_count()} CPUs"
+
+
+def cpu_has_native_bf16():
+    """Bfloat16 arithmetic in hardware (AVX512_BF16, AMX, Arm's BF16). Without it, bf16 matmuls are converted
+    and computed in fp32 units, slowly: their speed is measured against the fp32 peak."""
+    return bool(cpu_flags() & {'avx512_bf16', 'amx_bf16', 'bf16'}) or cpu_has_fast_bf16()
 
 
 def cpu_has_fast_bf16():
@@ -154,6 +173,8 @@ def device_peak_flops(device='cpu', dtype=torch.float32, override=0.0):
                 if dtype in (torch.bfloat16, torch.float16):
                     return half
                 return tf32 if tf32 is not None else GPU_FP32_FLOPS[key]
+    if str(device) == 'cpu' and dtype == torch.bfloat16 and not cpu_has_native_bf16():
+        dtype = torch.float32  # emulated bf16 runs on the fp32 units: that is the peak it is measured against
     return measure_matmul_flops(device, dtype)
 
 

@@ -128,8 +128,13 @@ class Dropout(nn.Dropout):
         n = x.numel()
         # 2**32 - 1 values: uniform 32-bit words but for one value in four billion
         bits = torch.randint(-2**31, 2**31 - 1, ((n + 1) // 2,), dtype=torch.int32)
-        keep = bits.view(torch.int16)[:n].view(x.shape) >= round(self.p * 65536) - 32768
+        keep = self.keep(bits.view(torch.int16)[:n].view(x.shape), self.p)
         return x * keep * (1.0 / (1.0 - self.p))
+
+    @staticmethod
+    def keep(bits, p):
+        """Which elements survive, from uniform int16 values: exactly 65536 - round(p * 65536) of the 65536."""
+        return bits >= round(p * 65536) - 32768
 
 
 def cpu_training_avoids_sdpa(dtype, dropout_p):
@@ -246,10 +251,11 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, V, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying (all GPTs of the papers)
         self.apply(self._init_weights)
-        # GPT-2: scale the init of residual output projections by 1/sqrt(2 * n_layer), since
-        # each layer adds two such branches to the residual stream
+        # GPT-2: scale the init of residual output projections by 1/sqrt(2 * n_layer), since each layer
+        # adds two such branches to the residual stream. GPT-1 (post-norm) keeps its paper's plain
+        # N(0, 0.02): the LayerNorm after each add rescales the stream anyway.
         for name, p in self.named_parameters():
-            if name.endswith('c_proj.weight'):
+            if name.endswith('c_proj.weight') and not config.post_norm:
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module):

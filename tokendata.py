@@ -13,6 +13,7 @@ import torch
 from configurator import UserError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+TOKEN_DTYPES = {'uint16': 1 << 16, 'uint32': 1 << 32}  # the bins' dtypes and how many ids each can hold
 
 
 def dataset_dir(dataset, data_dir=''):
@@ -37,9 +38,15 @@ def load_meta(data_dir, prepare=None):
             meta = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read {path} ({e}); re-run `python {prepare}`") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} is not a JSON object; re-run `python {prepare}`")
     missing = [k for k in ('tokenizer', 'vocab_size', 'dtype') if k not in meta]
     if missing:
         raise UserError(f"{path} lacks {', '.join(missing)}; re-run `python {prepare}`")
+    vocab = meta['vocab_size']
+    if type(vocab) is not int or vocab < 1 or meta['dtype'] not in TOKEN_DTYPES or vocab > TOKEN_DTYPES[meta['dtype']]:
+        raise UserError(f"{path} has vocab_size {vocab!r} with dtype {meta['dtype']!r} (expected a positive vocab_size "
+                        f"that fits one of {', '.join(TOKEN_DTYPES)}); re-run `python {prepare}`")
     return meta
 
 
@@ -80,8 +87,9 @@ class TokenData:
     windows a single process with accumulation world*k sees, with no loader state to save.
     """
 
-    def __init__(self, data_dir, block_size, batch_size, device, seed=1337, vocab_size=None):
-        self.meta = load_meta(data_dir)
+    def __init__(self, data_dir, block_size, batch_size, device, seed=1337, vocab_size=None, prepare=None):
+        self.meta = load_meta(data_dir, prepare)
+        prepare = prepare or os.path.join(data_dir, 'prepare.py')
         self.data_dir, self.block_size, self.batch_size, self.device = data_dir, block_size, batch_size, device
         self.seed = seed
         self.dtype = np.dtype(self.meta['dtype'])
@@ -90,10 +98,17 @@ class TokenData:
                             f"{vocab_size}; use a model with vocab_size >= {self.meta['vocab_size']}")
         self.vocab_size = self.meta['vocab_size'] if vocab_size is None else vocab_size
         for split in ('train', 'val'):
-            n = len(self._memmap(split))
-            if n <= block_size + 1:
-                raise UserError(f"{split}.bin in {data_dir} has {n} tokens, too few for block_size={block_size}; "
-                                f"use a smaller --block_size or more data")
+            # a file cut short (a full disk, an interrupted copy) is refused here rather than trained on
+            path = os.path.join(data_dir, f'{split}.bin')
+            size, expected = os.path.getsize(path), self.meta.get(f'{split}_tokens')
+            if size % self.dtype.itemsize or (expected is not None and size // self.dtype.itemsize != expected):
+                raise UserError(f"{path} is {size:,} bytes, not the {expected if expected is not None else 'whole'} "
+                                f"{self.dtype.name} tokens meta.json describes: it is truncated or corrupt; "
+                                f"re-run `python {prepare}`")
+            n = size // self.dtype.itemsize
+            if n < block_size + 1:
+                raise UserError(f"{split}.bin in {data_dir} has {n} tokens, too few for block_size={block_size} "
+                                f"(a window is block_size + 1 tokens); use a smaller --block_size or more data")
 
     def _memmap(self, split):
         # re-opened per batch: a long-lived np.memmap keeps every page it touched mapped (nanoGPT #1)
@@ -102,7 +117,8 @@ class TokenData:
     def batch(self, split, step, micro=0):
         data = self._memmap(split)
         g = torch.Generator().manual_seed(seed_from(self.seed, split, step, micro))
-        ix = torch.randint(len(data) - self.block_size - 1, (self.batch_size,), generator=g).tolist()
+        # a window is block_size + 1 tokens, so starts 0 .. len - block_size - 1 are all valid
+        ix = torch.randint(len(data) - self.block_size, (self.batch_size,), generator=g).tolist()
         xy = torch.from_numpy(np.stack([data[i:i + self.block_size + 1].astype(np.int64) for i in ix]))
         hi = int(xy.max())  # cheap on the host (B*T ints), and avoids a device-side assert later
         if hi >= self.vocab_size:

@@ -40,12 +40,12 @@ from dataclasses import asdict
 
 import torch
 
+import checkpoint
 import configurator
-from checkpoint import (CHECKPOINT_FORMAT, check_resume_data, gather_full_state, link_checkpoint, load_model,
-                        load_optimizer_state, rng_state, save_checkpoint, set_rng_state)
-from configurator import UserError
+from checkpoint import (check_resume_data, find_checkpoint, gather_full_state, link_checkpoint, load_checkpoint,
+                        load_model, load_optimizer_state, rng_state, save_checkpoint, set_rng_state)
+from configurator import UserError, check_choice, check_range
 from device import autocast_ctx, describe, device_peak_flops, pick_device, pick_dtype, setup_torch
-from model import GPTConfig
 from tokendata import TokenData, dataset_dir, load_meta, seed_from
 
 # -----------------------------------------------------------------------------
@@ -101,12 +101,37 @@ seed = 1337
 peak_flops = 0.0                # device peak FLOP/s for MFU; 0 looks it up (GPUs) or measures a matmul (CPU)
 max_time = 0.0                  # stop after this many seconds of training (0 = no limit), then evaluate and save
 # -----------------------------------------------------------------------------
-defaults = configurator.config_keys(globals())
-config = configurator.configure(globals(), verbose=int(os.environ.get('RANK', 0)) == 0)  # print once under torchrun
-overridden = {k for k, v in config.items() if v != defaults[k]}
+given = set()  # the keys a config file or the command line set
+config = configurator.configure(globals(), verbose=int(os.environ.get('RANK', 0)) == 0, given=given)  # print once
 # a mistake anywhere below raises UserError: one `error: ...` line, exit status 1 (configurator.py)
-if nan_policy not in ('stop', 'skip'):
-    raise UserError(f"nan_policy must be 'stop' or 'skip', got {nan_policy!r}")
+ckpt, resume_note = None, ''
+if init_from == 'resume':
+    # `--init_from=resume --out_dir=X` alone continues the run as it was configured: every setting that a
+    # config file or the command line does not set comes from the checkpoint (batch, schedule, data, seed...)
+    ckpt_path = find_checkpoint(out_dir, 'ckpt.pt')
+    ckpt = load_checkpoint(ckpt_path)
+    ckpt['path'] = ckpt_path
+    saved = {k: v for k, v in ckpt.get('config', {}).items() if k in config and k not in given | {'init_from'}}
+    config.update(saved)
+    globals().update(saved)
+    changed = [f"{k}={config[k]!r} (the run had {ckpt['config'][k]!r})" for k in sorted(given)
+               if k != 'init_from' and k in ckpt.get('config', {}) and ckpt['config'][k] != config[k]]
+    resume_note = f"resuming with the checkpoint's settings; overridden here: {', '.join(changed) or 'none'}"
+# every setting is checked where it is read: one line naming the key and what it may be
+for k in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'log_interval', 'eval_iters',
+          'n_layer', 'n_head', 'n_embd', 'pad_vocab_multiple'):
+    check_range(k, config[k], low=1)
+for k in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'min_lr', 'weight_decay', 'grad_clip', 'max_time',
+          'peak_flops'):
+    check_range(k, config[k], low=0)
+check_range('learning_rate', learning_rate, low=0, low_open=True)
+for k in ('dropout', 'beta1', 'beta2'):
+    check_range(k, config[k], low=0, high=1, high_open=True)
+check_choice('nan_policy', nan_policy, ('stop', 'skip'))
+check_choice('parallelism', parallelism, ('ddp', 'fsdp'))
+check_choice('backend', backend, ('auto', 'nccl', 'gloo'))
+check_choice('attn_impl', attn_impl, ('sdpa', 'explicit'))
+check_choice('gelu_approx', gelu_approx, ('tanh', 'none'))
 
 
 # ----------------------------------------------------------------------------- distributed set-up
@@ -122,8 +147,6 @@ if ddp:
         raise UserError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
                         f"number of processes ({world_size}); e.g. --gradient_accumulation_steps="
                         f"{max(1, gradient_accumulation_steps // world_size) * world_size}")
-    if parallelism not in ('ddp', 'fsdp'):
-        raise UserError(f"parallelism must be 'ddp' or 'fsdp', got {parallelism!r}")
     gradient_accumulation_steps //= world_size  # micro-steps per process
     if device == 'auto':
         device = f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu'
@@ -165,18 +188,17 @@ meta = load_meta(data_dir, prepare)
 if init_from == 'scratch':
     log("initialising a new model from scratch")
 elif init_from == 'resume':
-    log(f"resuming from {os.path.join(out_dir, 'ckpt.pt')}")
+    log(f"resuming from {ckpt['path']} at iteration {ckpt['iter_num']}")
+    log(resume_note)
 else:
     log(f"initialising from pretrained weights: {init_from}")
-# a resumed run keeps its checkpoint's context unless the command line sets block_size
+arch = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')
 model, _, ckpt = load_model(
-    init_from, out_dir, 'ckpt.pt', block_size=block_size if init_from != 'resume' or 'block_size' in overridden else 0,
-    scratch=GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                      vocab_size=meta['vocab_size'], dropout=dropout, pad_vocab_multiple=pad_vocab_multiple,
-                      attn_impl=attn_impl, gelu_approx=gelu_approx) if init_from == 'scratch' else None,
-    expect={k: config[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias') if k in overridden},
-    dropout=dropout)
-block_size = model.config.block_size
+    init_from, out_dir, 'ckpt.pt', block_size=block_size, ckpt=ckpt, dropout=dropout,
+    scratch=dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
+                 vocab_size=meta['vocab_size'], pad_vocab_multiple=pad_vocab_multiple, attn_impl=attn_impl,
+                 gelu_approx=gelu_approx),
+    expect={k: config[k] for k in arch if k in given})  # what the user asked for must match what resumes
 tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
 log(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps} accum * {world_size} processes "
     f"* {batch_size} batch * {block_size} block")
@@ -184,18 +206,14 @@ iter_num, best_val_loss = 0, float('inf')
 if ckpt is not None:
     check_resume_data(ckpt, meta, data_dir)
     iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
-    # an exact continuation needs the same settings (batch, lr schedule, seed, ...): show what changed
-    changed = [f"{k}={v!r} (was {ckpt['config'][k]!r})" for k, v in config.items()
-               if k != 'init_from' and k in ckpt.get('config', {}) and ckpt['config'][k] != v]
-    if changed:
-        log(f"settings that differ from the checkpoint's run: {', '.join(changed)}")
     # a run killed between writing ckpt.pt and linking best.pt left best.pt one checkpoint behind
     ckpt_path, best_path = ckpt['path'], os.path.join(out_dir, 'best.pt')
     if master_process and ckpt.get('is_best') and not (os.path.exists(best_path)
                                                        and os.path.samefile(ckpt_path, best_path)):
         link_checkpoint(ckpt_path, best_path)
         log(f"{best_path} was behind {ckpt_path}, the best so far (a save was interrupted); linked it")
-data = TokenData(data_dir, block_size, batch_size, device, seed=seed, vocab_size=model.config.vocab_size)
+data = TokenData(data_dir, block_size, batch_size, device, seed=seed, vocab_size=model.config.vocab_size,
+                 prepare=prepare)
 # join the process group only now: a mistake in the settings or data above stops every rank alike before it,
 # with one message from rank 0
 if ddp:
@@ -229,6 +247,7 @@ scaler = (ShardedGradScaler if fsdp else torch.amp.GradScaler)(device_type, enab
 # the fused AdamW kernel: one pass over all parameters, on CUDA and on CPU (bench.py --variants=forloop,fused)
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, verbose=master_process,
                                        fused=device_type in ('cuda', 'cpu'))
+fused_adamw = bool(optimizer.defaults.get('fused'))  # can skip a step on the device (see the loop)
 if ckpt is not None:
     load_optimizer_state(model, optimizer, ckpt['optimizer'])  # each rank keeps its shard under FSDP
     if ckpt.get('scaler'):
@@ -288,7 +307,7 @@ def save(path_best=False):
         model_sd, optim_sd = raw_model.state_dict(), optimizer.state_dict()
     if not master_process:
         return
-    state = dict(format=CHECKPOINT_FORMAT, model=model_sd, optimizer=optim_sd,
+    state = dict(format=checkpoint.CHECKPOINT_FORMAT, model=model_sd, optimizer=optim_sd,
                  scaler=scaler.state_dict() if scaler.is_enabled() else None, model_args=model_args,
                  iter_num=iter_num, best_val_loss=best_val_loss, config=config, data_meta=data.meta,
                  rng=rng_state(), is_best=path_best)
@@ -362,7 +381,9 @@ X, Y = data.batch('train', iter_num, rank * gradient_accumulation_steps)  # firs
 t0 = time.time()
 t_start = t0
 local_iter_num = 0  # iterations run by this process (MFU is skipped while torch.compile warms up)
-running_mfu = -1.0
+step_time = mfu = None  # smoothed seconds per training step (evaluations left out), and MFU, once measured
+# non-finite losses or gradients found on the device and not yet reported: how many, the first iteration, its loss
+n_bad, first_bad, first_bad_loss = (torch.zeros((), device=device) for _ in range(3))
 while True:
     lr = get_lr(iter_num) if decay_lr else learning_rate
     for param_group in optimizer.param_groups:
@@ -378,20 +399,25 @@ while True:
         history['val'].append(losses['val'])
         if wandb_log and master_process:
             wandb.log({'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'], 'lr': lr,
-                       'mfu': running_mfu * 100})
+                       **({'mfu': mfu * 100} if mfu is not None else {})})
         if plot and master_process and not eval_only:
             plot_losses()
         if not (math.isfinite(losses['train']) and math.isfinite(losses['val'])):
             # diverged weights; whatever nan_policy says, saving them would replace the last good checkpoint
-            raise UserError(f"eval loss is {losses['val']} at iteration {iter_num}: the model has diverged; stopped without "
-                 f"saving, so {out_dir}/ckpt.pt still holds the last good state. Lower learning_rate (or set "
-                 f"grad_clip), then --init_from=resume")
+            raise UserError(f"eval loss is {losses['val']} at iteration {iter_num}: the model has diverged; stopped "
+                            f"without saving, so {out_dir}/ckpt.pt still holds the last good state. Lower "
+                            f"learning_rate (or set grad_clip), then --init_from=resume")
         improved = losses['val'] < best_val_loss
         if improved:
             best_val_loss = losses['val']  # only ever a real improvement, even with always_save_checkpoint
-        # (a resumed run evaluates again at its checkpoint's iteration; that state is already on disk)
-        if iter_num > 0 and (improved or (always_save_checkpoint and iter_num != resumed_iter)) and not eval_only:
-            save(path_best=improved)  # on every rank: FSDP gathers, rank 0 writes
+        # ckpt.pt: at every evaluation (always_save_checkpoint) or on improvement, and always the final state;
+        # best.pt only on improvement. (A resumed run evaluates again at its checkpoint's iteration; that
+        # state is already on disk.)
+        final = iter_num >= max_iters
+        if not eval_only and iter_num != resumed_iter and (iter_num > 0 and (improved or always_save_checkpoint)
+                                                           or final):
+            save(path_best=improved and iter_num > 0)  # on every rank: FSDP gathers, rank 0 writes
+        t0 = time.time()  # the next step's time leaves the evaluation out
     if eval_only or iter_num >= max_iters:
         break
 
@@ -412,45 +438,74 @@ while True:
         nxt = (iter_num, micro_step + 1) if not sync else (iter_num + 1, 0)
         X, Y = data.batch('train', nxt[0], rank * gradient_accumulation_steps + nxt[1])
         scaler.scale(loss).backward()
-    # the host sync: the batch loss (averaged over processes), any stop signal and whether the time budget is
-    # spent, so that every process takes the same decision. It stalls a GPU's queue, so there it runs at log
-    # steps only (or when a signal or the time limit needs acting on, if there are no other processes to
-    # agree with), unless nan_policy='skip' must see every loss before its update; on a CPU it costs nothing.
-    time_up = max_time > 0 and time.time() - t_start >= max_time
-    if (device_type == 'cpu' or nan_policy == 'skip' or iter_num % log_interval == 0
-            or (not ddp and (stop_signal or time_up))):
-        status = all_mean(torch.stack([loss_sum.float(), torch.tensor(float(len(stop_signal)), device=device),
-                                       torch.tensor(float(time_up), device=device)]))
-        lossf, stopping, time_up = status.tolist()  # one device-to-host copy
-        stopping, time_up = stopping > 0, time_up > 0
-    else:
-        lossf, stopping, time_up = 0.0, False, False
-    skipped = not math.isfinite(lossf)
-    if skipped and nan_policy == 'stop':
-        raise UserError(f"loss is {lossf} at iteration {iter_num}; stopped without saving, so {out_dir}/ckpt.pt still holds the "
-             f"last good state. Lower learning_rate or use dtype=float32/bfloat16, then --init_from=resume")
-    if skipped:  # nan_policy='skip': drop these gradients, leave the weights and optimizer state as they were
-        log(f"iter {iter_num}: loss is {lossf}; skipping this step (nan_policy='skip')")
-        record(event='skip', iter=iter_num, loss=str(lossf))
-    else:
-        if grad_clip != 0.0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    # A non-finite loss or gradient must change neither the weights nor AdamW's moments, and finding out must
+    # not stall a GPU: the flag stays on the device, and the fused AdamW kernel skips its whole update when
+    # it is set (float16's GradScaler does the same with its own flag, for gradients that overflowed).
+    norm = None
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    elif not scaler.is_enabled():
+        norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    bad = ~torch.isfinite(loss_sum)
+    if not scaler.is_enabled():  # (float16 gradients overflow now and then by design: the scaler's business)
+        bad |= ~torch.isfinite(norm.full_tensor() if hasattr(norm, 'full_tensor') else norm)  # (FSDP: a DTensor)
+    if scaler.is_enabled():
         scaler.step(optimizer)
-        scaler.update()
+    elif fused_adamw:
+        optimizer.found_inf = bad.float()
+        optimizer.step()
+        del optimizer.found_inf
+    elif not bad.item():  # (the other AdamW kernels cannot skip on the device: this one syncs)
+        optimizer.step()
+    scaler.update()
     optimizer.zero_grad(set_to_none=True)
+    first_bad_loss = torch.where(bad & (n_bad == 0), loss_sum.float(), first_bad_loss)
+    first_bad = torch.where(bad & (n_bad == 0), float(iter_num), first_bad)
+    n_bad += bad
+
+    # the host sync: the batch loss (averaged over processes), the non-finite steps, any stop signal and
+    # whether the time budget is spent, so that every process takes the same decision. It stalls a GPU's
+    # queue, so there it runs at log steps only (or when a signal or the time limit needs acting on, if
+    # there are no other processes to agree with); on a CPU it costs nothing.
+    time_up = max_time > 0 and time.time() - t_start >= max_time
+    lossf, stopping = None, False
+    if device_type == 'cpu' or iter_num % log_interval == 0 or (not ddp and (stop_signal or time_up)):
+        status = all_mean(torch.stack([loss_sum.float(), bad.float(), n_bad, first_bad, first_bad_loss,
+                                       torch.tensor(float(len(stop_signal)), device=device),
+                                       torch.tensor(float(time_up), device=device)]))
+        lossf, bad_now, nb, fb, fb_loss, stopping, time_up = status.tolist()  # one device-to-host copy
+        stopping, time_up = stopping > 0, time_up > 0
+        if nb > 0:
+            what = (f"loss is {fb_loss}" if not math.isfinite(fb_loss)
+                    else f"the gradient is not finite (loss {fb_loss:.4f})")
+            if nan_policy == 'stop':
+                raise UserError(f"{what} at iteration {int(fb)}; stopped without saving, so {out_dir}/ckpt.pt still "
+                                f"holds the last good state. Lower learning_rate or use dtype=float32/bfloat16, "
+                                f"then --init_from=resume")
+            # nan_policy='skip': those steps left the weights and optimizer state as they were
+            log(f"iter {int(fb)}: {what}; skipping this step (nan_policy='skip')" if nb == 1 else
+                f"iters {int(fb)}..{iter_num}: {int(nb)} steps skipped, the first as {what} (nan_policy='skip')")
+            record(event='skip', iter=int(fb), loss=str(fb_loss), steps=int(nb))
+            n_bad.zero_()
+        if bad_now:
+            lossf = None  # a skipped step is not logged as a training loss
+    else:
+        time_up = False  # not agreed with the other processes yet: acted on at the next sync
 
     t1 = time.time()
     dt, t0 = t1 - t0, t1
-    if iter_num % log_interval == 0 and master_process and not skipped:
+    if local_iter_num >= 1:  # (the first step also warms up, and compiles)
+        step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
+    if iter_num % log_interval == 0 and master_process and lossf is not None:
         if local_iter_num >= 5:  # let the training loop settle (and compile) first
-            mfu = raw_model.estimate_mfu(tokens_per_iter // world_size, dt, peak)
-            running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
-        eta = (max_iters - iter_num) * dt
+            m = raw_model.estimate_mfu(tokens_per_iter // world_size, dt, peak)
+            mfu = m if mfu is None else 0.9 * mfu + 0.1 * m
+        shown = f", mfu {mfu * 100:.2f}%" if mfu is not None else ''
+        shown += f", eta {(max_iters - iter_num - 1) * step_time / 60:.1f}min" if step_time is not None else ''
         log(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, time {dt * 1000:.1f}ms, "
-            f"{tokens_per_iter / dt:,.0f} tok/s, mfu {running_mfu * 100:.2f}%, eta {eta / 60:.1f}min")
-        record(event='train', iter=iter_num, loss=lossf, lr=lr, ms=dt * 1000, tok_s=tokens_per_iter / dt,
-               mfu=running_mfu)
+            f"{tokens_per_iter / dt:,.0f} tok/s{shown}")
+        record(event='train', iter=iter_num, loss=lossf, lr=lr, ms=dt * 1000, tok_s=tokens_per_iter / dt, mfu=mfu)
         history['iter'].append(iter_num)
         history['loss'].append(lossf)
         if wandb_log:
@@ -459,7 +514,7 @@ while True:
     local_iter_num += 1
     if time_up and iter_num < max_iters:
         log(f"max_time={max_time:g}s reached after {iter_num} iterations; final evaluation and checkpoint")
-        max_iters = iter_num  # end here as at max_iters: evaluate, save (if improved or always_save_checkpoint), stop
+        max_iters = iter_num  # end here as at max_iters: evaluate, save, stop
 
     if stopping:
         save()

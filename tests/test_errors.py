@@ -120,11 +120,56 @@ def test_token_id_beyond_the_vocabulary(tmp_path, char_data, run_dir):
 
 def test_block_size_larger_than_the_validation_split(tmp_path, char_data):
     data = data_copy(char_data, tmp_path / 'data')
-    np.fromfile(data / 'val.bin', dtype=np.uint16)[:20].tofile(data / 'val.bin')
+    np.fromfile(data / 'val.bin', dtype=np.uint16)[:20].tofile(data / 'val.bin')  # a (consistent) tiny split
+    meta = json.loads((data / 'meta.json').read_text())
+    (data / 'meta.json').write_text(json.dumps({**meta, 'val_tokens': 20}))
     before = snapshot(data)
     msg = train_fails(data, tmp_path / 'out', '--max_iters=2')
     assert 'val.bin' in msg and 'has 20 tokens, too few for block_size=32' in msg
     assert snapshot(data) == before
+
+
+def test_split_of_exactly_one_window_trains_and_its_last_window_is_drawn(tmp_path, char_data):
+    # a split of block_size + 1 tokens holds one window, starting at 0; a longer one has its last window
+    # (start len - block_size - 1) among the windows the loader draws
+    from tokendata import TokenData
+    data = data_copy(char_data, tmp_path / 'data')
+    ids = np.fromfile(data / 'val.bin', dtype=np.uint16)
+    ids[:33].tofile(data / 'val.bin')
+    meta = json.loads((data / 'meta.json').read_text())
+    (data / 'meta.json').write_text(json.dumps({**meta, 'val_tokens': 33}))
+    loader = TokenData(str(data), 32, 4, 'cpu')
+    x, y = loader.batch('val', 0)
+    assert torch.equal(x, torch.from_numpy(ids[:32].astype(np.int64)).expand(4, 32))
+    assert torch.equal(y, torch.from_numpy(ids[1:33].astype(np.int64)).expand(4, 32))
+    ids[:40].tofile(data / 'val.bin')  # 8 possible starts: 0..7, all drawn within a few batches
+    (data / 'meta.json').write_text(json.dumps({**meta, 'val_tokens': 40}))
+    loader = TokenData(str(data), 32, 16, 'cpu')
+    starts = {int(np.flatnonzero((np.lib.stride_tricks.sliding_window_view(ids[:40], 32) == row).all(1))[0])
+              for k in range(4) for row in loader.batch('val', k)[0].numpy()}
+    assert starts == set(range(8))
+
+
+@pytest.mark.parametrize('damage', ['odd size', 'truncated'])
+def test_damaged_token_file(tmp_path, char_data, damage):
+    data = data_copy(char_data, tmp_path / 'data')
+    raw = (data / 'val.bin').read_bytes()
+    (data / 'val.bin').write_bytes(raw[:-1] if damage == 'odd size' else raw[:len(raw) // 2])
+    before = snapshot(data)
+    msg = train_fails(data, tmp_path / 'out', '--max_iters=2', '--dataset=shakespeare_char')
+    assert f"{data / 'val.bin'} is" in msg and 'truncated or corrupt' in msg
+    assert f"python data/shakespeare_char/prepare.py --out_dir {data}" in msg
+    assert snapshot(data) == before
+
+
+@pytest.mark.parametrize('meta, what', [([1, 2], 'not a JSON object'), ({'tokenizer': 'char', 'vocab_size': 'x',
+                                                                          'dtype': 'uint16'}, "vocab_size 'x'"),
+                                        ({'tokenizer': 'char', 'vocab_size': 65, 'dtype': 'float64'}, "'float64'")])
+def test_bad_meta(tmp_path, char_data, meta, what):
+    data = data_copy(char_data, tmp_path / 'data')
+    (data / 'meta.json').write_text(json.dumps(meta))
+    msg = train_fails(data, tmp_path / 'out', '--max_iters=2')
+    assert what in msg and 'prepare.py' in msg
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -342,3 +387,34 @@ def test_nan_policy_skip_leaves_weights_and_optimizer_as_they_were(tmp_path, cha
 def test_bad_nan_policy(tmp_path, char_data):
     msg = train_fails(char_data, tmp_path, '--nan_policy=ignore')
     assert msg == "error: nan_policy must be 'stop' or 'skip', got 'ignore'"
+
+
+# ----------------------------------------------------------------------------- settings
+
+@pytest.mark.parametrize('arg, message', [
+    ('--eval_interval=0', 'eval_interval must be >= 1, got 0'),
+    ('--log_interval=0', 'log_interval must be >= 1, got 0'),
+    ('--batch_size=-3', 'batch_size must be >= 1, got -3'),
+    ('--eval_iters=0', 'eval_iters must be >= 1, got 0'),
+    ('--learning_rate=1e400', 'learning_rate must be > 0, got inf'),
+    ('--learning_rate=0', 'learning_rate must be > 0, got 0.0'),
+    ('--dropout=1.0', 'dropout must be in [0, 1), got 1.0'),
+    ('--beta2=1.5', 'beta2 must be in [0, 1), got 1.5'),
+    ('--max_iters=-1', 'max_iters must be >= 0, got -1'),
+    ('--grad_clip=-1', 'grad_clip must be >= 0, got -1.0'),
+    ('--backend=mpi', "backend must be one of 'auto', 'nccl', 'gloo', got 'mpi'"),
+    ('--attn_impl=flash', "attn_impl must be 'sdpa' or 'explicit', got 'flash'"),
+    ('--n_head=3', 'n_embd (32) must be divisible by n_head (3)'),
+])
+def test_bad_setting_is_one_line_naming_the_key(tmp_path, char_data, arg, message):
+    msg = train_fails(char_data, tmp_path / 'out', '--max_iters=2', arg)
+    assert msg == f"error: {message}" or (arg == '--n_head=3' and message in msg)
+    assert not (tmp_path / 'out' / 'ckpt.pt').exists()
+
+
+def test_module_constants_are_not_settings(tmp_path, char_data):
+    # the checkpoint format is the loader's business: not a key that --help lists or a user can change
+    code, out, _ = run_inprocess('train.py', '--help')
+    assert code == 0 and 'batch_size' in out and 'CHECKPOINT_FORMAT' not in out
+    msg = train_fails(char_data, tmp_path / 'out', '--CHECKPOINT_FORMAT=x')
+    assert "unknown config key 'CHECKPOINT_FORMAT'" in msg

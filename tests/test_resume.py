@@ -18,7 +18,9 @@ import sys
 import time
 
 import pytest
+import torch
 
+import checkpoint
 from conftest import ROOT, assert_same_state, load_ckpt, tiny, train_losses
 
 M = 24  # iterations of every run compared with the reference
@@ -233,7 +235,21 @@ def test_stop_and_resume_is_exact(tmp_path, train, reference):
     ok(train(tmp_path, f'--max_iters={M // 2}'))
     assert load_ckpt(tmp_path / 'ckpt.pt')['iter_num'] == M // 2
     out = ok(train(tmp_path, '--init_from=resume'))
-    assert f"settings that differ from the checkpoint's run: max_iters={M}" in out
+    assert f"resuming with the checkpoint's settings; overridden here: max_iters={M} (the run had {M // 2})" in out
+    assert_matches_reference(tmp_path, reference)
+
+
+def test_bare_resume_of_a_killed_run_takes_its_settings_from_the_checkpoint(tmp_path, launcher, char_data,
+                                                                           reference):
+    # the run is SIGKILLed after a checkpoint, then resumed with nothing but --init_from=resume --out_dir:
+    # batch, accumulation, schedule, dropout, data, seed and max_iters all come from the checkpoint
+    run = launcher.start([*RUN, f'--data_dir={char_data}', f'--out_dir={tmp_path}'])
+    assert wait_for_iter(run, tmp_path, 10)
+    os.kill(run.pid, signal.SIGKILL)
+    assert run.wait() == -signal.SIGKILL
+    assert load_ckpt(tmp_path / 'ckpt.pt')['iter_num'] < M
+    out = ok(launcher.start(['--init_from=resume', f'--out_dir={tmp_path}']))
+    assert "resuming with the checkpoint's settings; overridden here: none" in out
     assert_matches_reference(tmp_path, reference)
 
 
@@ -313,3 +329,21 @@ def test_second_signal_aborts_a_stuck_stop(tmp_path, train):
     assert run.wait(timeout=30) == -signal.SIGINT and time.time() - t0 < 10
     assert 'send it again to abort' in run.stderr()
     assert not (tmp_path / 'ckpt.pt').exists()
+
+
+def test_rng_state_resumes_on_any_number_of_gpus(monkeypatch):
+    # a checkpoint holds the saving process's own GPU state; older ones held one per visible GPU (8 here),
+    # which used to be restored by index and failed on fewer GPUs. Simulated: these tests run on CPUs.
+    set_calls = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'get_rng_state', lambda *a: torch.full((16,), 7, dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, 'set_rng_state', lambda s, *a: set_calls.append(s))
+    state = checkpoint.rng_state()
+    assert torch.equal(state['cuda'], torch.full((16,), 7, dtype=torch.uint8))  # one state, not a list
+    checkpoint.set_rng_state(state)
+    eight = [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]
+    checkpoint.set_rng_state({**state, 'cuda': eight})  # an older checkpoint from 8 GPUs, resumed on 1
+    assert len(set_calls) == 2 and torch.equal(set_calls[0], state['cuda']) and torch.equal(set_calls[1], eight[0])
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)  # and on a machine without GPUs
+    checkpoint.set_rng_state({**state, 'cuda': eight})
+    assert len(set_calls) == 2

@@ -1,12 +1,13 @@
 """End to end on the CPU, as a user runs it: prepare Shakespeare-char, train, resume, evaluate,
 sample, and start from a local Hugging Face directory."""
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import events, run, tiny
+from conftest import events, run, run_inprocess, tiny
 
 TINY = tiny(n_embd=64, batch_size=16, gradient_accumulation_steps=1, eval_iters=10, log_interval=10, dropout=0.0,
             learning_rate=3e-3, min_lr=3e-4, warmup_iters=20, beta2=0.99)
@@ -94,3 +95,52 @@ def test_config_typo_is_one_line_error(char_data):
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [p.stderr.strip()] and 'learning_rate' in p.stderr
     assert 'Traceback' not in p.stderr
+
+
+def test_final_state_is_saved_even_without_improvement(tmp_path, char_data):
+    # a learning rate of 10 scrambles the weights: the val loss never beats iteration 0's, yet the run
+    # leaves its final state in ckpt.pt; best.pt is never written, since nothing improved on the start
+    out = tmp_path / 'out'
+    run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={out}', '--max_iters=4', '--eval_interval=2',
+        '--learning_rate=10', '--warmup_iters=0', '--decay_lr=False', '--always_save_checkpoint=False')
+    evals = events(out, 'eval')
+    assert [e['iter'] for e in evals] == [0, 2, 4] and min(e['val_loss'] for e in evals[1:]) > evals[0]['val_loss']
+    ckpt = torch.load(out / 'ckpt.pt', weights_only=True)
+    assert ckpt['iter_num'] == 4 and not ckpt['is_best']
+    assert not (out / 'best.pt').exists()
+
+
+def test_beam_search_output_ends_at_end_of_text(tmp_path, monkeypatch):
+    # sample.py prints beam search's best hypothesis as text: the <|endoftext|> token (and anything a
+    # beam generated after it) is not text. The search itself is tested in test_generate.py; here it
+    # returns a fixed hypothesis, so the test is about what sample.py prints.
+    transformers = pytest.importorskip('transformers')
+    import tiktoken
+    import generate
+    enc = tiktoken.get_encoding('gpt2')
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64)) \
+        .save_pretrained(tmp_path / 'hf')
+    prompt, said, after = 'Once upon', ' a time', ' and then some'
+
+    def best_hypothesis(model, x, *args, eos_token_id=None, **kwargs):
+        assert eos_token_id == enc.eot_token
+        return torch.tensor([x[0].tolist() + enc.encode(said) + [eos_token_id] + enc.encode(after)])
+    monkeypatch.setattr(generate, 'beam_search', best_hypothesis)
+    code, out, err = run_inprocess('sample.py', f'--init_from={tmp_path / "hf"}', '--device=cpu', '--num_beams=2',
+                                   f'--start={prompt}', '--max_new_tokens=10')
+    assert code == 0, err
+    assert out.strip() == prompt + said
+
+
+def test_log_lines_show_no_sentinels_and_eta_leaves_evaluation_out(tmp_path, char_data):
+    # evaluations of 2 x 20 batches cost ~20 training steps each: an ETA from the last step's wall time
+    # would jump after every one. MFU appears once measured, never as a placeholder.
+    p = run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={tmp_path}', '--max_iters=12',
+            '--eval_interval=4', '--eval_iters=20', '--log_interval=1', '--peak_flops=1e12', '--plot=False')
+    lines = {int(m.group(1)): m.group(0) for m in re.finditer(r'^iter (\d+): .*$', p.stdout, re.M)}
+    assert sorted(lines) == list(range(12))
+    assert not re.search(r'-\d+\.\d+%|nan|inf', p.stdout.split('step 0:')[1]), p.stdout
+    assert 'mfu' not in lines[0] and 'mfu' in lines[11]
+    eta = {i: float(re.search(r'eta ([\d.]+)min', line).group(1)) for i, line in lines.items() if 'eta' in line}
+    for i in (5, 9):  # the first step after each evaluation
+        assert eta[i] <= 3 * eta[i - 2] + 0.01, (i, eta)
