@@ -120,6 +120,11 @@ def write_splits(out_dir, splits, vocab_size, **meta):
     """Write each split's ids ({'train': ids, 'val': ids}) to <name>.bin in the dtype the vocabulary
     needs, then meta.json with the tokenizer fields in meta, the dtype and the token counts."""
     dtype = token_dtype(vocab_size)
+    splits = {name: np.asarray(ids, dtype=np.int64) for name, ids in splits.items()}  # (no cast that could wrap)
+    for name, ids in splits.items():
+        if len(ids) and (ids.min() < 0 or ids.max() >= vocab_size):
+            raise ValueError(f"{name} holds token id {int(ids.max()) if ids.max() >= vocab_size else int(ids.min())}, "
+                             f"outside the vocabulary [0, {vocab_size})")
     counts = {f"{name}_tokens": len(ids) for name, ids in splits.items()}
     print(", ".join(f"{name} has {len(ids):,} tokens" for name, ids in splits.items()))
     for name, ids in splits.items():

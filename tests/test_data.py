@@ -85,6 +85,22 @@ def test_write_tokens_rejects_bad_input_and_keeps_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
 
 
+def test_write_splits_picks_the_dtype_and_refuses_ids_outside_the_vocabulary(tmp_path):
+    # GPT-2's ids fit uint16; a 100,000-token vocabulary needs uint32, recorded in meta.json
+    prepare_utils.write_splits(tmp_path, {"train": [0, 50256], "val": [7]}, vocab_size=50257, tokenizer="gpt2")
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert (meta["dtype"], meta["train_tokens"], meta["val_tokens"]) == ("uint16", 2, 1)
+    prepare_utils.write_splits(tmp_path, {"train": [0, 99999], "val": [70000]}, vocab_size=100000, tokenizer="bpe")
+    assert json.loads((tmp_path / "meta.json").read_text())["dtype"] == "uint32"
+    assert np.array_equal(np.fromfile(tmp_path / "train.bin", dtype=np.uint32), [0, 99999])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    # an id the vocabulary does not have, even one that uint16 could store, is refused before anything is written
+    for ids, vocab in (([1, 65536], 50257), ([1, 50257], 50257), ([-1], 65)):
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            prepare_utils.write_splits(tmp_path, {"train": ids, "val": [0]}, vocab_size=vocab, tokenizer="gpt2")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_write_meta(tmp_path):
     path = prepare_utils.write_meta(tmp_path, vocab_size=3, chars="\nab", tokenizer="char")
     text = path.read_text(encoding="utf-8")
