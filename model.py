@@ -39,6 +39,8 @@ class GPTConfig:
     layer_norm_eps: float = 1e-5
     pad_vocab_multiple: int = 1  # embedding rows padded up to a multiple of this (64 is faster on GPUs)
     attn_impl: str = 'sdpa'     # 'sdpa' (flash/memory-efficient kernels) or 'explicit' (masked softmax)
+    attn_pattern: str = 'dense'  # 'dense', 'local' (every layer banded), 'alternating' (GPT-3: dense, local, ...)
+    attn_window: int = 0        # local layers: a query sees itself and the attn_window - 1 keys before it
 
     def __post_init__(self):
         def need(ok, msg):
@@ -51,6 +53,15 @@ class GPTConfig:
         need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         need(self.gelu_approx in ('tanh', 'none'), f"gelu_approx must be 'tanh' or 'none', got {self.gelu_approx!r}")
         need(self.attn_impl in ('sdpa', 'explicit'), f"attn_impl must be 'sdpa' or 'explicit', got {self.attn_impl!r}")
+        need(self.attn_pattern in ('dense', 'local', 'alternating'),
+             f"attn_pattern must be 'dense', 'local' or 'alternating', got {self.attn_pattern!r}")
+        need((self.attn_pattern == 'dense') == (self.attn_window == 0) and self.attn_window >= 0,
+             f"attn_pattern {self.attn_pattern!r} with attn_window {self.attn_window}: local and alternating "
+             f"patterns need attn_window >= 1, dense needs 0")
+
+    def is_local(self, layer):
+        """Does this layer attend to a local band (GPT-3 alternates: even layers dense, odd ones local)?"""
+        return self.attn_pattern == 'local' or (self.attn_pattern == 'alternating' and layer % 2 == 1)
 
     @property
     def padded_vocab_size(self):
@@ -94,7 +105,9 @@ PRESETS = {
 # Hugging Face names of OpenAI's released checkpoints, and the preset each corresponds to.
 
 class KVCache:
-    """Preallocated keys/values for incremental decoding: per layer, (B, n_head, block_size, head_dim).
+    """Preallocated keys/values for incremental decoding: per layer, (B, n_head, length, head_dim), where
+    length is block_size for dense layers and attn_window for local ones (a ring: position p in slot
+    p % attn_window, since a local layer never looks further back).
 
     `pos` is the number of positions already filled; every layer appends at the same offset. One tensor
     per layer, not one for all: torch.compile then updates each in place (writes into slices of a shared
@@ -103,9 +116,12 @@ class KVCache:
     """
 
     def __init__(self, config, batch_size, device, dtype):
-        shape = (batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        def buffer(layer):
+            length = min(config.attn_window, config.block_size) if config.is_local(layer) else config.block_size
+            return torch.zeros(batch_size, config.n_head, length, config.n_embd // config.n_head, device=device,
+                               dtype=dtype)
+        self.k = [buffer(i) for i in range(config.n_layer)]
+        self.v = [buffer(i) for i in range(config.n_layer)]
         self.pos = 0
 
     def reorder(self, index):
@@ -154,6 +170,7 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.dropout = config.dropout
         self.attn_impl = config.attn_impl
+        self.window = config.attn_window if config.is_local(layer_idx) else 0  # 0: dense
         # q, k, v projections for all heads in one matmul (HF name: c_attn)
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -167,21 +184,25 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
-        past = 0
-        if kv_cache is not None:
-            past = kv_cache.pos
-            kv_cache.k[self.layer_idx][:, :, past:past + T] = k
-            kv_cache.v[self.layer_idx][:, :, past:past + T] = v
-            k = kv_cache.k[self.layer_idx][:, :, :past + T]
-            v = kv_cache.v[self.layer_idx][:, :, :past + T]
-        # Query i (absolute position past+i) may attend to keys 0..past+i.
-        if past == 0:
-            mask, is_causal = None, True            # plain causal attention
-        elif T == 1:
-            mask, is_causal = None, False           # one new token sees the whole cache
-        else:                                       # a chunk appended to a cache
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            is_causal = False
+        past = 0 if kv_cache is None else kv_cache.pos
+        if self.window:  # a local layer: query at position p sees keys p - window + 1 .. p
+            k, v, key_pos = self.ring_cache(kv_cache, k, v, past) if kv_cache is not None else (k, v, None)
+            q_pos = torch.arange(past, past + T, device=x.device)[:, None]
+            key_pos = q_pos.T if key_pos is None else key_pos[None]
+            mask, is_causal = (key_pos <= q_pos) & (key_pos > q_pos - self.window), False
+        else:  # dense: query i (absolute position past+i) may attend to keys 0..past+i
+            if kv_cache is not None:
+                kv_cache.k[self.layer_idx][:, :, past:past + T] = k
+                kv_cache.v[self.layer_idx][:, :, past:past + T] = v
+                k = kv_cache.k[self.layer_idx][:, :, :past + T]
+                v = kv_cache.v[self.layer_idx][:, :, :past + T]
+            if past == 0:
+                mask, is_causal = None, True            # plain causal attention
+            elif T == 1:
+                mask, is_causal = None, False           # one new token sees the whole cache
+            else:                                       # a chunk appended to a cache
+                mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+                is_causal = False
         dropout_p = self.dropout if self.training else 0.0
         use_sdpa = self.attn_impl == 'sdpa'
         if (use_sdpa and q.device.type == 'cpu' and torch.is_grad_enabled()
@@ -201,6 +222,21 @@ class CausalSelfAttention(nn.Module):
             y = att @ v
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+    def ring_cache(self, kv_cache, k, v, past):
+        """A local layer's cache: the ring's keys/values followed by the new ones, with the absolute position
+        of each (-window for a slot not yet filled, which every query masks out); then the newest window of
+        them written into the ring."""
+        ring_k, ring_v = kv_cache.k[self.layer_idx], kv_cache.v[self.layer_idx]
+        W, T = ring_k.size(2), k.size(2)
+        slot = torch.arange(W, device=k.device)
+        held = past - 1 - (past - 1 - slot) % W  # the position in each slot: the latest p < past with p % W == s
+        key_pos = torch.cat((torch.where(held >= 0, held, -self.window), torch.arange(past, past + T, device=k.device)))
+        keys, values = torch.cat((ring_k, k), dim=2), torch.cat((ring_v, v), dim=2)
+        newest = torch.arange(max(past, past + T - W), past + T, device=k.device)
+        ring_k[:, :, newest % W] = k[:, :, newest - past]
+        ring_v[:, :, newest % W] = v[:, :, newest - past]
+        return keys, values, key_pos
 
 
 class MLP(nn.Module):
@@ -347,10 +383,12 @@ class GPT(nn.Module):
     def flops_per_token(self, seq_len=None):
         """Training FLOPs per token (forward + backward), PaLM appendix B:
         6N for the weight matmuls plus 12 * L * H * Q * T for attention scores and values
-        (L layers, H heads, Q head size, T sequence length). N excludes position embeddings."""
+        (L layers, H heads, Q head size, T sequence length; a local layer's T is at most its window).
+        N excludes position embeddings."""
         c = self.config
         T = seq_len or c.block_size
-        return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * T
+        attended = sum(min(T, c.attn_window) if c.is_local(i) else T for i in range(c.n_layer))
+        return 6 * self.num_params(non_embedding=True) + 12 * c.n_head * (c.n_embd // c.n_head) * attended
 
     def estimate_mfu(self, tokens_per_iter, dt, peak_flops, seq_len=None):
         """Model FLOPs utilisation: achieved training FLOP/s as a fraction of peak_flops (FLOP/s)."""
