@@ -28,7 +28,9 @@ or pick them with --variants=a,b,... where a variant is 'reference' (a plain nan
 loop, bench_reference.py, with torch.optim.AdamW's defaults), 'hf' (transformers' GPT2LMHeadModel.generate on
 the same weights, sample mode), or our model with '+'-joined settings over the config's:
 eager|compile, fp32|bf16|fp16, sdpa|explicit, forloop|foreach|fused (AdamW implementation),
-cache|nocache, e.g. --variants=reference,compile+bf16+fused.
+cache|nocache, dense|local|alternating (attention pattern, band attn_window), e.g.
+--variants=reference,compile+bf16+fused or, for GPT-3's banded attention at long context,
+$ python bench.py --model=gpt3-small --n_layer=2 --block_size=2048 --batch_size=1 --variants=dense,local
 """
 
 import copy
@@ -81,6 +83,7 @@ device = 'auto'             # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...
 dtype = 'auto'              # 'auto' (as train.py: bf16/fp16 on GPUs, bf16 on AMX CPUs, else float32), 'float32', 'bfloat16', 'float16'
 compile = False             # torch.compile our model
 attn_impl = ''              # 'sdpa' or 'explicit' ('' keeps the model's)
+attn_window = 256           # the band of the variant words 'local' and 'alternating' (GPT-3's banded attention)
 threads = 0                 # torch.set_num_threads (0 = torch's default, one per core)
 profile = False             # write a chrome trace per variant to out_dir (open in chrome://tracing or perfetto)
 peak_flops = 0.0            # device peak FLOP/s for MFU; 0 looks it up (GPUs) or measures a matmul (CPU)
@@ -93,6 +96,7 @@ STANDARD = {'train': 'reference,eager+fp32,eager+bf16,compile+fp32,compile+bf16'
             'sample': 'nocache,cache,hf'}
 DTYPES = {'fp32': 'float32', 'bf16': 'bfloat16', 'fp16': 'float16'}
 OPTIMS = ('forloop', 'foreach', 'fused')
+PATTERNS = ('dense', 'local', 'alternating')
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -134,8 +138,9 @@ def parse_variant(name, dev):
             raise UserError("variant 'reference' is for train/forward modes; in sample mode compare against 'hf'")
         if name == 'hf' and mode != 'sample':
             raise UserError("variant 'hf' is for sample mode")
-        return dict(kind=name, dtype='float32', compile=False, attn='sdpa', optim='forloop', cache=True)
-    v = dict(kind='ours', dtype=pick_dtype(dtype, dev), compile=compile, attn=attn_impl, optim='', cache=True)
+        return dict(kind=name, dtype='float32', compile=False, attn='sdpa', optim='forloop', cache=True, pattern='')
+    v = dict(kind='ours', dtype=pick_dtype(dtype, dev), compile=compile, attn=attn_impl, optim='', cache=True,
+             pattern='')
     for word in name.split('+'):
         if word == 'ours':
             pass  # the config as it is
@@ -145,13 +150,16 @@ def parse_variant(name, dev):
             v['dtype'] = DTYPES[word]
         elif word in ('sdpa', 'explicit'):
             v['attn'] = word
+        elif word in PATTERNS:
+            v['pattern'] = word
         elif word in OPTIMS:
             v['optim'] = word
         elif word in ('cache', 'nocache'):
             v['cache'] = word == 'cache'
         else:
             raise UserError(f"unknown variant word {word!r} in {name!r}: use reference, hf, or '+'-joined "
-                            f"eager|compile, fp32|bf16|fp16, sdpa|explicit, {'|'.join(OPTIMS)}, cache|nocache")
+                            f"eager|compile, fp32|bf16|fp16, sdpa|explicit, {'|'.join(OPTIMS)}, cache|nocache, "
+                            f"{'|'.join(PATTERNS)}")
     return v
 
 
@@ -160,7 +168,7 @@ def describe(v, c, dev):
         return "plain eager fp32 loop, torch.optim.AdamW defaults"
     if v['kind'] == 'hf':
         return "transformers GPT2LMHeadModel.generate(do_sample=False, use_cache=True), fp32"
-    attn = v['attn'] or c.attn_impl
+    attn = (v['attn'] or c.attn_impl) + (f" {v['pattern']} (window {attn_window})" if v['pattern'] else '')
     if (attn == 'sdpa' and mode == 'train' and dev.startswith('cpu')
             and cpu_training_avoids_sdpa(getattr(torch, v['dtype']), c.dropout)):
         attn = 'sdpa->explicit (CPU training in bf16 or with dropout)'
@@ -187,9 +195,11 @@ def make_step(v, base, data, dev, prompt):
         m.load_state_dict(base.state_dict())
     else:
         m = copy.deepcopy(base)
-        if v['attn']:
-            for block in m.transformer.h:
-                block.attn.attn_impl = v['attn']
+        for i, block in enumerate(m.transformer.h):
+            block.attn.attn_impl = v['attn'] or block.attn.attn_impl
+            if v['pattern']:  # GPT-3's banded attention on every layer ('local') or every other one
+                local = v['pattern'] == 'local' or (v['pattern'] == 'alternating' and i % 2 == 1)
+                block.attn.window = attn_window if local else 0
     m.train(mode == 'train')
     ctx = autocast_ctx(dev, v['dtype'])
     if mode == 'sample':

@@ -78,6 +78,8 @@ dropout = 0.0                   # 0 for pretraining, 0.1+ for finetuning
 bias = True                     # biases in Linear and LayerNorm layers
 pad_vocab_multiple = 64         # pad the embedding rows to a multiple of this (faster matmuls on GPUs)
 attn_impl = 'sdpa'              # 'sdpa' (flash kernels) or 'explicit' (masked softmax)
+attn_pattern = 'dense'          # 'dense', 'local' (banded), 'alternating' (GPT-3: dense and banded layers in turn)
+attn_window = 0                 # local layers: each token sees itself and the attn_window - 1 before it
 gelu_approx = 'tanh'            # GPT-2's tanh GELU, or 'none': exact erf GELU (nanoGPT's), cheaper on CPU in eager
 # AdamW (GPT-3 settings)
 learning_rate = 6e-4            # peak learning rate
@@ -86,11 +88,16 @@ weight_decay = 1e-1             # on matrices only
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0                 # clip the global grad norm to this; 0 disables
-# learning-rate schedule: linear warmup, then cosine decay to min_lr
+# learning-rate schedule: linear warmup, then cosine decay to min_lr, in iterations or (GPT-3) in tokens
 decay_lr = True
 warmup_iters = 2000
 lr_decay_iters = 600000         # ~ max_iters (Chinchilla)
+warmup_tokens = 0               # GPT-3: warm up over this many tokens instead (needs lr_decay_tokens)
+lr_decay_tokens = 0             # GPT-3: decay over this many tokens instead of lr_decay_iters (0: in iterations)
 min_lr = 6e-5                   # ~ learning_rate / 10 (GPT-3)
+# batch-size ramp (GPT-3): tokens per step grow linearly from batch_ramp_start to the full batch
+batch_ramp_start = 0            # tokens per step at first, in whole micro-batches (0: no ramp)
+batch_ramp_tokens = 0           # tokens seen by the time the batch is full (gradient_accumulation_steps micro-batches)
 # system
 device = 'auto'                 # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'                  # 'auto' (bf16 on GPUs that have it, else fp16; on CPU bf16 with AMX, else fp32), 'float32', 'bfloat16', 'float16'
@@ -122,8 +129,21 @@ for k in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_inter
           'n_layer', 'n_head', 'n_embd', 'pad_vocab_multiple'):
     check_range(k, config[k], low=1)
 for k in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'min_lr', 'weight_decay', 'grad_clip', 'max_time',
-          'peak_flops'):
+          'peak_flops', 'warmup_tokens', 'lr_decay_tokens', 'batch_ramp_start', 'batch_ramp_tokens'):
     check_range(k, config[k], low=0)
+schedule_in_tokens = lr_decay_tokens > 0
+if warmup_tokens and not schedule_in_tokens:
+    raise UserError("warmup_tokens needs lr_decay_tokens: a schedule in tokens sets both (or neither, for iterations)")
+both = [k for k in ('warmup_iters', 'lr_decay_iters') if k in given]
+if schedule_in_tokens and both:
+    raise UserError(f"the schedule is in tokens (lr_decay_tokens={lr_decay_tokens}) or in iterations, not both: "
+                    f"drop {', '.join('--' + k for k in both)}")
+micro_tokens = batch_size * block_size  # one micro-batch
+if batch_ramp_start and not (batch_ramp_tokens and micro_tokens <= batch_ramp_start
+                             < gradient_accumulation_steps * micro_tokens):
+    raise UserError(f"the batch ramp goes from batch_ramp_start={batch_ramp_start} tokens per step (at least one "
+                    f"micro-batch of {micro_tokens}) up to the full {gradient_accumulation_steps * micro_tokens} "
+                    f"over batch_ramp_tokens > 0 tokens; got batch_ramp_tokens={batch_ramp_tokens}")
 check_range('learning_rate', learning_rate, low=0, low_open=True)
 for k in ('dropout', 'beta1', 'beta2'):
     check_range(k, config[k], low=0, high=1, high_open=True)
@@ -147,7 +167,10 @@ if ddp:
         raise UserError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
                         f"number of processes ({world_size}); e.g. --gradient_accumulation_steps="
                         f"{max(1, gradient_accumulation_steps // world_size) * world_size}")
-    gradient_accumulation_steps //= world_size  # micro-steps per process
+    if batch_ramp_start and round(batch_ramp_start / micro_tokens) < world_size:
+        raise UserError(f"batch_ramp_start={batch_ramp_start} tokens is {round(batch_ramp_start / micro_tokens)} "
+                        f"micro-batches of {micro_tokens}: fewer than the {world_size} processes, each of which "
+                        f"needs one; raise it to {world_size * micro_tokens}")
     if device == 'auto':
         device = f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu'
     elif device == 'cuda':
@@ -192,20 +215,24 @@ elif init_from == 'resume':
     log(resume_note)
 else:
     log(f"initialising from pretrained weights: {init_from}")
-arch = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')
+arch = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'attn_pattern', 'attn_window')
 model, _, ckpt = load_model(
     init_from, out_dir, 'ckpt.pt', block_size=block_size, ckpt=ckpt, dropout=dropout,
     scratch=dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                  vocab_size=meta['vocab_size'], pad_vocab_multiple=pad_vocab_multiple, attn_impl=attn_impl,
-                 gelu_approx=gelu_approx),
+                 gelu_approx=gelu_approx, attn_pattern=attn_pattern, attn_window=attn_window),
     expect={k: config[k] for k in arch if k in given})  # what the user asked for must match what resumes
-tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
-log(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps} accum * {world_size} processes "
-    f"* {batch_size} batch * {block_size} block")
-iter_num, best_val_loss = 0, float('inf')
+tokens_per_iter = gradient_accumulation_steps * micro_tokens  # the full batch
+log(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps // world_size} accum * {world_size} "
+    f"processes * {batch_size} batch * {block_size} block")
+if batch_ramp_start:
+    log(f"batch ramp: from {round(batch_ramp_start / micro_tokens) * micro_tokens:,} tokens per step up to "
+        f"{tokens_per_iter:,} over the first {batch_ramp_tokens:,} tokens")
+iter_num, best_val_loss, tokens_seen = 0, float('inf'), 0
 if ckpt is not None:
     check_resume_data(ckpt, meta, data_dir)
     iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
+    tokens_seen = ckpt.get('tokens_seen', iter_num * tokens_per_iter)  # (older checkpoints: no ramp then)
     # a run killed between writing ckpt.pt and linking best.pt left best.pt one checkpoint behind
     ckpt_path, best_path = ckpt['path'], os.path.join(out_dir, 'best.pt')
     if master_process and ckpt.get('is_best') and not (os.path.exists(best_path)
@@ -288,14 +315,37 @@ def estimate_loss():
     return out
 
 
-def get_lr(it):
-    """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr."""
+def get_lr(it, tokens):
+    """Linear warmup, cosine decay to min_lr, then min_lr. In iterations (nanoGPT): warmup_iters, then decay
+    until lr_decay_iters. In tokens (GPT-3: warmup over 375M, cosine to 10% over 260B): tokens is the count
+    once this step's batch is done, warmup up to warmup_tokens, decay until lr_decay_tokens."""
+    if schedule_in_tokens:
+        if tokens < warmup_tokens:
+            return learning_rate * tokens / warmup_tokens
+        ratio = min(1.0, (tokens - warmup_tokens) / max(1, lr_decay_tokens - warmup_tokens))
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
     if it > lr_decay_iters:
         return min_lr
     ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+def micro_steps(tokens):
+    """Global micro-batches in the step that starts after `tokens` tokens: gradient_accumulation_steps, or
+    during the batch ramp the ramp's tokens per step (linear in the tokens seen) in whole micro-batches.
+    A function of tokens alone, so a run on any number of processes, or resumed, takes the same steps."""
+    if not batch_ramp_start or tokens >= batch_ramp_tokens:
+        return gradient_accumulation_steps
+    target = batch_ramp_start + (tokens_per_iter - batch_ramp_start) * tokens / batch_ramp_tokens
+    return min(gradient_accumulation_steps, max(round(batch_ramp_start / micro_tokens), round(target / micro_tokens)))
+
+
+def my_share(m):
+    """This rank's global micro-batches out of m: a contiguous block, as even as m allows (rank r of W
+    takes r*m//W .. (r+1)*m//W - 1)."""
+    return range(rank * m // world_size, (rank + 1) * m // world_size)
 
 
 def save(path_best=False):
@@ -309,7 +359,7 @@ def save(path_best=False):
         return
     state = dict(format=checkpoint.CHECKPOINT_FORMAT, model=model_sd, optimizer=optim_sd,
                  scaler=scaler.state_dict() if scaler.is_enabled() else None, model_args=model_args,
-                 iter_num=iter_num, best_val_loss=best_val_loss, config=config, data_meta=data.meta,
+                 iter_num=iter_num, tokens_seen=tokens_seen, best_val_loss=best_val_loss, config=config, data_meta=data.meta,
                  rng=rng_state(), is_best=path_best)
     path = os.path.join(out_dir, 'ckpt.pt')
     save_checkpoint(state, path)
@@ -377,7 +427,8 @@ if ckpt is not None:
     set_rng_state(ckpt['rng'])  # numpy, python (and torch, though dropout is reseeded at each micro-step)
     resumed_iter = iter_num
     del ckpt
-X, Y = data.batch('train', iter_num, rank * gradient_accumulation_steps)  # first batch
+mine = my_share(micro_steps(tokens_seen))
+X, Y = data.batch('train', iter_num, mine[0])  # first batch
 t0 = time.time()
 t_start = t0
 local_iter_num = 0  # iterations run by this process (MFU is skipped while torch.compile warms up)
@@ -385,7 +436,9 @@ step_time = mfu = None  # smoothed seconds per training step (evaluations left o
 # non-finite losses or gradients found on the device and not yet reported: how many, the first iteration, its loss
 n_bad, first_bad, first_bad_loss = (torch.zeros((), device=device) for _ in range(3))
 while True:
-    lr = get_lr(iter_num) if decay_lr else learning_rate
+    m = micro_steps(tokens_seen)  # this step's global micro-batches (grows during a batch ramp)
+    step_tokens = m * micro_tokens
+    lr = get_lr(iter_num, tokens_seen + step_tokens) if decay_lr else learning_rate
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr
 
@@ -423,20 +476,24 @@ while True:
 
     # forward/backward with gradient accumulation; DDP syncs gradients only on the last micro-step
     loss_sum = torch.zeros((), device=device)
-    for micro_step in range(gradient_accumulation_steps):
-        sync = micro_step == gradient_accumulation_steps - 1
+    mine = my_share(m)
+    for j, micro in enumerate(mine):
+        sync = j == len(mine) - 1
         # dropout masks, like the batches, are a function of (seed, iteration, global micro-step): a resumed
         # run, or one on another number of processes, draws exactly the same masks
-        torch.manual_seed(seed_from(seed, 'dropout', iter_num, rank * gradient_accumulation_steps + micro_step))
+        torch.manual_seed(seed_from(seed, 'dropout', iter_num, micro))
         if fsdp:  # reduce-scatter only after the last micro-step; costs unsharded grads in memory until then
             raw_model.set_requires_gradient_sync(sync)
         with (model.no_sync() if ddp and not fsdp and not sync else nullcontext()), ctx:
             _, loss = model(X, Y)
-            loss = loss / gradient_accumulation_steps  # the sum over micro-steps is the batch mean
+            # the sum over micro-steps is the batch mean (DDP and FSDP average the ranks' sums)
+            loss = loss / (m / world_size)
         loss_sum += loss.detach()
         # fetch the next batch while the backward pass runs on the device
-        nxt = (iter_num, micro_step + 1) if not sync else (iter_num + 1, 0)
-        X, Y = data.batch('train', nxt[0], rank * gradient_accumulation_steps + nxt[1])
+        if not sync:
+            X, Y = data.batch('train', iter_num, mine[j + 1])
+        else:
+            X, Y = data.batch('train', iter_num + 1, my_share(micro_steps(tokens_seen + step_tokens))[0])
         scaler.scale(loss).backward()
     # A non-finite loss or gradient must change neither the weights nor AdamW's moments, and finding out must
     # not stall a GPU: the flag stays on the device, and the fused AdamW kernel skips its whole update when
@@ -499,18 +556,22 @@ while True:
         step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
     if iter_num % log_interval == 0 and master_process and lossf is not None:
         if local_iter_num >= 5:  # let the training loop settle (and compile) first
-            m = raw_model.estimate_mfu(tokens_per_iter // world_size, dt, peak)
-            mfu = m if mfu is None else 0.9 * mfu + 0.1 * m
+            u = raw_model.estimate_mfu(step_tokens / world_size, dt, peak)
+            mfu = u if mfu is None else 0.9 * mfu + 0.1 * u
         shown = f", mfu {mfu * 100:.2f}%" if mfu is not None else ''
         shown += f", eta {(max_iters - iter_num - 1) * step_time / 60:.1f}min" if step_time is not None else ''
         log(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, time {dt * 1000:.1f}ms, "
-            f"{tokens_per_iter / dt:,.0f} tok/s{shown}")
-        record(event='train', iter=iter_num, loss=lossf, lr=lr, ms=dt * 1000, tok_s=tokens_per_iter / dt, mfu=mfu)
+            f"{step_tokens / dt:,.0f} tok/s{shown}"
+            + (f", {step_tokens:,} tokens/step, {(tokens_seen + step_tokens) / 1e6:,.2f}M tokens"
+               if batch_ramp_start or schedule_in_tokens else ''))
+        record(event='train', iter=iter_num, loss=lossf, lr=lr, ms=dt * 1000, tok_s=step_tokens / dt, mfu=mfu,
+               tokens_step=step_tokens, tokens_seen=tokens_seen + step_tokens)
         history['iter'].append(iter_num)
         history['loss'].append(lossf)
         if wandb_log:
             wandb.log({'iter': iter_num, 'train/loss_step': lossf, 'lr': lr})
     iter_num += 1
+    tokens_seen += step_tokens
     local_iter_num += 1
     if time_up and iter_num < max_iters:
         log(f"max_time={max_time:g}s reached after {iter_num} iterations; final evaluation and checkpoint")

@@ -55,10 +55,17 @@ def char_data(tmp_path_factory, shakespeare_text):
 
 # ----------------------------------------------------------------------------- running scripts
 
-def run(script, *args, check=True, env=None, timeout=600):
-    """`python script args...` from the repo root, as a user runs it; with check, it must succeed."""
-    p = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
-                       cwd=ROOT, timeout=timeout, env=None if env is None else {**os.environ, **env})
+def run(script, *args, check=True, env=None, timeout=600, nproc=1):
+    """`python script args...` from the repo root, as a user runs it (under torchrun with nproc > 1 processes,
+    one thread each); with check, it must succeed."""
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}']
+        env = {'OMP_NUM_THREADS': '1', **(env or {})}
+    full_env = {k: v for k, v in {**os.environ, **(env or {})}.items()
+                if k not in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')}
+    p = subprocess.run([*launcher, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=timeout, env=full_env)
     if check and p.returncode != 0:
         raise AssertionError(f"{script} {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stdout[-2000:]}\n"
                              f"{p.stderr[-2000:]}")
