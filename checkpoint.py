@@ -189,7 +189,8 @@ def set_rng_state(state):
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state['python']))
 
 
-INIT_FROM = f"'scratch', 'resume', a hub model ({', '.join(hf.HF_HUB_MODELS)}) or a local Hugging Face directory"
+INIT_FROM = (f"'scratch', 'resume', a training run's out_dir, a hub model ({', '.join(hf.HF_HUB_MODELS)}) or a local "
+             f"Hugging Face directory")
 
 
 def find_checkpoint(out_dir, ckpt_name='ckpt.pt'):
@@ -207,8 +208,9 @@ def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, bloc
     """The one way scripts get a model: returns (model on the CPU, data_meta or None, ckpt or None).
 
     init_from: 'scratch' (a new GPT with the GPTConfig fields in the dict scratch), 'resume'
-    (out_dir/ckpt_name, falling back to out_dir/ckpt.pt; or ckpt, a checkpoint already loaded), a Hugging
-    Face hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, openai-gpt) or a local transformers directory.
+    (out_dir/ckpt_name, falling back to out_dir/ckpt.pt; or ckpt, a checkpoint already loaded), another
+    run's out_dir (its best.pt's weights), a Hugging Face hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl,
+    openai-gpt) or a local transformers directory.
     overrides: GPTConfig fields that leave the weights' meaning alone (dropout, attn_impl, ...).
     block_size: run at this context (0 keeps the model's; see GPT.crop_block_size).
     expect: architecture settings the user asked for explicitly, which a resumed checkpoint must have.
@@ -230,6 +232,11 @@ def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, bloc
                     raise UserError(f"the checkpoint in {out_dir} has {k}={ckpt['model_args'].get(k)} but you asked "
                                     f"for {k}={v}; drop that setting to resume, or use a new --out_dir")
             model, meta = model_from_checkpoint(ckpt, **overrides), ckpt.get('data_meta')
+        elif os.path.isdir(init_from) and any(os.path.exists(os.path.join(init_from, n)) for n in ('best.pt', 'ckpt.pt')):
+            # another training run of ours: its weights (best.pt, else ckpt.pt) start this one
+            path = find_checkpoint(init_from, 'best.pt')
+            run = load_checkpoint(path, map_location='cpu')
+            model, meta = model_from_checkpoint(run, **overrides), run.get('data_meta')
         elif init_from in hf.HF_HUB_MODELS or os.path.isdir(init_from):
             try:
                 model = hf.from_pretrained(init_from, **overrides)

@@ -154,3 +154,16 @@ def save_pretrained(model, path):
     with open(os.path.join(path, 'config.json'), 'w', encoding='utf-8') as f:
         json.dump(hf, f, indent=2)
     save_file(sd, os.path.join(path, 'model.safetensors'), metadata={'format': 'pt'})
+
+
+def load_summary_head(path):
+    """The multiple-choice head of a transformers OpenAIGPTDoubleHeadsModel / GPT2DoubleHeadsModel directory (its
+    SequenceSummary projection: a linear layer on the hidden state at the cls token), as a state dict for
+    heads.TaskModel.head."""
+    from safetensors.torch import load_file
+    file = os.path.join(path, 'model.safetensors')
+    sd = load_file(file) if os.path.isfile(file) else {}
+    keys = ('multiple_choice_head.summary.weight', 'multiple_choice_head.summary.bias')
+    if not all(k in sd for k in keys):
+        raise ValueError(f"{path} has no multiple-choice head (a DoubleHeads model saved with safetensors)")
+    return {'weight': sd[keys[0]], 'bias': sd[keys[1]]}

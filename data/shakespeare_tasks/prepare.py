@@ -1,0 +1,72 @@
+"""
+Three fine-tuning tasks made from Tiny Shakespeare, for GPT-1's recipe on a CPU (finetune.py), with nothing
+to download beyond the corpus itself. Each is a jsonl file pair (train, val) beside this script:
+- next_line (multiple choice): a line and four candidates for the line that follows it in the same speech;
+  one is the real next line, three are lines from elsewhere. Chance: 25%.
+- follows (entailment): does line b follow line a in the same speech? Half yes, half no.
+- speaker (classification): which of 4 speakers says this line (those with the most lines in both splits).
+Train examples come from the first 90% of the text and validation ones from the last 10%: the split
+data/shakespeare_char/prepare.py makes, so a model pretrained on its train.bin never saw a validation line.
+
+$ python data/shakespeare_tasks/prepare.py                     # downloads input.txt
+$ python data/shakespeare_tasks/prepare.py --input path/to/input.txt
+"""
+
+import json
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import data/prepare_utils.py
+from prepare_utils import TINY_SHAKESPEARE_URL, atomic_path, get_input_text, get_parser
+
+
+def speeches(text):
+    """(speaker, [lines]) for every speech: a 'NAME:' line, then its lines, up to a blank line."""
+    out = []
+    for block in text.split('\n\n'):
+        lines = [line for line in block.split('\n') if line.strip()]
+        if len(lines) >= 2 and lines[0].endswith(':'):
+            out.append((lines[0][:-1], lines[1:]))
+    return out
+
+
+def make(part, rng, top_speakers):
+    lines = [line for _, ls in part for line in ls]
+    pairs = [(a, b) for _, ls in part for a, b in zip(ls, ls[1:])]
+    next_line = []
+    for a, b in pairs:
+        answers = [b] + rng.sample(lines, 3)
+        rng.shuffle(answers)
+        next_line.append(dict(context=a, answer0=answers[0], answer1=answers[1], answer2=answers[2],
+                              answer3=answers[3], label=answers.index(b)))
+    follows = [dict(a=a, b=b if rng.random() < 0.5 else rng.choice(lines)) for a, b in pairs]
+    for ex, (_, b) in zip(follows, pairs):
+        ex['label'] = 'yes' if ex['b'] == b else 'no'
+    speaker = [dict(text=line, label=who) for who, ls in part if who in top_speakers for line in ls]
+    return dict(next_line=next_line, follows=follows, speaker=speaker)
+
+
+def main():
+    parser = get_parser(__doc__, __file__, url=TINY_SHAKESPEARE_URL)
+    parser.add_argument("--seed", type=int, default=1337)
+    args = parser.parse_args()
+    text, source = get_input_text(args)
+    n = int(0.9 * len(text))  # the char-level split
+    train, val = speeches(text[:n]), speeches(text[n:])
+    lines_by = [Counter(who for who, ls in part for _ in ls) for part in (train, val)]
+    top = set(sorted(lines_by[0], key=lambda who: -min(lines_by[0][who], lines_by[1][who]))[:4])
+    rng = random.Random(args.seed)
+    for split, part in (('train', train), ('val', val)):
+        for task, examples in make(part, rng, top).items():
+            path = args.out_dir / f"{task}_{split}.jsonl"
+            with atomic_path(path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
+                for ex in examples:
+                    f.write(json.dumps(ex) + '\n')
+            print(f"{path}: {len(examples):,} examples")
+    print(f"speakers: {', '.join(sorted(top))}; source {source}")
+
+
+if __name__ == "__main__":
+    main()

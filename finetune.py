@@ -1,0 +1,319 @@
+"""
+GPT-1's recipe: fine-tune a pretrained GPT on a classification, entailment, similarity or multiple-choice task
+with the paper's input transformations, a linear head on the extract token and the auxiliary LM loss (heads.py).
+
+Offline demo on a CPU (tasks derived from Tiny Shakespeare, a char-level model pretrained by train.py):
+$ python data/shakespeare_char/prepare.py && python train.py config/train_shakespeare_char_cpu.py
+$ python data/shakespeare_tasks/prepare.py
+$ python finetune.py config/finetune_shakespeare_next_line.py
+
+GLUE and friends, from OpenAI's GPT-1 or GPT-2 weights (one GPU):
+$ python finetune.py --init_from=openai-gpt --dataset=glue --dataset_config=rte --task=entailment \
+      --fields=sentence1,sentence2 --out_dir=out-rte
+Score new examples with a fine-tuned model (a file with the same columns, labels optional):
+$ python finetune.py --out_dir=out-rte --predict=examples.jsonl
+
+The defaults are the paper's: lr 6.25e-5, batch 32, 3 epochs, linear warmup over 0.2% of training then
+linear decay, weight decay 0.01 on all but biases and gains, dropout 0.1, lm_coef 0.5.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+
+import torch
+
+import configurator
+from checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
+from configurator import UserError, check_choice, check_range
+from device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
+from heads import FIELDS, SPECIAL_TOKENS, TASKS, TaskModel, add_tokens, collate, transform
+from tokendata import get_tokenizer, seed_from
+
+# -----------------------------------------------------------------------------
+# config: overridden by a config file, then by --key=value
+init_from = 'gpt2'          # the pretrained model: a training run's out_dir, a hub name (gpt2*, openai-gpt) or an HF dir
+out_dir = 'out-finetune'    # ckpt.pt (latest), best.pt (best validation metric), log.jsonl
+task = 'classification'     # 'classification', 'entailment', 'similarity' or 'multiple_choice'
+data_files = ''             # local examples: 'train=a.jsonl,val=b.jsonl' (csv, json/jsonl or parquet)
+dataset = ''                # or a hub dataset, e.g. 'glue' with dataset_config 'sst2'
+dataset_config = ''
+train_split = 'train'
+val_split = 'validation'    # (local files: the 'val' entry of data_files)
+fields = 'sentence'         # input columns: text | premise,hypothesis | a,b | context,answer_1,...,answer_K
+label = 'label'             # the label column: a class, a similarity score, or the index of the right answer
+learning_rate = 6.25e-5
+batch_size = 32             # examples per step
+epochs = 3
+warmup_frac = 0.002         # linear warmup over this fraction of the steps, then linear decay to 0
+weight_decay = 0.01         # on matrices only (not biases or LayerNorm gains)
+lm_coef = 0.5               # weight of the auxiliary language-modelling loss (0 turns it off)
+head_dropout = 0.1          # before the linear head
+dropout = 0.1               # in the transformer
+grad_clip = 1.0             # 0 disables
+eval_interval = 0           # evaluate every this many steps (0: after every epoch)
+max_eval = 0                # evaluate on at most this many validation examples (0: all)
+resume = False              # continue the fine-tuning run in out_dir
+stop_after = 0              # stop (saving ckpt.pt) after this many steps of the schedule, e.g. to share a machine
+from_scratch = False        # the baseline: init_from's architecture with fresh random weights (no pre-training)
+predict = ''                # score the examples in this file with out_dir's best.pt, print JSON lines, no training
+device = 'auto'
+dtype = 'auto'
+seed = 1337
+# -----------------------------------------------------------------------------
+config = configurator.configure(globals(), verbose=False)  # (predictions go to stdout alone)
+check_choice('task', task, TASKS)
+for k in ('batch_size', 'epochs'):
+    check_range(k, config[k], low=1)
+for k in ('eval_interval', 'max_eval', 'weight_decay', 'lm_coef', 'grad_clip', 'stop_after'):
+    check_range(k, config[k], low=0)
+check_range('learning_rate', learning_rate, low=0, low_open=True)
+for k in ('warmup_frac', 'head_dropout', 'dropout'):
+    check_range(k, config[k], low=0, high=1, high_open=True)
+columns = [c.strip() for c in fields.split(',') if c.strip()]
+if task in FIELDS and len(columns) != FIELDS[task] and not predict:
+    raise UserError(f"task {task!r} takes {FIELDS[task]} input column(s) in --fields, got {fields!r}")
+if task == 'multiple_choice' and len(columns) < 2 and not predict:
+    raise UserError("task 'multiple_choice' takes --fields=context,answer_1,...,answer_K (or context,answers "
+                    "with a list of answers in one column)")
+device = pick_device(device)
+dtype = pick_dtype(dtype, device)
+setup_torch(seed, device)
+ctx = autocast_ctx(device, dtype)
+
+
+def log(*args):
+    print(*args, flush=True)
+
+
+# ----------------------------------------------------------------------------- data
+
+def load_split(which):
+    """The examples of one split as a list of dicts (columns as in the file or hub dataset)."""
+    import datasets
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()  # (small local files: a bar per split is noise)
+    if data_files:
+        files = dict(part.split('=', 1) for part in data_files.split(',') if '=' in part)
+        name = {'train': 'train', 'val': 'val'}[which]
+        if name not in files:
+            raise UserError(f"data_files needs a {name}= entry, e.g. --data_files=train=a.jsonl,val=b.jsonl")
+        path = files[name]
+        if not os.path.isfile(path):
+            raise UserError(f"{path} not found (from --data_files)")
+        kind = {'.csv': 'csv', '.json': 'json', '.jsonl': 'json', '.parquet': 'parquet'}.get(os.path.splitext(path)[1])
+        if kind is None:
+            raise UserError(f"{path}: expected a .csv, .json, .jsonl or .parquet file")
+        rows = datasets.load_dataset(kind, data_files=path, split='train')
+    elif dataset:
+        try:
+            rows = datasets.load_dataset(dataset, dataset_config or None,
+                                         split=train_split if which == 'train' else val_split)
+        except Exception as e:  # offline, unknown name or split: datasets raises many kinds
+            raise UserError(f"cannot load {dataset!r} ({str(e).splitlines()[0][:200]}); pass --data_files to use "
+                            f"local files") from None
+    else:
+        raise UserError("no data: pass --data_files=train=...,val=... or --dataset=<hub name>")
+    missing = [c for c in columns + ([] if predict else [label]) if c not in rows.column_names]
+    if missing:
+        raise UserError(f"the {which} data has no column {', '.join(map(repr, missing))} "
+                        f"(its columns: {', '.join(rows.column_names)}); set --fields and --label")
+    return list(rows)
+
+
+def label_index(rows, classes=None):
+    """Class labels as indices (classes from the training split, sorted); scores as floats; answer indices."""
+    values = [r[label] for r in rows]
+    if task == 'similarity':
+        return [float(v) for v in values], None
+    if task == 'multiple_choice':
+        return [int(v) for v in values], None
+    classes = classes or sorted(set(values), key=str)
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({str(v) for v in values if v not in index})
+    if unknown:
+        raise UserError(f"labels {', '.join(unknown[:5])} are not among the classes of the training data "
+                        f"({', '.join(map(str, classes))})")
+    return [index[v] for v in values], classes
+
+
+def encode_example(row, encode, specials, max_len):
+    """One example's token sequences (heads.transform on the encoded fields)."""
+    texts = [row[c] for c in columns]
+    if task == 'multiple_choice' and len(texts) == 2 and isinstance(texts[1], list):
+        texts = [texts[0], *texts[1]]  # a context and one column holding the list of answers
+    return transform(task, [encode(str(t)) for t in texts], specials, max_len)
+
+
+# ----------------------------------------------------------------------------- model
+
+def build(pretrained, num_labels):
+    """The pretrained GPT with the three special tokens added, and its task head."""
+    gpt, meta, _ = load_model(pretrained, dropout=dropout)
+    if from_scratch:
+        gpt = type(gpt)(gpt.config)
+    gpt, specials = add_tokens(gpt, len(SPECIAL_TOKENS))
+    return TaskModel(gpt, task, num_labels, dropout=head_dropout), specials, meta
+
+
+@torch.no_grad()
+def evaluate(model, examples, labels):
+    """(metric name, value, val loss): accuracy, or Pearson correlation for similarity."""
+    model.eval()
+    outs, losses = [], []
+    for i in range(0, len(examples), batch_size):
+        groups = examples[i:i + batch_size]
+        idx, targets, last = (t.to(device) for t in collate(groups))
+        y = torch.tensor(labels[i:i + batch_size], device=device)
+        with ctx:
+            out, lm_loss = model(idx, last, len(groups), targets)
+        losses.append(model.loss(out.float(), y, lm_loss, lm_coef).item() * len(groups))
+        outs.append(out.float().cpu())
+    model.train()
+    out, y = torch.cat(outs), torch.tensor(labels)
+    loss = sum(losses) / len(examples)
+    if task == 'similarity':
+        return 'pearson', torch.corrcoef(torch.stack([out, y.float()]))[0, 1].item(), loss
+    return 'accuracy', (out.argmax(-1) == y).float().mean().item(), loss
+
+
+def save(path, model, optimizer, step, best, meta, classes, specials):
+    save_checkpoint(dict(format=CHECKPOINT_FORMAT, kind='finetune', model=model.gpt.state_dict(),
+                         head=model.head.state_dict(), model_args=asdict(model.gpt.config),
+                         optimizer=optimizer.state_dict() if optimizer else None, iter_num=step,
+                         best_val_loss=-best, best_metric=best, config=config, data_meta=meta,
+                         task=dict(task=task, classes=[str(c) for c in classes] if classes else None,
+                                   specials=specials, fields=columns, label=label)), path)
+
+
+def load_finetuned(path):
+    """(TaskModel, the checkpoint) of a fine-tuning run's checkpoint."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get('kind') != 'finetune':
+        raise UserError(f"{path} is a language-model checkpoint, not a fine-tuned one: train with finetune.py first")
+    t = ckpt['task']
+    if t['task'] != task:
+        raise UserError(f"{path} was fine-tuned for {t['task']!r}, not {task!r}: pass --task={t['task']}")
+    model = TaskModel(model_from_checkpoint(ckpt, dropout=dropout), task, ckpt['head']['weight'].size(0),
+                      dropout=head_dropout)
+    model.head.load_state_dict(ckpt['head'])
+    return model.to(device), ckpt
+
+
+# ----------------------------------------------------------------------------- predict
+
+if predict:
+    model, ckpt = load_finetuned(os.path.join(out_dir, 'best.pt'))
+    model.eval()
+    encode, _, _ = get_tokenizer(ckpt['data_meta'])
+    data_files, columns = f'val={predict}', ckpt['task']['fields']  # the columns the model was trained on
+    rows = load_split('val')
+    classes = ckpt['task']['classes']
+    with torch.no_grad():
+        for row in rows:
+            groups = [encode_example(row, encode, ckpt['task']['specials'], model.gpt.config.block_size)]
+            idx, _, last = (t.to(device) for t in collate(groups))
+            out, _ = model(idx, last, 1)
+            if task == 'similarity':
+                print(json.dumps({**row, 'score': out.item()}))
+            else:
+                p = out.float().softmax(-1)[0]
+                guess = int(p.argmax())
+                print(json.dumps({**row, 'prediction': classes[guess] if classes else guess,
+                                  'probability': round(p[guess].item(), 4)}))
+    sys.exit(0)
+
+# ----------------------------------------------------------------------------- training
+train_rows, val_rows = load_split('train'), load_split('val')
+if max_eval:
+    val_rows = val_rows[:max_eval]
+train_labels, classes = label_index(train_rows)
+val_labels, _ = label_index(val_rows, classes)
+num_labels = len(classes) if classes else 1
+if resume:
+    model, ckpt = load_finetuned(os.path.join(out_dir, 'ckpt.pt'))
+    specials, meta = ckpt['task']['specials'], ckpt['data_meta']
+else:
+    model, specials, meta = build(init_from, num_labels)
+    model.to(device)
+encode, _, _ = get_tokenizer(meta)
+max_len = model.gpt.config.block_size
+train_ex = [encode_example(r, encode, specials, max_len) for r in train_rows]
+val_ex = [encode_example(r, encode, specials, max_len) for r in val_rows]
+if task == 'multiple_choice':
+    counts = {len(g) for g in train_ex + val_ex}
+    if len(counts) != 1 or not all(0 <= y < len(train_ex[0]) for y in train_labels + val_labels):
+        raise UserError(f"multiple-choice examples need the same number of answers and a label in range; "
+                        f"found {sorted(counts)} answers")
+majority = max((val_labels.count(y) for y in set(val_labels)), default=0) / max(1, len(val_labels))
+log(f"config: {json.dumps(config)}")
+log(f"{describe(device, dtype)}; {task}: {len(train_ex)} training and {len(val_ex)} validation examples, "
+    f"{num_labels if classes else ''}{' classes' if classes else ''}"
+    + (f"; majority-class accuracy {majority:.4f}" if task != 'similarity' else ''))
+
+decay = [p for p in model.parameters() if p.dim() >= 2]
+no_decay = [p for p in model.parameters() if p.dim() < 2]
+optimizer = torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay},
+                               {'params': no_decay, 'weight_decay': 0.0}], lr=learning_rate)
+steps_per_epoch = math.ceil(len(train_ex) / batch_size)
+total = epochs * steps_per_epoch
+warmup = max(1, round(warmup_frac * total))
+step, best = 0, -float('inf')
+if resume:
+    optimizer.load_state_dict(ckpt['optimizer'])
+    step, best = ckpt['iter_num'], ckpt['best_metric']
+    log(f"resuming at step {step} of {total}")
+os.makedirs(out_dir, exist_ok=True)
+log_file = open(os.path.join(out_dir, 'log.jsonl'), 'a')
+
+
+def get_lr(s):
+    """Linear warmup over `warmup` steps, then linear decay to 0 at the last step (GPT-1)."""
+    return learning_rate * (s + 1) / warmup if s < warmup else learning_rate * max(0.0, (total - s) / (total - warmup))
+
+
+model.train()
+t0 = time.time()
+while step < total:
+    epoch, k = divmod(step, steps_per_epoch)
+    # the order of an epoch is a function of (seed, epoch): a resumed run takes the same batches
+    order = torch.randperm(len(train_ex), generator=torch.Generator().manual_seed(seed_from(seed, 'epoch', epoch)))
+    pick = order[k * batch_size:(k + 1) * batch_size].tolist()
+    groups = [train_ex[i] for i in pick]
+    idx, targets, last = (t.to(device) for t in collate(groups))
+    y = torch.tensor([train_labels[i] for i in pick], device=device)
+    for g in optimizer.param_groups:
+        g['lr'] = get_lr(step)
+    torch.manual_seed(seed_from(seed, 'dropout', step))
+    with ctx:
+        out, lm_loss = model(idx, last, len(groups), targets)
+    loss = model.loss(out.float(), y, lm_loss, lm_coef)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    step += 1
+    if step % 10 == 0 or step == total:
+        log(f"step {step}/{total} (epoch {epoch + 1}): loss {loss.item():.4f}, lr {get_lr(step - 1):.2e}, "
+            f"{(time.time() - t0) / 60:.1f} min")
+    if (eval_interval and step % eval_interval == 0) or step % steps_per_epoch == 0 or step == total:
+        metric, value, val_loss = evaluate(model, val_ex, val_labels)
+        log(f"step {step}: val {metric} {value:.4f}, val loss {val_loss:.4f}")
+        log_file.write(json.dumps(dict(event='eval', step=step, epoch=epoch + 1, metric=metric, value=value,
+                                       val_loss=val_loss, seconds=time.time() - t0)) + '\n')
+        log_file.flush()
+        save(os.path.join(out_dir, 'ckpt.pt'), model, optimizer, step, max(best, value), meta, classes, specials)
+        if value > best:
+            best = value
+            save(os.path.join(out_dir, 'best.pt'), model, None, step, best, meta, classes, specials)
+    if stop_after and step >= stop_after and step < total:
+        save(os.path.join(out_dir, 'ckpt.pt'), model, optimizer, step, best, meta, classes, specials)
+        log(f"stopped after step {step} of {total}; continue with the same command and --resume=True")
+        break
+if step == total:
+    log(f"best val {'pearson' if task == 'similarity' else 'accuracy'} {best:.4f}"
+        + (f" (majority class {majority:.4f})" if task != 'similarity' else ''))

@@ -1,0 +1,165 @@
+"""GPT-1's fine-tuning (heads.py, finetune.py): the paper's input layouts, padded batches against single
+examples, the objective L3 = L2 + lm_coef * L1 against a direct computation, the multiple-choice head against
+transformers' OpenAIGPTDoubleHeadsModel, and an end-to-end run on the Shakespeare tasks."""
+import json
+
+import pytest
+import torch
+
+from conftest import run, run_inprocess, tiny
+from heads import TaskModel, add_tokens, collate, transform
+from model import GPT, GPTConfig
+
+S, D, E = 100, 101, 102  # start, delim, extract
+
+
+def test_input_layouts_follow_the_paper():
+    a, b, c = [1, 2, 3], [4, 5], [6]
+    assert transform('classification', [a], (S, D, E), 64) == [[S, 1, 2, 3, E]]
+    assert transform('entailment', [a, b], (S, D, E), 64) == [[S, 1, 2, 3, D, 4, 5, E]]
+    assert transform('similarity', [a, b], (S, D, E), 64) == [[S, 1, 2, 3, D, 4, 5, E], [S, 4, 5, D, 1, 2, 3, E]]
+    assert transform('multiple_choice', [a, b, c], (S, D, E), 64) == [[S, 1, 2, 3, D, 4, 5, E], [S, 1, 2, 3, D, 6, E]]
+
+
+def test_truncation_cuts_the_longest_field():
+    premise, hypothesis = list(range(1, 11)), [20, 21]
+    assert transform('entailment', [premise, hypothesis], (S, D, E), 9) == [[S, 1, 2, 3, 4, D, 20, 21, E]]
+    # a multiple-choice context loses its start (the end leads into the answers)
+    assert transform('multiple_choice', [premise, [20], [21, 22]], (S, D, E), 8) == \
+        [[S, 8, 9, 10, D, 20, E], [S, 8, 9, 10, D, 21, 22, E]]
+    with pytest.raises(ValueError, match="cannot hold even the special tokens"):
+        transform('entailment', [[1], [2]], (S, D, E), 2)
+
+
+def tiny_task_model(task, num_labels=3, seed=0):
+    torch.manual_seed(seed)
+    gpt = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=100))
+    gpt, specials = add_tokens(gpt, 3)
+    return TaskModel(gpt, task, num_labels).eval(), specials
+
+
+@pytest.mark.parametrize('task, fields', [
+    ('classification', [[[1, 2, 3]], [[4, 5, 6, 7, 8, 9]], [[10]]]),
+    ('entailment', [[[1, 2], [3]], [[4, 5, 6, 7], [8, 9, 10]]]),
+    ('similarity', [[[1, 2], [3]], [[4, 5, 6, 7], [8, 9, 10, 11, 12]]]),
+    ('multiple_choice', [[[1, 2], [3], [4, 5, 6]], [[7, 8, 9, 10], [11], [12, 13]]]),
+])
+def test_padded_batch_equals_examples_one_at_a_time(task, fields):
+    model, specials = tiny_task_model(task)
+    examples = [transform(task, f, specials, 32) for f in fields]
+    with torch.no_grad():
+        idx, _, last = collate(examples)
+        batched, _ = model(idx, last, len(examples))
+        for i, ex in enumerate(examples):
+            idx, _, last = collate([ex])
+            alone, _ = model(idx, last, 1)
+            torch.testing.assert_close(batched[i:i + 1], alone, atol=1e-5, rtol=0)
+
+
+def test_new_tokens_keep_the_pretrained_embedding():
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=50))
+    bigger, ids = add_tokens(gpt, 3)
+    assert ids == [50, 51, 52] and bigger.config.vocab_size == 53
+    assert torch.equal(bigger.transformer.wte.weight[:50], gpt.transformer.wte.weight)
+    assert bigger.lm_head.weight is bigger.transformer.wte.weight
+    new = bigger.transformer.wte.weight[50:]
+    assert 0.005 < new.std().item() < 0.05 and not torch.equal(new[0], new[1])
+    x = torch.randint(0, 50, (2, 16))
+    with torch.no_grad():  # the pretrained model's predictions over the old vocabulary are unchanged
+        torch.testing.assert_close(bigger(x)[0][..., :50], gpt(x)[0][..., :50], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize('task', ['classification', 'multiple_choice', 'similarity'])
+def test_objective_is_task_loss_plus_weighted_lm_loss(task):
+    model, specials = tiny_task_model(task)
+    fields = ([[[1, 2, 3]], [[4, 5]]] if task == 'classification' else
+              [[[1, 2], [3], [4, 5]], [[6], [7, 8], [9]]] if task == 'multiple_choice' else [[[1, 2], [3]], [[4], [5, 6]]])
+    examples = [transform(task, f, specials, 32) for f in fields]
+    idx, targets, last = collate(examples)
+    labels = torch.tensor([1.5, -0.5]) if task == 'similarity' else torch.tensor([1, 0])
+    out, lm_loss = model(idx, last, 2, targets)
+    got = model.loss(out, labels, lm_loss, 0.5)
+    # by hand: LM loss over every real position predicting the next token of its own sequence
+    logits = model.gpt(idx)[0][..., :model.gpt.config.vocab_size].log_softmax(-1)
+    terms = [-logits[i, t, seq[t + 1]] for i, seq in enumerate(s for ex in examples for s in ex)
+             for t in range(len(seq) - 1)]
+    lm = torch.stack(terms).mean()
+    task_loss = ((out - labels) ** 2).mean() if task == 'similarity' else -out.log_softmax(-1)[[0, 1], labels].mean()
+    torch.testing.assert_close(got, task_loss + 0.5 * lm, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(model.loss(out, labels, lm_loss, 0), task_loss, atol=1e-6, rtol=1e-6)
+
+
+def test_multiple_choice_head_matches_transformers_double_heads(tmp_path):
+    transformers = pytest.importorskip('transformers')
+    import hf
+    torch.manual_seed(0)
+    theirs = transformers.OpenAIGPTDoubleHeadsModel(transformers.OpenAIGPTConfig(
+        n_layer=2, n_head=2, n_embd=32, n_positions=24, vocab_size=60)).eval()
+    theirs.save_pretrained(tmp_path)
+    model = TaskModel(hf.from_pretrained(str(tmp_path)), 'multiple_choice', 1).eval()
+    model.head.load_state_dict(hf.load_summary_head(str(tmp_path)))
+    ids = torch.randint(0, 60, (3, 4, 24))  # 3 questions, 4 answers each
+    cls = torch.randint(5, 24, (3, 4))       # where each answer's extract token is
+    with torch.no_grad():
+        want = theirs(ids, mc_token_ids=cls).mc_logits
+        got, _ = model(ids.view(12, 24), cls.view(12), 3)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope='module')
+def pretrained(tmp_path_factory, char_data):
+    out = tmp_path_factory.mktemp('pretrained')
+    run('train.py', *tiny(n_embd=32, block_size=64, batch_size=8, gradient_accumulation_steps=1, max_iters=30,
+                          eval_interval=30, eval_iters=2, plot=False, learning_rate=3e-3, warmup_iters=5),
+        f'--data_dir={char_data}', f'--out_dir={out}')
+    return out
+
+
+def test_finetune_runs_resumes_and_predicts(tmp_path, pretrained, shakespeare_text):
+    tasks = tmp_path / 'tasks'
+    run('data/shakespeare_tasks/prepare.py', '--input', shakespeare_text, '--out_dir', tasks)
+    for name in ('next_line_train', 'next_line_val'):  # a few examples: this is about the plumbing
+        lines = (tasks / f'{name}.jsonl').read_text().splitlines()[:40]
+        (tasks / f'{name}.jsonl').write_text('\n'.join(lines) + '\n')
+    args = [f'--init_from={pretrained}', '--task=multiple_choice', '--fields=context,answer0,answer1,answer2,answer3',
+            f'--data_files=train={tasks / "next_line_train.jsonl"},val={tasks / "next_line_val.jsonl"}',
+            '--batch_size=8', '--device=cpu', '--epochs=2', '--learning_rate=1e-3']
+    out = tmp_path / 'ft'
+    code, stdout, err = run_inprocess('finetune.py', *args, f'--out_dir={out}')
+    assert code == 0, err
+    assert 'majority-class accuracy' in stdout and 'best val accuracy' in stdout
+    evals = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
+    assert [e['step'] for e in evals] == [5, 10] and all(0 <= e['value'] <= 1 for e in evals)
+    ckpt = torch.load(out / 'best.pt', weights_only=True)
+    assert ckpt['kind'] == 'finetune' and ckpt['model_args']['vocab_size'] == 68  # 65 characters + 3 special
+    # stopped mid-epoch and resumed, a second run ends where the uninterrupted one did
+    again = tmp_path / 'again'
+    assert run_inprocess('finetune.py', *args, f'--out_dir={again}', '--stop_after=3')[0] == 0
+    assert torch.load(again / 'ckpt.pt', weights_only=True)['iter_num'] == 3
+    assert run_inprocess('finetune.py', *args, f'--out_dir={again}', '--resume=True')[0] == 0
+    a, b = torch.load(out / 'ckpt.pt', weights_only=True), torch.load(again / 'ckpt.pt', weights_only=True)
+    assert a['iter_num'] == b['iter_num'] == 10
+    for k in a['model']:
+        assert torch.equal(a['model'][k], b['model'][k]), k
+    unlabelled = tmp_path / 'new.jsonl'  # new inputs: no label column needed
+    unlabelled.write_text(''.join(json.dumps({k: v for k, v in json.loads(line).items() if k != 'label'}) + '\n'
+                                  for line in (tasks / 'next_line_val.jsonl').read_text().splitlines()))
+    code, stdout, err = run_inprocess('finetune.py', '--task=multiple_choice', f'--out_dir={out}', '--device=cpu',
+                                      f'--predict={unlabelled}')
+    assert code == 0, err
+    predictions = [json.loads(line) for line in stdout.splitlines()]
+    assert len(predictions) == 40 and all(p['prediction'] in range(4) for p in predictions)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--task=entailment', '--fields=a'], "task 'entailment' takes 2 input column(s)"),
+    (['--task=regression'], "task must be one of"),
+    (['--fields=nope', '--label=label'], "has no column 'nope'"),
+])
+def test_finetune_mistakes_are_one_line(tmp_path, args, message):
+    data = tmp_path / 'd.jsonl'
+    data.write_text(json.dumps({'text': 'a b', 'label': 1}) + '\n')
+    code, _, err = run_inprocess('finetune.py', f'--data_files=train={data},val={data}', '--init_from=gpt2',
+                                 '--device=cpu', *args)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and message in err, err
