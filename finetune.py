@@ -10,8 +10,9 @@ $ python finetune.py config/finetune_shakespeare_next_line.py
 GLUE and friends, from OpenAI's GPT-1 or GPT-2 weights (one GPU):
 $ python finetune.py --init_from=openai-gpt --dataset=glue --dataset_config=rte --task=entailment \
       --fields=sentence1,sentence2 --out_dir=out-rte
-Score new examples with a fine-tuned model (a file with the same columns, labels optional):
+Score new examples with a fine-tuned model (a file with the same columns, labels optional), or export it:
 $ python finetune.py --out_dir=out-rte --predict=examples.jsonl
+$ python finetune.py --task=multiple_choice --out_dir=out-cloze --export=hf-cloze   # OpenAIGPTDoubleHeadsModel
 
 The defaults are the paper's: lr 6.25e-5, batch 32, 3 epochs, linear warmup over 0.2% of training then
 linear decay, weight decay 0.01 on all but biases and gains, dropout 0.1, lm_coef 0.5.
@@ -60,6 +61,7 @@ resume = False              # continue the fine-tuning run in out_dir
 stop_after = 0              # stop (saving ckpt.pt) after this many steps of the schedule, e.g. to share a machine
 from_scratch = False        # the baseline: init_from's architecture with fresh random weights (no pre-training)
 predict = ''                # score the examples in this file with out_dir's best.pt, print JSON lines, no training
+export = ''                 # write out_dir's best.pt to this directory as a transformers model (where a class exists)
 device = 'auto'
 dtype = 'auto'
 seed = 1337
@@ -145,7 +147,10 @@ def encode_example(row, encode, specials, max_len):
     texts = [row[c] for c in columns]
     if task == 'multiple_choice' and len(texts) == 2 and isinstance(texts[1], list):
         texts = [texts[0], *texts[1]]  # a context and one column holding the list of answers
-    return transform(task, [encode(str(t)) for t in texts], specials, max_len)
+    try:
+        return transform(task, [encode(str(t)) for t in texts], specials, max_len)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- model
@@ -203,7 +208,17 @@ def load_finetuned(path):
     return model.to(device), ckpt
 
 
-# ----------------------------------------------------------------------------- predict
+# ----------------------------------------------------------------------------- export, predict
+
+if export:
+    import hf
+    model, _ = load_finetuned(os.path.join(out_dir, 'best.pt'))
+    try:
+        hf.save_task_model(model, export)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    log(f"wrote {export}")
+    sys.exit(0)
 
 if predict:
     model, ckpt = load_finetuned(os.path.join(out_dir, 'best.pt'))

@@ -167,3 +167,27 @@ def load_summary_head(path):
     if not all(k in sd for k in keys):
         raise ValueError(f"{path} has no multiple-choice head (a DoubleHeads model saved with safetensors)")
     return {'weight': sd[keys[0]], 'bias': sd[keys[1]]}
+
+
+def save_task_model(task_model, path):
+    """Export a fine-tuned heads.TaskModel where transformers has its class: a multiple-choice model on a GPT-1
+    (post-norm) network as OpenAIGPTDoubleHeadsModel (the head is its SequenceSummary on the cls token). Other
+    pairs are refused: GPT2ForSequenceClassification's head has no bias and reads the last non-padding token,
+    and transformers has no similarity model of GPT-1's kind."""
+    from safetensors.torch import load_file, save_file
+    if task_model.task != 'multiple_choice' or not task_model.gpt.config.post_norm:
+        raise ValueError(f"transformers has no class for a {task_model.task} head on a "
+                         f"{'GPT-1' if task_model.gpt.config.post_norm else 'GPT-2'} network with GPT-1's linear head "
+                         f"(bias included); export the language model alone with hf.save_pretrained(model.gpt, dir)")
+    save_pretrained(task_model.gpt, path)
+    with open(os.path.join(path, 'config.json'), encoding='utf-8') as f:
+        cfg = json.load(f)
+    cfg.update(architectures=['OpenAIGPTDoubleHeadsModel'], summary_type='cls_index', summary_use_proj=True,
+               summary_proj_to_labels=True, summary_activation=None, num_labels=1,
+               summary_first_dropout=task_model.dropout.p)
+    with open(os.path.join(path, 'config.json'), 'w', encoding='utf-8') as f:
+        json.dump(cfg, f, indent=2)
+    sd = load_file(os.path.join(path, 'model.safetensors'))
+    sd['multiple_choice_head.summary.weight'] = task_model.head.weight.detach().float().cpu().contiguous()
+    sd['multiple_choice_head.summary.bias'] = task_model.head.bias.detach().float().cpu().contiguous()
+    save_file(sd, os.path.join(path, 'model.safetensors'), metadata={'format': 'pt'})

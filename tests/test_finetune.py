@@ -105,6 +105,13 @@ def test_multiple_choice_head_matches_transformers_double_heads(tmp_path):
         want = theirs(ids, mc_token_ids=cls).mc_logits
         got, _ = model(ids.view(12, 24), cls.view(12), 3)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # and back: our model exported as a DoubleHeads directory gives transformers the same scores
+    hf.save_task_model(model, str(tmp_path / 'back'))
+    again = transformers.OpenAIGPTDoubleHeadsModel.from_pretrained(tmp_path / 'back').eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids, mc_token_ids=cls).mc_logits, want, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="no class for a classification head"):
+        hf.save_task_model(TaskModel(model.gpt, 'classification', 2), str(tmp_path / 'nope'))
 
 
 @pytest.fixture(scope='module')
