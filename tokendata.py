@@ -6,6 +6,7 @@ evaluation batches from the memmapped train.bin / val.bin that data/<dataset>/pr
 import hashlib
 import json
 import os
+import pickle
 
 import numpy as np
 import torch
@@ -32,6 +33,11 @@ def load_meta(data_dir, prepare=None):
     hash is checked, so the meta a checkpoint saves is all that decoding the run needs."""
     path = os.path.join(data_dir, 'meta.json')
     prepare = prepare or os.path.join(data_dir, 'prepare.py')
+    pkl = os.path.join(data_dir, 'meta.pkl')
+    if not os.path.exists(path) and os.path.exists(pkl):  # a nanoGPT character-level dataset: same uint16 bins
+        meta = read_meta_pkl(pkl)
+        print(f"note: {data_dir} is a nanoGPT dataset; read its meta.pkl as data ({meta['vocab_size']} characters)")
+        return meta
     for name in ('train.bin', 'val.bin', 'meta.json'):
         if not os.path.exists(os.path.join(data_dir, name)):
             raise UserError(f"{os.path.join(data_dir, name)} not found: run `python {prepare}` first")
@@ -62,6 +68,34 @@ def load_meta(data_dir, prepare=None):
                             f"(sha256 differs from meta.json's); re-run `python {prepare}`")
         meta['tokenizer_json'] = raw.decode('utf-8')
     return meta
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: dicts, lists, strings and numbers are pickle opcodes of their own,
+    while anything else (a class, a function such as os.system) needs find_class, which refuses."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, and only plain data is read")
+
+
+def read_meta_pkl(path):
+    """A nanoGPT dataset's meta.pkl ({'vocab_size', 'itos', 'stoi'} of a character-level dataset), read
+    without running any code, as our meta: tokenizer 'char' with the characters in id order."""
+    try:
+        with open(path, 'rb') as f:
+            raw = _DataOnlyUnpickler(f).load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, IndexError, KeyError, TypeError) as e:
+        raise UserError(f"cannot read {path} as nanoGPT's meta.pkl ({e})") from None
+    itos = raw.get('itos') if isinstance(raw, dict) else None
+    vocab_size = raw.get('vocab_size') if isinstance(raw, dict) else None
+    if not isinstance(itos, dict) or not isinstance(vocab_size, int) or sorted(itos) != list(range(vocab_size)):
+        raise UserError(f"{path} is not nanoGPT's meta.pkl: expected a dict with vocab_size and itos "
+                        f"(ids 0..vocab_size-1 to characters)")
+    chars = [itos[i] for i in range(vocab_size)]
+    if not all(isinstance(c, str) and len(c) == 1 for c in chars) or len(set(chars)) != vocab_size:
+        raise UserError(f"{path}: the vocabulary is not one distinct character per id, which the 'char' tokenizer needs")
+    return {'tokenizer': 'char', 'chars': ''.join(chars), 'vocab_size': vocab_size, 'dtype': 'uint16',
+            'source': f'nanoGPT {path}'}
 
 
 EOT = '<|endoftext|>'  # the end-of-text token of GPT-2's BPE and of the BPEs data/text/prepare.py trains

@@ -237,14 +237,14 @@ def main():
     args = parser.parse_args()
     # every mistake is one line, before any work is done
     if bool(args.input) == bool(args.dataset):
-        parser.error('pass either --input FILE_OR_FOLDER ... or --dataset NAME')
+        raise SystemExit('error: pass either --input FILE_OR_FOLDER ... or --dataset NAME')
     if args.tokenizer == 'bpe' and args.vocab_size < 257:
-        parser.error(f'--vocab_size={args.vocab_size} is too small: a byte-level BPE needs 256 byte tokens '
-                     f'and <|endoftext|>, so at least 257')
+        raise SystemExit(f'error: --vocab_size={args.vocab_size} is too small: a byte-level BPE needs the 256 byte '
+                         f'tokens and <|endoftext|>, so at least 257')
     if not 0 < args.val_fraction < 1:
-        parser.error('--val_fraction must be between 0 and 1')
+        raise SystemExit('error: --val_fraction must be between 0 and 1')
     if args.num_proc < 1:
-        parser.error('--num_proc must be at least 1')
+        raise SystemExit('error: --num_proc must be at least 1')
 
     corpus = Corpus(args)
     if len(corpus) == 0 or (corpus.total == 0):
