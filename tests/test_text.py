@@ -64,6 +64,24 @@ def test_prepare_bins_decode_to_the_corpus(tmp_path_factory, corpus, tokenizer):
         assert (ids == eot).sum() == 2  # only the separators: the text holds no other special token
 
 
+def test_prepare_reads_a_dataset(tmp_path):
+    """--dataset goes through datasets.load_dataset: here a local folder of JSON lines, as offline as a hub name."""
+    ds = tmp_path / 'ds'
+    ds.mkdir()
+    docs = ['hello world\nsecond line', '', 'another doc, <|endoftext|> as text']
+    (ds / 'part.jsonl').write_text(''.join(json.dumps({'body': d}) + '\n' for d in docs), encoding='utf-8')
+    out = tmp_path / 'out'
+    run(PREPARE, '--dataset', ds, '--text_column=body', '--tokenizer=gpt2', '--out_dir', out, '--num_proc=1',
+        env={'HF_DATASETS_CACHE': str(tmp_path / 'cache'), 'HF_DATASETS_OFFLINE': '1'})
+    import tokendata
+    meta, ids = meta_and_ids(out)
+    assert tokendata.get_tokenizer(meta)[1](ids.tolist()) == f'{docs[0]}{EOT}{docs[2]}{EOT}'
+    assert (ids == 50256).sum() == 2  # the separators only: the text's '<|endoftext|>' is plain text
+    p = run(PREPARE, '--dataset', ds, '--text_column=text', '--out_dir', out, check=False,
+            env={'HF_DATASETS_CACHE': str(tmp_path / 'cache'), 'HF_DATASETS_OFFLINE': '1'})
+    assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith("error: no column 'text'")
+
+
 def test_trained_bpe_round_trips_any_text(tmp_path_factory, corpus):
     import tokendata
     meta, _ = meta_and_ids(prepared(tmp_path_factory, corpus, 'bpe', '--vocab_size=600'))

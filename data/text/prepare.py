@@ -122,6 +122,8 @@ class Corpus:
     def pieces(self):
         """(piece, ends_document) over every document, each document cut by split_safely."""
         for doc in self:
+            if not doc:
+                continue  # an empty record is no document (and gets no <|endoftext|>)
             parts = split_safely(doc)
             for i, part in enumerate(parts):
                 yield part, i == len(parts) - 1
