@@ -302,6 +302,35 @@ def test_nanogpt_run_samples_resumes_and_exports(tmp_path, shakespeare_text, mon
     assert {int(s['step']) for s in after['optimizer']['state'].values()} == {5}  # nanoGPT's 3 steps, then 2
 
 
+def test_nanogpt_gpt2_run_keeps_to_the_real_vocabulary(tmp_path, monkeypatch):
+    """nanoGPT's GPT-2 runs have 50,304 rows for 50,257 ids and no meta.pkl: they import as GPT-2 BPE
+    with the pad rows kept but never sampled, even where a pad row has the highest logit."""
+    from bench_reference import RefGPT
+    import checkpoint
+    from generate import generate
+    model_args = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, bias=True, vocab_size=50304, dropout=0.0)
+    torch.manual_seed(0)
+    ref = RefGPT(types.SimpleNamespace(**model_args, gelu_approx='none', layer_norm_eps=1e-5, d_ff=64,
+                                       padded_vocab_size=50304))
+    x = torch.tensor([[464, 2068, 7586]])
+    with torch.no_grad():  # pad rows that win the argmax: 3 times the row of the real winner
+        top = int(ref(x, x)[0][0, -1].argmax())
+        ref.transformer.wte.weight[50257:] = 3 * ref.transformer.wte.weight[top]
+    optimizer = torch.optim.AdamW(ref.parameters())
+    out = tmp_path / 'out'
+    out.mkdir()
+    torch.save({'model': torch.compile(ref).state_dict(), 'optimizer': optimizer.state_dict(),
+                'model_args': model_args, 'iter_num': 0, 'best_val_loss': torch.tensor(1e9),
+                'config': {'dataset': 'openwebtext'}}, out / 'ckpt.pt')
+    monkeypatch.chdir(tmp_path)
+    model, meta, _ = checkpoint.load_model('resume', str(out), 'ckpt.pt')
+    assert meta['tokenizer'] == 'gpt2' and model.config.vocab_size == 50257
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], ref(x, x)[0], rtol=0, atol=1e-5)  # all 50,304 rows kept
+        assert int(ref(x, x)[0][0, -1].argmax()) >= 50257
+        assert int(generate(model, x, 5, temperature=0).max()) < 50257
+
+
 # ----------------------------------------------------------------------------- mistakes: one line each
 
 def one_line_error(p):
