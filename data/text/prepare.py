@@ -32,6 +32,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # data/: prepare_utils.py
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))  # the repo root: tokendata.py
 from prepare_utils import atomic_path, get_parser, token_dtype, write_splits  # noqa: E402
+from configurator import UserError  # noqa: E402
 from tokendata import EOT, get_tokenizer  # noqa: E402
 
 PIECE_CHARS = 1 << 16  # documents are encoded in pieces of about this many characters (HF tokenizers is
@@ -277,4 +278,7 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except UserError as e:  # from tokendata (e.g. tiktoken's files cannot be fetched): one line too
+        raise SystemExit(f"error: {e}") from None
