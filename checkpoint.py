@@ -10,8 +10,10 @@ torch.load(weights_only=True): a file from someone else cannot run code. Layout:
     optimizer     AdamW state dict;  scaler: GradScaler state dict (float16 runs)
     iter_num      the next iteration to run;  best_val_loss;  is_best: this state is best.pt's
     config        the resolved training config (plain values)
-    data_meta     the dataset's meta.json (tokenizer, vocabulary)
+    data_meta     the dataset's meta.json (tokenizer, vocabulary; a trained BPE's tokenizer.json in
+                  tokenizer_json): all that decoding the run's tokens needs
     rng           torch CPU/CUDA, numpy and python RNG states
+A karpathy/nanoGPT ckpt.pt is converted to this layout as it loads (import_nanogpt; imported_from='nanoGPT').
 """
 
 import os

@@ -390,6 +390,18 @@ def test_load_and_sample_mistakes(tmp_path_factory, tmp_path, corpus, shakespear
     with pytest.raises(UserError, match='only plain data'):
         tokendata.read_meta_pkl(str(evil / 'meta.pkl'))
     assert not (tmp_path / 'pwned').exists()
+    # export refuses a model transformers' GPT-2/GPT-1 classes cannot express, and writes nothing
+    import checkpoint
+    from model import GPT, GPTConfig
+    post_norm = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=5, post_norm=True,
+                              gelu_approx='none'))
+    (tmp_path / 'odd').mkdir()
+    torch.save(dict(format=checkpoint.CHECKPOINT_FORMAT, model=post_norm.state_dict(), iter_num=1,
+                    best_val_loss=1.0, model_args=vars(post_norm.config), config={},
+                    data_meta={'tokenizer': 'char', 'chars': 'abcde', 'vocab_size': 5}), tmp_path / 'odd' / 'ckpt.pt')
+    p = run('export.py', f'--out_dir={tmp_path / "odd"}', f'--hf_dir={tmp_path / "odd-hf"}', check=False)
+    assert 'cannot export this model' in one_line_error(p) and not (tmp_path / 'odd-hf').exists()
+    assert not list(tmp_path.glob('*export-tmp*'))
     # export refuses to overwrite a directory
     (tmp_path / 'taken').mkdir()
     (tmp_path / 'taken' / 'x').write_text('keep')
