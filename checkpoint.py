@@ -140,6 +140,10 @@ def load_checkpoint(path, map_location='cpu'):
 # ---------------------------------------------------------------------- nanoGPT runs
 
 NANOGPT_KEYS = {'model_args', 'model', 'optimizer', 'iter_num', 'best_val_loss', 'config'}
+# settings of the machine and the session, not of the run: a resume takes the rest of nanoGPT's config
+# (batch, schedule, data, model) as its own, but runs these as this machine's defaults or flags say
+NANOGPT_MACHINE_KEYS = {'device', 'dtype', 'compile', 'backend', 'out_dir', 'init_from', 'eval_only',
+                        'wandb_log', 'wandb_project', 'wandb_run_name'}
 
 
 def nanogpt_data_meta(path, config, vocab_size):
@@ -186,7 +190,9 @@ def import_nanogpt(raw, path):
               file=sys.stderr, flush=True)
     return dict(format=CHECKPOINT_FORMAT, imported_from='nanoGPT', model_args=model_args, model=model_sd,
                 optimizer=raw['optimizer'], scaler=None, iter_num=int(raw['iter_num']),
-                best_val_loss=float(best), config=dict(raw['config']), data_meta=data_meta,
+                best_val_loss=float(best), data_meta=data_meta,
+                config={k: v for k, v in raw['config'].items() if k not in NANOGPT_MACHINE_KEYS},
+                nanogpt_config=dict(raw['config']),
                 # nanoGPT keeps no RNG state; the present one makes restoring it change nothing (batches and
                 # dropout are seeded per step here anyway)
                 rng=rng_state())
@@ -343,11 +349,18 @@ def gather_full_state(model, optimizer):
     return model_sd, {'state': {index[name]: s for name, s in optim_sd['state'].items()}, 'param_groups': groups}
 
 
+ADAMW_KERNEL_KEYS = ('fused', 'foreach', 'capturable', 'differentiable')
+
+
 def load_optimizer_state(model, optimizer, state):
     """Load an optimizer state dict as saved by train.py (single-process layout) into `optimizer`,
     which may be over FSDP-sharded parameters (then every rank calls this with the full dict and
-    keeps its own shard)."""
+    keeps its own shard). The kernel choice (fused, foreach, ...) stays the loading optimizer's: it belongs
+    to this machine, not to the run (a nanoGPT run's non-fused AdamW resumes in train.py's fused one)."""
     from torch.distributed.tensor import DTensor
+    state = {**state, 'param_groups': [{**saved, **{k: own[k] for k in ADAMW_KERNEL_KEYS if k in own}}
+                                       for saved, own in zip(state['param_groups'], optimizer.param_groups)]
+             + state['param_groups'][len(optimizer.param_groups):]}  # (a count mismatch is still reported)
     if not any(isinstance(p, DTensor) for p in model.parameters()):
         optimizer.load_state_dict(state)
         return

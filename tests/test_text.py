@@ -373,7 +373,7 @@ def test_load_and_sample_mistakes(tmp_path_factory, tmp_path, corpus, shakespear
         (tmp_path_factory.getbasetemp() / 'text-bpe' / 'tokenizer.json').read_bytes())
     ids = np.fromfile(d / 'train.bin', dtype=np.uint16)
     ids[:len(ids) // 2 * 2 - 1].tofile(d / 'train.bin')  # an odd number of uint16 ids: 2 bytes over a uint32
-    with pytest.raises(UserError, match='not a whole number of uint32'):
+    with pytest.raises(UserError, match='uint32 tokens meta.json describes'):
         tokendata.TokenData(str(d), 8, 2, 'cpu')
     # a nanoGPT run whose meta.pkl is nowhere to be found: sampling says where it looked
     nanogpt_run(tmp_path / 'nano', shakespeare_text.read_text(encoding='utf-8')[:5_000], iters=1)
