@@ -24,17 +24,19 @@ import configurator
 import hf
 from checkpoint import load_model
 from configurator import UserError
-from tokendata import EOT, get_tokenizer
+import tokendata
+from tokendata import get_tokenizer
 
 # -----------------------------------------------------------------------------
-# config: overridden by a config file, then by --key=value
+# config: overridden by a config file, then by --key=value (module-level strings and numbers are config keys,
+# so constants are used through their module: tokendata.EOT)
 init_from = 'resume'        # 'resume' (a run in out_dir, ours or nanoGPT's), a hub name or an HF dir
 out_dir = 'out'             # the training run to export
 ckpt_name = 'best.pt'       # 'best.pt' (lowest val loss) or 'ckpt.pt' (latest); falls back to ckpt.pt
 hf_dir = ''                 # the directory to write (required)
 overwrite = False           # replace hf_dir if it exists
 temperature = 0.8           # sampling defaults written to generation_config.json (sample.py's)
-top_k = 200
+top_k = 200                 # sampling default written to generation_config.json
 # -----------------------------------------------------------------------------
 config = configurator.configure(globals(), verbose=False)
 
@@ -69,7 +71,7 @@ def gpt2_vocab_and_merges():
             parts[i:i + 2] = [parts[i] + parts[i + 1]]
 
     vocab = {text(b): i for b, i in ranks.items()}
-    vocab[EOT] = enc.eot_token
+    vocab[tokendata.EOT] = enc.eot_token
     merges = []
     for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
         if len(token) > 1:
@@ -82,7 +84,7 @@ def hf_tokenizer(meta, block_size, out):
     """The run's tokenizer as a transformers tokenizer object (GPT-2's vocab.json and merges.txt are
     written to `out`, as its source and for tools that read those files)."""
     from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerFast
-    kind = meta.get('tokenizer')
+    kind, eot = meta.get('tokenizer'), tokendata.EOT
     common = dict(model_max_length=block_size, clean_up_tokenization_spaces=False)
     if kind == 'gpt2':
         vocab, merges = gpt2_vocab_and_merges()
@@ -91,11 +93,11 @@ def hf_tokenizer(meta, block_size, out):
         with open(os.path.join(out, 'merges.txt'), 'w', encoding='utf-8') as f:
             f.write('#version: 0.2\n' + '\n'.join(merges) + '\n')
         return GPT2TokenizerFast(os.path.join(out, 'vocab.json'), os.path.join(out, 'merges.txt'),
-                                 bos_token=EOT, eos_token=EOT, unk_token=EOT, add_prefix_space=False, **common)
+                                 bos_token=eot, eos_token=eot, unk_token=eot, add_prefix_space=False, **common)
     from tokenizers import Tokenizer, decoders, models
     if kind == 'bpe':
         return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(meta['tokenizer_json']),
-                                       bos_token=EOT, eos_token=EOT, **common)
+                                       bos_token=eot, eos_token=eot, **common)
     if kind == 'char':
         # a BPE with no merges over the characters: each character is looked up as one token, in our
         # ids; Fuse joins decoded tokens with nothing between them
