@@ -10,14 +10,17 @@ torch.load(weights_only=True): a file from someone else cannot run code. Layout:
     optimizer     AdamW state dict;  scaler: GradScaler state dict (float16 runs)
     iter_num      the next iteration to run;  best_val_loss;  is_best: this state is best.pt's
     config        the resolved training config (plain values)
-    data_meta     the dataset's meta.json (tokenizer, vocabulary)
+    data_meta     the dataset's meta.json (tokenizer, vocabulary; a trained BPE's tokenizer.json in
+                  tokenizer_json): all that decoding the run's tokens needs
     rng           torch CPU/CUDA, numpy and python RNG states
+A karpathy/nanoGPT ckpt.pt is converted to this layout as it loads (import_nanogpt; imported_from='nanoGPT').
 """
 
 import os
 import random
 import re
 import shutil
+import sys
 import tempfile
 import warnings
 from dataclasses import fields
@@ -28,6 +31,7 @@ import torch
 import hf
 from configurator import UserError
 from model import GPT, GPTConfig
+from tokendata import ROOT, read_meta_pkl
 
 CHECKPOINT_FORMAT = 'gpt-checkpoint/1'
 
@@ -122,6 +126,8 @@ def load_checkpoint(path, map_location='cpu'):
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is truncated or corrupt ({first}); "
                         f"use an earlier checkpoint (e.g. best.pt) or start again") from None
+    if isinstance(ckpt, dict) and 'format' not in ckpt and NANOGPT_KEYS <= set(ckpt):
+        ckpt = import_nanogpt(ckpt, path)
     if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a checkpoint written by this repository's train.py "
                         f"(for Hugging Face weights use --init_from=<hf dir or hub name>)")
@@ -129,6 +135,67 @@ def load_checkpoint(path, map_location='cpu'):
     if missing:
         raise UserError(f"{path} is incomplete (no {', '.join(missing)}); use an earlier checkpoint or start again")
     return ckpt
+
+
+# ---------------------------------------------------------------------- nanoGPT runs
+
+NANOGPT_KEYS = {'model_args', 'model', 'optimizer', 'iter_num', 'best_val_loss', 'config'}
+# settings of the machine and the session, not of the run: a resume takes the rest of nanoGPT's config
+# (batch, schedule, data, model) as its own, but runs these as this machine's defaults or flags say
+NANOGPT_MACHINE_KEYS = {'device', 'dtype', 'compile', 'backend', 'out_dir', 'init_from', 'eval_only',
+                        'wandb_log', 'wandb_project', 'wandb_run_name'}
+
+
+def nanogpt_data_meta(path, config, vocab_size):
+    """The tokenizer of a nanoGPT run, found as nanoGPT's sample.py finds it: the dataset's meta.pkl
+    (character-level), else GPT-2's BPE. Also looks beside the checkpoint, where a user can copy it."""
+    dataset = str(config.get('dataset', ''))
+    candidates = [os.path.join(os.path.dirname(os.path.abspath(path)), 'meta.pkl')]
+    if dataset:
+        candidates += [os.path.join('data', dataset, 'meta.pkl'), os.path.join(ROOT, 'data', dataset, 'meta.pkl')]
+    found = next((p for p in candidates if os.path.isfile(p)), None)
+    if found:
+        return read_meta_pkl(found), f"characters from {found}"
+    if vocab_size >= 50257:  # nanoGPT's GPT-2 runs: 50257 ids padded to 50304
+        return {'tokenizer': 'gpt2', 'vocab_size': 50257}, "GPT-2 BPE (no meta.pkl, as nanoGPT assumes)"
+    where = ' or '.join(dict.fromkeys(candidates))
+    return {'tokenizer': None, 'missing': f"the nanoGPT run {path} has {vocab_size} token ids but no meta.pkl to decode "
+                                          f"them (looked in {where}): copy its dataset's meta.pkl beside the checkpoint"}, \
+        "none found (sampling needs its meta.pkl)"
+
+
+def import_nanogpt(raw, path):
+    """A karpathy/nanoGPT ckpt.pt (loaded weights-only: it is dicts, tensors and numbers) as our checkpoint.
+
+    nanoGPT's model is ours with exact GELU, LayerNorm eps 1e-5 and the same parameter names and order
+    (so its AdamW state, two groups by dimension, loads as it is); it saves the torch.compile wrapper's
+    names ('_orig_mod.'), no RNG state and best_val_loss as a tensor. Its GPT-2 runs pad 50257 ids to 50304
+    rows: we keep vocab_size at the tokenizer's 50257 and pad the rows, so sampling never picks a pad row."""
+    args = raw['model_args']
+    data_meta, tokenizer_note = nanogpt_data_meta(path, raw['config'], args['vocab_size'])
+    rows = args['vocab_size']
+    vocab = data_meta.get('vocab_size', rows)
+    pad = next((m for m in (1, 64, rows) if vocab <= rows and -(-vocab // m) * m == rows), None)
+    if pad is None:
+        raise UserError(f"the nanoGPT run {path} has {rows} embedding rows, fewer than its tokenizer's {vocab} ids")
+    model_args = dict(n_layer=args['n_layer'], n_head=args['n_head'], n_embd=args['n_embd'],
+                      block_size=args['block_size'], bias=args['bias'], vocab_size=vocab, pad_vocab_multiple=pad,
+                      dropout=args.get('dropout', 0.0), gelu_approx='none', layer_norm_eps=1e-5, post_norm=False)
+    # the causal-mask buffer nanoGPT registers when flash attention is missing (torch < 2) is not a weight
+    model_sd = {k: v for k, v in strip_wrappers(raw['model']).items() if not k.endswith('.attn.bias')}
+    best = raw['best_val_loss']
+    if int(os.environ.get('RANK', '0') or 0) == 0:
+        print(f"note: {path} is a nanoGPT checkpoint (iteration {raw['iter_num']}); imported it: "
+              f"exact GELU, tokenizer {tokenizer_note}. The next save writes this repository's format.",
+              file=sys.stderr, flush=True)
+    return dict(format=CHECKPOINT_FORMAT, imported_from='nanoGPT', model_args=model_args, model=model_sd,
+                optimizer=raw['optimizer'], scaler=None, iter_num=int(raw['iter_num']),
+                best_val_loss=float(best), data_meta=data_meta,
+                config={k: v for k, v in raw['config'].items() if k not in NANOGPT_MACHINE_KEYS},
+                nanogpt_config=dict(raw['config']),
+                # nanoGPT keeps no RNG state; the present one makes restoring it change nothing (batches and
+                # dropout are seeded per step here anyway)
+                rng=rng_state())
 
 
 def strip_wrappers(state_dict):
@@ -289,11 +356,18 @@ def gather_full_state(model, optimizer):
     return model_sd, {'state': {index[name]: s for name, s in optim_sd['state'].items()}, 'param_groups': groups}
 
 
+ADAMW_KERNEL_KEYS = ('fused', 'foreach', 'capturable', 'differentiable')
+
+
 def load_optimizer_state(model, optimizer, state):
     """Load an optimizer state dict as saved by train.py (single-process layout) into `optimizer`,
     which may be over FSDP-sharded parameters (then every rank calls this with the full dict and
-    keeps its own shard)."""
+    keeps its own shard). The kernel choice (fused, foreach, ...) stays the loading optimizer's: it belongs
+    to this machine, not to the run (a nanoGPT run's non-fused AdamW resumes in train.py's fused one)."""
     from torch.distributed.tensor import DTensor
+    state = {**state, 'param_groups': [{**saved, **{k: own[k] for k in ADAMW_KERNEL_KEYS if k in own}}
+                                       for saved, own in zip(state['param_groups'], optimizer.param_groups)]
+             + state['param_groups'][len(optimizer.param_groups):]}  # (a count mismatch is still reported)
     if not any(isinstance(p, DTensor) for p in model.parameters()):
         optimizer.load_state_dict(state)
         return

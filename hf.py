@@ -116,8 +116,10 @@ def from_pretrained(name_or_path, **overrides):
                          f"{config.block_size} positions")
     return model
 
-def save_pretrained(model, path):
+def save_pretrained(model, path, eos_token_id='gpt2'):
     """Write a transformers directory (config.json + model.safetensors).
+    eos_token_id: the end-of-text id written as bos/eos in config.json: 'gpt2' for GPT-2's 50256
+    when the vocabulary has it, else an id or None (export.py passes its tokenizer's).
 
     Pre-norm models are written as GPT2LMHeadModel, post-norm ones as OpenAIGPTLMHeadModel.
     Padded vocabulary rows are dropped. bias=False models are written with zero biases in every
@@ -147,7 +149,7 @@ def save_pretrained(model, path):
     else:
         # <|endoftext|> (50256) of the GPT-2 tokenizer; for other vocabularies it would be out of
         # range, which transformers warns about, so leave it unset
-        eot = 50256 if c.vocab_size > 50256 else None
+        eot = (50256 if c.vocab_size > 50256 else None) if eos_token_id == 'gpt2' else eos_token_id
         act = 'gelu_new' if c.gelu_approx == 'tanh' else 'gelu'  # HF's names for tanh / exact GELU
         hf = dict(model_type='gpt2', architectures=['GPT2LMHeadModel'], activation_function=act,
                   n_inner=c.n_inner or None, bos_token_id=eot, eos_token_id=eot, **common)

@@ -5,6 +5,7 @@ $ python sample.py --out_dir=out-shakespeare-char          # a training run's be
 $ python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=1
 $ python sample.py --init_from=path/to/hf_dir --start=FILE:prompt.txt --top_p=0.9
 $ python sample.py --out_dir=out --num_beams=4 --length_penalty=0.8 --num_samples=1
+$ python sample.py --out_dir=../nanoGPT/out-shakespeare-char    # a nanoGPT run, imported as it is (checkpoint.py)
 
 A single sample streams to stdout as it is generated; tokens/s is printed to stderr at the end.
 """

@@ -6,6 +6,7 @@ evaluation batches from the memmapped train.bin / val.bin that data/<dataset>/pr
 import hashlib
 import json
 import os
+import pickle
 
 import numpy as np
 import torch
@@ -27,9 +28,16 @@ def dataset_dir(dataset, data_dir=''):
 
 def load_meta(data_dir, prepare=None):
     """meta.json written by data/<name>/prepare.py, checked for the fields we rely on.
-    prepare: the script (and arguments) that makes them, for error messages (default: data_dir/prepare.py)."""
+    prepare: the script (and arguments) that makes them, for error messages (default: data_dir/prepare.py).
+    A trained BPE's tokenizer.json (beside the bins) is read into meta['tokenizer_json'] after its
+    hash is checked, so the meta a checkpoint saves is all that decoding the run needs."""
     path = os.path.join(data_dir, 'meta.json')
     prepare = prepare or os.path.join(data_dir, 'prepare.py')
+    pkl = os.path.join(data_dir, 'meta.pkl')
+    if not os.path.exists(path) and os.path.exists(pkl):  # a nanoGPT character-level dataset: same uint16 bins
+        meta = read_meta_pkl(pkl)
+        print(f"note: {data_dir} is a nanoGPT dataset; read its meta.pkl as data ({meta['vocab_size']} characters)")
+        return meta
     for name in ('train.bin', 'val.bin', 'meta.json'):
         if not os.path.exists(os.path.join(data_dir, name)):
             raise UserError(f"{os.path.join(data_dir, name)} not found: run `python {prepare}` first")
@@ -47,12 +55,59 @@ def load_meta(data_dir, prepare=None):
     if type(vocab) is not int or vocab < 1 or meta['dtype'] not in TOKEN_DTYPES or vocab > TOKEN_DTYPES[meta['dtype']]:
         raise UserError(f"{path} has vocab_size {vocab!r} with dtype {meta['dtype']!r} (expected a positive vocab_size "
                         f"that fits one of {', '.join(TOKEN_DTYPES)}); re-run `python {prepare}`")
+    if meta['tokenizer'] == 'bpe' and 'tokenizer_json' not in meta:
+        tok_path = os.path.join(data_dir, meta.get('tokenizer_file', 'tokenizer.json'))
+        try:
+            with open(tok_path, 'rb') as f:
+                raw = f.read()
+        except OSError as e:
+            raise UserError(f"cannot read the dataset's tokenizer {tok_path} ({e.strerror}); "
+                            f"re-run `python {prepare}`") from None
+        if hashlib.sha256(raw).hexdigest() != meta.get('tokenizer_sha256'):
+            raise UserError(f"{tok_path} is not the tokenizer the bins in {data_dir} were made with "
+                            f"(sha256 differs from meta.json's); re-run `python {prepare}`")
+        meta['tokenizer_json'] = raw.decode('utf-8')
     return meta
 
 
-def get_tokenizer(meta):
-    """(encode, decode, eot_id) for a dataset's metadata: its own character vocabulary, or GPT-2 BPE."""
-    if meta.get('tokenizer') == 'char':
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: dicts, lists, strings and numbers are pickle opcodes of their own,
+    while anything else (a class, a function such as os.system) needs find_class, which refuses."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, and only plain data is read")
+
+
+def read_meta_pkl(path):
+    """A nanoGPT dataset's meta.pkl ({'vocab_size', 'itos', 'stoi'} of a character-level dataset), read
+    without running any code, as our meta: tokenizer 'char' with the characters in id order."""
+    try:
+        with open(path, 'rb') as f:
+            raw = _DataOnlyUnpickler(f).load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, IndexError, KeyError, TypeError) as e:
+        raise UserError(f"cannot read {path} as nanoGPT's meta.pkl ({e})") from None
+    itos = raw.get('itos') if isinstance(raw, dict) else None
+    vocab_size = raw.get('vocab_size') if isinstance(raw, dict) else None
+    if not isinstance(itos, dict) or not isinstance(vocab_size, int) or sorted(itos) != list(range(vocab_size)):
+        raise UserError(f"{path} is not nanoGPT's meta.pkl: expected a dict with vocab_size and itos "
+                        f"(ids 0..vocab_size-1 to characters)")
+    chars = [itos[i] for i in range(vocab_size)]
+    if not all(isinstance(c, str) and len(c) == 1 for c in chars) or len(set(chars)) != vocab_size:
+        raise UserError(f"{path}: the vocabulary is not one distinct character per id, which the 'char' tokenizer needs")
+    return {'tokenizer': 'char', 'chars': ''.join(chars), 'vocab_size': vocab_size, 'dtype': 'uint16',
+            'source': f'nanoGPT {path}'}
+
+
+EOT = '<|endoftext|>'  # the end-of-text token of GPT-2's BPE and of the BPEs data/text/prepare.py trains
+
+
+def get_tokenizer(meta, ordinary=False):
+    """(encode, decode, eot_id) for a dataset's (or a checkpoint's data_meta) tokenizer: 'char' (its own
+    character list), 'bpe' (a byte-level BPE trained by data/text/prepare.py, held in meta), 'gpt2'
+    (tiktoken) or 'hf' (a transformers tokenizer by name or directory). eot_id is None without one.
+    ordinary: special-token strings in the text are plain text (for corpora), not the token itself."""
+    kind = (meta or {}).get('tokenizer')
+    if kind == 'char':
         chars = meta['chars']
         stoi = {c: i for i, c in enumerate(chars)}
 
@@ -62,13 +117,34 @@ def get_tokenizer(meta):
                 raise UserError(f"characters not in the dataset's vocabulary: {''.join(bad)!r}")
             return [stoi[c] for c in s]
         return encode, lambda ids: ''.join(chars[i] for i in ids), None
-    if meta.get('tokenizer') == 'hf':  # a transformers tokenizer (GPT-1, or shipped with an HF directory)
+    if kind == 'bpe':
+        if 'tokenizer_json' not in meta:
+            raise UserError("this run's BPE tokenizer is missing (no tokenizer_json in its metadata); "
+                            "it was saved by an older version: re-prepare the data and retrain")
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_str(meta['tokenizer_json'])
+        tok.encode_special_tokens = ordinary  # True: '<|endoftext|>' in the text is encoded as plain text
+        return (lambda s: tok.encode(s, add_special_tokens=False).ids,
+                lambda ids: tok.decode(ids, skip_special_tokens=False), tok.token_to_id(EOT))
+    if kind == 'hf':  # a transformers tokenizer (GPT-1, or shipped with an HF directory)
         from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(meta['name'])
+        try:
+            tok = AutoTokenizer.from_pretrained(meta['name'])
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load the tokenizer {meta['name']!r} ({str(e).splitlines()[0][:200]})") from None
         return (lambda s: tok.encode(s, add_special_tokens=False), tok.decode, tok.eos_token_id)
-    import tiktoken
-    enc = tiktoken.get_encoding('gpt2')
-    return (lambda s: enc.encode(s, allowed_special={'<|endoftext|>'}), enc.decode, enc.eot_token)
+    if kind == 'gpt2':
+        import tiktoken
+        try:
+            enc = tiktoken.get_encoding('gpt2')
+        except Exception as e:  # its files are downloaded once (requests' errors, or a bad cache)
+            raise UserError(f"cannot load tiktoken's GPT-2 BPE ({str(e).splitlines()[0][:200]}); connect once to "
+                            f"download it, or set TIKTOKEN_CACHE_DIR to a folder holding its files") from None
+        if ordinary:
+            return enc.encode_ordinary, enc.decode, enc.eot_token
+        return (lambda s: enc.encode(s, allowed_special={EOT}), enc.decode, enc.eot_token)
+    raise UserError((meta or {}).get('missing') or f"no tokenizer to decode this model's tokens "
+                    f"(tokenizer {kind!r}); it was trained on data whose metadata was not saved")
 
 
 # ---------------------------------------------------------------------- token data

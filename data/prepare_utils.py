@@ -120,11 +120,16 @@ def write_splits(out_dir, splits, vocab_size, **meta):
     """Write each split's ids ({'train': ids, 'val': ids}) to <name>.bin in the dtype the vocabulary
     needs, then meta.json with the tokenizer fields in meta, the dtype and the token counts."""
     dtype = token_dtype(vocab_size)
-    splits = {name: np.asarray(ids, dtype=np.int64) for name, ids in splits.items()}  # (no cast that could wrap)
+    # lists become int64 arrays (no cast that could wrap); arrays, e.g. a memmap of a corpus larger than
+    # memory, are checked a chunk at a time, in their own dtype
+    splits = {name: ids if isinstance(ids, np.ndarray) else np.asarray(ids, dtype=np.int64)
+              for name, ids in splits.items()}
     for name, ids in splits.items():
-        if len(ids) and (ids.min() < 0 or ids.max() >= vocab_size):
-            raise ValueError(f"{name} holds token id {int(ids.max()) if ids.max() >= vocab_size else int(ids.min())}, "
-                             f"outside the vocabulary [0, {vocab_size})")
+        for i in range(0, len(ids), 1 << 24):
+            chunk = ids[i:i + (1 << 24)]
+            if chunk.min() < 0 or chunk.max() >= vocab_size:
+                bad = int(chunk.max()) if chunk.max() >= vocab_size else int(chunk.min())
+                raise ValueError(f"{name} holds token id {bad}, outside the vocabulary [0, {vocab_size})")
     counts = {f"{name}_tokens": len(ids) for name, ids in splits.items()}
     print(", ".join(f"{name} has {len(ids):,} tokens" for name, ids in splits.items()))
     for name, ids in splits.items():
