@@ -30,7 +30,7 @@ HELLASWAG = [  # the official field names; WikiHow-style brackets and double spa
          'in a large kitchen presenting them.', ctx_b='the pans', split='val', split_type='indomain',
          endings=['contain egg yolks and baking soda.', 'are then sprinkled with brown sugar.',
                   'are placed in a strainer on the counter.', 'are filled with pastries and loaded into the oven.'],
-         label='3', source_id='activitynet~v_-2dxp-mv2zo'),
+         label=3, source_id='activitynet~v_-2dxp-mv2zo'),
     dict(ind=7, activity_label='Home and Garden', ctx_a='[header] How to keep a tidy garden [title] Pull weeds '
          'every week. [step] Weeds  grow fast.', ctx_b='', split='val', split_type='zeroshot',
          endings=['[substeps] Use gloves [title] Wear them.', 'Water the plants at noon [step] every day.',
@@ -311,3 +311,69 @@ def test_errors(tmp_path, monkeypatch, hf_dir, char_ckpt, hellaswag_file):
     assert_error(*run_inprocess('eval.py', *base, '--tasks=perplexity', '--perplexity_data=no_such_thing')[::2],
                  'neither a text file')
     assert_error(*run_inprocess('eval.py', *base, '--tasks=mc,hellaswag', f'--data={bad_mc}')[::2], '--data is for one task')
+
+
+# ----------------------------------------------------------------------------- lm-evaluation-harness itself
+
+HARNESS_TASKS = {  # the harness's hellaswag and lambada_openai definitions, reading our local files
+    'hellaswag_local.yaml': """task: hellaswag_local
+dataset_path: json
+dataset_kwargs: {{data_files: {{validation: {hellaswag}}}}}
+output_type: multiple_choice
+validation_split: validation
+process_docs: !function hellaswag_utils.process_docs
+doc_to_text: "{{{{query}}}}"
+doc_to_target: "{{{{label}}}}"
+doc_to_choice: "choices"
+metric_list: [{{metric: acc, aggregation: mean, higher_is_better: true}},
+              {{metric: acc_norm, aggregation: mean, higher_is_better: true}}]
+""",
+    'lambada_local.yaml': """task: lambada_local
+dataset_path: json
+dataset_kwargs: {{data_files: {{test: {lambada}}}}}
+output_type: loglikelihood
+test_split: test
+doc_to_text: "{{{{text.split(' ')[:-1]|join(' ')}}}}"
+doc_to_target: "{{{{' '+text.split(' ')[-1]}}}}"
+metric_list: [{{metric: perplexity, aggregation: perplexity, higher_is_better: false}},
+              {{metric: acc, aggregation: mean, higher_is_better: true}}]
+""",
+    'hellaswag_utils.py': "from lm_eval.tasks.hellaswag.utils import process_docs  # the harness's own clean-up\n",
+}
+
+
+@pytest.mark.skipif(not os.environ.get('LM_EVAL_PYTHON'), reason='set LM_EVAL_PYTHON to a python with lm_eval installed')
+def test_agrees_with_lm_eval_harness(tmp_path, hf_dir, hf_tok, hellaswag_file, lambada_file):
+    """lm-evaluation-harness (`lm_eval --model hf`) on the same model directory and files: every log-likelihood
+    within 1e-4 and the same metrics. It tokenizes with transformers, eval.py with tiktoken.
+    LM_EVAL_PYTHON=/path/to/venv/bin/python pytest tests/test_eval.py -k harness"""
+    from checkpoint import load_model
+    from tasks import load_tasks, score
+    include = tmp_path / 'harness_tasks'
+    include.mkdir()
+    for name, text in HARNESS_TASKS.items():
+        (include / name).write_text(text.format(hellaswag=hellaswag_file, lambada=lambada_file))
+    hf_tok.save_pretrained(tmp_path / 'tokenizer')
+    p = subprocess.run([os.environ['LM_EVAL_PYTHON'], '-m', 'lm_eval', '--model', 'hf', '--model_args',
+                        f'pretrained={hf_dir},tokenizer={tmp_path / "tokenizer"},dtype=float32',
+                        '--tasks', 'hellaswag_local,lambada_local', '--include_path', str(include), '--device', 'cpu',
+                        '--batch_size', '4', '--output_path', str(tmp_path / 'harness'), '--log_samples'],
+                       env={**os.environ, 'HF_DATASETS_OFFLINE': '1', 'HF_HUB_OFFLINE': '1'}, capture_output=True,
+                       text=True, timeout=600, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    harness = json.loads(next((tmp_path / 'harness').rglob('results_*.json')).read_text())['results']
+    samples = {task: sorted(map(json.loads, next((tmp_path / 'harness').rglob(f'samples_{task}_*.jsonl'))
+                                .read_text().splitlines()), key=lambda s: s['doc_id'])
+               for task in ('hellaswag_local', 'lambada_local')}
+    model, meta, _ = load_model(str(hf_dir))
+    ours = eval_json(tmp_path, f'--init_from={hf_dir}', '--tasks=hellaswag,lambada', f'--hellaswag_data={hellaswag_file}',
+                     f'--lambada_data={lambada_file}')
+    for ours_name, theirs in (('hellaswag', 'hellaswag_local'), ('lambada', 'lambada_local')):
+        task, = load_tasks([ours_name], meta, model.config.block_size, data={ours_name: str({
+            'hellaswag': hellaswag_file, 'lambada': lambada_file}[ours_name])})
+        ll = score(model, task.requests)[:, 0]
+        their_ll = [float(r[0]) for s in samples[theirs] for r in s['filtered_resps']]
+        torch.testing.assert_close(ll, torch.tensor(their_ll, dtype=torch.float64), rtol=0, atol=1e-4)
+        for metric in ('acc', 'acc_norm') if ours_name == 'hellaswag' else ('acc', 'perplexity'):
+            key = 'ppl' if metric == 'perplexity' else metric
+            assert ours[ours_name][key] == pytest.approx(harness[theirs][f'{metric},none'], rel=1e-5), (ours_name, metric)
