@@ -331,13 +331,18 @@ def score(model, requests, batch_size=8, device='cpu', ctx=nullcontext(), progre
         idx, targets = idx.to(device), targets.to(device)
         with ctx:
             logits = model(idx)[0]
-        logits = logits[..., :V].float()
+        # only the continuation positions: the softmax over 50k logits at every position would cost more
+        # than a small model's forward pass
         mask = targets >= 0
-        logp = -F.cross_entropy(logits.reshape(-1, V), targets.view(-1), ignore_index=-1,
-                                reduction='none').view(targets.shape)
-        greedy = (logits.argmax(-1) == targets) | ~mask
+        logits, y = logits[mask][:, :V].float(), targets[mask]
+        logp = -F.cross_entropy(logits, y, reduction='none').double()
+        greedy = (logits.argmax(-1) == y).double()
         if b < len(mine):
-            rows = torch.stack([logp.double().sum(1), mask.sum(1).double(), greedy.all(1).double()], 1)
+            row = torch.arange(len(batch), device=mask.device).repeat_interleave(mask.sum(1))  # each position's row
+            rows = torch.zeros(len(batch), 3, dtype=torch.float64, device=mask.device)
+            rows[:, 0].index_add_(0, row, logp)
+            rows[:, 1] = mask.sum(1)
+            rows[:, 2] = torch.zeros(len(batch), dtype=torch.float64, device=mask.device).index_add_(0, row, greedy) == rows[:, 1]
             results[batch] = rows.cpu()
         if bar is not None:
             bar.update(1)

@@ -377,3 +377,14 @@ def test_agrees_with_lm_eval_harness(tmp_path, hf_dir, hf_tok, hellaswag_file, l
         for metric in ('acc', 'acc_norm') if ours_name == 'hellaswag' else ('acc', 'perplexity'):
             key = 'ppl' if metric == 'perplexity' else metric
             assert ours[ours_name][key] == pytest.approx(harness[theirs][f'{metric},none'], rel=1e-5), (ours_name, metric)
+
+
+def test_bench_eval_mode(hellaswag_file):
+    """bench.py --mode=eval times tasks.score against a plain transformers loop, and both pick the same choices."""
+    from conftest import run
+    out = run('bench.py', '--mode=eval', '--model=gpt2', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=64',
+              f'--eval_data={hellaswag_file}', '--iters=1', '--device=cpu', '--threads=1').stdout
+    assert '5 HellaSwag examples (20 sequences' in out, out
+    assert 'same picks: 100.0% (sum), 100.0% (per token)' in out, out
+    for variant in ('hf', 'ours'):
+        assert any(line.startswith(variant + ' ') for line in out.splitlines()), out
