@@ -70,7 +70,7 @@ def fetch(task, path=''):
     dest = os.path.join(CACHE_DIR, os.path.basename(url))
     if os.path.isfile(dest):
         return dest
-    where = f"download {url} to {dest} (or pass --data=path/to/file)"
+    where = f"download {url} to {dest} (or pass --{task}_data=path/to/file)"
     if os.environ.get('HF_HUB_OFFLINE') == '1' or os.environ.get('HF_DATASETS_OFFLINE') == '1':
         raise UserError(f"{task} data not found and offline mode is on: {where}")
     print(f"downloading {url} to {dest}")
