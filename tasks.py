@@ -338,12 +338,11 @@ def score(model, requests, batch_size=8, device='cpu', ctx=nullcontext(), progre
         logp = -F.cross_entropy(logits, y, reduction='none').double()
         greedy = (logits.argmax(-1) == y).double()
         if b < len(mine):
-            row = torch.arange(len(batch), device=mask.device).repeat_interleave(mask.sum(1))  # each position's row
-            rows = torch.zeros(len(batch), 3, dtype=torch.float64, device=mask.device)
-            rows[:, 0].index_add_(0, row, logp)
-            rows[:, 1] = mask.sum(1)
-            rows[:, 2] = torch.zeros(len(batch), dtype=torch.float64, device=mask.device).index_add_(0, row, greedy) == rows[:, 1]
-            results[batch] = rows.cpu()
+            n = mask.sum(1)
+            row = torch.arange(len(batch), device=n.device).repeat_interleave(n)  # each scored position's row
+            ll = torch.zeros(len(batch), dtype=torch.float64, device=n.device).index_add_(0, row, logp)
+            hits = torch.zeros_like(ll).index_add_(0, row, greedy)
+            results[batch] = torch.stack([ll, n.double(), (hits == n).double()], 1).cpu()
         if bar is not None:
             bar.update(1)
     if bar is not None:

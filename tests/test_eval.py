@@ -223,6 +223,25 @@ def test_perplexity_matches_the_hf_guide(tmp_path, hf_dir, hf_model, hf_tok, sha
     assert got['bits_per_byte'] == pytest.approx(nll / math.log(2) / len(text.encode('utf-8')), rel=1e-5)
 
 
+def test_evaluate_for_train_py(tmp_path, hf_dir, hellaswag_file, lambada_file):
+    """tasks.evaluate, as train.py calls it on its model mid-training (train mode, dropout on): eval.py's numbers
+    under 'task/metric' keys, and the model is left in train mode."""
+    from checkpoint import load_model
+    from tasks import evaluate, load_tasks
+    model, meta, _ = load_model(str(hf_dir), dropout=0.5)
+    model.train()
+    task_list = load_tasks(['hellaswag', 'lambada'], meta, model.config.block_size, limit=4,
+                           data={'hellaswag': str(hellaswag_file), 'lambada': str(lambada_file)})
+    got = evaluate(model, task_list, batch_size=4)
+    assert model.training
+    want = eval_json(tmp_path, f'--init_from={hf_dir}', '--tasks=hellaswag,lambada', f'--hellaswag_data={hellaswag_file}',
+                     f'--lambada_data={lambada_file}', '--limit=4')
+    for task, metrics in want.items():
+        for k, v in metrics.items():
+            if k not in ('seconds', 'examples_per_s'):
+                assert got[f'{task}/{k}'] == pytest.approx(v, rel=1e-9, nan_ok=True), (task, k)
+
+
 @pytest.fixture(scope='module')
 def char_ckpt(tmp_path_factory, char_data):
     """A random character-level model saved as train.py saves a checkpoint, with the dataset's metadata."""
