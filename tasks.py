@@ -191,7 +191,7 @@ def load_text(source, split, meta):
         name, config, hub_split = (source[3:].split(':') + [None, None])[:3]
         try:
             import datasets
-            rows = datasets.load_dataset(name, config, split=hub_split or split or 'test')
+            rows = datasets.load_dataset(name, config or None, split=hub_split or split or 'test')
         except Exception as e:  # offline, unknown name, missing split: all land here
             raise UserError(f"cannot load {source} from the hub ({str(e).splitlines()[0][:200]}); "
                             f"pass a local text file instead: --perplexity_data=file.txt") from None

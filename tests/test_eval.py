@@ -242,6 +242,21 @@ def test_evaluate_for_train_py(tmp_path, hf_dir, hellaswag_file, lambada_file):
                 assert got[f'{task}/{k}'] == pytest.approx(v, rel=1e-9, nan_ok=True), (task, k)
 
 
+def test_perplexity_on_a_dataset_equals_its_joined_text(tmp_path, hf_dir, shakespeare_text):
+    """hf:<name or folder>[:config[:split]] reads a datasets text column and joins the rows with blank lines, as the
+    Hugging Face perplexity guide does with WikiText: the same numbers as that text in a file."""
+    rows = shakespeare_text.read_text(encoding='utf-8')[:900].split('\n\n')
+    folder = tmp_path / 'local_dataset'
+    folder.mkdir()
+    write_jsonl(folder / 'train.jsonl', [{'text': r} for r in rows])
+    (tmp_path / 'joined.txt').write_text('\n\n'.join(rows), encoding='utf-8')
+    args = (f'--init_from={hf_dir}', '--tasks=perplexity', '--stride=32')
+    from_dataset = eval_json(tmp_path, *args, f'--perplexity_data=hf:{folder}::train', name='a.json')['perplexity']
+    from_file = eval_json(tmp_path, *args, f'--perplexity_data={tmp_path / "joined.txt"}', name='b.json')['perplexity']
+    for k in ('loss', 'tokens', 'bytes', 'bits_per_byte'):
+        assert from_dataset[k] == pytest.approx(from_file[k], rel=1e-9), k
+
+
 @pytest.fixture(scope='module')
 def char_ckpt(tmp_path_factory, char_data):
     """A random character-level model saved as train.py saves a checkpoint, with the dataset's metadata."""
