@@ -73,7 +73,8 @@ def fetch(task, path=''):
     where = f"download {url} to {dest} (or pass --{task}_data=path/to/file)"
     if os.environ.get('HF_HUB_OFFLINE') == '1' or os.environ.get('HF_DATASETS_OFFLINE') == '1':
         raise UserError(f"{task} data not found and offline mode is on: {where}")
-    print(f"downloading {url} to {dest}")
+    if int(os.environ.get('RANK', 0)) == 0:  # under torchrun every rank fetches its own copy; one says so
+        print(f"downloading {url} to {dest}")
     os.makedirs(CACHE_DIR, exist_ok=True)
     tmp = f'{dest}.{os.getpid()}.tmp'  # renamed into place only when complete (one per process under torchrun)
     try:
