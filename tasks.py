@@ -34,8 +34,8 @@ from tokendata import ROOT, dataset_dir, get_tokenizer, load_meta
 
 TASKS = ('perplexity', 'hellaswag', 'lambada', 'mc')
 # the canonical sources: the HellaSwag authors' repository (the file llm.c and build-nanogpt read; the harness
-# reads the same examples from the hub copy Rowan/hellaswag) and OpenAI's LAMBADA test set, the one
-# the GPT-2 paper reports and the harness's lambada_openai is built from
+# reads the same examples from the hub copy Rowan/hellaswag) and the LAMBADA test set as OpenAI released it with
+# GPT-2, which the harness's lambada_openai is built from
 URLS = {'hellaswag': 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl',
         'lambada': 'https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl'}
 CACHE_DIR = os.path.join(ROOT, 'data', 'eval')  # where downloads go (and where to put files by hand)
