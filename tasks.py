@@ -363,20 +363,26 @@ def stderr(p, n):
     return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else float('nan')
 
 
-def choice_metrics(examples, results):
-    """acc: the choice with the highest summed log-likelihood; acc_norm: divided by the choice's length in
-    characters (the harness); acc_token: divided by its number of tokens (llm.c and build-nanogpt's "acc_norm").
-    Ties go to the first choice, as numpy's argmax gives them in the harness."""
-    correct = {'acc': 0, 'acc_norm': 0, 'acc_token': 0}
+def choice_picks(examples, results):
+    """The choice each rule picks, per example. acc: the highest summed log-likelihood; acc_norm: divided by the
+    choice's length in characters (the harness); acc_token: divided by its number of tokens (llm.c and
+    build-nanogpt's "acc_norm"). Ties go to the first choice, as numpy's argmax gives them in the harness."""
+    picks = {'acc': [], 'acc_norm': [], 'acc_token': []}
     for label, first, lengths in examples:
         rows = results[first:first + len(lengths)]
         ll, ntok = rows[:, 0].tolist(), rows[:, 1].tolist()
         for key, value in (('acc', ll), ('acc_norm', [l / c for l, c in zip(ll, lengths)]),
                            ('acc_token', [l / t for l, t in zip(ll, ntok)])):
-            correct[key] += value.index(max(value)) == label
+            picks[key].append(value.index(max(value)))
+    return picks
+
+
+def choice_metrics(examples, results):
+    """acc, acc_norm and acc_token (choice_picks): the share of examples where the rule picks the label."""
     n = len(examples)
-    out = {k: v / n for k, v in correct.items()}
-    out.update({f'{k}_stderr': stderr(out[k], n) for k in correct})
+    out = {k: sum(p == e[0] for p, e in zip(picks, examples)) / n
+           for k, picks in choice_picks(examples, results).items()}
+    out.update({f'{k}_stderr': stderr(v, n) for k, v in list(out.items())})
     return {**out, 'n': n}
 
 
