@@ -60,7 +60,7 @@ def main():
     paths = {'hellaswag': hellaswag_data, 'lambada': lambada_data, 'mc': mc_data, 'perplexity': perplexity_data}
     if data:
         if len(names) != 1:
-            raise UserError(f"--data is for one task; with several use --<task>_data (e.g. --hellaswag_data=...)")
+            raise UserError("--data is for one task; with several use --<task>_data (e.g. --hellaswag_data=...)")
         paths[names[0]] = data
     if batch_size < 1 or limit < 0 or stride < 0:
         raise UserError("batch_size must be >= 1, limit and stride >= 0")
