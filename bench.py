@@ -9,10 +9,11 @@ $ python bench.py --mode=sample --model=gpt2 --max_new_tokens=200 --iters=3 --wa
 $ python bench.py --init_from=resume --out_dir=out-shakespeare-char-cpu --dataset=shakespeare_char
 $ python bench.py --model=gpt2 --device=cuda --batch_size=12 --compile=True    # one GPU
 $ python bench.py --profile=True                           # also writes a chrome trace to out_dir
+$ python bench.py --mode=eval --init_from=gpt2 --eval_limit=200   # HellaSwag examples/s: eval.py vs a transformers loop
 
 Modes: 'train' times one optimizer step (forward, backward, grad clip, AdamW, one host sync: the hot
 path of train.py), 'forward' a no-grad forward with loss (what evaluation runs), 'sample' greedy
-generation (one iteration = one new token for every row). Each variant warms up (and compiles) first;
+generation (one iteration = one new token for every row), 'eval' HellaSwag scoring (eval_bench below). Each variant warms up (and compiles) first;
 figures are medians over the timed iterations, with the process CPU time beside them (on a busy machine
 the less disturbed figure for one thread). MFU is the model's FLOPs (model.flops_per_token) per second
 over the device peak of the variant's compute dtype: the data sheet for known GPUs, a measured large
@@ -55,7 +56,7 @@ from tokendata import TokenData, dataset_dir
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value
-mode = 'train'              # 'train' (forward+backward+AdamW), 'forward' (no grad), 'sample' (generation)
+mode = 'train'              # 'train' (forward+backward+AdamW), 'forward' (no grad), 'sample' (generation), 'eval' (HellaSwag)
 model = 'baby-mini'         # preset for init_from='scratch' (python model.py lists them)
 init_from = 'scratch'       # 'scratch' (random init of `model`), 'resume' (out_dir), a hub name or a local HF dir
 out_dir = 'out'             # the run to load with init_from='resume'; profiler traces are written here
@@ -70,6 +71,8 @@ batch_size = 0              # rows per step; 0 = 12 for train/forward, 1 for sam
 dataset = ''                # real data from data/<dataset>/ ('' = random tokens)
 data_dir = ''               # real data from this directory instead
 max_new_tokens = 200        # sample: tokens generated per iteration
+eval_data = ''              # eval: a HellaSwag-format jsonl ('' = hellaswag_val.jsonl, downloaded as eval.py does)
+eval_limit = 200            # eval: examples scored per timed pass
 prompt_len = 8              # sample: prompt tokens
 warmup = 3                  # untimed iterations per variant first (compilation happens here)
 iters = 20                  # timed iterations per variant
@@ -93,7 +96,8 @@ config = configurator.configure(globals(), verbose=False)
 
 STANDARD = {'train': 'reference,eager+fp32,eager+bf16,compile+fp32,compile+bf16',
             'forward': 'reference,eager+fp32,eager+bf16,compile+fp32,compile+bf16',
-            'sample': 'nocache,cache,hf'}
+            'sample': 'nocache,cache,hf',
+            'eval': 'hf,ours'}
 DTYPES = {'fp32': 'float32', 'bf16': 'bfloat16', 'fp16': 'float16'}
 OPTIMS = ('forloop', 'foreach', 'fused')
 PATTERNS = ('dense', 'local', 'alternating')
@@ -313,6 +317,8 @@ def flops_per_unit_token(m, T, ctx_len):
 
 def main():
     dev = pick_device(device)
+    if mode == 'eval':
+        return eval_bench(dev)
     names, specs = check_settings(dev)
     base = build_model(dev)
     B = batch_size or (1 if mode == 'sample' else 12)
@@ -347,8 +353,8 @@ def main():
 
 def check_settings(dev):
     """The variants to run, after checking the settings that need no model."""
-    if mode not in ('train', 'forward', 'sample'):
-        raise UserError(f"mode must be 'train', 'forward' or 'sample', got {mode!r}")
+    if mode not in ('train', 'forward', 'sample', 'eval'):
+        raise UserError(f"mode must be 'train', 'forward', 'sample' or 'eval', got {mode!r}")
     if iters < 1 or warmup < 0 or rounds < 1 or max_new_tokens < 1 or prompt_len < 1:
         raise UserError("iters, rounds, max_new_tokens and prompt_len must be >= 1 and warmup >= 0")
     if profile:  # before the benchmark, not after it
@@ -436,6 +442,81 @@ def report(names, specs, times, cpu_times, work, fpt, c, dev):
         if dev == 'cpu' and dt_name == 'bfloat16' and not peak_flops and not cpu_has_native_bf16():
             how = 'measured float32 matmul: bf16 is emulated in fp32 on this CPU'
         print(f"peak {dt_name}: {p / 1e9:,.1f} GFLOP/s ({how})")
+
+
+# ----------------------------------------------------------------------------- eval mode
+
+def eval_bench(dev):
+    """HellaSwag scoring throughput (examples/s): 'ours' is tasks.score, as eval.py runs it (batches of batch_size
+    sequences, longest first, across examples); 'hf' a plain transformers loop on the same weights and tokens, one
+    example's choices per padded forward pass, as llm.c and build-nanogpt score HellaSwag. Both pick the choice
+    with the best summed and per-token log-likelihood; the picks must agree. float32, no autocast."""
+    import transformers
+    from tasks import load_tasks, score
+    if threads:
+        torch.set_num_threads(threads)
+    names = [s.strip() for s in (variants or STANDARD['eval']).split(',') if s.strip()]
+    if not names or set(names) - {'hf', 'ours'}:
+        raise UserError(f"eval mode compares the variants hf and ours, got {variants!r}")
+    base = build_model(dev).eval()
+    if base.config.post_norm or base.config.vocab_size < 50257:
+        raise UserError("eval mode needs a GPT-2 model (pre-norm, GPT-2 vocabulary): e.g. --init_from=gpt2 or --model=gpt2")
+    task, = load_tasks(['hellaswag'], {'tokenizer': 'gpt2'}, base.config.block_size, limit=eval_limit,
+                       data={'hellaswag': eval_data})
+    B = batch_size or 8
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory(prefix='bench-') as tmp:
+        hf.save_pretrained(base, tmp)
+        theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp, dtype=torch.float32).to(dev).eval()
+
+    def ours():
+        r = score(base, task.requests, B, dev)
+        return r[:, 0], r[:, 0] / r[:, 1]
+
+    @torch.no_grad()
+    def hf_loop():
+        total, per_token = [], []
+        for _, first, lengths in task.examples:
+            reqs = task.requests[first:first + len(lengths)]
+            tokens = torch.zeros(len(reqs), max(len(c) + len(x) for c, x in reqs), dtype=torch.long)
+            mask = torch.zeros_like(tokens)
+            for i, (c, x) in enumerate(reqs):
+                tokens[i, :len(c) + len(x)] = torch.tensor(c + x)
+                mask[i, len(c):len(c) + len(x)] = 1
+            tokens, mask = tokens.to(dev), mask.to(dev)
+            logits = theirs(tokens).logits[:, :-1]
+            losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(),
+                                                       reduction='none').view(len(reqs), -1) * mask[:, 1:]
+            total.append(-losses.sum(1).double().cpu())
+            per_token.append(total[-1] / mask[:, 1:].sum(1).cpu())
+        return torch.cat(total), torch.cat(per_token)
+
+    steps = {'ours': ours, 'hf': hf_loop}
+    n_tok = sum(len(c) + len(x) - 1 for c, x in task.requests)
+    print(f"eval: {base.num_params() / 1e6:.2f}M params, {len(task.examples)} HellaSwag examples "
+          f"({len(task.requests)} sequences, {n_tok / len(task.requests):.0f} tokens each on average), "
+          f"ours: batches of {B}, torch {torch.__version__}")
+    hw = torch.cuda.get_device_name(dev) if dev.startswith('cuda') else cpu_name()
+    print(f"device {dev}: {hw}, {torch.get_num_threads()} threads")
+    outputs, times = {}, {n: [] for n in names}
+    for n in names:  # warm-up: one pass
+        outputs[n] = steps[n]()
+    for _ in range(iters if iters < 20 else 3):  # passes are long: 20 (the train default) would take a while
+        for n in names:  # taking turns, so a change in machine load hits both alike
+            t0 = time.perf_counter()
+            steps[n]()
+            times[n].append(time.perf_counter() - t0)
+    speed = {n: len(task.examples) / statistics.median(times[n]) for n in names}
+    print(f"{'variant':<8} {'examples/s':>10} {'vs ' + names[0]:>10}  s/pass (median of {len(times[names[0]])})")
+    for n in names:
+        print(f"{n:<8} {speed[n]:>10.2f} {speed[n] / speed[names[0]]:>9.2f}x  {statistics.median(times[n]):.2f}")
+    if len(names) == 2:
+        (a_sum, a_tok), (b_sum, b_tok) = outputs[names[0]], outputs[names[1]]
+        picks = lambda v: torch.stack([v[f:f + len(l)].argmax() for _, f, l in task.examples])
+        same = (picks(a_sum) == picks(b_sum)).float().mean().item(), (picks(a_tok) == picks(b_tok)).float().mean().item()
+        print(f"same picks: {same[0]:.1%} (sum), {same[1]:.1%} (per token); "
+              f"max log-likelihood difference {(a_sum - b_sum).abs().max().item():.2e}")
 
 
 def compare_outputs(names, outputs):

@@ -1,0 +1,135 @@
+"""
+Evaluate a model the way papers and leaderboards do: perplexity and bits per byte, HellaSwag, LAMBADA, or your
+own multiple-choice set. Prints a table and writes the same numbers to a JSON file. How each task is read and
+scored: tasks.py.
+
+$ python eval.py --init_from=gpt2 --tasks=hellaswag,lambada            # OpenAI's weights; data downloads once
+$ python eval.py config/eval_tasks_gpt2.py                             # the same, with the published figures beside it
+$ python eval.py --out_dir=out-shakespeare-char --tasks=perplexity --perplexity_data=shakespeare_char
+$ python eval.py --init_from=path/to/hf_dir --tasks=perplexity --perplexity_data=hf:wikitext:wikitext-2-raw-v1
+$ python eval.py --init_from=gpt2 --tasks=mc --mc_data=my_set.jsonl --limit=100
+$ torchrun --standalone --nproc_per_node=8 eval.py --init_from=gpt2-xl --tasks=hellaswag   # one node, 8 GPUs
+$ torchrun --standalone --nproc_per_node=2 eval.py --init_from=gpt2 --tasks=hellaswag --device=cpu   # CPU, gloo
+$ torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500 eval.py ...
+
+Under torchrun every process scores its share of the batches and the results are summed over processes, so the
+numbers are those of one process. Offline: put the data files where the error message says, or pass --data.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+import configurator
+from checkpoint import load_model
+from configurator import UserError
+from device import autocast_ctx, describe, pick_device, pick_dtype
+from tasks import load_tasks, score
+
+# -----------------------------------------------------------------------------
+# config: overridden by a config file, then by --key=value
+init_from = 'resume'        # 'resume' (a checkpoint in out_dir), a hub name (gpt2, gpt2-xl, openai-gpt, ...) or an HF dir
+out_dir = 'out'             # the training run to evaluate when init_from='resume'
+ckpt_name = 'best.pt'       # 'best.pt' (lowest val loss) or 'ckpt.pt' (latest); falls back to ckpt.pt
+tasks = 'hellaswag'         # comma-separated: perplexity, hellaswag, lambada, mc
+data = ''                   # the data of the one task in `tasks` (shorthand for <task>_data)
+hellaswag_data = ''         # hellaswag_val.jsonl; '' downloads it to data/eval/ when absent
+lambada_data = ''           # OpenAI's lambada_test.jsonl; '' downloads it to data/eval/ when absent
+mc_data = ''                # your multiple-choice jsonl, a line each: {"context": str, "choices": [str, ...], "label": int}
+perplexity_data = ''        # a text file, a prepared dataset (data/<name> or its folder) or hf:name[:config[:split]]
+split = ''                  # perplexity on a prepared dataset: 'val' (default) or 'train'; on the hub: 'test' (default)
+stride = 0                  # perplexity: the sliding window's step in tokens; 0 = half the context; block_size = disjoint
+block_size = 0              # evaluate at a shorter context than the model's (0: the model's own)
+limit = 0                   # only the first N examples of each task (perplexity: N windows); 0 = all
+batch_size = 8              # sequences per forward pass (a HellaSwag example is 4)
+results_file = ''           # the JSON output; '' = <out_dir>/eval.json for init_from=resume, else eval_<model>.json
+progress = True             # a progress bar with an ETA per task (stderr)
+device = 'auto'             # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...; under torchrun cuda:LOCAL_RANK
+dtype = 'float32'           # float32 reproduces the harness's numbers; 'auto' / 'bfloat16' are faster on GPUs
+compile = False             # torch.compile the forward (pays off on full runs on a GPU)
+# -----------------------------------------------------------------------------
+config = configurator.configure(globals(), verbose=int(os.environ.get('RANK', 0)) == 0)
+
+
+def main():
+    names = [t.strip() for t in tasks.split(',') if t.strip()]
+    paths = {'hellaswag': hellaswag_data, 'lambada': lambada_data, 'mc': mc_data, 'perplexity': perplexity_data}
+    if data:
+        if len(names) != 1:
+            raise UserError("--data is for one task; with several use --<task>_data (e.g. --hellaswag_data=...)")
+        paths[names[0]] = data
+    if batch_size < 1 or limit < 0 or stride < 0:
+        raise UserError("batch_size must be >= 1, limit and stride >= 0")
+
+    # torchrun: one process per device; every rank loads the model and the tasks, then scores its share
+    ddp = int(os.environ.get('RANK', -1)) != -1
+    rank, local_rank = int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
+    dev = device
+    if ddp and dev in ('auto', 'cuda') and torch.cuda.is_available():
+        dev = f'cuda:{local_rank}'
+    dev = pick_device(dev)
+    dt = pick_dtype(dtype, dev)
+
+    model, meta, _ = load_model(init_from, out_dir, ckpt_name, block_size=block_size, dropout=0.0)
+    task_list = load_tasks(names, meta, model.config.block_size, limit=limit, data=paths, stride=stride, split=split)
+    # join the group only now: a mistake above stops every rank alike, with one message from rank 0
+    world = 1
+    if ddp:
+        import torch.distributed as dist
+        if dev.startswith('cuda'):
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend='nccl' if dev.startswith('cuda') else 'gloo')
+        configurator.exit_on_user_error()  # (torch's hook, installed just now, would prefix the line with [rankN])
+        world = dist.get_world_size()
+    model.to(dev).eval()
+    if compile:
+        model.forward = torch.compile(model.forward, dynamic=True)
+    ctx = autocast_ctx(dev, dt)
+    if rank == 0:
+        print(f"{init_from if init_from != 'resume' else out_dir}: {model.num_params() / 1e6:.2f}M parameters, "
+              f"context {model.config.block_size}; {describe(dev, dt)}, {world} process(es)", file=sys.stderr)
+
+    results = {}
+    for task in task_list:
+        t0 = time.time()
+        scores = score(model, task.requests, batch_size, dev, ctx, progress=progress, desc=task.name)
+        seconds = time.time() - t0
+        results[task.name] = task.metrics(scores)
+        n = results[task.name].get('n', len(task.requests))
+        results[task.name].update(seconds=seconds, examples_per_s=n / seconds)
+
+    if rank == 0:
+        print_table(results)
+        path = results_file or (os.path.join(out_dir, 'eval.json') if init_from == 'resume'
+                                else f"eval_{os.path.basename(os.path.normpath(init_from))}.json")
+        record = dict(model=init_from if init_from != 'resume' else os.path.join(out_dir, ckpt_name), results=results,
+                      config=config, device=describe(dev, dt), world_size=world, torch=torch.__version__,
+                      argv=sys.argv)
+        try:
+            with open(path, 'w', encoding='utf-8') as f:
+                json.dump(record, f, indent=2)
+        except OSError as e:
+            raise UserError(f"cannot write {path} ({e.strerror}); choose another --results_file") from None
+        print(f"results written to {path}")
+    if ddp:
+        dist.destroy_process_group()
+
+
+def print_table(results):
+    print(f"{'task':<12} {'metric':<14} {'value':>10} {'stderr':>8}")
+    for name, metrics in results.items():
+        for k, v in metrics.items():
+            if k.endswith('_stderr') or k in ('seconds', 'examples_per_s'):
+                continue
+            err = metrics.get(f'{k}_stderr')
+            value = f"{v:>10,}" if isinstance(v, int) else f"{v:>10.4f}"
+            print(f"{name:<12} {k:<14} {value} {'' if err is None or math.isnan(err) else f'{err:>8.4f}'}")
+        print(f"{name:<12} {'examples/s':<14} {metrics['examples_per_s']:>10.1f}   ({metrics['seconds']:.1f}s)")
+
+
+if __name__ == '__main__':
+    main()  # a UserError prints one line and exits 1 (configurator.py)
