@@ -124,6 +124,9 @@ def save_pretrained(model, path):
     Linear and LayerNorm, which computes the same function."""
     from safetensors.torch import save_file
     c = model.config
+    if not c.tie_embeddings:
+        raise ValueError("this model has its own output matrix (tie_embeddings=False); "
+                         "the GPT-2 and GPT-1 formats tie it to the token embeddings")
     if c.post_norm and (c.gelu_approx != 'tanh' or c.d_ff != 4 * c.n_embd):
         raise ValueError("a post-norm model exports as openai-gpt, which needs GPT-1's tanh GELU "
                          "(gelu_approx='tanh') and d_ff = 4 * n_embd")

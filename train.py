@@ -79,6 +79,8 @@ bias = True                     # biases in Linear and LayerNorm layers
 pad_vocab_multiple = 64         # pad the embedding rows to a multiple of this (faster matmuls on GPUs)
 attn_impl = 'sdpa'              # 'sdpa' (flash kernels) or 'explicit' (masked softmax)
 gelu_approx = 'tanh'            # GPT-2's tanh GELU, or 'none': exact erf GELU (nanoGPT's), cheaper on CPU in eager
+tie_embeddings = True           # output projection shares the token embeddings; False for Image GPT
+zero_init_head = False          # Image GPT: the output projection starts at zero (needs tie_embeddings=False)
 # AdamW (GPT-3 settings)
 learning_rate = 6e-4            # peak learning rate
 max_iters = 600000              # total optimizer steps
@@ -173,7 +175,8 @@ model, _, ckpt = load_model(
     init_from, out_dir, 'ckpt.pt', block_size=block_size if init_from != 'resume' or 'block_size' in overridden else 0,
     scratch=GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                       vocab_size=meta['vocab_size'], dropout=dropout, pad_vocab_multiple=pad_vocab_multiple,
-                      attn_impl=attn_impl, gelu_approx=gelu_approx) if init_from == 'scratch' else None,
+                      attn_impl=attn_impl, gelu_approx=gelu_approx, tie_embeddings=tie_embeddings,
+                      zero_init_head=zero_init_head) if init_from == 'scratch' else None,
     expect={k: config[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias') if k in overridden},
     dropout=dropout)
 block_size = model.config.block_size
