@@ -107,15 +107,14 @@ def complete_images(model, tokens, keep, num_samples=1, temperature=1.0, generat
     return np.minimum(out, model.config.vocab_size - 2).reshape(len(tokens), num_samples, n_pix)
 
 
-def save_grid(path, rows, palette, shape, titles):
+def save_grid(path, rows, palette, pixel_max, shape, titles):
     """Write a PNG grid: one row per image, its columns the palette-id arrays of `rows` (N, columns,
-    pixels), with -1 for pixels to show as missing (drawn in red)."""
+    pixels), with -1 for pixels to show as missing (drawn in red). Colours are palette / pixel_max."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    palette = np.asarray(palette, dtype=np.float64)
-    rgb = palette if palette.shape[1] == 3 else np.repeat(palette, 3, axis=1)
-    rgb = (rgb - rgb.min()) / max(rgb.max() - rgb.min(), 1e-9)
+    palette = np.asarray(palette, dtype=np.float64) / pixel_max
+    rgb = np.clip(palette if palette.shape[1] == 3 else np.repeat(palette, 3, axis=1), 0, 1)
     rgb = np.concatenate([rgb, [[1.0, 0.0, 0.0]]])  # index -1: missing
     n, cols = rows.shape[:2]
     fig, axes = plt.subplots(n, cols, figsize=(1.2 * cols, 1.2 * n), squeeze=False)
@@ -177,7 +176,7 @@ def main():
         half = np.where(np.arange(H * W) < keep, pixels, -1)
         rows = np.concatenate([pixels[:, None], half[:, None], done], axis=1)
         path = png or os.path.join(out_dir, 'completions.png')
-        save_grid(path, rows, meta['palette'], (H, W),
+        save_grid(path, rows, meta['palette'], meta['pixel_max'], (H, W),
                   ['original', 'top half'] + [f'completion {i + 1}' for i in range(num_samples)])
         print(f"wrote {path}: {num_images} {split} images, top halves completed {num_samples} times "
               f"(temperature {temperature})")
