@@ -40,15 +40,17 @@ def fit_palette(pixels, k, seed=1337, max_pixels=200_000):
     return centres[np.argsort(centres.sum(axis=1), kind='stable')]  # ids ordered by brightness
 
 
-def quantize(images, palette, chunk=4096):
+def quantize(images, palette, chunk=16384):
     """(N, H, W, C) images -> (N, H*W) palette ids in raster order (row by row, left to right): each
     pixel's nearest palette colour."""
     n, h, w, c = images.shape
     flat = np.asarray(images, dtype=np.float64).reshape(n * h * w, c)  # C order: raster order
+    palette = np.asarray(palette, dtype=np.float64)
     ids = np.empty(len(flat), dtype=np.int64)
-    for i in range(0, len(flat), chunk * h * w):
-        d = ((flat[i:i + chunk * h * w, None, :] - palette[None]) ** 2).sum(-1)
-        ids[i:i + len(d)] = d.argmin(1)
+    for i in range(0, len(flat), chunk):  # chunk x k distances at a time: bounded memory for CIFAR's k = 512
+        x = flat[i:i + chunk]
+        # |x - p|^2 without the |x|^2 every centre shares
+        ids[i:i + len(x)] = ((palette ** 2).sum(1)[None] - 2 * x @ palette.T).argmin(1)
     return ids.reshape(n, h * w)
 
 
