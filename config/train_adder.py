@@ -1,8 +1,12 @@
 # minGPT's adder: 2-digit a + b, the sum written lowest digit first (loss on the sum only).
 # $ python data/adder/prepare.py
-# $ python train.py config/train_adder.py
+# $ OMP_NUM_THREADS=1 python train.py config/train_adder.py
 # $ python demos.py --out_dir=out-adder                 # exact match on the 500 held-out problems, greedy
-# Expect: MEASURED_ADDER
+# Expect: 100.00% exact match (500/500 held-out problems) after 2000 iterations, val loss 0.0003, in 51 s of
+# training (train.py's wall time, with start-up and evaluations).
+# Measured on 2 AMD EPYC cores shared with other jobs (load ~5), torch 2.13, fp32. OMP_NUM_THREADS=1: for a model
+# this small one thread is faster, and on a busy machine two threads wait for each other (OMP_NUM_THREADS=2 took
+# 655 s here).
 # minGPT's gpt-nano (3 layers, 3 heads, 48 wide), batch 64 of whole examples (the masked-example format).
 out_dir = 'out-adder'
 dataset = 'adder'

@@ -1,9 +1,13 @@
 # Image GPT (Chen et al. 2020) on scikit-learn's 8x8 digits: pixels as tokens of an 8-colour k-means palette
 # in raster order, after a start token; the model predicts every pixel from the ones above and to the left.
 # $ python data/igpt/prepare.py
-# $ python train.py config/train_igpt.py
+# $ OMP_NUM_THREADS=1 python train.py config/train_igpt.py
 # $ python demos.py --out_dir=out-igpt                 # val bits per dimension, out-igpt/completions.png
-# Expect: MEASURED_IGPT
+# Expect: val 1.268 bits per dimension (bits per pixel: one channel) at iteration 1500, against the palette's
+# unigram entropy of 2.289 bits; completions in out-igpt/completions.png that are recognisable digits. 430 s of
+# training on 2 AMD EPYC cores shared with other jobs (OMP_NUM_THREADS=1, torch 2.13, fp32). Trained longer, the
+# 0.45M-parameter model overfits the 1,438 images (val rises after ~1,400 of 2,000 iterations); best.pt keeps
+# the lowest val loss.
 # iGPT's model settings: untied output projection initialised to zero, no dropout, no biases (its code has
 # none), AdamW betas 0.9/0.95 and no weight decay.
 out_dir = 'out-igpt'
