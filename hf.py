@@ -129,6 +129,9 @@ def save_pretrained(model, path, eos_token_id='gpt2'):
     if c.attn_pattern != 'dense':
         raise ValueError(f"attn_pattern={c.attn_pattern!r}: transformers' GPT-2 and GPT-1 have dense attention "
                          f"only, so this model cannot be exported as one")
+    if not c.tie_embeddings:
+        raise ValueError("this model has its own output matrix (tie_embeddings=False); "
+                         "the GPT-2 and GPT-1 formats tie it to the token embeddings")
     if c.post_norm and (c.gelu_approx != 'tanh' or c.d_ff != 4 * c.n_embd):
         raise ValueError("a post-norm model exports as openai-gpt, which needs GPT-1's tanh GELU "
                          "(gelu_approx='tanh') and d_ff = 4 * n_embd")

@@ -41,6 +41,8 @@ class GPTConfig:
     attn_impl: str = 'sdpa'     # 'sdpa' (flash/memory-efficient kernels) or 'explicit' (masked softmax)
     attn_pattern: str = 'dense'  # 'dense', 'local' (every layer banded), 'alternating' (GPT-3: dense, local, ...)
     attn_window: int = 0        # local layers: a query sees itself and the attn_window - 1 keys before it
+    tie_embeddings: bool = True  # lm_head shares wte's weights (all GPTs); False: its own matrix (Image GPT)
+    zero_init_head: bool = False  # Image GPT: the logit projection starts at zero (needs untied embeddings)
 
     def __post_init__(self):
         def need(ok, msg):
@@ -53,6 +55,8 @@ class GPTConfig:
         need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         need(self.gelu_approx in ('tanh', 'none'), f"gelu_approx must be 'tanh' or 'none', got {self.gelu_approx!r}")
         need(self.attn_impl in ('sdpa', 'explicit'), f"attn_impl must be 'sdpa' or 'explicit', got {self.attn_impl!r}")
+        need(not (self.zero_init_head and self.tie_embeddings),
+             "zero_init_head needs tie_embeddings=False (tied, it would zero the token embeddings too)")
         need(self.attn_pattern in ('dense', 'local', 'alternating'),
              f"attn_pattern must be 'dense', 'local' or 'alternating', got {self.attn_pattern!r}")
         need((self.attn_pattern == 'dense') == (self.attn_window == 0) and self.attn_window >= 0,
@@ -285,7 +289,8 @@ class GPT(nn.Module):
         if not config.post_norm:  # pre-norm needs a final LayerNorm; GPT-1 has none
             self.transformer.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, V, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # weight tying (all GPTs of the papers)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # weight tying (GPT-1, GPT-2, GPT-3)
         self.apply(self._init_weights)
         # GPT-2: scale the init of residual output projections by 1/sqrt(2 * n_layer), since each layer
         # adds two such branches to the residual stream. GPT-1 (post-norm) keeps its paper's plain
@@ -293,6 +298,10 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith('c_proj.weight') and not config.post_norm:
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.zero_init_head:
+            # Image GPT (its wtet): every logit starts at 0, so the first prediction is uniform over the
+            # palette; the gradient of the logits still reaches the head, which then learns
+            torch.nn.init.zeros_(self.lm_head.weight)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):

@@ -1,6 +1,19 @@
 """
 Token data: a dataset's metadata (meta.json), its tokenizer, and the loader that draws training and
 evaluation batches from the memmapped train.bin / val.bin that data/<dataset>/prepare.py writes.
+
+Two formats, told apart by meta.json's "format":
+- "stream" (the default, no field needed): train.bin / val.bin are one long run of tokens (a corpus);
+  a batch is random windows of block_size + 1 tokens, and every position carries loss.
+- "examples": the masked-example format, for tasks where only part of a sequence is to be learned
+  (minGPT's sort and adder, Image GPT's pixels after the start token, SFT's responses). train.bin /
+  val.bin hold N examples of exactly meta["example_len"] tokens each, row after row, and
+  train.mask.bin / val.mask.bin hold one uint8 per token: 1 where that token is a target (the model is
+  trained to predict it from the tokens before it), 0 where it is only context (prompt, padding).
+  Shorter examples are padded at the end with any id and mask 0: padding after the last target
+  changes nothing, since attention is causal. A batch is batch_size whole examples x = row[:-1],
+  y = row[1:] with y = -1 (ignored by the loss) where the mask of row[1:] is 0; the loss is the mean
+  over target tokens. data/prepare_utils.py's write_examples() writes this format.
 """
 
 import hashlib
@@ -117,6 +130,8 @@ def get_tokenizer(meta, ordinary=False):
                 raise UserError(f"characters not in the dataset's vocabulary: {''.join(bad)!r}")
             return [stoi[c] for c in s]
         return encode, lambda ids: ''.join(chars[i] for i in ids), None
+    if kind == 'palette':  # Image GPT: ids are colours (data/igpt/prepare.py)
+        raise UserError("this dataset's tokens are image pixels, not text: use demos.py to sample images")
     if kind == 'bpe':
         if 'tokenizer_json' not in meta:
             raise UserError("this run's BPE tokenizer is missing (no tokenizer_json in its metadata); "
@@ -155,12 +170,13 @@ def seed_from(*parts):
     return int.from_bytes(digest, 'little') >> 1
 
 class TokenData:
-    """Random windows of block_size + 1 tokens from the memmapped train.bin / val.bin.
+    """Batches from the memmapped train.bin / val.bin: random windows of block_size + 1 tokens of a
+    stream, or random whole examples of the masked-example format (see the top of this file).
 
-    Batches are a pure function of (seed, split, step, micro): window starts are drawn from a
-    generator seeded by those numbers. So a resumed run sees exactly the batches the uninterrupted
-    run would have, and under DDP rank r taking global micro-steps r*k .. r*k+k-1 sees the same
-    windows a single process with accumulation world*k sees, with no loader state to save.
+    Batches are a pure function of (seed, split, step, micro): window starts (or example indices) are
+    drawn from a generator seeded by those numbers. So a resumed run sees exactly the batches the
+    uninterrupted run would have, and under DDP rank r taking global micro-steps r*k .. r*k+k-1 sees the
+    same batches a single process with accumulation world*k sees, with no loader state to save.
     """
 
     def __init__(self, data_dir, block_size, batch_size, device, seed=1337, vocab_size=None, prepare=None):
@@ -173,7 +189,20 @@ class TokenData:
             raise UserError(f"dataset {data_dir} has vocab_size {self.meta['vocab_size']} but the model only "
                             f"{vocab_size}; use a model with vocab_size >= {self.meta['vocab_size']}")
         self.vocab_size = self.meta['vocab_size'] if vocab_size is None else vocab_size
+        self.format = self.meta.get('format', 'stream')
+        if self.format not in ('stream', 'examples'):
+            raise UserError(f"{data_dir}/meta.json has format {self.format!r}; expected 'stream' or 'examples'")
+        if self.format == 'examples':
+            self.example_len = int(self.meta.get('example_len', 0))
+            if self.example_len < 2:
+                raise UserError(f"{data_dir}/meta.json: format 'examples' needs example_len >= 2; re-run prepare.py")
+            if self.example_len - 1 > block_size:
+                raise UserError(f"examples in {data_dir} are {self.example_len} tokens, too long for block_size="
+                                f"{block_size}; use --block_size={self.example_len - 1} or more")
         for split in ('train', 'val'):
+            if self.format == 'examples':
+                self._examples(split)  # checks the files agree
+                continue
             # a file cut short (a full disk, an interrupted copy) is refused here rather than trained on
             path = os.path.join(data_dir, f'{split}.bin')
             size, expected = os.path.getsize(path), self.meta.get(f'{split}_tokens')
@@ -186,21 +215,42 @@ class TokenData:
                 raise UserError(f"{split}.bin in {data_dir} has {n} tokens, too few for block_size={block_size} "
                                 f"(a window is block_size + 1 tokens); use a smaller --block_size or more data")
 
-    def _memmap(self, split):
+    def _memmap(self, split, suffix='.bin', dtype=None):
         # re-opened per batch: a long-lived np.memmap keeps every page it touched mapped (nanoGPT #1)
-        return np.memmap(os.path.join(self.data_dir, f'{split}.bin'), dtype=self.dtype, mode='r')
+        return np.memmap(os.path.join(self.data_dir, f'{split}{suffix}'), dtype=dtype or self.dtype, mode='r')
+
+    def _examples(self, split):
+        """(tokens, mask) of a split in the examples format, each (N, example_len)."""
+        L = self.example_len
+        path = os.path.join(self.data_dir, f'{split}.mask.bin')
+        if not os.path.exists(path):
+            raise UserError(f"{path} not found (the examples format needs it); re-run prepare.py")
+        tokens, mask = self._memmap(split), self._memmap(split, '.mask.bin', np.uint8)
+        if len(tokens) != len(mask) or len(tokens) % L or not len(tokens):
+            raise UserError(f"{split}.bin and {split}.mask.bin in {self.data_dir} do not hold whole examples of "
+                            f"{L} tokens ({len(tokens)} tokens, {len(mask)} mask bytes); re-run prepare.py")
+        return tokens.reshape(-1, L), mask.reshape(-1, L)
 
     def batch(self, split, step, micro=0):
-        data = self._memmap(split)
         g = torch.Generator().manual_seed(seed_from(self.seed, split, step, micro))
-        # a window is block_size + 1 tokens, so starts 0 .. len - block_size - 1 are all valid
-        ix = torch.randint(len(data) - self.block_size, (self.batch_size,), generator=g).tolist()
-        xy = torch.from_numpy(np.stack([data[i:i + self.block_size + 1].astype(np.int64) for i in ix]))
+        if self.format == 'examples':
+            tokens, mask = self._examples(split)
+            ix = torch.randint(len(tokens), (self.batch_size,), generator=g).numpy()
+            xy = torch.from_numpy(tokens[ix].astype(np.int64))  # (B, example_len): every row is one example
+            target = torch.from_numpy(mask[ix, 1:] != 0)
+        else:
+            data = self._memmap(split)
+            # a window is block_size + 1 tokens, so starts 0 .. len - block_size - 1 are all valid
+            ix = torch.randint(len(data) - self.block_size, (self.batch_size,), generator=g).tolist()
+            xy = torch.from_numpy(np.stack([data[i:i + self.block_size + 1].astype(np.int64) for i in ix]))
+            target = None
         hi = int(xy.max())  # cheap on the host (B*T ints), and avoids a device-side assert later
         if hi >= self.vocab_size:
             raise UserError(f"{split}.bin in {self.data_dir} holds token id {hi}, beyond the vocabulary "
                             f"({self.vocab_size}); the file is corrupt or from another tokenizer: re-run prepare.py")
         x, y = xy[:, :-1], xy[:, 1:]
+        if target is not None:
+            y = y.masked_fill(~target, -1)  # no loss where the token is only context
         if self.device.startswith('cuda'):
             # pinned memory lets the host-to-device copy run asynchronously
             return (x.pin_memory().to(self.device, non_blocking=True),

@@ -81,6 +81,8 @@ attn_impl = 'sdpa'              # 'sdpa' (flash kernels) or 'explicit' (masked s
 attn_pattern = 'dense'          # 'dense', 'local' (banded), 'alternating' (GPT-3: dense and banded layers in turn)
 attn_window = 0                 # local layers: each token sees itself and the attn_window - 1 before it
 gelu_approx = 'tanh'            # GPT-2's tanh GELU, or 'none': exact erf GELU (nanoGPT's), cheaper on CPU in eager
+tie_embeddings = True           # output projection shares the token embeddings; False for Image GPT
+zero_init_head = False          # Image GPT: the output projection starts at zero (needs tie_embeddings=False)
 # AdamW (GPT-3 settings)
 learning_rate = 6e-4            # peak learning rate
 max_iters = 600000              # total optimizer steps
@@ -215,12 +217,13 @@ elif init_from == 'resume':
     log(resume_note)
 else:
     log(f"initialising from pretrained weights: {init_from}")
-arch = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'attn_pattern', 'attn_window')
+arch = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'attn_pattern', 'attn_window', 'tie_embeddings')
 model, _, ckpt = load_model(
     init_from, out_dir, 'ckpt.pt', block_size=block_size, ckpt=ckpt, dropout=dropout,
     scratch=dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                  vocab_size=meta['vocab_size'], pad_vocab_multiple=pad_vocab_multiple, attn_impl=attn_impl,
-                 gelu_approx=gelu_approx, attn_pattern=attn_pattern, attn_window=attn_window),
+                 gelu_approx=gelu_approx, attn_pattern=attn_pattern, attn_window=attn_window,
+                 tie_embeddings=tie_embeddings, zero_init_head=zero_init_head),
     expect={k: config[k] for k in arch if k in given})  # what the user asked for must match what resumes
 tokens_per_iter = gradient_accumulation_steps * micro_tokens  # the full batch
 log(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps // world_size} accum * {world_size} "

@@ -7,6 +7,12 @@ Every dataset ends up as the same three files in its folder:
 - meta.json: tokenizer, vocab_size, dtype, token counts and source, checked by the loader
 All of them are written to a temp file first and then renamed, so an interrupted run
 never leaves a half-written file behind that looks complete.
+
+Tasks that learn only part of each sequence (minGPT's sort and adder, Image GPT, SFT) use the
+masked-example format instead, written by write_examples(): train.bin / val.bin hold fixed-length
+examples row after row, train.mask.bin / val.mask.bin one uint8 per token (1: a target the loss is
+taken on, 0: context or padding), and meta.json says "format": "examples" and the "example_len".
+tokendata.py's TokenData then draws whole examples and ignores the loss off the mask.
 """
 
 import argparse
@@ -136,6 +142,52 @@ def write_splits(out_dir, splits, vocab_size, **meta):
         write_tokens(Path(out_dir) / f"{name}.bin", ids, dtype)
     write_meta(out_dir, vocab_size=vocab_size, dtype=np.dtype(dtype).name, **counts, **meta)
     print(f"wrote {', '.join(f'{name}.bin' for name in splits)}, meta.json to {out_dir}")
+
+
+def write_examples(out_dir, splits, vocab_size, **meta):
+    """The masked-example format: splits maps a split name to (tokens, mask), two (N, L) arrays of N
+    examples of L tokens; mask is 1 where the token is a target (loss is taken on predicting it) and 0
+    where it is context or padding. Writes <name>.bin (the tokens row after row, in the dtype the
+    vocabulary needs), <name>.mask.bin (uint8) and meta.json with format='examples', example_len=L,
+    the counts and meta. Every example needs a target, and the first token cannot be one (nothing
+    precedes it to predict it from)."""
+    dtype = token_dtype(vocab_size)
+    lengths = set()
+    for name, (tokens, mask) in splits.items():
+        tokens, mask = np.asarray(tokens), np.asarray(mask)
+        if tokens.ndim != 2 or tokens.shape != mask.shape or not len(tokens):
+            raise ValueError(f"{name}: tokens and mask must be (N, L) arrays of the same shape, N >= 1; "
+                             f"got {tokens.shape} and {mask.shape}")
+        if mask[:, 0].any():
+            raise ValueError(f"{name}: the first token of an example cannot be a target")
+        if not mask.any(axis=1).all():
+            raise ValueError(f"{name}: every example needs at least one target token (mask 1)")
+        lengths.add(tokens.shape[1])
+    if len(lengths) != 1:
+        raise ValueError(f"every split needs examples of one length, got {sorted(lengths)}")
+    counts = {f"{name}_examples": len(tokens) for name, (tokens, _) in splits.items()}
+    print(", ".join(f"{name} has {len(tokens):,} examples" for name, (tokens, _) in splits.items()))
+    for name, (tokens, mask) in splits.items():
+        write_tokens(Path(out_dir) / f"{name}.bin", np.asarray(tokens).reshape(-1), dtype)
+        write_tokens(Path(out_dir) / f"{name}.mask.bin", (np.asarray(mask) != 0).astype(np.uint8).reshape(-1), np.uint8)
+    write_meta(out_dir, vocab_size=vocab_size, dtype=np.dtype(dtype).name, format="examples",
+               example_len=lengths.pop(), **counts, **meta)
+    print(f"wrote {', '.join(f'{name}.bin, {name}.mask.bin' for name in splits)}, meta.json to {out_dir}")
+
+
+def distinct_sequences(rng, num_symbols, length, count):
+    """count different sequences of `length` symbols in [0, num_symbols), as a (count, length) array in
+    random order: all of them when there are no more than count (then count is their number), else a
+    random sample. The demos split problems with it, so no held-out problem is ever a training one."""
+    total = num_symbols ** length  # a Python int: no overflow however long
+    if total <= count:
+        seqs = np.indices((num_symbols,) * length).reshape(length, -1).T  # every sequence, in order
+    else:
+        seqs = np.zeros((0, length), dtype=np.int64)
+        while len(seqs) < count:  # draw, drop repeats, until there are enough
+            more = rng.integers(num_symbols, size=(2 * count, length))
+            seqs = np.unique(np.concatenate([seqs, more]), axis=0)
+    return seqs[rng.permutation(len(seqs))[:count]].astype(np.int64)
 
 
 def get_parser(doc, script, url=None):
