@@ -57,6 +57,7 @@ dropout = 0.1               # in the transformer
 grad_clip = 1.0             # 0 disables
 eval_interval = 0           # evaluate every this many steps (0: after every epoch)
 max_eval = 0                # evaluate on at most this many validation examples (0: all)
+max_train = 0               # train on at most this many examples (0: all), e.g. for a quick run on a CPU
 resume = False              # continue the fine-tuning run in out_dir
 stop_after = 0              # stop (saving ckpt.pt) after this many steps of the schedule, e.g. to share a machine
 from_scratch = False        # the baseline: init_from's architecture with fresh random weights (no pre-training)
@@ -70,7 +71,7 @@ config = configurator.configure(globals(), verbose=False)  # (predictions go to 
 check_choice('task', task, TASKS)
 for k in ('batch_size', 'epochs'):
     check_range(k, config[k], low=1)
-for k in ('eval_interval', 'max_eval', 'weight_decay', 'lm_coef', 'grad_clip', 'stop_after'):
+for k in ('eval_interval', 'max_eval', 'max_train', 'weight_decay', 'lm_coef', 'grad_clip', 'stop_after'):
     check_range(k, config[k], low=0)
 check_range('learning_rate', learning_rate, low=0, low_open=True)
 for k in ('warmup_frac', 'head_dropout', 'dropout'):
@@ -245,6 +246,8 @@ if predict:
 train_rows, val_rows = load_split('train'), load_split('val')
 if max_eval:
     val_rows = val_rows[:max_eval]
+if max_train:
+    train_rows = train_rows[:max_train]
 train_labels, classes = label_index(train_rows)
 val_labels, _ = label_index(val_rows, classes)
 num_labels = len(classes) if classes else 1

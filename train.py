@@ -46,6 +46,7 @@ from checkpoint import (check_resume_data, find_checkpoint, gather_full_state, l
                         load_model, load_optimizer_state, rng_state, save_checkpoint, set_rng_state)
 from configurator import UserError, check_choice, check_range
 from device import autocast_ctx, describe, device_peak_flops, pick_device, pick_dtype, setup_torch
+from tasks import evaluate, load_tasks
 from tokendata import TokenData, dataset_dir, load_meta, seed_from
 
 # -----------------------------------------------------------------------------
@@ -56,6 +57,9 @@ eval_interval = 2000            # evaluate train/val loss (and checkpoint) every
 log_interval = 1                # print loss, lr, ms/iter, tokens/s, MFU every this many iterations
 eval_iters = 200                # batches per split per evaluation
 eval_only = False               # evaluate once and exit
+eval_tasks = ''                 # also score these eval.py tasks at each evaluation, e.g. 'hellaswag' (tasks.py)
+eval_tasks_limit = 500          # examples per task at each evaluation (0 = all; HellaSwag has 10,042)
+eval_tasks_data = ''            # a local file for the task (one task); '' downloads it to data/eval/
 always_save_checkpoint = True   # write ckpt.pt at every eval (else only when val loss improves)
 init_from = 'scratch'           # 'scratch', 'resume' (from out_dir), gpt2*, openai-gpt, or a local HF dir
 nan_policy = 'stop'             # non-finite loss: 'stop' (exit, keeping the last checkpoint) or 'skip' the step
@@ -244,6 +248,11 @@ if ckpt is not None:
         log(f"{best_path} was behind {ckpt_path}, the best so far (a save was interrupted); linked it")
 data = TokenData(data_dir, block_size, batch_size, device, seed=seed, vocab_size=model.config.vocab_size,
                  prepare=prepare)
+# the evaluation tasks are read and tokenized once, also before the process group (a missing file stops all ranks)
+task_names = [t for t in eval_tasks.split(',') if t]
+eval_task_list = load_tasks(task_names, meta, block_size, limit=eval_tasks_limit,
+                            data={task_names[0]: eval_tasks_data} if eval_tasks_data and len(task_names) == 1
+                            else None) if task_names else []
 # join the process group only now: a mistake in the settings or data above stops every rank alike before it,
 # with one message from rank 0
 if ddp:
@@ -373,7 +382,7 @@ def save(path_best=False):
 
 # run log: a JSON line per event, and a loss-curve PNG, for users without wandb
 log_path = os.path.join(out_dir, 'log.jsonl')
-history = {'iter': [], 'loss': [], 'eval_iter': [], 'train': [], 'val': []}
+history = {'iter': [], 'loss': [], 'eval_iter': [], 'train': [], 'val': [], 'tasks': []}
 
 
 def record(**entry):
@@ -390,6 +399,13 @@ def plot_losses():
     ax.plot(history['iter'], history['loss'], lw=0.8, alpha=0.6, label='train (per step)')
     ax.plot(history['eval_iter'], history['train'], 'o-', label='train (eval)')
     ax.plot(history['eval_iter'], history['val'], 'o-', label='val (eval)')
+    accuracies = [k for k in (history['tasks'][-1] if history['tasks'] else {}) if k.endswith(('acc_norm', '/acc'))]
+    if accuracies:  # on a second axis, beside the losses
+        ax2 = ax.twinx()
+        for k in accuracies:
+            ax2.plot(history['eval_iter'], [m[k] for m in history['tasks']], 's--', label=k)
+        ax2.set_ylabel('accuracy')
+        ax2.legend(loc='upper center')
     ax.set_xlabel('iteration')
     ax.set_ylabel('loss')
     ax.set_title(f'{dataset}: {raw_model.num_params() / 1e6:.2f}M parameters')
@@ -447,15 +463,20 @@ while True:
 
     if iter_num % eval_interval == 0 or eval_only or iter_num >= max_iters:
         losses = estimate_loss()
-        log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        # every rank scores its share of the tasks (raw_model: under FSDP its forward is collective)
+        task_metrics = evaluate(raw_model, eval_task_list, batch_size, device, ctx) if eval_task_list else {}
+        shown = {k: v for k, v in task_metrics.items() if not k.endswith(('_stderr', '/n'))}
+        log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+            + ''.join(f", {k} {v:.4f}" for k, v in shown.items()))
         record(event='eval', iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], lr=lr,
-               seconds=time.time() - t_start)  # since the loop started: time-to-loss for speedruns
+               seconds=time.time() - t_start, **task_metrics)  # seconds since the loop started: time-to-loss
         history['eval_iter'].append(iter_num)
         history['train'].append(losses['train'])
         history['val'].append(losses['val'])
+        history['tasks'].append(task_metrics)
         if wandb_log and master_process:
             wandb.log({'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'], 'lr': lr,
-                       **({'mfu': mfu * 100} if mfu is not None else {})})
+                       **({'mfu': mfu * 100} if mfu is not None else {}), **shown})
         if plot and master_process and not eval_only:
             plot_losses()
         if not (math.isfinite(losses['train']) and math.isfinite(losses['val'])):

@@ -1,5 +1,6 @@
 """End to end on the CPU, as a user runs it: prepare Shakespeare-char, train, resume, evaluate,
 sample, and start from a local Hugging Face directory."""
+import json
 import math
 import re
 
@@ -144,3 +145,23 @@ def test_log_lines_show_no_sentinels_and_eta_leaves_evaluation_out(tmp_path, cha
     eta = {i: float(re.search(r'eta ([\d.]+)min', line).group(1)) for i, line in lines.items() if 'eta' in line}
     for i in (5, 9):  # the first step after each evaluation
         assert eta[i] <= 3 * eta[i - 2] + 0.01, (i, eta)
+
+
+def test_training_scores_eval_tasks_at_each_evaluation(tmp_path, char_data):
+    # eval.py's tasks scored by train.py as it evaluates: a multiple-choice set on the character model, its
+    # accuracy logged with the losses (log.jsonl, the log line) and equal to what eval.py gives the checkpoint
+    mc = tmp_path / 'mc.jsonl'
+    mc.write_text(''.join(json.dumps({'context': 'ROMEO:', 'choices': [' O, she doth teach', ' qzx vvq', ' jjj kk'],
+                                      'label': 0}) + '\n' for _ in range(3)))
+    out = tmp_path / 'out'
+    p = run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={out}', '--max_iters=20', '--eval_interval=10',
+            '--eval_tasks=mc', f'--eval_tasks_data={mc}', '--plot=True')
+    evals = events(out, 'eval')
+    assert [e['iter'] for e in evals] == [0, 10, 20] and all(0 <= e['mc/acc'] <= 1 for e in evals)
+    assert f"mc/acc {evals[-1]['mc/acc']:.4f}" in p.stdout and (out / 'loss.png').exists()
+    r = run('eval.py', '--init_from=resume', f'--out_dir={out}', '--ckpt_name=ckpt.pt', '--tasks=mc',
+            f'--mc_data={mc}', '--device=cpu', f'--results_file={tmp_path / "r.json"}')
+    assert r.returncode == 0
+    scored = json.loads((tmp_path / 'r.json').read_text())['results']['mc']
+    assert scored['acc'] == pytest.approx(evals[-1]['mc/acc']) and scored['acc_norm'] == pytest.approx(
+        evals[-1]['mc/acc_norm'])
