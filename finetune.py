@@ -28,7 +28,8 @@ from dataclasses import asdict
 import torch
 
 import configurator
-from checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
+import checkpoint
+from checkpoint import load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
 from configurator import UserError, check_choice, check_range
 from device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
 from heads import FIELDS, SPECIAL_TOKENS, TASKS, TaskModel, add_tokens, collate, transform
@@ -187,7 +188,7 @@ def evaluate(model, examples, labels):
 
 
 def save(path, model, optimizer, step, best, meta, classes, specials):
-    save_checkpoint(dict(format=CHECKPOINT_FORMAT, kind='finetune', model=model.gpt.state_dict(),
+    save_checkpoint(dict(format=checkpoint.CHECKPOINT_FORMAT, kind='finetune', model=model.gpt.state_dict(),
                          head=model.head.state_dict(), model_args=asdict(model.gpt.config),
                          optimizer=optimizer.state_dict() if optimizer else None, iter_num=step,
                          best_val_loss=-best, best_metric=best, config=config, data_meta=meta,
@@ -268,8 +269,8 @@ if task == 'multiple_choice':
                         f"found {sorted(counts)} answers")
 majority = max((val_labels.count(y) for y in set(val_labels)), default=0) / max(1, len(val_labels))
 log(f"config: {json.dumps(config)}")
-log(f"{describe(device, dtype)}; {task}: {len(train_ex)} training and {len(val_ex)} validation examples, "
-    f"{num_labels if classes else ''}{' classes' if classes else ''}"
+log(f"{describe(device, dtype)}; {task}: {len(train_ex)} training and {len(val_ex)} validation examples"
+    + (f", {num_labels} classes" if classes else '')
     + (f"; majority-class accuracy {majority:.4f}" if task != 'similarity' else ''))
 
 decay = [p for p in model.parameters() if p.dim() >= 2]

@@ -418,3 +418,11 @@ def test_module_constants_are_not_settings(tmp_path, char_data):
     assert code == 0 and 'batch_size' in out and 'CHECKPOINT_FORMAT' not in out
     msg = train_fails(char_data, tmp_path / 'out', '--CHECKPOINT_FORMAT=x')
     assert "unknown config key 'CHECKPOINT_FORMAT'" in msg
+
+
+@pytest.mark.parametrize('script', ['sample.py', 'bench.py', 'eval.py', 'export.py', 'demos.py', 'finetune.py'])
+def test_no_script_offers_a_module_constant_as_a_setting(script):
+    # settings are the lower-case globals a script declares; imported constants (formats, token names) are not
+    code, out, _ = run_inprocess(script, '--help')
+    assert code == 0 and 'config keys' in out
+    assert not [line for line in out.splitlines() if line.strip()[:1].isupper() and ' = ' in line], out
