@@ -31,7 +31,7 @@ the same weights, sample mode), or our model with '+'-joined settings over the c
 eager|compile, fp32|bf16|fp16, sdpa|explicit, forloop|foreach|fused (AdamW implementation),
 cache|nocache, dense|local|alternating (attention pattern, band attn_window), e.g.
 --variants=reference,compile+bf16+fused or, for GPT-3's banded attention at long context,
-$ python bench.py --model=gpt3-small --n_layer=2 --block_size=2048 --batch_size=1 --variants=dense,local
+$ python bench.py --model=baby --n_layer=2 --dropout=0 --block_size=2048 --batch_size=1 --variants=dense,local
 """
 
 import copy
@@ -172,7 +172,8 @@ def describe(v, c, dev):
         return "plain eager fp32 loop, torch.optim.AdamW defaults"
     if v['kind'] == 'hf':
         return "transformers GPT2LMHeadModel.generate(do_sample=False, use_cache=True), fp32"
-    attn = (v['attn'] or c.attn_impl) + (f" {v['pattern']} (window {attn_window})" if v['pattern'] else '')
+    attn = (v['attn'] or c.attn_impl) + (f" {v['pattern']}" if v['pattern'] else '') \
+        + (f" (window {attn_window})" if v['pattern'] in ('local', 'alternating') else '')
     if (attn == 'sdpa' and mode == 'train' and dev.startswith('cpu')
             and cpu_training_avoids_sdpa(getattr(torch, v['dtype']), c.dropout)):
         attn = 'sdpa->explicit (CPU training in bf16 or with dropout)'

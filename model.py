@@ -189,7 +189,11 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
         past = 0 if kv_cache is None else kv_cache.pos
-        if self.window:  # a local layer: query at position p sees keys p - window + 1 .. p
+        blocks = 0
+        if self.window and kv_cache is None and T > 2 * self.window:  # long sequence: O(T * window), not O(T^2)
+            q, k, v, mask, blocks = self.to_blocks(q, k, v)
+            is_causal = False
+        elif self.window:  # a local layer: query at position p sees keys p - window + 1 .. p
             k, v, key_pos = self.ring_cache(kv_cache, k, v, past) if kv_cache is not None else (k, v, None)
             q_pos = torch.arange(past, past + T, device=x.device)[:, None]
             key_pos = q_pos.T if key_pos is None else key_pos[None]
@@ -224,8 +228,26 @@ class CausalSelfAttention(nn.Module):
             att = F.softmax(att, dim=-1)
             att = self.attn_dropout(att)
             y = att @ v
+        if blocks:
+            y = y.reshape(B, self.n_head, blocks * self.window, hs)[:, :, :T]
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+    def to_blocks(self, q, k, v):
+        """Banded attention in blocks: queries in blocks of `window` positions, each attending to its own
+        block's keys and the previous block's, (B, H, blocks, window, 2 * window) scores in all instead of
+        (B, H, T, T). Query j of block i (position i*W + j) may see key m of its pair of blocks (position
+        (i-1)*W + m) when j < m <= j + W; block 0 has no previous block. The sequence is padded to whole
+        blocks; padded keys come after every real query, so causality masks them."""
+        B, H, T, hs = q.shape
+        W = self.window
+        n = -(-T // W)
+        q, k, v = (F.pad(t, (0, 0, 0, n * W - T)).view(B, H, n, W, hs) for t in (q, k, v))
+        k, v = (torch.cat((F.pad(t, (0, 0, 0, 0, 1, 0))[:, :, :-1], t), dim=3) for t in (k, v))
+        j, m = torch.arange(W, device=q.device)[:, None], torch.arange(2 * W, device=q.device)[None]
+        mask = ((m > j) & (m <= j + W)).expand(n, W, 2 * W).clone()
+        mask[0, :, :W] = False
+        return q, k, v, mask, n
 
     def ring_cache(self, kv_cache, k, v, past):
         """A local layer's cache: the ring's keys/values followed by the new ones, with the absolute position

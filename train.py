@@ -354,6 +354,15 @@ def micro_steps(tokens):
     return min(gradient_accumulation_steps, max(round(batch_ramp_start / micro_tokens), round(target / micro_tokens)))
 
 
+def tokens_left(it, tokens):
+    """Tokens the run has still to train on, from iteration it with `tokens` seen (for the ETA)."""
+    left = 0
+    while batch_ramp_start and tokens < batch_ramp_tokens and it < max_iters:  # the ramp's growing steps
+        step = micro_steps(tokens) * micro_tokens
+        tokens, left, it = tokens + step, left + step, it + 1
+    return left + max(0, max_iters - it) * tokens_per_iter
+
+
 def my_share(m):
     """This rank's global micro-batches out of m: a contiguous block, as even as m allows (rank r of W
     takes r*m//W .. (r+1)*m//W - 1)."""
@@ -451,7 +460,7 @@ X, Y = data.batch('train', iter_num, mine[0])  # first batch
 t0 = time.time()
 t_start = t0
 local_iter_num = 0  # iterations run by this process (MFU is skipped while torch.compile warms up)
-step_time = mfu = None  # smoothed seconds per training step (evaluations left out), and MFU, once measured
+token_time = mfu = None  # smoothed seconds per token trained on (evaluations left out), and MFU, once measured
 # non-finite losses or gradients found on the device and not yet reported: how many, the first iteration, its loss
 n_bad, first_bad, first_bad_loss = (torch.zeros((), device=device) for _ in range(3))
 while True:
@@ -577,13 +586,14 @@ while True:
     t1 = time.time()
     dt, t0 = t1 - t0, t1
     if local_iter_num >= 1:  # (the first step also warms up, and compiles)
-        step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
+        token_time = dt / step_tokens if token_time is None else 0.9 * token_time + 0.1 * dt / step_tokens
     if iter_num % log_interval == 0 and master_process and lossf is not None:
         if local_iter_num >= 5:  # let the training loop settle (and compile) first
             u = raw_model.estimate_mfu(step_tokens / world_size, dt, peak)
             mfu = u if mfu is None else 0.9 * mfu + 0.1 * u
         shown = f", mfu {mfu * 100:.2f}%" if mfu is not None else ''
-        shown += f", eta {(max_iters - iter_num - 1) * step_time / 60:.1f}min" if step_time is not None else ''
+        if token_time is not None:  # per token, not per step: steps grow during a batch ramp
+            shown += f", eta {tokens_left(iter_num + 1, tokens_seen + step_tokens) * token_time / 60:.1f}min"
         log(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, time {dt * 1000:.1f}ms, "
             f"{step_tokens / dt:,.0f} tok/s{shown}"
             + (f", {step_tokens:,} tokens/step, {(tokens_seen + step_tokens) / 1e6:,.2f}M tokens"

@@ -3,8 +3,10 @@
 # $ python data/shakespeare_char/prepare.py
 # $ python train.py config/train_gpt3_cpu.py
 # 8 sequences * 128 tokens * 8 micro-batches = 8,192 tokens per step at full batch, ramped up from 2,048 over
-# the first 1M tokens; lr warmup over 100K tokens, cosine decay to 10% by 3M tokens; ~440 steps, 3.1M tokens.
-# Expect: (measured figures below, filled in by the run this header describes)
+# the first 1M tokens (2,048 at step 0, 4,096 at 100, 7,168 at 200, 8,192 from ~230); lr warmup over 100K tokens,
+# cosine decay towards 10% at 3M tokens; 440 steps, 2.73M tokens (the lr is at 4.4e-4 of 3e-3 at the end).
+# Expect (2-core AMD EPYC, AVX2, fp32, torch 2.13): val loss 2.476 at step 100, 2.360 at 200, 2.152 at 300,
+# 2.027 at 400, 1.999 at 440; 204 s in all, ~12,500 tokens/s. The log shows tokens per step and tokens so far.
 out_dir = 'out-gpt3-cpu'
 dataset = 'shakespeare_char'
 device = 'cpu'

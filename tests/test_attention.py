@@ -34,7 +34,11 @@ def test_local_layer_matches_the_banded_reference(impl, window):
                     attn_pattern='local', attn_window=window)
     attn = GPT(cfg).transformer.h[1].attn
     x = torch.randn(3, 24, 32, requires_grad=True)
+    calls = []
+    blocks = attn.to_blocks
+    attn.to_blocks = lambda *a: calls.append(1) or blocks(*a)
     ours, ref = attn(x), reference_attention(x, attn, window)
+    assert bool(calls) == (24 > 2 * window)  # long sequences take the blocked path, O(T * window)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     g = torch.randn_like(ref)
     got = torch.autograd.grad(ours, [x, attn.c_attn.weight], g)
