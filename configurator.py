@@ -28,6 +28,7 @@ import difflib
 import math
 import os
 import sys
+import time
 import tokenize
 import types
 
@@ -43,13 +44,16 @@ class ConfigError(UserError, ValueError):
 
 
 def report_user_error(message):
-    """Print `error: message` to stderr. Under torchrun, before the process group exists, every rank
-    runs the same checks on the same settings and files, so only rank 0 prints; once it exists, a
-    failure may be one rank's own (its disk, its device), so every failing rank prints."""
+    """Print `error: message` to stderr. Under torchrun, before the process group exists, every rank runs the
+    same checks on the same settings and files: rank 0 prints at once, the others only after a pause, by which
+    time torchrun has ended them if rank 0 failed alike (one line in all), while a failure of their own is
+    still reported. Once the group exists a failure may be one rank's own (its disk, its device), so every
+    failing rank prints at once."""
     dist = sys.modules.get('torch.distributed')
     grouped = dist is not None and dist.is_available() and dist.is_initialized()
-    if grouped or int(os.environ.get('RANK', '0') or 0) == 0:
-        print(f"error: {message}", file=sys.stderr, flush=True)
+    if not grouped and int(os.environ.get('RANK', '0') or 0) != 0:
+        time.sleep(5)
+    print(f"error: {message}", file=sys.stderr, flush=True)
 
 
 def exit_on_user_error():
