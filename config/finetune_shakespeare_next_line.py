@@ -4,7 +4,8 @@
 # $ python data/shakespeare_tasks/prepare.py
 # $ python finetune.py config/finetune_shakespeare_next_line.py
 # $ python finetune.py config/finetune_shakespeare_next_line.py --from_scratch=True --out_dir=out-next-line-scratch
-# Expect: see the figures below, measured with these commands (chance 25%).
+# Measured (2-core AMD EPYC, AVX2, fp32; 125 steps, 149 s): best val accuracy 0.311, 0.278 at the last step,
+# against 0.281 for the majority answer and 0.25 chance: not yet a clear gain (see finetune_shakespeare_follows.py).
 init_from = 'out-shakespeare-char-cpu'
 out_dir = 'out-next-line'
 task = 'multiple_choice'
