@@ -61,7 +61,9 @@ def from_pretrained(name_or_path, **overrides):
     pad_vocab_multiple, block_size (only to shorten the context); anything else must agree
     with the checkpoint.
     """
+    import transformers
     from transformers import AutoConfig, AutoModelForCausalLM
+    transformers.logging.disable_progress_bar()  # its 'Loading weights' bar would come before a one-line error
     if not os.path.isdir(name_or_path) and name_or_path not in HF_HUB_MODELS:
         raise ValueError(f"{name_or_path!r} is neither a local directory nor one of the hub models "
                          f"{', '.join(HF_HUB_MODELS)}")
