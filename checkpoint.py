@@ -359,15 +359,27 @@ def gather_full_state(model, optimizer):
 ADAMW_KERNEL_KEYS = ('fused', 'foreach', 'capturable', 'differentiable')
 
 
+def own_kernels(state, optimizer):
+    """An AdamW state dict with the loading optimizer's kernel choice in every param group."""
+    return {**state, 'param_groups': [{**saved, **{k: own[k] for k in ADAMW_KERNEL_KEYS if k in own}}
+                                      for saved, own in zip(state['param_groups'], optimizer.param_groups)]
+            + state['param_groups'][len(optimizer.param_groups):]}  # (a count mismatch is still reported)
+
+
 def load_optimizer_state(model, optimizer, state):
     """Load an optimizer state dict as saved by train.py (single-process layout) into `optimizer`,
     which may be over FSDP-sharded parameters (then every rank calls this with the full dict and
     keeps its own shard). The kernel choice (fused, foreach, ...) stays the loading optimizer's: it belongs
     to this machine, not to the run (a nanoGPT run's non-fused AdamW resumes in train.py's fused one)."""
     from torch.distributed.tensor import DTensor
-    state = {**state, 'param_groups': [{**saved, **{k: own[k] for k in ADAMW_KERNEL_KEYS if k in own}}
-                                       for saved, own in zip(state['param_groups'], optimizer.param_groups)]
-             + state['param_groups'][len(optimizer.param_groups):]}  # (a count mismatch is still reported)
+    if hasattr(optimizer, 'muon') != ('muon' in state):  # model.MuonAdamW's state is {'muon': ..., 'adamw': ...}
+        raise UserError(f"the checkpoint's optimizer is {'Muon with AdamW' if 'muon' in state else 'AdamW'}, "
+                         f"this run's is {'Muon with AdamW' if hasattr(optimizer, 'muon') else 'AdamW'}; "
+                         f"resume with the optim setting the run had")
+    if hasattr(optimizer, 'muon'):  # (never sharded: train.py refuses Muon under FSDP)
+        optimizer.load_state_dict({'muon': state['muon'], 'adamw': own_kernels(state['adamw'], optimizer.adamw)})
+        return
+    state = own_kernels(state, optimizer)
     if not any(isinstance(p, DTensor) for p in model.parameters()):
         optimizer.load_state_dict(state)
         return

@@ -43,6 +43,12 @@ class GPTConfig:
     attn_window: int = 0        # local layers: a query sees itself and the attn_window - 1 keys before it
     tie_embeddings: bool = True  # lm_head shares wte's weights (all GPTs); False: its own matrix (Image GPT)
     zero_init_head: bool = False  # Image GPT: the logit projection starts at zero (needs untied embeddings)
+    # options from modded-nanogpt / nanochat (config/train_shakespeare_char_speedrun.py measures them); the
+    # defaults are GPT-2's architecture, and each option left at its default leaves the model bit-identical
+    pos_emb: str = 'learned'    # 'learned' (GPT-2's position table) or 'rope' (rotary, Su et al. 2021; no table)
+    rope_base: float = 10000.0  # rotary: the wavelength base, frequencies base^(-2i/head_dim)
+    qk_norm: bool = False       # RMS-normalise each head's queries and keys (no gain) before the scores
+    mlp_act: str = 'gelu'       # 'gelu' (see gelu_approx) or 'relu2': relu(x)^2 (Primer, So et al. 2021)
 
     def __post_init__(self):
         def need(ok, msg):
@@ -57,6 +63,11 @@ class GPTConfig:
         need(self.attn_impl in ('sdpa', 'explicit'), f"attn_impl must be 'sdpa' or 'explicit', got {self.attn_impl!r}")
         need(not (self.zero_init_head and self.tie_embeddings),
              "zero_init_head needs tie_embeddings=False (tied, it would zero the token embeddings too)")
+        need(self.pos_emb in ('learned', 'rope'), f"pos_emb must be 'learned' or 'rope', got {self.pos_emb!r}")
+        need(self.pos_emb == 'learned' or (self.n_embd // self.n_head) % 2 == 0,
+             f"rotary embeddings rotate pairs of a head's dimensions: head size {self.n_embd // self.n_head} is odd")
+        need(self.rope_base > 1, f"rope_base must be > 1, got {self.rope_base}")
+        need(self.mlp_act in ('gelu', 'relu2'), f"mlp_act must be 'gelu' or 'relu2', got {self.mlp_act!r}")
         need(self.attn_pattern in ('dense', 'local', 'alternating'),
              f"attn_pattern must be 'dense', 'local' or 'alternating', got {self.attn_pattern!r}")
         need((self.attn_pattern == 'dense') == (self.attn_window == 0) and self.attn_window >= 0,
@@ -165,6 +176,24 @@ def cpu_training_avoids_sdpa(dtype, dropout_p):
     return dtype == torch.bfloat16 or dropout_p > 0
 
 
+def rotary(x, cos, sin):
+    """Rotary position embedding (RoFormer, Su et al. 2021) in the half-split layout of GPT-NeoX and
+    nanochat: dimension i of a head is paired with i + head_dim/2, and the pair is rotated by the angle
+    position * base^(-2i/head_dim). x: (B, H, T, head_dim); cos, sin: (T, head_dim/2). A query at position p
+    and a key at position s then score by a function of q, k and p - s alone."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # (under autocast x may be bf16; the angles are computed in fp32)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def rotary_angles(config, past, T, device):
+    """cos and sin of the rotary angles for positions past .. past + T - 1, each (T, head_dim/2)."""
+    hs = config.n_embd // config.n_head
+    inv_freq = config.rope_base ** -(torch.arange(0, hs, 2, device=device, dtype=torch.float32) / hs)
+    angles = torch.arange(past, past + T, device=device, dtype=torch.float32)[:, None] * inv_freq
+    return angles.cos(), angles.sin()
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config, layer_idx):
@@ -174,6 +203,7 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.dropout = config.dropout
         self.attn_impl = config.attn_impl
+        self.qk_norm = config.qk_norm
         self.window = config.attn_window if config.is_local(layer_idx) else 0  # 0: dense
         # q, k, v projections for all heads in one matmul (HF name: c_attn)
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
@@ -181,13 +211,17 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = Dropout(config.dropout)
         self.resid_dropout = Dropout(config.dropout)
 
-    def forward(self, x, kv_cache=None):
+    def forward(self, x, kv_cache=None, rope=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         hs = C // self.n_head
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        if self.qk_norm:  # bounded scores whatever the weights grow to (modded-nanogpt, nanochat)
+            q, k = F.rms_norm(q, (hs,)), F.rms_norm(k, (hs,))
+        if rope is not None:  # rotated before caching: a cached key keeps its own position's rotation
+            q, k = rotary(q, *rope), rotary(k, *rope)
         past = 0 if kv_cache is None else kv_cache.pos
         blocks = 0
         if self.window and kv_cache is None and T > 2 * self.window:  # long sequence: O(T * window), not O(T^2)
@@ -270,12 +304,19 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, config.d_ff, bias=config.bias)
-        self.gelu = nn.GELU(approximate=config.gelu_approx)
+        self.gelu = nn.GELU(approximate=config.gelu_approx) if config.mlp_act == 'gelu' else ReLU2()
         self.c_proj = nn.Linear(config.d_ff, config.n_embd, bias=config.bias)
         self.dropout = Dropout(config.dropout)
 
     def forward(self, x):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class ReLU2(nn.Module):
+    """relu(x)^2 (Primer; modded-nanogpt's MLP): sparse, and cheaper than GELU on a CPU."""
+
+    def forward(self, x):
+        return F.relu(x).square()
 
 
 class Block(nn.Module):
@@ -288,11 +329,11 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache=None):
+    def forward(self, x, kv_cache=None, rope=None):
         if self.post_norm:  # GPT-1: x = LN(x + f(x))
-            x = self.ln_1(x + self.attn(x, kv_cache))
+            x = self.ln_1(x + self.attn(x, kv_cache, rope))
             return self.ln_2(x + self.mlp(x))
-        x = x + self.attn(self.ln_1(x), kv_cache)  # GPT-2: x = x + f(LN(x))
+        x = x + self.attn(self.ln_1(x), kv_cache, rope)  # GPT-2: x = x + f(LN(x))
         return x + self.mlp(self.ln_2(x))
 
 
@@ -304,7 +345,7 @@ class GPT(nn.Module):
         V = config.padded_vocab_size
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(V, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            **({'wpe': nn.Embedding(config.block_size, config.n_embd)} if config.pos_emb == 'learned' else {}),
             drop=Dropout(config.dropout),
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
         ))
@@ -338,7 +379,7 @@ class GPT(nn.Module):
         """Parameters (tied wte/lm_head counted once). non_embedding drops the position table,
         the convention for N in scaling laws (token embeddings are reused as the output layer)."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and 'wpe' in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         return n
 
@@ -358,10 +399,15 @@ class GPT(nn.Module):
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
                 raise ValueError(f"token id out of range: ids must be in [0, {self.config.vocab_size}), "
                                  f"got min {int(idx.min())}, max {int(idx.max())}")
-        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        rope = None
+        if self.config.pos_emb == 'learned':
+            x = x + self.transformer.wpe(torch.arange(past, past + T, dtype=torch.long, device=idx.device))
+        else:
+            rope = rotary_angles(self.config, past, T, idx.device)
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, kv_cache)
+            x = block(x, kv_cache, rope)
         if kv_cache is not None:
             kv_cache.pos += T
         if not self.config.post_norm:
@@ -388,28 +434,44 @@ class GPT(nn.Module):
                              f"{self.config.block_size} positions")
         if block_size < self.config.block_size:
             self.config.block_size = block_size
+            if 'wpe' not in self.transformer:  # rotary: nothing stored per position
+                return
             self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     # ------------------------------------------------------------------ training helpers
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, eps=1e-8, verbose=True,
-                             fused=None):
+                             fused=None, muon_lr=0.0, muon_momentum=0.95, muon_dtype=torch.float32):
         """AdamW with weight decay on matrices only (GPT-3): embeddings and Linear weights decay;
         biases, LayerNorm gains and all other 1-D tensors do not. fused: the single-kernel update
         (None: on CUDA; train.py also asks for it on CPU, where it is several times faster than the
-        default per-tensor loop and equal to it up to rounding: `python bench.py --variants=forloop,fused`)."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
+        default per-tensor loop and equal to it up to rounding: `python bench.py --variants=forloop,fused`).
+
+        muon_lr > 0: the transformer blocks' weight matrices go to Muon instead (optim.py: Nesterov momentum,
+        then the update orthogonalised by Newton-Schulz iterations in muon_dtype), at that learning rate and
+        with the same decoupled weight decay; the embeddings, the head and the 1-D tensors stay on AdamW. Each
+        group's 'lr_scale' is its learning rate relative to learning_rate, which train.py's schedule multiplies."""
+        params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        hidden = [p for n, p in params if muon_lr and p.dim() == 2 and n.startswith('transformer.h.')]
+        decay = [p for n, p in params if p.dim() >= 2 and not any(p is q for q in hidden)]
+        no_decay = [p for n, p in params if p.dim() < 2]
         groups = [{'params': decay, 'weight_decay': weight_decay},
                   {'params': no_decay, 'weight_decay': 0.0}]
         if verbose:
             print(f"optimizer: {len(decay)} decayed tensors ({sum(p.numel() for p in decay):,} parameters), "
-                  f"{len(no_decay)} non-decayed tensors ({sum(p.numel() for p in no_decay):,} parameters)")
+                  f"{len(no_decay)} non-decayed tensors ({sum(p.numel() for p in no_decay):,} parameters)"
+                  + (f", Muon on {len(hidden)} matrices ({sum(p.numel() for p in hidden):,} parameters)"
+                     if hidden else ''))
         if fused is None:  # the fused kernel does the whole update in one launch on CUDA
             fused = device_type == 'cuda'
         # (fused=False would also turn off the foreach kernels: None keeps torch's default)
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, fused=fused or None)
+        adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, fused=fused or None)
+        if not hidden:
+            return adamw
+        from optim import Muon, MuonAdamW  # (imported here: model.py alone needs torch alone)
+        muon = Muon([{'params': hidden, 'lr_scale': muon_lr / learning_rate}], lr=muon_lr,
+                    weight_decay=weight_decay, momentum=muon_momentum, ns_dtype=muon_dtype)
+        return MuonAdamW(muon, adamw)
 
     def flops_per_token(self, seq_len=None):
         """Training FLOPs per token (forward + backward), PaLM appendix B:

@@ -87,15 +87,25 @@ attn_window = 0                 # local layers: each token sees itself and the a
 gelu_approx = 'tanh'            # GPT-2's tanh GELU, or 'none': exact erf GELU (nanoGPT's), cheaper on CPU in eager
 tie_embeddings = True           # output projection shares the token embeddings; False for Image GPT
 zero_init_head = False          # Image GPT: the output projection starts at zero (needs tie_embeddings=False)
-# AdamW (GPT-3 settings)
+pos_emb = 'learned'             # 'learned' (GPT-2's position table) or 'rope' (rotary embeddings)
+rope_base = 10000.0             # rotary: wavelength base
+qk_norm = False                 # RMS-normalise queries and keys per head
+mlp_act = 'gelu'                # 'gelu' or 'relu2' (relu(x)^2)
+# AdamW (GPT-3 settings); optim='muon' puts the blocks' weight matrices on Muon (optim.py) at muon_lr
+optim = 'adamw'                 # 'adamw' or 'muon' (Muon for the blocks' matrices, AdamW for the rest)
+muon_lr = 0.02                  # Muon's peak learning rate (the schedule scales it with learning_rate's)
+muon_momentum = 0.95
 learning_rate = 6e-4            # peak learning rate
 max_iters = 600000              # total optimizer steps
 weight_decay = 1e-1             # on matrices only
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0                 # clip the global grad norm to this; 0 disables
-# learning-rate schedule: linear warmup, then cosine decay to min_lr, in iterations or (GPT-3) in tokens
+# learning-rate schedule: linear warmup, then cosine decay to min_lr, in iterations or (GPT-3) in tokens;
+# lr_schedule='wsd' (warmup-stable-decay): the peak until the last cooldown_frac of the decay, then linear to min_lr
 decay_lr = True
+lr_schedule = 'cosine'          # 'cosine' or 'wsd'
+cooldown_frac = 0.2             # wsd: the final fraction of the decay spent going down linearly
 warmup_iters = 2000
 lr_decay_iters = 600000         # ~ max_iters (Chinchilla)
 warmup_tokens = 0               # GPT-3: warm up over this many tokens instead (needs lr_decay_tokens)
@@ -158,6 +168,16 @@ check_choice('parallelism', parallelism, ('ddp', 'fsdp'))
 check_choice('backend', backend, ('auto', 'nccl', 'gloo'))
 check_choice('attn_impl', attn_impl, ('sdpa', 'explicit'))
 check_choice('gelu_approx', gelu_approx, ('tanh', 'none'))
+check_choice('pos_emb', pos_emb, ('learned', 'rope'))
+check_choice('mlp_act', mlp_act, ('gelu', 'relu2'))
+check_choice('optim', optim, ('adamw', 'muon'))
+check_choice('lr_schedule', lr_schedule, ('cosine', 'wsd'))
+check_range('cooldown_frac', cooldown_frac, low=0, high=1)
+check_range('rope_base', rope_base, low=1, low_open=True)
+check_range('muon_lr', muon_lr, low=0, low_open=True)
+check_range('muon_momentum', muon_momentum, low=0, high=1, high_open=True)
+if optim == 'muon' and parallelism == 'fsdp':
+    raise UserError("optim='muon' orthogonalises whole matrices, which FSDP shards; use parallelism='ddp' or optim='adamw'")
 
 
 # ----------------------------------------------------------------------------- distributed set-up
@@ -185,6 +205,8 @@ else:
     rank, local_rank, world_size, master_process = 0, 0, 1, True
 device = pick_device(device)
 dtype = pick_dtype(dtype, device)  # 'auto': bf16 on GPUs, and on CPUs only where bf16 is fast (AMX)
+if optim == 'muon' and dtype == 'float16':
+    raise UserError("optim='muon' with float16 loss scaling is not supported; use dtype='bfloat16' or 'float32'")
 device_type = torch.device(device).type  # 'cuda', 'cpu' or 'mps'
 if device_type != 'cuda':
     compile = compile and device_type == 'cpu'  # inductor has no MPS backend worth using yet
@@ -221,13 +243,15 @@ elif init_from == 'resume':
     log(resume_note)
 else:
     log(f"initialising from pretrained weights: {init_from}")
-arch = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'attn_pattern', 'attn_window', 'tie_embeddings')
+arch = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'attn_pattern', 'attn_window', 'tie_embeddings',
+        'pos_emb', 'qk_norm', 'mlp_act')
 model, _, ckpt = load_model(
     init_from, out_dir, 'ckpt.pt', block_size=block_size, ckpt=ckpt, dropout=dropout,
     scratch=dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                  vocab_size=meta['vocab_size'], pad_vocab_multiple=pad_vocab_multiple, attn_impl=attn_impl,
                  gelu_approx=gelu_approx, attn_pattern=attn_pattern, attn_window=attn_window,
-                 tie_embeddings=tie_embeddings, zero_init_head=zero_init_head),
+                 tie_embeddings=tie_embeddings, zero_init_head=zero_init_head, pos_emb=pos_emb, rope_base=rope_base,
+                 qk_norm=qk_norm, mlp_act=mlp_act),
     expect={k: config[k] for k in arch if k in given})  # what the user asked for must match what resumes
 tokens_per_iter = gradient_accumulation_steps * micro_tokens  # the full batch
 log(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps // world_size} accum * {world_size} "
@@ -285,7 +309,8 @@ if fsdp:
 scaler = (ShardedGradScaler if fsdp else torch.amp.GradScaler)(device_type, enabled=(dtype == 'float16'))
 # the fused AdamW kernel: one pass over all parameters, on CUDA and on CPU (bench.py --variants=forloop,fused)
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, verbose=master_process,
-                                       fused=device_type in ('cuda', 'cpu'))
+                                       fused=device_type in ('cuda', 'cpu'), muon_lr=muon_lr if optim == 'muon' else 0,
+                                       muon_momentum=muon_momentum, muon_dtype=getattr(torch, dtype))
 fused_adamw = bool(optimizer.defaults.get('fused'))  # can skip a step on the device (see the loop)
 if ckpt is not None:
     load_optimizer_state(model, optimizer, ckpt['optimizer'])  # each rank keeps its shard under FSDP
@@ -328,19 +353,22 @@ def estimate_loss():
 
 
 def get_lr(it, tokens):
-    """Linear warmup, cosine decay to min_lr, then min_lr. In iterations (nanoGPT): warmup_iters, then decay
-    until lr_decay_iters. In tokens (GPT-3: warmup over 375M, cosine to 10% over 260B): tokens is the count
-    once this step's batch is done, warmup up to warmup_tokens, decay until lr_decay_tokens."""
+    """Linear warmup, then cosine decay to min_lr (or lr_schedule='wsd': the peak, then a linear cooldown to
+    min_lr over the last cooldown_frac of the decay), then min_lr. In iterations (nanoGPT): warmup_iters, then
+    decay until lr_decay_iters. In tokens (GPT-3: warmup over 375M, cosine to 10% over 260B): tokens is the
+    count once this step's batch is done, warmup up to warmup_tokens, decay until lr_decay_tokens."""
     if schedule_in_tokens:
         if tokens < warmup_tokens:
             return learning_rate * tokens / warmup_tokens
         ratio = min(1.0, (tokens - warmup_tokens) / max(1, lr_decay_tokens - warmup_tokens))
-        return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it > lr_decay_iters:
-        return min_lr
-    ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    else:
+        if it < warmup_iters:
+            return learning_rate * (it + 1) / (warmup_iters + 1)
+        if it > lr_decay_iters:
+            return min_lr
+        ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    if lr_schedule == 'wsd':
+        return min_lr + min(1.0, (1.0 - ratio) / cooldown_frac if cooldown_frac else 1.0) * (learning_rate - min_lr)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
 
@@ -468,7 +496,7 @@ while True:
     step_tokens = m * micro_tokens
     lr = get_lr(iter_num, tokens_seen + step_tokens) if decay_lr else learning_rate
     for param_group in optimizer.param_groups:
-        param_group['lr'] = lr
+        param_group['lr'] = lr * param_group.get('lr_scale', 1.0)  # (Muon's group: muon_lr / learning_rate)
 
     if iter_num % eval_interval == 0 or eval_only or iter_num >= max_iters:
         losses = estimate_loss()
