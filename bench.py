@@ -10,10 +10,12 @@ $ python bench.py --init_from=resume --out_dir=out-shakespeare-char-cpu --datase
 $ python bench.py --model=gpt2 --device=cuda --batch_size=12 --compile=True    # one GPU
 $ python bench.py --profile=True                           # also writes a chrome trace to out_dir
 $ python bench.py --mode=eval --init_from=gpt2 --eval_limit=200   # HellaSwag examples/s: eval.py vs a transformers loop
+$ python bench.py --mode=speedrun          # wall time to val 1.886: the CPU speedrun vs nanoGPT's CPU recipe
 
 Modes: 'train' times one optimizer step (forward, backward, grad clip, AdamW, one host sync: the hot
 path of train.py), 'forward' a no-grad forward with loss (what evaluation runs), 'sample' greedy
-generation (one iteration = one new token for every row), 'eval' HellaSwag scoring (eval_bench below). Each variant warms up (and compiles) first;
+generation (one iteration = one new token for every row), 'eval' HellaSwag scoring (eval_bench below),
+'speedrun' whole training runs (speedrun_bench below). Each variant warms up (and compiles) first;
 figures are medians over the timed iterations, with the process CPU time beside them (on a busy machine
 the less disturbed figure for one thread). MFU is the model's FLOPs (model.flops_per_token) per second
 over the device peak of the variant's compute dtype: the data sheet for known GPUs, a measured large
@@ -56,7 +58,7 @@ from tokendata import TokenData, dataset_dir
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value
-mode = 'train'              # 'train' (forward+backward+AdamW), 'forward' (no grad), 'sample' (generation), 'eval' (HellaSwag)
+mode = 'train'              # 'train' (forward+backward+AdamW), 'forward' (no grad), 'sample' (generation), 'eval' (HellaSwag), 'speedrun'
 model = 'baby-mini'         # preset for init_from='scratch' (python model.py lists them)
 init_from = 'scratch'       # 'scratch' (random init of `model`), 'resume' (out_dir), a hub name or a local HF dir
 out_dir = 'out'             # the run to load with init_from='resume'; profiler traces are written here
@@ -91,6 +93,10 @@ threads = 0                 # torch.set_num_threads (0 = torch's default, one pe
 profile = False             # write a chrome trace per variant to out_dir (open in chrome://tracing or perfetto)
 peak_flops = 0.0            # device peak FLOP/s for MFU; 0 looks it up (GPUs) or measures a matmul (CPU)
 seed = 1337
+speedrun_config = 'config/train_shakespeare_char_speedrun_1886.py'  # speedrun: our run (train.py with this config)
+target_loss = 1.886         # speedrun: the val loss to reach (nanoGPT's README CPU result)
+reference = 'auto'          # speedrun: 'auto' (../nanoGPT if it is there, else bench_reference.py), 'builtin', or a nanoGPT checkout
+runs = 3                    # speedrun: runs of each, taking turns
 # -----------------------------------------------------------------------------
 config = configurator.configure(globals(), verbose=False)
 
@@ -320,6 +326,8 @@ def main():
     dev = pick_device(device)
     if mode == 'eval':
         return eval_bench(dev)
+    if mode == 'speedrun':
+        return speedrun_bench()
     names, specs = check_settings(dev)
     base = build_model(dev)
     B = batch_size or (1 if mode == 'sample' else 12)
@@ -354,8 +362,8 @@ def main():
 
 def check_settings(dev):
     """The variants to run, after checking the settings that need no model."""
-    if mode not in ('train', 'forward', 'sample', 'eval'):
-        raise UserError(f"mode must be 'train', 'forward', 'sample' or 'eval', got {mode!r}")
+    if mode not in ('train', 'forward', 'sample', 'eval', 'speedrun'):
+        raise UserError(f"mode must be 'train', 'forward', 'sample', 'eval' or 'speedrun', got {mode!r}")
     if iters < 1 or warmup < 0 or rounds < 1 or max_new_tokens < 1 or prompt_len < 1:
         raise UserError("iters, rounds, max_new_tokens and prompt_len must be >= 1 and warmup >= 0")
     if profile:  # before the benchmark, not after it
@@ -545,6 +553,71 @@ def write_traces(names, steps, dev):
         prof.export_chrome_trace(path)
         print(f"\n{n}: trace written to {path}")
         print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=12))
+
+
+# ----------------------------------------------------------------------------- speedrun
+
+def speedrun_bench():
+    """Whole runs, side by side: wall time from launching the command to the evaluation line that first shows
+    val loss <= target_loss, for our train.py with speedrun_config and for nanoGPT's README CPU recipe (nanoGPT
+    itself from a checkout, or bench_reference.py's plain copy of its loop). Runs take turns (ours, reference,
+    ours, ...) so that a change in machine load hits both alike; a run is stopped once it reaches the target."""
+    import re
+    here = os.path.dirname(os.path.abspath(__file__))
+    if not os.path.exists(os.path.join(here, speedrun_config)):
+        raise UserError(f"speedrun_config {speedrun_config!r} not found")
+    data = os.path.join(here, 'data', 'shakespeare_char')
+    if not os.path.exists(os.path.join(data, 'train.bin')):
+        raise UserError("character-level Shakespeare is not prepared: run python data/shakespeare_char/prepare.py")
+    nanogpt = os.path.join(here, '..', 'nanoGPT') if reference == 'auto' else reference
+    if reference == 'builtin' or (reference == 'auto' and not os.path.exists(os.path.join(nanogpt, 'train.py'))):
+        ref = ([sys.executable, 'bench_reference.py', f'--data_dir={data}'], here, 'bench_reference.py (nanoGPT recipe)')
+    else:
+        if not os.path.exists(os.path.join(nanogpt, 'data', 'shakespeare_char', 'train.bin')):
+            raise UserError(f"nanoGPT at {nanogpt} has no data/shakespeare_char/train.bin: run its "
+                            f"data/shakespeare_char/prepare.py (or use --reference=builtin)")
+        ref = ([sys.executable, 'train.py', 'config/train_shakespeare_char.py', '--device=cpu', '--compile=False',
+                '--eval_iters=20', '--log_interval=1', '--block_size=64', '--batch_size=12', '--n_layer=4',
+                '--n_head=4', '--n_embd=128', '--max_iters=2000', '--lr_decay_iters=2000', '--dropout=0.0',
+                f'--out_dir={tempfile.mkdtemp()}'], nanogpt, f'nanoGPT ({os.path.abspath(nanogpt)})')
+    out = tempfile.mkdtemp()
+    ours = ([sys.executable, 'train.py', speedrun_config, f'--out_dir={out}'], here, f'train.py {speedrun_config}')
+    print(f"speedrun to val loss {target_loss}: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
+    results = {ours[2]: [], ref[2]: []}
+    for r in range(runs):
+        for cmd, cwd, name in (ours, ref):
+            seconds, step, val = time_to_loss(cmd, cwd, re.compile(r'step (\d+): .*val loss ([\d.naif]+)'))
+            results[name].append(seconds)
+            print(f"run {r + 1}/{runs} {name}: " + (f"val {val:.4f} at step {step} after {seconds:.1f}s" if seconds
+                                                    else f"did not reach it (last val {val} at step {step})"))
+    med = {n: statistics.median(t) if all(t) else None for n, t in results.items()}
+    for n, t in results.items():
+        print(f"{n}: median {med[n]:.1f}s" if med[n] else f"{n}: did not always reach the target", f"(runs: {t})")
+    if med[ours[2]] and med[ref[2]]:
+        print(f"ours / reference: {med[ours[2]] / med[ref[2]]:.3f} (a third or less is the goal)")
+
+
+def time_to_loss(cmd, cwd, pattern):
+    """Launch cmd; return (seconds until it printed an eval line with val <= target_loss, its step, its val),
+    stopping it there, or (None, last step, last val) if it ended first."""
+    import subprocess
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    step = val = None
+    tail = []
+    for line in p.stdout:
+        tail = (tail + [line])[-5:]
+        m = pattern.search(line)
+        if m:
+            step, val = int(m.group(1)), float(m.group(2))
+            if val <= target_loss:
+                seconds = time.perf_counter() - t0
+                p.kill()
+                p.wait()
+                return seconds, step, val
+    if p.wait() != 0:
+        raise UserError(f"{' '.join(cmd)} failed (exit {p.returncode}): {tail[-1].strip() if tail else ''}")
+    return None, step, val
 
 
 if __name__ == '__main__':

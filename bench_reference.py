@@ -72,3 +72,103 @@ class RefGPT(nn.Module):
             x = block(x)
         logits = self.lm_head(self.transformer.ln_f(x))
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+
+
+# ----------------------------------------------------------------------------- nanoGPT's CPU recipe
+# `python bench_reference.py --data_dir=data/shakespeare_char` trains as nanoGPT's README does on a CPU
+# (python train.py config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20 --log_interval=1
+#  --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000
+#  --dropout=0.0), with nanoGPT's loop written out plainly: a random batch drawn from a fresh memmap each step,
+# fp32, torch.optim.AdamW's default kernel, a cosine schedule, and train/val losses over 20 random batches every
+# 250 iterations, printed as nanoGPT prints them (`bench.py --mode=speedrun` reads those lines), with a
+# checkpoint written whenever val improves. It uses no module of this repository but the data files.
+
+def nanogpt_cpu_recipe(data_dir, max_iters=2000, seed=1337):
+    import json
+    import math
+    import os
+    import tempfile
+    import time
+    from dataclasses import dataclass
+
+    import numpy as np
+
+    @dataclass
+    class Config:  # what RefGPT reads
+        n_layer: int = 4
+        n_head: int = 4
+        n_embd: int = 128
+        block_size: int = 64
+        vocab_size: int = 65
+        dropout: float = 0.0
+        bias: bool = True
+        gelu_approx: str = 'none'  # nanoGPT's nn.GELU()
+        layer_norm_eps: float = 1e-5
+        d_ff: int = 512
+        padded_vocab_size: int = 65
+
+    with open(os.path.join(data_dir, 'meta.json')) as f:
+        vocab = json.load(f)['vocab_size']
+    batch_size, block_size, eval_iters, eval_interval = 12, 64, 20, 250
+    lr, min_lr, warmup, decay = 1e-3, 1e-4, 100, max_iters
+    torch.manual_seed(seed)
+    model = RefGPT(Config(vocab_size=vocab, padded_vocab_size=vocab))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{'params': [p for p in params if p.dim() >= 2], 'weight_decay': 0.1},
+                                   {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}],
+                                  lr=lr, betas=(0.9, 0.99))
+
+    def get_batch(split):
+        data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
+        ix = torch.randint(len(data) - block_size, (batch_size,))
+        x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+        return x, y
+
+    @torch.no_grad()
+    def estimate_loss():
+        model.eval()
+        out = {split: torch.stack([model(*get_batch(split))[1] for _ in range(eval_iters)]).mean().item()
+               for split in ('train', 'val')}
+        model.train()
+        return out
+
+    def get_lr(it):
+        if it < warmup:
+            return lr * (it + 1) / (warmup + 1)
+        if it > decay:
+            return min_lr
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * (it - warmup) / (decay - warmup))) * (lr - min_lr)
+
+    best, t0 = float('inf'), time.time()
+    X, Y = get_batch('train')
+    for it in range(max_iters + 1):
+        for group in optimizer.param_groups:
+            group['lr'] = get_lr(it)
+        if it % eval_interval == 0:
+            losses = estimate_loss()
+            print(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}", flush=True)
+            if losses['val'] < best and it > 0:
+                best = losses['val']
+                torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict()},
+                           os.path.join(tempfile.gettempdir(), 'bench_reference_ckpt.pt'))
+        if it == max_iters:
+            break
+        _, loss = model(X, Y)
+        X, Y = get_batch('train')
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        t1 = time.time()
+        print(f"iter {it}: loss {loss.item():.4f}, time {(t1 - t0) * 1000:.2f}ms", flush=True)
+        t0 = t1
+
+
+if __name__ == '__main__':
+    import argparse
+    parser = argparse.ArgumentParser(description="nanoGPT's README CPU recipe on character-level Shakespeare")
+    parser.add_argument('--data_dir', default='data/shakespeare_char')
+    parser.add_argument('--max_iters', type=int, default=2000)
+    args = parser.parse_args()
+    nanogpt_cpu_recipe(args.data_dir, args.max_iters)

@@ -104,16 +104,19 @@ def _unknown_key(key, defaults, where):
     return ConfigError(f"unknown config key {key!r} {where} ({hint})")
 
 
-def _check_value(key, value, expected, source):
-    """Type-check a Python value (from a config file or a parsed literal) against the default's type."""
-    ok = type(value) is expected or (expected is float and type(value) is int)
+def _check_value(key, value, expected, source, auto=False):
+    """Type-check a Python value (from a config file or a parsed literal) against the default's type.
+    auto: the default is 'auto', which also takes True or False (e.g. compile = 'auto': let the script choose)."""
+    ok = type(value) is expected or (expected is float and type(value) is int) or (auto and type(value) is bool)
     if not ok:
         raise ConfigError(f"config key {key!r} expects {expected.__name__}, got {value!r} ({source})")
     return float(value) if expected is float else value
 
 
-def _parse_value(key, raw, expected, source):
-    """Turn the text after '=' into a value of the expected type."""
+def _parse_value(key, raw, expected, source, auto=False):
+    """Turn the text after '=' into a value of the expected type (auto: see _check_value)."""
+    if auto and raw.strip().lower() in ('true', 'false'):
+        return raw.strip().lower() == 'true'
     if expected is str:
         # raw text is taken as-is; a quoted literal like 'abc' or "a=b" loses its quotes
         if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in '\'"':
@@ -157,7 +160,7 @@ def _load_file(path, defaults):
             continue
         if key not in defaults:
             raise _unknown_key(key, defaults, f"in {path}")
-        values[key] = _check_value(key, value, type(defaults[key]), f"in {path}")
+        values[key] = _check_value(key, value, type(defaults[key]), f"in {path}", auto=defaults[key] == 'auto')
     return values
 
 
@@ -178,7 +181,7 @@ def parse(defaults, argv, given=None):
         key, raw = arg[2:].split('=', 1)  # first '=' only: values may contain '='
         if key not in defaults:
             raise _unknown_key(key, defaults, "on the command line")
-        config[key] = _parse_value(key, raw, type(defaults[key]), "command line")
+        config[key] = _parse_value(key, raw, type(defaults[key]), "command line", auto=defaults[key] == 'auto')
         given.add(key)
     return config
 

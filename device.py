@@ -141,7 +141,7 @@ GPU_FP32_FLOPS = {'V100': 15.7e12, 'T4': 8.1e12}  # plain FP32 (no TF32) of the 
 _measured_peak = {}
 
 
-def measure_matmul_flops(device='cpu', dtype=torch.float32, n=1024, seconds=0.5):
+def measure_matmul_flops(device='cpu', dtype=torch.float32, n=1024, seconds=0.2):
     """Achieved FLOP/s of a large square matmul (best of repeated runs): the practical peak of a CPU
     or an unknown device in that dtype. Cached per (device, dtype, n)."""
     key = (str(device), dtype, n)

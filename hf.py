@@ -131,6 +131,11 @@ def save_pretrained(model, path, eos_token_id='gpt2'):
     if c.attn_pattern != 'dense':
         raise ValueError(f"attn_pattern={c.attn_pattern!r}: transformers' GPT-2 and GPT-1 have dense attention "
                          f"only, so this model cannot be exported as one")
+    custom = [f"{k}={getattr(c, k)!r}" for k, default in (('pos_emb', 'learned'), ('qk_norm', False), ('mlp_act', 'gelu'))
+              if getattr(c, k) != default]
+    if custom:
+        raise ValueError(f"{', '.join(custom)}: transformers' GPT-2 and GPT-1 have learned positions, plain attention "
+                         f"and GELU, so this model cannot be exported as one")
     if not c.tie_embeddings:
         raise ValueError("this model has its own output matrix (tie_embeddings=False); "
                          "the GPT-2 and GPT-1 formats tie it to the token embeddings")

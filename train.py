@@ -56,6 +56,7 @@ out_dir = 'out'                 # checkpoints (ckpt.pt latest, best.pt best val)
 eval_interval = 2000            # evaluate train/val loss (and checkpoint) every this many iterations
 log_interval = 1                # print loss, lr, ms/iter, tokens/s, MFU every this many iterations
 eval_iters = 200                # batches per split per evaluation
+eval_train = True               # also estimate the train loss at each evaluation (False: val only, half the cost)
 eval_only = False               # evaluate once and exit
 eval_tasks = ''                 # also score these eval.py tasks at each evaluation, e.g. 'hellaswag' (tasks.py)
 eval_tasks_limit = 500          # examples per task at each evaluation (0 = all; HellaSwag has 10,042)
@@ -117,7 +118,7 @@ batch_ramp_tokens = 0           # tokens seen by the time the batch is full (gra
 # system
 device = 'auto'                 # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'                  # 'auto' (bf16 on GPUs that have it, else fp16; on CPU bf16 with AMX, else fp32), 'float32', 'bfloat16', 'float16'
-compile = True                  # torch.compile the model (PyTorch 2)
+compile = 'auto'                # torch.compile the model: True, False, or 'auto' (on GPUs; on CPUs only if it pays)
 backend = 'auto'                # distributed backend: 'auto' (nccl on CUDA, gloo on CPU), 'nccl', 'gloo'
 parallelism = 'ddp'             # under torchrun: 'ddp' (replicate) or 'fsdp' (shard, for models too big for one device)
 seed = 1337
@@ -208,6 +209,16 @@ dtype = pick_dtype(dtype, device)  # 'auto': bf16 on GPUs, and on CPUs only wher
 if optim == 'muon' and dtype == 'float16':
     raise UserError("optim='muon' with float16 loss scaling is not supported; use dtype='bfloat16' or 'float32'")
 device_type = torch.device(device).type  # 'cuda', 'cpu' or 'mps'
+if compile not in ('auto', True, False):
+    raise UserError(f"compile must be True, False or 'auto', got {compile!r}")
+if compile == 'auto':
+    # A GPU gains far more than the compile costs. On a CPU the compiled step of a small model is ~1.05-1.2x
+    # faster (bench.py --compare=True), while a cold compile (empty inductor cache) costs 30-60 s: eager
+    # wins unless the run is long; --compile=True for those (a second run finds the cache warm: ~6 s).
+    compile = device_type == 'cuda'
+    log_compile = f"compile='auto': {'compiling' if compile else 'eager'} on {device_type}"
+else:
+    log_compile = ''
 if device_type != 'cuda':
     compile = compile and device_type == 'cpu'  # inductor has no MPS backend worth using yet
 setup_torch(seed, device)  # the same initial weights on every rank (FSDP shards them as they are)
@@ -221,7 +232,8 @@ def log(*args):
 
 
 log(f"command: {' '.join(sys.argv)}")
-log(f"python {platform.python_version()}, {describe(device, dtype)}, {world_size} process(es)")
+log(f"python {platform.python_version()}, {describe(device, dtype)}, {world_size} process(es)"
+    + (f", {log_compile}" if log_compile else ''))
 
 if master_process:
     try:
@@ -340,7 +352,7 @@ def estimate_loss():
     evaluation (seeded by ('eval', k)), so successive evaluations differ only by the model."""
     out = {}
     model.eval()
-    for split in ('train', 'val'):
+    for split in ('train', 'val') if eval_train else ('val',):
         losses = torch.zeros(eval_iters, device=device)
         for k in range(eval_iters):
             X, Y = data.batch(split, ('eval', k), rank)
@@ -503,20 +515,22 @@ while True:
         # every rank scores its share of the tasks (raw_model: under FSDP its forward is collective)
         task_metrics = evaluate(raw_model, eval_task_list, batch_size, device, ctx) if eval_task_list else {}
         shown = {k: v for k, v in task_metrics.items() if not k.endswith(('_stderr', '/n'))}
-        log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-            + ''.join(f", {k} {v:.4f}" for k, v in shown.items()))
-        record(event='eval', iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], lr=lr,
-               seconds=time.time() - t_start, **task_metrics)  # seconds since the loop started: time-to-loss
+        losses.setdefault('train', float('nan'))  # (eval_train=False: not measured)
+        log(f"step {iter_num}: " + (f"train loss {losses['train']:.4f}, " if eval_train else '')
+            + f"val loss {losses['val']:.4f}" + ''.join(f", {k} {v:.4f}" for k, v in shown.items()))
+        record(event='eval', iter=iter_num, train_loss=losses['train'] if eval_train else None,
+               val_loss=losses['val'], lr=lr, seconds=time.time() - t_start, **task_metrics)  # seconds since the loop started: time-to-loss
         history['eval_iter'].append(iter_num)
         history['train'].append(losses['train'])
         history['val'].append(losses['val'])
         history['tasks'].append(task_metrics)
         if wandb_log and master_process:
-            wandb.log({'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'], 'lr': lr,
+            wandb.log({'iter': iter_num, **({'train/loss': losses['train']} if eval_train else {}),
+                       'val/loss': losses['val'], 'lr': lr,
                        **({'mfu': mfu * 100} if mfu is not None else {}), **shown})
         if plot and master_process and not eval_only:
             plot_losses()
-        if not (math.isfinite(losses['train']) and math.isfinite(losses['val'])):
+        if not math.isfinite(losses['val']) or (eval_train and not math.isfinite(losses['train'])):
             # diverged weights; whatever nan_policy says, saving them would replace the last good checkpoint
             raise UserError(f"eval loss is {losses['val']} at iteration {iter_num}: the model has diverged; stopped "
                             f"without saving, so {out_dir}/ckpt.pt still holds the last good state. Lower "

@@ -199,3 +199,20 @@ def test_script_help_lists_keys(tmp_path):
         assert key in result.stdout
     assert 'micro-batch size per process' in result.stdout
     assert 'batch_size 12' not in result.stdout  # exited before the script went on
+
+
+def test_auto_keys_also_take_a_bool(tmp_path):
+    """A key whose default is 'auto' (train.py's compile) takes 'auto', True or False, from files and flags;
+    other strings stay strings for the script to refuse, and other keys keep their strict types."""
+    defaults = {**DEFAULTS, 'compile': 'auto', 'dtype': 'auto'}
+    assert parse(defaults, [])['compile'] == 'auto'
+    assert parse(defaults, ['--compile=False'])['compile'] is False
+    assert parse(defaults, ['--compile=true'])['compile'] is True
+    assert parse(defaults, [write(tmp_path, 'a.py', "compile = False\n")])['compile'] is False
+    assert parse(defaults, [write(tmp_path, 'b.py', "compile = 'auto'\n")])['compile'] == 'auto'
+    assert parse(defaults, ['--dtype=float32'])['dtype'] == 'float32'
+    assert parse(defaults, ['--compile=maybe'])['compile'] == 'maybe'
+    with pytest.raises(ConfigError, match="'compile' expects str"):
+        parse(defaults, [write(tmp_path, 'c.py', "compile = 1\n")])
+    with pytest.raises(ConfigError, match="'batch_size' expects int"):
+        parse(defaults, ['--batch_size=True'])

@@ -159,6 +159,11 @@ def test_save_pretrained_refuses_what_transformers_cannot_express(tmp_path):
         hf_io.save_pretrained(GPT(GPTConfig(**base, n_inner=24)), tmp_path / 'a')
     with pytest.raises(ValueError, match="tanh GELU"):
         hf_io.save_pretrained(GPT(GPTConfig(**base, gelu_approx='none')), tmp_path / 'b')
+    pre_norm = {**base, 'post_norm': False}
+    for i, kw in enumerate((dict(pos_emb='rope'), dict(qk_norm=True), dict(mlp_act='relu2'))):
+        with pytest.raises(ValueError, match="cannot be exported"):
+            hf_io.save_pretrained(GPT(GPTConfig(**pre_norm, **kw)), tmp_path / f'c{i}')
+        assert not (tmp_path / f'c{i}').exists()  # refused before writing anything
 
 
 # ---------------------------------------------------------------------- 4: overrides and refusals

@@ -259,10 +259,11 @@ def test_wsd_schedule_and_muon_lr_follow_their_formulas(tmp_path, char_data):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--optim=sgd'], "optim must be one of 'adamw', 'muon'"),
-    (['--pos_emb=alibi'], "pos_emb must be one of 'learned', 'rope'"),
+    (['--optim=sgd'], "optim must be 'adamw' or 'muon', got 'sgd'"),
+    (['--pos_emb=alibi'], "pos_emb must be 'learned' or 'rope', got 'alibi'"),
     (['--n_head=4', '--n_embd=36', '--pos_emb=rope'], "head size 9 is odd"),
     (['--lr_schedule=wsd', '--cooldown_frac=1.5'], "cooldown_frac"),
+    (['--compile=maybe'], "compile must be True, False or 'auto'"),
 ])
 def test_option_mistakes_are_one_line(tmp_path, char_data, args, message):
     code, out, err = run_inprocess('train.py', *RUN, f'--data_dir={char_data}', f'--out_dir={tmp_path}', *args)
