@@ -78,20 +78,28 @@ def cpu_name():
 def cpu_has_native_bf16():
     """Bfloat16 arithmetic in hardware (AVX512_BF16, AMX, Arm's BF16). Without it, bf16 matmuls are converted
     and computed in fp32 units, slowly: their speed is measured against the fp32 peak."""
-    return bool(cpu_flags() & {'avx512_bf16', 'amx_bf16', 'bf16'}) or cpu_has_fast_bf16()
+    return bool(cpu_flags() & {'avx512_bf16', 'amx_bf16', 'bf16'}) or bool(
+        getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)())
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_has_fast_bf16():
-    """True where the CPU multiplies bfloat16 natively and fast: Intel AMX (Xeon 4th gen+), where bf16
-    autocast trains several times faster than fp32. Elsewhere (AVX2, and AVX512_BF16 without AMX, which
-    speeds up dot products but not PyTorch's bf16 GEMMs enough) bf16 matmuls are emulated: on an AVX2-only
-    CPU ~1 GFLOP/s against ~120 in fp32 (`python device.py` measures both)."""
-    return bool(getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)())
+    """True where bfloat16 matmuls beat float32 ones on this CPU. Intel AMX (Xeon 4th gen+): yes, bf16
+    autocast trains several times faster than fp32. Other CPUs with native bf16 (AVX512_BF16, Arm BF16): it
+    depends on the chip and PyTorch's kernels, so it is measured: a bf16 matmul at least 1.2x as fast as the
+    fp32 one (~0.1 s, once per process). Without native bf16 (e.g. AVX2 only) bf16 matmuls are emulated,
+    ~1 GFLOP/s against ~120 in fp32 (`python device.py` measures both): never."""
+    if getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)():
+        return True
+    if not cpu_flags() & {'avx512_bf16', 'bf16'}:
+        return False
+    return (measure_matmul_flops('cpu', torch.bfloat16, n=512, seconds=0.05)
+            >= 1.2 * measure_matmul_flops('cpu', torch.float32, n=512, seconds=0.05))
 
 
 def pick_dtype(dtype, device):
     """'auto': bfloat16 on GPUs that have it, float16 (with a GradScaler) on older GPUs, bfloat16 on CPUs
-    with fast bf16 (cpu_has_fast_bf16), float32 elsewhere."""
+    where it is faster than float32 (cpu_has_fast_bf16: AMX, or native bf16 measured faster), float32 elsewhere."""
     if dtype == 'auto':
         if device.startswith('cuda'):
             return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'

@@ -59,6 +59,26 @@ def test_auto_dtype_on_cpu_is_bf16_only_where_it_is_fast(monkeypatch, fast, expe
         device.pick_dtype('fp8', 'cpu')
 
 
+@pytest.mark.parametrize('amx, flags, bf16_speed, expected', [
+    (True, {'avx512_bf16', 'amx_bf16'}, 0.1, True),   # AMX: bf16, without measuring
+    (False, {'avx2'}, 5.0, False),                    # no native bf16: emulated, never
+    (False, {'avx2', 'avx512_bf16'}, 1.5, True),      # native bf16 measured 1.5x fp32: bf16
+    (False, {'avx2', 'avx512_bf16'}, 1.1, False),     # ... only 1.1x: not worth the precision
+])
+def test_fast_bf16_is_amx_or_measured_where_bf16_is_native(monkeypatch, amx, flags, bf16_speed, expected):
+    device.cpu_has_fast_bf16.cache_clear()
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: amx, raising=False)
+    monkeypatch.setattr(device, 'cpu_flags', lambda: flags)
+    measured = []
+    monkeypatch.setattr(device, 'measure_matmul_flops', lambda dev, dtype, n, seconds: measured.append(dtype) or (
+        bf16_speed if dtype == torch.bfloat16 else 1.0))
+    try:
+        assert device.cpu_has_fast_bf16() is expected
+    finally:
+        device.cpu_has_fast_bf16.cache_clear()
+    assert bool(measured) == (not amx and 'avx512_bf16' in flags)
+
+
 def test_older_torch_is_one_line_naming_the_version(monkeypatch):
     monkeypatch.setattr(torch, '__version__', '2.5.1+cpu')
     with pytest.raises(UserError, match=r"PyTorch 2\.6 or newer is needed, found 2\.5\.1\+cpu"):
