@@ -26,15 +26,15 @@ def newton_schulz(G, steps=5, dtype=torch.float32, eps=1e-7):
     from X = G / ||G||_F. Returns U phi(S) V^T in G's dtype, phi the iterated quintic on the normalised
     singular values."""
     a, b, c = NS_COEFFICIENTS
-    X = G.to(dtype)
+    X = G.to(dtype).reshape(-1, *G.shape[-2:])
     wide = X.size(-2) <= X.size(-1)  # iterate on the side with the smaller Gram matrix
     if not wide:
         X = X.mT
     X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
-    for _ in range(steps):
-        A = X @ X.mT
-        X = a * X + (b * A + c * A @ A) @ X
-    return (X if wide else X.mT).to(G.dtype)
+    for _ in range(steps):  # (baddbmm: the scaling and the sum ride on the matmuls, no separate passes)
+        A = torch.bmm(X, X.mT)
+        X = torch.baddbmm(X, torch.baddbmm(A, A, A, beta=b, alpha=c), X, beta=a)
+    return (X if wide else X.mT).reshape(G.shape).to(G.dtype)
 
 
 class Muon(torch.optim.Optimizer):

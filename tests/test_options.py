@@ -75,21 +75,20 @@ def test_options_at_their_defaults_change_nothing():
 
 
 def test_rotary_is_a_rotation_of_each_pair_by_position_times_frequency():
-    """Against the definition written out: pair (i, i + d/2) of a head at position p turned by the angle
+    """Against the definition written out: pair (2i, 2i+1) of a head at position p turned by the angle
     p * base^(-2i/d), as an explicit 2x2 rotation per pair."""
     c = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=12, vocab_size=10, pos_emb='rope', rope_base=100.0)
     d, past, T = 8, 3, 5
-    x = torch.randn(2, 2, T, d, dtype=torch.float64)
-    got = rotary(x, *(t.double() for t in rotary_angles(c, past, T, 'cpu')))
-    want = torch.empty_like(x)
+    x = torch.randn(2, 2, T, d)
+    got = rotary(x, rotary_angles(c, past, T, 'cpu'))
+    want = torch.empty_like(x, dtype=torch.float64)
     for t in range(T):
         for i in range(d // 2):
             a = (past + t) * 100.0 ** (-2 * i / d)
             rot = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=torch.float64)
-            pair = torch.stack((x[..., t, i], x[..., t, i + d // 2]), -1)  # (2, 2, 2): batch, head, pair
-            out = pair @ rot.T
-            want[..., t, i], want[..., t, i + d // 2] = out[..., 0], out[..., 1]
-    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)  # (angles in fp32, as the model computes them)
+            want[..., t, 2 * i:2 * i + 2] = x[..., t, 2 * i:2 * i + 2].double() @ rot.T
+    torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-6)  # (angles in fp32, as the model has them)
+    assert rotary(x.bfloat16(), rotary_angles(c, past, T, 'cpu')).dtype == torch.bfloat16  # autocast's dtype kept
 
 
 def test_rotary_scores_depend_on_relative_position_only():
@@ -97,7 +96,7 @@ def test_rotary_scores_depend_on_relative_position_only():
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
 
     def score(p, s):
-        return (rotary(q, *rotary_angles(c, p, 1, 'cpu')) * rotary(k, *rotary_angles(c, s, 1, 'cpu'))).sum()
+        return (rotary(q, rotary_angles(c, p, 1, 'cpu')) * rotary(k, rotary_angles(c, s, 1, 'cpu'))).sum()
 
     torch.testing.assert_close(score(7, 3), score(40, 36), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(score(7, 3), score(7, 5))
