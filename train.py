@@ -229,6 +229,10 @@ model, _, ckpt = load_model(
                  gelu_approx=gelu_approx, attn_pattern=attn_pattern, attn_window=attn_window,
                  tie_embeddings=tie_embeddings, zero_init_head=zero_init_head),
     expect={k: config[k] for k in arch if k in given})  # what the user asked for must match what resumes
+if init_from not in ('scratch', 'resume') and meta.get('added_tokens') and model.config.vocab_size < meta['vocab_size']:
+    from align import grow_vocab  # SFT data (align.py) adds the chat tokens: they get new embedding rows
+    model = grow_vocab(model, meta)
+    log(f"added {', '.join(meta['added_tokens'])} to the vocabulary: {model.config.vocab_size} ids")
 tokens_per_iter = gradient_accumulation_steps * micro_tokens  # the full batch
 log(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps // world_size} accum * {world_size} "
     f"processes * {batch_size} batch * {block_size} block")

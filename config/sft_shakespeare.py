@@ -1,0 +1,27 @@
+# Step 1 of align.py's demo: supervised fine-tuning of the character-level Shakespeare model on prompt/response
+# conversations in the chat template (loss on the responses only; the chat tokens are added to its vocabulary).
+# $ python data/shakespeare_char/prepare.py && python train.py config/train_shakespeare_char_cpu.py
+# $ python data/shakespeare_prefs/prepare.py
+# $ python train.py config/sft_shakespeare.py
+# $ python sample.py --out_dir=out-sft-shakespeare --start="<|user|>Now, brother of<|assistant|>" --stop="<|end|>"
+# Measured: see the end of this header (filled in from the run).
+# 32 conversations (<= 55 tokens, padded) per iteration, 400 iterations = 12,800 conversations, ~0.8 epochs.
+out_dir = 'out-sft-shakespeare'
+init_from = 'out-shakespeare-char-cpu'
+dataset = 'shakespeare_prefs'
+eval_interval = 100
+eval_iters = 20
+log_interval = 50
+always_save_checkpoint = False
+gradient_accumulation_steps = 1
+batch_size = 32
+block_size = 64
+dropout = 0.0
+learning_rate = 1e-3
+max_iters = 400
+lr_decay_iters = 400
+min_lr = 1e-4
+warmup_iters = 20
+beta2 = 0.99
+device = 'cpu'
+compile = False
