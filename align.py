@@ -370,11 +370,11 @@ def load_reward_model(path, policy=None, policy_meta=None):
     return model, ckpt
 
 
-def policy_checkpoint(model, meta, config, step, **extra):
+def policy_checkpoint(model, meta, config, step, best_val_loss=float('nan'), **extra):
     """A policy as a plain GPT checkpoint (the layout train.py writes), which sample.py, eval.py and export.py
     read."""
     return dict(format=checkpoint.CHECKPOINT_FORMAT, model=model.state_dict(), model_args=asdict(model.config),
-                iter_num=step, best_val_loss=float('nan'), config=config, data_meta=meta, **extra)
+                iter_num=step, best_val_loss=best_val_loss, config=config, data_meta=meta, **extra)
 
 
 # ----------------------------------------------------------------------------- processes and logs
