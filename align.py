@@ -370,6 +370,11 @@ def load_reward_model(path, policy=None, policy_meta=None):
     return model, ckpt
 
 
+def reward_checkpoint(model, meta, config, step, **extra):
+    """A RewardModel's checkpoint: its GPT as a plain checkpoint, with kind 'reward' and the head's weights."""
+    return dict(policy_checkpoint(model.gpt, meta, config, step, **extra), kind='reward', head=model.head.state_dict())
+
+
 def policy_checkpoint(model, meta, config, step, best_val_loss=float('nan'), **extra):
     """A policy as a plain GPT checkpoint (the layout train.py writes), which sample.py, eval.py and export.py
     read."""
@@ -421,11 +426,13 @@ class Run:
         return t
 
     def reduce_gradients(self, params):
-        """Sum the gradients over processes (each rank's loss is already divided by the global count)."""
+        """Sum the gradients over processes (each rank's loss is already divided by the global count). A rank
+        with no share of a minibatch contributes zeros: every rank takes part in every all-reduce."""
         if self.ddp:
             for p in params:
-                if p.grad is not None:
-                    self.dist.all_reduce(p.grad, op=self.dist.ReduceOp.SUM)
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                self.dist.all_reduce(p.grad, op=self.dist.ReduceOp.SUM)
 
     def log(self, *args):
         if self.master:

@@ -22,7 +22,7 @@ import torch
 
 import configurator
 from align import (Run, by_length, collate, encode_prompt, encode_response, fit, fmt, load_policy,
-                   read_preferences, read_prompts, reward_loss, sample_responses, special_ids)
+                   read_preferences, read_prompts, reward_checkpoint, reward_loss, sample_responses, special_ids)
 from configurator import check_range
 from device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
 from heads import RewardModel
@@ -174,7 +174,6 @@ if norm_prompts:
     run.log(f"the SFT policy's mean reward on {int(total[1])} training prompts was {shift:.4f}; the head's bias is "
             f"shifted so that it is 0")
     run.record(event='normalise', prompts=int(total[1]), mean_reward_before=shift)
-run.save(dict(format='gpt-checkpoint/1', kind='reward', model=model.gpt.state_dict(), head=model.head.state_dict(),
-              model_args=vars(model.gpt.config).copy(), iter_num=max_iters, best_val_loss=val_loss,
-              val_accuracy=val_acc, reward_shift=shift, config=config, data_meta=meta))
+run.save(reward_checkpoint(model, meta, config, max_iters, best_val_loss=val_loss, val_accuracy=val_acc,
+                          reward_shift=shift))
 run.log(f"saved the reward model to {os.path.join(out_dir, 'ckpt.pt')} (held-out pairwise accuracy {val_acc:.4f})")
