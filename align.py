@@ -379,7 +379,8 @@ def policy_checkpoint(model, meta, config, step, best_val_loss=float('nan'), **e
     """A policy as a plain GPT checkpoint (the layout train.py writes), which sample.py, eval.py and export.py
     read."""
     return dict(format=checkpoint.CHECKPOINT_FORMAT, model=model.state_dict(), model_args=asdict(model.config),
-                iter_num=step, best_val_loss=best_val_loss, config=config, data_meta=meta, **extra)
+                iter_num=step, best_val_loss=best_val_loss, config=config, data_meta=meta,
+                trained_by=os.path.basename(sys.argv[0]), **extra)
 
 
 # ----------------------------------------------------------------------------- processes and logs

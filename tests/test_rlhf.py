@@ -330,3 +330,11 @@ def test_sft_reward_ppo_dpo_chain_and_sample(tmp_path, char_data, shakespeare_te
         code, out, err = run_inprocess('sample.py', f'--out_dir={policy}', '--device=cpu', '--num_samples=1',
                                        '--max_new_tokens=10', '--start=<|user|>Now<|assistant|>')
         assert code == 0 and out.startswith('<|user|>Now<|assistant|>'), err
+    # export.py writes the chat tokens as special tokens at the model's ids
+    transformers = pytest.importorskip('transformers')
+    code, _, err = run_inprocess('export.py', f'--out_dir={dpo}', f'--hf_dir={tmp_path / "hf"}')
+    assert code == 0, err
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / 'hf')
+    encode, _, _ = get_tokenizer(META)
+    text = '<|user|>Now<|assistant|>Yes<|end|>'
+    assert tok(text)['input_ids'] == encode(text) and tok.decode(encode(text)) == text
