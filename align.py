@@ -41,6 +41,7 @@ from torch.nn import functional as F
 import checkpoint
 from configurator import UserError
 from heads import RewardModel, add_tokens
+from tokendata import seed_from
 
 SPECIAL_TOKENS = ('<|user|>', '<|assistant|>', '<|end|>')
 USER, ASSISTANT, END = SPECIAL_TOKENS
@@ -419,6 +420,28 @@ class Run:
         if m % self.world:
             raise UserError(f"{m} micro-batches per step do not divide among {self.world} processes")
         return range(self.rank * m // self.world, (self.rank + 1) * m // self.world)
+
+    def part(self, items):
+        """This rank's contiguous share of a list (e.g. held-out examples to score)."""
+        return items[self.rank * len(items) // self.world:(self.rank + 1) * len(items) // self.world]
+
+    def pick(self, n, batch_size, *seed_parts):
+        """This rank's share of a step's batch_size indices drawn from range(n): a function of seed_parts alone, so
+        N processes together take the batch one process takes."""
+        g = torch.Generator().manual_seed(seed_from(*seed_parts))
+        return self.part(torch.randint(n, (batch_size,), generator=g).tolist())
+
+    def step(self, model, optimizer, grad_clip):
+        """One optimizer step on the gradients summed over ranks, clipped to grad_clip (0: not clipped)."""
+        self.reduce_gradients(model.parameters())
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def mean(self, values):
+        """Floats averaged over processes."""
+        return (self.sum(torch.tensor(values, dtype=torch.float64)) / self.world).tolist()
 
     def sum(self, t):
         """A tensor summed over processes."""

@@ -117,7 +117,7 @@ def dpo_step(pairs):
 def evaluate():
     """(loss, mean margin, accuracy) over val_pairs, each rank scoring its share."""
     model.eval()
-    share = val_pairs[run.rank * len(val_pairs) // run.world:(run.rank + 1) * len(val_pairs) // run.world]
+    share = run.part(val_pairs)
     totals = torch.zeros(3)
     for i in range(0, len(share), 64):
         chunk = share[i:i + 64]
@@ -145,22 +145,14 @@ for step in range(max_iters + 1):
             save(step, val_loss)
     if step == max_iters:
         break
-    # the step's pairs are a function of (seed, step); rank r takes the r-th block of them
-    pick = torch.randint(len(train_pairs), (batch_size,),
-                         generator=torch.Generator().manual_seed(seed_from(seed, 'pairs', step))).tolist()
-    mine = pick[run.rank * batch_size // run.world:(run.rank + 1) * batch_size // run.world]
+    mine = run.pick(len(train_pairs), batch_size, seed, 'pairs', step)  # this rank's share of the step's pairs
     for g in optimizer.param_groups:
         g['lr'] = learning_rate * min(1.0, (step + 1) / (warmup_iters + 1))
     torch.manual_seed(seed_from(seed, 'dropout', step, run.rank))
     loss, margin, acc = dpo_step([train_pairs[i] for i in mine])
     (loss * len(mine) / batch_size).backward()  # summed over ranks: the mean over the step's pairs
-    run.reduce_gradients(model.parameters())
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    stats = (run.sum(torch.tensor([loss.item(), margin.mean().item(), acc.item()])) / run.world).tolist()
-    stats = dict(loss=stats[0], margin=stats[1], accuracy=stats[2])
+    run.step(model, optimizer, grad_clip)
+    stats = dict(zip(('loss', 'margin', 'accuracy'), run.mean([loss.item(), margin.mean().item(), acc.item()])))
     if step % 10 == 0 or step == max_iters - 1:
         run.log(f"iter {step}: {fmt(stats)}, {time.time() - t0:.1f}s")
     run.record(event='train', iter=step, **stats)

@@ -187,12 +187,8 @@ for it in range(iters):
             count = run.sum(sum((rollouts[j]['mask'].sum() for j in local), torch.zeros((), device=device)))
             for j in local:
                 totals += update(rollouts[j], count, it, epoch, j, len(group))
-            for net, opt in ((policy, optimizer), (value, value_optimizer)):
-                run.reduce_gradients(net.parameters())
-                if grad_clip:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            run.step(policy, optimizer, grad_clip)
+            run.step(value, value_optimizer, grad_clip)
     per = lambda key: torch.cat([r[key].float() for r in rollouts.values()]).sum()  # noqa: E731
     sums = run.sum(torch.cat([totals, torch.stack([per('score'), per('kl'), per('length')])]))
     steps = ppo_epochs * minibatches

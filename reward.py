@@ -15,6 +15,7 @@ $ torchrun --standalone --nproc_per_node=2 reward.py config/reward_shakespeare.p
 One node of 8 GPUs: torchrun --standalone --nproc_per_node=8 reward.py ... (batch_size divisible by 8)
 """
 
+import copy
 import os
 import time
 
@@ -81,8 +82,8 @@ run = Run(out_dir, device)  # joins the process group once the data has been che
 device = run.device
 if batch_size % run.world:
     raise configurator.UserError(f"batch_size ({batch_size}) must divide among the {run.world} processes")
-policy = gpt.to(device).eval() if norm_prompts else None  # the SFT policy, for the normalisation
-model = RewardModel(gpt if not norm_prompts else load_policy(init_from, dropout=dropout)[0]).to(device)
+model = RewardModel(copy.deepcopy(gpt) if norm_prompts else gpt).to(device)
+policy = gpt.to(device).eval() if norm_prompts else None  # the SFT policy itself, for the normalisation
 run.log(f"{describe(device, dtype)}, {run.world} process(es); reward model from {init_from}: "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {len(train_groups):,} training and "
         f"{len(val_groups):,} held-out groups (K = {sorted({len(g[1]) for g in train_groups})})")
@@ -107,7 +108,7 @@ def scores_of(groups):
 def evaluate():
     """(held-out loss, pairwise accuracy) over val_groups, each rank scoring its share."""
     model.eval()
-    share = val_groups[run.rank * len(val_groups) // run.world:(run.rank + 1) * len(val_groups) // run.world]
+    share = run.part(val_groups)
     totals = torch.zeros(3)
     for i in range(0, len(share), batch_size):
         chunk = share[i:i + batch_size]
@@ -129,25 +130,17 @@ for step in range(max_iters + 1):
         run.record(event='eval', iter=step, val_loss=val_loss, val_accuracy=val_acc, seconds=time.time() - t0)
     if step == max_iters:
         break
-    # the step's groups are a function of (seed, step); rank r takes the r-th block of them
-    pick = torch.randint(len(train_groups), (batch_size,),
-                         generator=torch.Generator().manual_seed(seed_from(seed, 'groups', step))).tolist()
-    mine = pick[run.rank * batch_size // run.world:(run.rank + 1) * batch_size // run.world]
+    mine = run.pick(len(train_groups), batch_size, seed, 'groups', step)  # this rank's share of the step's groups
     for g in optimizer.param_groups:
         g['lr'] = learning_rate * min(1.0, (step + 1) / (warmup_iters + 1))
     torch.manual_seed(seed_from(seed, 'dropout', step, run.rank))
     loss, acc = reward_loss(*scores_of([train_groups[i] for i in mine]))
     (loss * len(mine) / batch_size).backward()  # summed over ranks: the mean over the step's groups
-    run.reduce_gradients(model.parameters())
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    stats = run.sum(torch.tensor([loss.item(), acc.item()])) / run.world
+    run.step(model, optimizer, grad_clip)
+    stats = dict(zip(('loss', 'accuracy'), run.mean([loss.item(), acc.item()])))
     if step % 10 == 0 or step == max_iters - 1:
-        run.log(f"iter {step}: {fmt(dict(loss=stats[0].item(), accuracy=stats[1].item()))}, "
-                f"{time.time() - t0:.1f}s")
-    run.record(event='train', iter=step, loss=stats[0].item(), accuracy=stats[1].item())
+        run.log(f"iter {step}: {fmt(stats)}, {time.time() - t0:.1f}s")
+    run.record(event='train', iter=step, **stats)
 
 # ----------------------------------------------------------------------------- normalisation and saving
 shift = 0.0
