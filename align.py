@@ -366,8 +366,8 @@ def load_reward_model(path, policy=None, policy_meta=None):
             theirs.get(k) == ours.get(k) for k in TOKENIZER_FIELDS)
         if not same:
             raise UserError(f"the reward model {path} has a different vocabulary ({model.gpt.config.vocab_size} ids, "
-                            f"tokenizer {theirs.get('tokenizer')!r}) from the policy's ({policy.config.vocab_size} ids, "
-                            f"tokenizer {ours.get('tokenizer')!r}): train it from the same SFT model")
+                            f"tokenizer {theirs.get('tokenizer')!r}) from the policy's ({policy.config.vocab_size} "
+                            f"ids, tokenizer {ours.get('tokenizer')!r}): train it from the same SFT model")
     return model, ckpt
 
 
@@ -408,7 +408,7 @@ class Run:
             import configurator
             configurator.exit_on_user_error()  # (torch's hook would prefix the line with [rankN])
             atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
-        self.out_dir = out_dir
+        self.out_dir, self.wandb = out_dir, None
         if self.master:
             try:
                 os.makedirs(out_dir, exist_ok=True)
@@ -462,10 +462,20 @@ class Run:
         if self.master:
             print(*args, flush=True)
 
+    def start_wandb(self, project, name, config):
+        """Also send every record's numbers to Weights & Biases (WANDB_MODE=offline needs no account)."""
+        if self.master:
+            import wandb
+            wandb.init(project=project, name=name, config=config)
+            self.wandb = wandb
+
     def record(self, **entry):
         if self.master:
             with open(os.path.join(self.out_dir, 'log.jsonl'), 'a') as f:
                 f.write(json.dumps(entry) + '\n')
+            if self.wandb is not None and entry.get('event') != 'start':
+                self.wandb.log({f"{entry['event']}/{k}": v for k, v in entry.items()
+                                if isinstance(v, (int, float)) and k != 'iter'}, step=entry.get('iter'))
 
     def save(self, obj, name='ckpt.pt'):
         if self.master:

@@ -32,7 +32,7 @@ from tokendata import get_tokenizer, seed_from
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value
-init_from = 'out-sft-shakespeare'   # the SFT policy (a run's out_dir, a hub name, an HF dir): trained, and the reference
+init_from = 'out-sft-shakespeare'   # the SFT policy (a run's out_dir, a hub name, an HF dir), also the reference
 out_dir = 'out-dpo'                 # ckpt.pt (the policy, a plain GPT checkpoint), log.jsonl
 train_data = ''                     # pairs or ranked groups: a .jsonl file or hf:name[:config[:split]]
 val_data = ''                       # held-out pairs, for the accuracy and margin
@@ -46,6 +46,9 @@ grad_clip = 1.0                     # 0 disables
 eval_interval = 50                  # held-out accuracy (and a checkpoint) every this many steps, and at the end
 max_val = 0                         # evaluate on at most this many held-out pairs (0: all)
 dropout = 0.0
+wandb_log = False                   # also log to Weights & Biases
+wandb_project = 'align'
+wandb_run_name = 'dpo'
 device = 'auto'
 dtype = 'float32'                   # 'auto' picks bf16 where it is fast
 seed = 1337
@@ -90,6 +93,8 @@ reference = copy.deepcopy(model).eval().requires_grad_(False)  # the frozen SFT 
 run.log(f"{describe(device, dtype)}, {run.world} process(es); policy and reference from {init_from} "
         f"({model.num_params() / 1e6:.2f}M parameters); {len(train_pairs):,} training and {len(val_pairs):,} "
         f"held-out pairs; beta {beta}")
+if wandb_log:
+    run.start_wandb(wandb_project, wandb_run_name, config)
 run.record(event='start', config=config, world_size=run.world)
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (0.9, 0.95), device, verbose=False)
 

@@ -39,7 +39,7 @@ from tokendata import TokenData, dataset_dir, get_tokenizer, seed_from
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value
-init_from = 'out-sft-shakespeare'   # the SFT policy (a run's out_dir, ...): trained by PPO and kept frozen as the reference
+init_from = 'out-sft-shakespeare'   # the SFT policy (a run's out_dir, ...): trained, and kept frozen as the reference
 reward_model = 'out-reward-shakespeare'  # reward.py's out_dir; a copy of it starts the value function
 out_dir = 'out-ppo'                 # ckpt.pt (the policy, a plain GPT checkpoint), log.jsonl
 prompts = ''                        # the prompts: a .jsonl file or hf:name[:config[:split]] with a 'prompt' field
@@ -65,6 +65,9 @@ ptx_data_dir = ''                   # or read it from here
 ptx_batch_size = 16                 # pretraining sequences per micro-batch
 ptx_block_size = 0                  # their length (0: the model's context)
 save_interval = 0                   # also save every this many iterations (0: at the end only)
+wandb_log = False                   # also log to Weights & Biases
+wandb_project = 'align'
+wandb_run_name = 'ppo'
 device = 'auto'
 dtype = 'float32'                   # 'auto' picks bf16 where it is fast
 seed = 1337
@@ -115,6 +118,8 @@ run.log(f"{describe(device, dtype)}, {run.world} process(es); policy and referen
         f"and value function from {reward_model}; {len(prompt_ids):,} prompts; {batch_size} rollouts per iteration "
         f"in {m} micro-batches of {micro_batch}, {ppo_epochs} epochs of {minibatches} minibatches; kl_coef {kl_coef}"
         + (f", ptx_coef {ptx_coef} on {ptx.data_dir}" if ptx else ''))
+if wandb_log:
+    run.start_wandb(wandb_project, wandb_run_name, config)
 run.record(event='start', config=config, world_size=run.world)
 optimizer = torch.optim.AdamW(policy.parameters(), lr=learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
 value_optimizer = torch.optim.AdamW(value.parameters(), lr=value_lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -172,8 +177,8 @@ t0 = time.time()
 for it in range(iters):
     rollouts = {j: rollout(it, j) for j in mine}
     if whiten:  # advantages to mean 0, std 1 over every response token of the iteration, on all ranks
-        s = run.sum(torch.stack([torch.stack([(r['advantages'] * r['mask']).sum(), (r['advantages'] ** 2 * r['mask']).sum(),
-                                              r['mask'].sum()]) for r in rollouts.values()]).sum(0))
+        s = run.sum(sum(torch.stack([(r['advantages'] * r['mask']).sum(), (r['advantages'] ** 2 * r['mask']).sum(),
+                                     r['mask'].sum()]) for r in rollouts.values()))
         mean = s[0] / s[2]
         std = (s[1] / s[2] - mean ** 2).clamp(min=0).sqrt()
         for r in rollouts.values():
@@ -189,8 +194,9 @@ for it in range(iters):
                 totals += update(rollouts[j], count, it, epoch, j, len(group))
             run.step(policy, optimizer, grad_clip)
             run.step(value, value_optimizer, grad_clip)
-    per = lambda key: torch.cat([r[key].float() for r in rollouts.values()]).sum()  # noqa: E731
-    sums = run.sum(torch.cat([totals, torch.stack([per('score'), per('kl'), per('length')])]))
+    per_response = torch.stack([torch.cat([r[k].float() for r in rollouts.values()]).sum()
+                                for k in ('score', 'kl', 'length')])  # summed over this rank's responses
+    sums = run.sum(torch.cat([totals, per_response]))
     steps = ppo_epochs * minibatches
     stats = dict(reward=sums[5].item() / batch_size, kl=sums[6].item() / batch_size, entropy=sums[3].item() / steps,
                  clipfrac=sums[2].item() / steps, policy_loss=sums[0].item() / steps, value_loss=sums[1].item() / steps,

@@ -47,6 +47,9 @@ norm_prompts = 256                  # training prompts the SFT policy answers to
 max_new_tokens = 48                 # the longest of those responses
 temperature = 1.0                   # of the policy's sampling
 dropout = 0.0
+wandb_log = False                   # also log to Weights & Biases
+wandb_project = 'align'
+wandb_run_name = 'reward'
 device = 'auto'
 dtype = 'float32'                   # 'auto' picks bf16 where it is fast
 seed = 1337
@@ -87,6 +90,8 @@ policy = gpt.to(device).eval() if norm_prompts else None  # the SFT policy itsel
 run.log(f"{describe(device, dtype)}, {run.world} process(es); reward model from {init_from}: "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {len(train_groups):,} training and "
         f"{len(val_groups):,} held-out groups (K = {sorted({len(g[1]) for g in train_groups})})")
+if wandb_log:
+    run.start_wandb(wandb_project, wandb_run_name, config)
 run.record(event='start', config=config, world_size=run.world)
 decay = [p for p in model.parameters() if p.dim() >= 2]
 no_decay = [p for p in model.parameters() if p.dim() < 2]

@@ -5,7 +5,6 @@ data and mismatched models, PPO with a huge KL coefficient staying at the SFT po
 import json
 import math
 import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -103,9 +102,12 @@ def test_ppo_clipped_losses_and_kl_match_direct_computations():
     # the value loss: 0.5 * max of the plain and the clipped squared errors
     v_old, v_new, returns = ref, new, adv
     got = ppo_value_loss(v_new, v_old, returns, MASK, 0.1)
-    want = [0.5 * max((v_new[i, t] - returns[i, t]).item() ** 2,
-                      (v_old[i, t] + max(-0.1, min(0.1, (v_new[i, t] - v_old[i, t]).item())) - returns[i, t]).item() ** 2)
-            for i in range(3) for t in range(5) if MASK[i, t]]
+    want = []
+    for i in range(3):
+        for t in range(5):
+            if MASK[i, t]:
+                v, o, r = v_new[i, t].item(), v_old[i, t].item(), returns[i, t].item()
+                want.append(0.5 * max((v - r) ** 2, (o + max(-0.1, min(0.1, v - o)) - r) ** 2))
     assert abs(got.item() - sum(want) / len(want)) < 1e-5
 
 
@@ -143,7 +145,8 @@ def test_masked_sft_loss_has_zero_gradient_at_prompt_positions(tmp_path):
     for b in range(len(X)):
         row = X[b].tolist() + [Y[b, -1].item()]
         prompt_len = row.index(66) + 1  # <|user|> text <|assistant|>: the response starts after it
-        length = prompt_len + next(len(encode(r['response'])) for r in rows if encode(r['prompt']) == row[1:prompt_len - 1]) + 1
+        response = next(r['response'] for r in rows if encode(r['prompt']) == row[1:prompt_len - 1])
+        length = prompt_len + len(encode(response)) + 1  # the response and its <|end|>
         for t in range(len(X[b])):  # position t predicts token t + 1
             target_is_response = prompt_len <= t + 1 < length
             assert (per_position[b, t] > 0).item() == target_is_response, (b, t)
@@ -227,12 +230,15 @@ def test_ppo_with_a_huge_kl_coefficient_stays_at_the_sft_policy(models, tmp_path
     assert moved(held) < moved(free)
 
 
-def test_ppo_and_dpo_on_two_processes_equal_one(models, tmp_path):
+def test_ppo_and_dpo_on_two_processes_equal_one(models, tmp_path, char_data):
     dpo = dict(init_from=models / 'sft', train_data=models / 'prefs.jsonl', val_data=models / 'prefs.jsonl',
                device='cpu', max_iters=3, batch_size=8, eval_interval=2, learning_rate=3e-3, max_val=12)
-    dpo_args = lambda out: [f'--{k}={v}' for k, v in {**dpo, 'out_dir': out}.items()]  # noqa: E731
+
+    def dpo_args(out):
+        return [f'--{k}={v}' for k, v in {**dpo, 'out_dir': out}.items()]
     for script, args in (('ppo.py', lambda out: ppo_args(models, out, minibatches=2, iters=2, kl_coef=0.1,
-                                                          ppo_epochs=1)),
+                                                          ppo_epochs=1, ptx_coef=0.5, ptx_data_dir=char_data,
+                                                          ptx_batch_size=2)),
                          ('dpo.py', dpo_args)):
         one, two = tmp_path / f'{script}-1', tmp_path / f'{script}-2'
         code, _, err = run_inprocess(script, *args(one))
