@@ -344,3 +344,18 @@ def test_sft_reward_ppo_dpo_chain_and_sample(tmp_path, char_data, shakespeare_te
     encode, _, _ = get_tokenizer(META)
     text = '<|user|>Now<|assistant|>Yes<|end|>'
     assert tok(text)['input_ids'] == encode(text) and tok.decode(encode(text)) == text
+
+
+@pytest.mark.parametrize('row, message', [
+    ({'prompt': 'a'}, "line 1: missing field 'response'"),
+    ({'messages': [{'role': 'assistant', 'content': 'b'}]}, "message 1 has role 'assistant'; roles alternate"),
+    ({'messages': [{'role': 'user', 'content': 'a'}]}, "the last message must be the assistant's"),
+    ({'messages': [{'role': 'user'}, {'role': 'assistant', 'content': 'b'}]}, "message 1: missing field 'content'"),
+])
+def test_bad_sft_data_is_one_line(tmp_path, row, message):
+    bad = tmp_path / 'sft.jsonl'
+    bad.write_text(json.dumps(row) + '\n')
+    with pytest.raises(align.UserError) as e:
+        align.write_chat_examples(tmp_path, {'train': str(bad), 'val': str(bad)},
+                                  dict(tokenizer='char', chars=CHARS, vocab_size=len(CHARS)), 32)
+    assert message in str(e.value) and '\n' not in str(e.value), str(e.value)
