@@ -113,10 +113,13 @@ def encode_chat(encode, meta, messages):
 # ----------------------------------------------------------------------------- reading data
 
 def read_rows(source):
-    """[(where, row)] of a local .jsonl file or a hub dataset hf:name[:config[:split]] (split default 'train');
-    where names the file and line for error messages."""
+    """[(where, row)] of a local .jsonl file or a hub dataset hf:name[:config[:split]] (split default 'train'; the
+    name may be a local folder of data files, as datasets.load_dataset takes it); where names the file and line
+    for error messages."""
     if source.startswith('hf:'):
         import datasets
+        datasets.logging.set_verbosity_error()
+        datasets.disable_progress_bars()
         name, config, split = (source[3:].split(':') + ['', ''])[:3]
         try:
             rows = datasets.load_dataset(name, config or None, split=split or 'train')

@@ -359,3 +359,12 @@ def test_bad_sft_data_is_one_line(tmp_path, row, message):
         align.write_chat_examples(tmp_path, {'train': str(bad), 'val': str(bad)},
                                   dict(tokenizer='char', chars=CHARS, vocab_size=len(CHARS)), 32)
     assert message in str(e.value) and '\n' not in str(e.value), str(e.value)
+
+
+def test_preferences_from_the_hub_reader_equal_the_jsonl_reader(models, tmp_path):
+    pytest.importorskip('datasets')
+    (tmp_path / 'hub').mkdir()  # a local folder of data files: datasets.load_dataset reads it as it reads a hub name
+    (tmp_path / 'hub' / 'train.jsonl').write_text((models / 'prefs.jsonl').read_text())
+    assert align.read_preferences(f"hf:{tmp_path / 'hub'}") == align.read_preferences(str(models / 'prefs.jsonl'))
+    with pytest.raises(align.UserError, match="cannot load 'hf:nope-no-such-dataset'"):
+        align.read_rows('hf:nope-no-such-dataset')
