@@ -14,8 +14,8 @@ drawn from N(0, 0.02) by heads.add_tokens, every other weight kept):
 
 The SFT loss is on the assistant's text and its <|end|> only. A policy is prompted with
 `<|user|>{prompt}<|assistant|>` and its response ends at <|end|>. The ids are kept in the dataset's and the
-checkpoints' metadata (added_tokens), so sample.py, eval.py and export.py encode and decode them
-(`python sample.py --out_dir=out-sft-shakespeare --start="<|user|>To be<|assistant|>"`).
+checkpoints' metadata (added_tokens), so sample.py (which stops at <|end|>), eval.py and export.py encode and
+decode them (`python sample.py --out_dir=out-sft-shakespeare --start="<|user|>To be<|assistant|>"`).
 
 Data, one JSON object a line: a local .jsonl file, or a hub dataset as hf:name[:config[:split]].
     SFT          {"prompt": "...", "response": "..."}, or {"messages": [{"role": "user", "content": "..."},

@@ -9,7 +9,7 @@ pairs with a positive margin) on training and held-out pairs, and saves the poli
 
 Offline demo on a CPU (see the config's header for the whole chain):
 $ python dpo.py config/dpo_shakespeare.py
-$ python sample.py --out_dir=out-dpo-shakespeare --start="<|user|>Now, brother of<|assistant|>" --stop="<|end|>"
+$ python sample.py --out_dir=out-dpo-shakespeare --start="<|user|>Now, brother of<|assistant|>"
 Your own pairs (jsonl or a hub dataset), from an SFT run or GPT-2:
 $ python dpo.py --init_from=out-sft --train_data=pairs_train.jsonl --val_data=pairs_val.jsonl --out_dir=out-dpo
 CPU, 2 processes (gloo; the same steps as one process, the batch's pairs split between them):

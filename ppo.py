@@ -14,7 +14,7 @@ clip fraction and the losses, to stdout and out_dir/log.jsonl, and saves the pol
 
 Offline demo on a CPU (see the config's header for the whole chain):
 $ python ppo.py config/ppo_shakespeare.py
-$ python sample.py --out_dir=out-ppo-shakespeare --start="<|user|>Now, brother of<|assistant|>" --stop="<|end|>"
+$ python sample.py --out_dir=out-ppo-shakespeare --start="<|user|>Now, brother of<|assistant|>"
 PPO-ptx, mixing in the pretraining data:
 $ python ppo.py config/ppo_shakespeare.py --ptx_coef=1.0 --out_dir=out-ppo-ptx-shakespeare
 CPU, 2 processes (gloo): every rank samples and trains its share of the micro-batches, gradients are summed over

@@ -3,7 +3,7 @@
 # $ python data/shakespeare_char/prepare.py && python train.py config/train_shakespeare_char_cpu.py
 # $ python data/shakespeare_prefs/prepare.py
 # $ python train.py config/sft_shakespeare.py
-# $ python sample.py --out_dir=out-sft-shakespeare --start="<|user|>Now, brother of<|assistant|>" --stop="<|end|>"
+# $ python sample.py --out_dir=out-sft-shakespeare --start="<|user|>Now, brother of<|assistant|>"
 # Measured on 2 cores of an AMD EPYC (lscpu's model name; avx2, fp32), shared with two other engineers' jobs (load
 # average ~5), with OMP_NUM_THREADS=1 and torch 2.13: 214 s. Val loss (response tokens only) 2.327 at step 0 (the
 # pretrained model, chat-token rows still random) -> 1.664 at 100 -> 1.627 at 200 -> 1.577 at 400. The SFT policy's
