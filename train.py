@@ -22,6 +22,10 @@ $ torchrun --nnodes=2 --nproc_per_node=8 --node_rank=1 --master_addr=10.0.0.1 --
 --rdzv_id=JOB, instead of --node_rank/--master_addr/--master_port; if the nodes lack Infiniband, prepend
 NCCL_IB_DISABLE=1. Every node needs the data; to resume, every node needs out_dir/ckpt.pt: use a shared filesystem)
 
+Supervised fine-tuning on conversations (InstructGPT's step 1; align.py: the chat template and its tokens, which
+a pretrained model's vocabulary grows by; the loss is on the responses only):
+$ python data/shakespeare_prefs/prepare.py && python train.py config/sft_shakespeare.py
+
 Any setting below can be changed by a config file and then by --key=value, e.g.
 $ python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
 """
