@@ -394,13 +394,18 @@ class Run:
     each rank's share of a step's micro-batches, gradients averaged over ranks (DDP's all-reduce, done by hand
     since a step may train two models), and the log (stdout and out_dir/log.jsonl) on rank 0 only."""
 
-    def __init__(self, out_dir, device):
+    def __init__(self, out_dir, device, divide=None):
+        """divide: {setting: count} of what each step splits among the processes, checked before joining the
+        group (a count that does not divide stops every rank alike, with one line from rank 0)."""
         import torch.distributed as dist
         self.dist = dist
         self.ddp = int(os.environ.get('RANK', -1)) != -1
         self.rank = int(os.environ.get('RANK', 0))
         self.world = int(os.environ.get('WORLD_SIZE', 1))
         self.master = self.rank == 0
+        for name, count in (divide or {}).items():
+            if count % self.world:
+                raise UserError(f"{name} ({count}) must divide among the {self.world} processes")
         self.device = device
         if self.ddp:
             if device.startswith('cuda'):
@@ -420,8 +425,6 @@ class Run:
 
     def share(self, m):
         """This rank's global micro-batches out of m (a contiguous block), as train.py's my_share."""
-        if m % self.world:
-            raise UserError(f"{m} micro-batches per step do not divide among {self.world} processes")
         return range(self.rank * m // self.world, (self.rank + 1) * m // self.world)
 
     def part(self, items):

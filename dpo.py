@@ -84,10 +84,9 @@ def encode_pairs(groups):
 
 train_pairs = encode_pairs(read_preferences(train_data))
 val_pairs = encode_pairs(read_preferences(val_data))[:max_val or None]
-run = Run(out_dir, device)  # joins the process group once the data has been checked on every rank
+# joins the process group once the settings and data have been checked on every rank
+run = Run(out_dir, device, divide={'batch_size': batch_size})
 device = run.device
-if batch_size % run.world:
-    raise configurator.UserError(f"batch_size ({batch_size}) must divide among the {run.world} processes")
 model.to(device)
 reference = copy.deepcopy(model).eval().requires_grad_(False)  # the frozen SFT policy
 run.log(f"{describe(device, dtype)}, {run.world} process(es); policy and reference from {init_from} "

@@ -106,9 +106,10 @@ if ptx_coef:
     ptx_dir, ptx_prepare = dataset_dir(ptx_dataset, ptx_data_dir)
     ptx = TokenData(ptx_dir, ptx_block_size or block, ptx_batch_size, 'cpu', seed=seed,
                     vocab_size=policy.config.vocab_size, prepare=ptx_prepare)
-run = Run(out_dir, device)  # joins the process group once settings and data have been checked on every rank
-device = run.device
 m = batch_size // micro_batch  # global micro-batches per iteration
+# joins the process group once settings and data have been checked on every rank
+run = Run(out_dir, device, divide={'batch_size / micro_batch': m})
+device = run.device
 mine = run.share(m)
 policy.to(device)
 reference = copy.deepcopy(policy).eval().requires_grad_(False)  # the frozen SFT policy

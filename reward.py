@@ -81,10 +81,9 @@ def encode_groups(groups):
 
 train_groups = encode_groups(read_preferences(train_data))
 val_groups = encode_groups(read_preferences(val_data))[:max_val or None]
-run = Run(out_dir, device)  # joins the process group once the data has been checked on every rank
+# joins the process group once the settings and data have been checked on every rank
+run = Run(out_dir, device, divide={'batch_size': batch_size})
 device = run.device
-if batch_size % run.world:
-    raise configurator.UserError(f"batch_size ({batch_size}) must divide among the {run.world} processes")
 model = RewardModel(copy.deepcopy(gpt) if norm_prompts else gpt).to(device)
 policy = gpt.to(device).eval() if norm_prompts else None  # the SFT policy itself, for the normalisation
 run.log(f"{describe(device, dtype)}, {run.world} process(es); reward model from {init_from}: "
