@@ -125,7 +125,7 @@ class RewardModel(nn.Module):
     """A GPT with a scalar head: one number per position from the final hidden state (a linear layer, N(0, 0.02)
     weights, zero bias). As InstructGPT's reward model the score of a prompt and response is the number at the
     response's last token (score); as PPO's value function the number at each position estimates the return
-    from there (forward). align.py trains and loads it; reward.py, ppo.py use it."""
+    from there (forward). reward.py trains it, align.load_reward_model loads it, ppo.py uses it."""
 
     def __init__(self, gpt):
         super().__init__()
