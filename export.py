@@ -17,6 +17,7 @@ The directory is written beside hf_dir first and renamed into place, so a failed
 """
 
 import json
+import math
 import os
 import shutil
 
@@ -81,8 +82,22 @@ def gpt2_vocab_and_merges():
 
 
 def hf_tokenizer(meta, block_size, out):
-    """The run's tokenizer as a transformers tokenizer object (GPT-2's vocab.json and merges.txt are
-    written to `out`, as its source and for tools that read those files)."""
+    """The run's tokenizer as a transformers tokenizer object, with the tokens a run added to the vocabulary
+    (align.py's chat tokens) as special tokens at the same ids."""
+    tok = base_tokenizer(meta, block_size, out)
+    added = meta.get('added_tokens') or {}
+    if added:
+        tok.add_special_tokens({'additional_special_tokens': sorted(added, key=added.get)})
+        wrong = [t for t, i in added.items() if tok.convert_tokens_to_ids(t) != i]
+        if wrong:
+            raise UserError(f"cannot export the added tokens {', '.join(wrong)} at the ids the model uses: they do "
+                            f"not follow the tokenizer's own ids")
+    return tok
+
+
+def base_tokenizer(meta, block_size, out):
+    """The run's tokenizer (without added tokens) as a transformers tokenizer object (GPT-2's vocab.json and
+    merges.txt are written to `out`, as its source and for tools that read those files)."""
     from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerFast
     kind, eot = meta.get('tokenizer'), tokendata.EOT
     common = dict(model_max_length=block_size, clean_up_tokenization_spaces=False)
@@ -120,7 +135,7 @@ def final_losses(ckpt):
                     e = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut short by a crash
-                if e.get('event') == 'eval' and e.get('iter', -1) <= ckpt['iter_num']:
+                if e.get('event') == 'eval' and e.get('iter', -1) <= ckpt['iter_num'] and 'train_loss' in e:
                     last = e
     return (last['train_loss'], last['val_loss']) if last else (None, None)
 
@@ -132,9 +147,11 @@ def model_card(model, meta, ckpt, name):
              f"A {model.num_params() / 1e6:.2f}M-parameter GPT ({c.n_layer} layers, {c.n_head} heads, width {c.n_embd}, "
              f"context {c.block_size}, vocabulary {c.vocab_size}), tokenizer `{meta.get('tokenizer')}`.", '']
     if ckpt is not None:
-        origin = 'a nanoGPT run, imported' if ckpt.get('imported_from') == 'nanoGPT' else 'train.py of this repository'
+        origin = ('a nanoGPT run, imported' if ckpt.get('imported_from') == 'nanoGPT' else
+                  f"{ckpt['trained_by']} of this repository" if ckpt.get('trained_by') else 'train.py of this repository')
         train, val = final_losses(ckpt)
-        lines += [f"Trained by {origin}: {ckpt['iter_num']:,} iterations, best val loss {ckpt['best_val_loss']:.4f}"
+        lines += [f"Trained by {origin}: {ckpt['iter_num']:,} iterations"
+                  + (f", best val loss {ckpt['best_val_loss']:.4f}" if math.isfinite(ckpt['best_val_loss']) else '')
                   + (f"; last evaluation: train loss {train:.4f}, val loss {val:.4f}" if val is not None else '') + '.',
                   '', f"Data: {meta.get('source', 'see the training config')}.", '']
     else:

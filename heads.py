@@ -10,6 +10,8 @@ final hidden state of the extract token. finetune.py trains it; this file is the
 
 The objective is L3 = L2 + lm_coef * L1: the task loss plus lm_coef (0.5 in the paper) times the language
 modelling loss on the same sequences.
+
+Also the scalar head of InstructGPT's reward model and PPO's value function (RewardModel; align.py has the rest).
 """
 
 from dataclasses import replace
@@ -117,3 +119,26 @@ class TaskModel(nn.Module):
         score), plus the weighted language-modelling loss."""
         task = F.mse_loss(out, labels.float()) if self.task == 'similarity' else F.cross_entropy(out, labels)
         return task + lm_coef * lm_loss if lm_coef else task
+
+
+class RewardModel(nn.Module):
+    """A GPT with a scalar head: one number per position from the final hidden state (a linear layer, N(0, 0.02)
+    weights, zero bias). As InstructGPT's reward model the score of a prompt and response is the number at the
+    response's last token (score); as PPO's value function the number at each position estimates the return
+    from there (forward). reward.py trains it, align.load_reward_model loads it, ppo.py uses it."""
+
+    def __init__(self, gpt):
+        super().__init__()
+        self.gpt = gpt
+        self.head = nn.Linear(gpt.config.n_embd, 1)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, idx):
+        """(B, T) ids -> (B, T) scalars."""
+        _, _, h = self.gpt(idx, return_hidden=True)
+        return self.head(h).squeeze(-1).float()
+
+    def score(self, idx, last):
+        """(B,) the scalar at each row's position last."""
+        return self(idx)[torch.arange(idx.size(0), device=idx.device), last]

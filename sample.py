@@ -40,7 +40,7 @@ repetition_penalty = 1.0    # CTRL-style penalty on tokens already present; 1 di
 num_beams = 1               # > 1: beam search (deterministic, one result per prompt)
 length_penalty = 1.0        # beam search: score = logprob / length**length_penalty
 stop = ''                   # stop when the text contains this string (escapes like \n allowed; a JSON list for several)
-stop_at_eos = True          # stop at <|endoftext|> (GPT-2 tokenizer)
+stop_at_eos = True          # stop at <|endoftext|> (GPT-2 tokenizer), or a chat model's <|end|> (align.py)
 use_cache = True            # key/value cache: one token per step instead of the whole context
 seed = 1337
 device = 'auto'             # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...
@@ -91,7 +91,7 @@ def main():
         raise UserError(f"beam search has no sliding window: the prompt ({len(ids)} tokens) + max_new_tokens "
                         f"({max_new_tokens}) must fit the context ({model.config.block_size}); lower --max_new_tokens")
     stops = parse_stops(stop)
-    eos = eot if stop_at_eos else None
+    eos = ((meta or {}).get('added_tokens') or {}).get('<|end|>', eot) if stop_at_eos else None  # a chat model's end
     x = torch.tensor(ids, dtype=torch.long, device=dev)[None]
     gen = torch.Generator(device=dev).manual_seed(seed)
 

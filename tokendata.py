@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 
 import numpy as np
 import torch
@@ -118,7 +119,13 @@ def get_tokenizer(meta, ordinary=False):
     """(encode, decode, eot_id) for a dataset's (or a checkpoint's data_meta) tokenizer: 'char' (its own
     character list), 'bpe' (a byte-level BPE trained by data/text/prepare.py, held in meta), 'gpt2'
     (tiktoken) or 'hf' (a transformers tokenizer by name or directory). eot_id is None without one.
-    ordinary: special-token strings in the text are plain text (for corpora), not the token itself."""
+    ordinary: special-token strings in the text are plain text (for corpora), not the token itself.
+    Tokens added to the vocabulary (meta["added_tokens"], {string: id}, e.g. align.py's chat tokens) are
+    encoded and decoded as single ids on top of any of these."""
+    if (meta or {}).get('added_tokens'):
+        base = {k: v for k, v in meta.items() if k != 'added_tokens'}
+        encode, decode, eot = get_tokenizer(base, ordinary)
+        return (*with_added_tokens(encode, decode, meta['added_tokens']), eot)
     kind = (meta or {}).get('tokenizer')
     if kind == 'char':
         chars = meta['chars']
@@ -160,6 +167,35 @@ def get_tokenizer(meta, ordinary=False):
         return (lambda s: enc.encode(s, allowed_special={EOT}), enc.decode, enc.eot_token)
     raise UserError((meta or {}).get('missing') or f"no tokenizer to decode this model's tokens "
                     f"(tokenizer {kind!r}); it was trained on data whose metadata was not saved")
+
+
+def with_added_tokens(encode, decode, added):
+    """(encode, decode) that map each added token string ({string: id}) to its one id and back, and leave
+    the text between them to the tokenizer's own encode/decode."""
+    ids = {s: int(i) for s, i in added.items()}
+    strings = {i: s for s, i in ids.items()}
+    split = re.compile('(' + '|'.join(map(re.escape, sorted(ids, key=len, reverse=True))) + ')')
+
+    def encode_added(text):
+        out = []
+        for piece in split.split(text):
+            if piece in ids:
+                out.append(ids[piece])
+            elif piece:
+                out.extend(encode(piece))
+        return out
+
+    def decode_added(seq):
+        out, run = [], []
+        for i in map(int, seq):
+            if i in strings:
+                out += [decode(run)] if run else []
+                out.append(strings[i])
+                run = []
+            else:
+                run.append(i)
+        return ''.join(out + ([decode(run)] if run else []))
+    return encode_added, decode_added
 
 
 # ---------------------------------------------------------------------- token data

@@ -22,6 +22,10 @@ $ torchrun --nnodes=2 --nproc_per_node=8 --node_rank=1 --master_addr=10.0.0.1 --
 --rdzv_id=JOB, instead of --node_rank/--master_addr/--master_port; if the nodes lack Infiniband, prepend
 NCCL_IB_DISABLE=1. Every node needs the data; to resume, every node needs out_dir/ckpt.pt: use a shared filesystem)
 
+Supervised fine-tuning on conversations (InstructGPT's step 1; align.py: the chat template and its tokens, which
+a pretrained model's vocabulary grows by; the loss is on the responses only):
+$ python data/shakespeare_prefs/prepare.py && python train.py config/sft_shakespeare.py
+
 Any setting below can be changed by a config file and then by --key=value, e.g.
 $ python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
 """
@@ -265,6 +269,10 @@ model, _, ckpt = load_model(
                  tie_embeddings=tie_embeddings, zero_init_head=zero_init_head, pos_emb=pos_emb, rope_base=rope_base,
                  qk_norm=qk_norm, mlp_act=mlp_act),
     expect={k: config[k] for k in arch if k in given})  # what the user asked for must match what resumes
+if init_from not in ('scratch', 'resume') and meta.get('added_tokens') and model.config.vocab_size < meta['vocab_size']:
+    from align import grow_vocab  # SFT data (align.py) adds the chat tokens: they get new embedding rows
+    model = grow_vocab(model, meta)
+    log(f"added {', '.join(meta['added_tokens'])} to the vocabulary: {model.config.vocab_size} ids")
 tokens_per_iter = gradient_accumulation_steps * micro_tokens  # the full batch
 log(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps // world_size} accum * {world_size} "
     f"processes * {batch_size} batch * {block_size} block")
