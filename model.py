@@ -47,7 +47,7 @@ class GPTConfig:
     # defaults are GPT-2's architecture, and each option left at its default leaves the model bit-identical
     pos_emb: str = 'learned'    # 'learned' (GPT-2's position table) or 'rope' (rotary, Su et al. 2021; no table)
     rope_base: float = 10000.0  # rotary: the wavelength base, frequencies base^(-2i/head_dim)
-    qk_norm: bool = False       # RMS-normalise each head's queries and keys (no gain) before the scores
+    qk_norm: bool = False       # LayerNorm (no gain or bias) on each head's queries and keys before the scores
     mlp_act: str = 'gelu'       # 'gelu' (see gelu_approx) or 'relu2': relu(x)^2 (Primer, So et al. 2021)
 
     def __post_init__(self):
@@ -218,8 +218,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
-        if self.qk_norm:  # bounded scores whatever the weights grow to (modded-nanogpt, nanochat)
-            q, k = F.rms_norm(q, (hs,)), F.rms_norm(k, (hs,))
+        if self.qk_norm:  # bounded scores however the weights grow (ViT-22B's QK-LayerNorm; modded-nanogpt: RMS)
+            q, k = F.layer_norm(q, (hs,)), F.layer_norm(k, (hs,))  # (one fused CPU kernel; rms_norm is several)
         if rope is not None:  # rotated before caching: a cached key keeps its own position's rotation
             q, k = rotary(q, rope), rotary(k, rope)
         past = 0 if kv_cache is None else kv_cache.pos

@@ -94,7 +94,7 @@ tie_embeddings = True           # output projection shares the token embeddings;
 zero_init_head = False          # Image GPT: the output projection starts at zero (needs tie_embeddings=False)
 pos_emb = 'learned'             # 'learned' (GPT-2's position table) or 'rope' (rotary embeddings)
 rope_base = 10000.0             # rotary: wavelength base
-qk_norm = False                 # RMS-normalise queries and keys per head
+qk_norm = False                 # LayerNorm (no gain) on each head's queries and keys
 mlp_act = 'gelu'                # 'gelu' or 'relu2' (relu(x)^2)
 # AdamW (GPT-3 settings); optim='muon' puts the blocks' weight matrices on Muon (optim.py) at muon_lr
 optim = 'adamw'                 # 'adamw' or 'muon' (Muon for the blocks' matrices, AdamW for the rest)
