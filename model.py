@@ -154,7 +154,9 @@ class Dropout(nn.Dropout):
     Seeded by torch.manual_seed."""
 
     def forward(self, x):
-        if not self.training or self.p == 0.0 or self.p >= 1.0 or self.inplace or x.device.type != 'cpu':
+        if not self.training or self.p == 0.0:
+            return x  # (as nn.Dropout, without its call: decoding runs this twice per layer per token)
+        if self.p >= 1.0 or self.inplace or x.device.type != 'cpu':
             return super().forward(x)
         n = x.numel()
         # 2**32 - 1 values: uniform 32-bit words but for one value in four billion
@@ -213,11 +215,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, kv_cache=None, rope=None):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         hs = C // self.n_head
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        # (B, T, 3C) -> three (B, nh, T, hs) views, in three ops (split + view + transpose each take nine)
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, hs).permute(2, 0, 3, 1, 4).unbind(0)
         if self.qk_norm:  # bounded scores however the weights grow (ViT-22B's QK-LayerNorm; modded-nanogpt: RMS)
             q, k = F.layer_norm(q, (hs,)), F.layer_norm(k, (hs,))  # (one fused CPU kernel; rms_norm is several)
         if rope is not None:  # rotated before caching: a cached key keeps its own position's rotation
@@ -395,10 +395,11 @@ class GPT(nn.Module):
                              f"(block_size={self.config.block_size}); crop it or use a longer-context model")
         # A clear message instead of an index error. Skipped on CUDA, where checking would force a
         # host sync every step (the data loader checks token ids there), and under torch.compile.
-        if idx.device.type != 'cuda' and not torch.compiler.is_compiling():
-            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
+        if idx.device.type != 'cuda' and not torch.compiler.is_compiling() and idx.numel():
+            low, high = torch.aminmax(idx)  # (one op and one read: this runs for every decoded token)
+            if int(low) < 0 or int(high) >= self.config.vocab_size:
                 raise ValueError(f"token id out of range: ids must be in [0, {self.config.vocab_size}), "
-                                 f"got min {int(idx.min())}, max {int(idx.max())}")
+                                 f"got min {int(low)}, max {int(high)}")
         x = self.transformer.wte(idx)
         rope = None
         if self.config.pos_emb == 'learned':
