@@ -333,7 +333,7 @@ def get_lr(s):
 
 
 model.train()
-t0 = time.time()
+t0, value = time.time(), None
 while step < total:
     epoch, k = divmod(step, steps_per_epoch)
     # the order of an epoch is a function of (seed, epoch): a resumed run takes the same batches
@@ -371,6 +371,7 @@ while step < total:
         save(os.path.join(out_dir, 'ckpt.pt'), model, optimizer, step, best, meta, classes, specials)
         log(f"stopped after step {step} of {total}; continue with the same command and --resume=True")
         break
-if step == total:
-    log(f"best val {'pearson' if task == 'similarity' else 'accuracy'} {best:.4f}"
-        + (f" (majority class {majority:.4f})" if task != 'similarity' else ''))
+if step == total:  # the last step's figure is the unbiased one: best.pt was chosen on the same validation data
+    metric = 'pearson' if task == 'similarity' else 'accuracy'
+    log((f"val {metric} {value:.4f} at the last step; " if value is not None else '') + f"best val {metric} "
+        f"{best:.4f} (best.pt)" + (f"; majority class {majority:.4f}" if task != 'similarity' else ''))

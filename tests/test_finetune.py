@@ -172,7 +172,7 @@ def test_finetune_runs_resumes_and_predicts(tmp_path, pretrained, shakespeare_te
     out = tmp_path / 'ft'
     code, stdout, err = run_inprocess('finetune.py', *args, f'--out_dir={out}')
     assert code == 0, err
-    assert 'majority-class accuracy' in stdout and 'best val accuracy' in stdout
+    assert 'majority-class accuracy' in stdout and 'at the last step; best val accuracy' in stdout
     evals = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
     assert [e['step'] for e in evals] == [5, 10] and all(0 <= e['value'] <= 1 for e in evals)
     ckpt = torch.load(out / 'best.pt', weights_only=True)
