@@ -5,6 +5,10 @@ to download beyond the corpus itself. Each is a jsonl file pair (train, val) bes
   one is the real next line, three are lines from elsewhere. Chance: 25%.
 - follows (entailment): does line b follow line a in the same speech? Half yes, half no.
 - speaker (classification): which of 4 speakers says this line (those with the most lines in both splits).
+- scrambled (classification): is this line of the play real, or its words shuffled into another order? Every
+  line of 3 or more words (split on single spaces, punctuation staying with its word) is one example; about
+  half are shuffled, into an order that differs from the real one, so a scrambled line has the real line's
+  words, characters and length and only their order tells it apart. (Lines are at most 63 characters.)
 Train examples come from the first 90% of the text and validation ones from the last 10%: the split
 data/shakespeare_char/prepare.py makes, so a model pretrained on its train.bin never saw a validation line.
 
@@ -32,7 +36,18 @@ def speeches(text):
     return out
 
 
-def make(part, rng, top_speakers):
+def scramble(line, rng):
+    """The line's words (split on ' ') in a random order that differs from theirs."""
+    words = line.split(' ')
+    if len(set(words)) < 2:
+        raise ValueError(f"no other order of {line!r}")
+    out = words[:]
+    while out == words:
+        rng.shuffle(out)
+    return ' '.join(out)
+
+
+def make(part, rng, top_speakers, scramble_rng):
     lines = [line for _, ls in part for line in ls]
     pairs = [(a, b) for _, ls in part for a, b in zip(ls, ls[1:])]
     next_line = []
@@ -45,7 +60,13 @@ def make(part, rng, top_speakers):
     for ex, (_, b) in zip(follows, pairs):
         ex['label'] = 'yes' if ex['b'] == b else 'no'
     speaker = [dict(text=line, label=who) for who, ls in part if who in top_speakers for line in ls]
-    return dict(next_line=next_line, follows=follows, speaker=speaker)
+    scrambled = []
+    for line in lines:
+        if len(line.split(' ')) >= 3 and len(set(line.split(' '))) >= 2:
+            fake = scramble_rng.random() < 0.5
+            scrambled.append(dict(text=scramble(line, scramble_rng) if fake else line,
+                                  label='scrambled' if fake else 'real'))
+    return dict(next_line=next_line, follows=follows, speaker=speaker, scrambled=scrambled)
 
 
 def main():
@@ -58,8 +79,9 @@ def main():
     lines_by = [Counter(who for who, ls in part for _ in ls) for part in (train, val)]
     top = set(sorted(lines_by[0], key=lambda who: -min(lines_by[0][who], lines_by[1][who]))[:4])
     rng = random.Random(args.seed)
+    scramble_rng = random.Random(f"scrambled {args.seed}")  # its own: the other tasks' files stay as they were
     for split, part in (('train', train), ('val', val)):
-        for task, examples in make(part, rng, top).items():
+        for task, examples in make(part, rng, top, scramble_rng).items():
             path = args.out_dir / f"{task}_{split}.jsonl"
             with atomic_path(path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
                 for ex in examples:
