@@ -6,8 +6,10 @@ Offline demo on a CPU (tasks derived from Tiny Shakespeare, a char-level model p
 accuracy it reaches against the majority class and against the same model untrained is in the config's header):
 $ python data/shakespeare_char/prepare.py && python train.py config/train_shakespeare_char_gpt1.py
 $ python data/shakespeare_tasks/prepare.py
-$ python finetune.py config/finetune_shakespeare_follows.py
-$ python finetune.py config/finetune_shakespeare_follows.py --from_scratch=True --out_dir=out-follows-scratch
+$ python finetune.py config/finetune_shakespeare_scrambled.py       # a real line, or its words' insides shuffled?
+$ python finetune.py config/finetune_shakespeare_scrambled.py --from_scratch=True --out_dir=out-scrambled-scratch
+(250 steps: 0.891 and 0.858 for two seeds, against 0.510 and 0.490 from scratch and 0.5104 for the majority class,
+on 2,588 validation examples. The "follows" task, config/finetune_shakespeare_follows.py, shows a smaller gain.)
 
 GLUE and friends, from OpenAI's GPT-1 or GPT-2 weights (one GPU):
 $ python finetune.py --init_from=openai-gpt --dataset=glue --dataset_config=rte --task=entailment \

@@ -1,5 +1,6 @@
 # GPT-1's recipe on a CPU, entailment-style: does line b follow line a in the same Shakespeare speech (yes/no,
-# about half each), from the character-level model that config/train_shakespeare_char_gpt1.py pretrains.
+# about half each), from the character-level model that config/train_shakespeare_char_gpt1.py pretrains. A secondary
+# demo: the headline one, where pre-training clearly matters, is config/finetune_shakespeare_scrambled.py.
 # $ python data/shakespeare_char/prepare.py && python train.py config/train_shakespeare_char_gpt1.py
 # $ python data/shakespeare_tasks/prepare.py
 # $ python finetune.py config/finetune_shakespeare_follows.py
