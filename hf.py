@@ -181,25 +181,55 @@ def load_summary_head(path):
     return {'weight': sd[keys[0]], 'bias': sd[keys[1]]}
 
 
-def save_task_model(task_model, path):
-    """Export a fine-tuned heads.TaskModel where transformers has its class: a multiple-choice model on a GPT-1
-    (post-norm) network as OpenAIGPTDoubleHeadsModel (the head is its SequenceSummary on the cls token). Other
-    pairs are refused: GPT2ForSequenceClassification's head has no bias and reads the last non-padding token,
-    and transformers has no similarity model of GPT-1's kind."""
+def save_task_model(task_model, path, classes=None, specials=None, pad_token_id=0):
+    """Export a fine-tuned heads.TaskModel as the transformers class that computes the same scores:
+      multiple_choice            GPT2DoubleHeadsModel / OpenAIGPTDoubleHeadsModel (GPT-2 / GPT-1 network): the head
+                                 is their SequenceSummary on the cls token (pass mc_token_ids: the extract positions)
+      classification, entailment GPT2ForSequenceClassification / OpenAIGPTForSequenceClassification: they read the
+                                 last token that is not pad_token_id, which is the extract token of a right-padded
+                                 input (collate pads with 0), through a linear layer without a bias
+    Their classifier has no bias, so ours is folded into the LayerNorm that makes the final hidden state (ln_f, or
+    the last block's ln_2 on a GPT-1 network): a shift d of its bias with W d = b adds b to every logit. The
+    classifier's scores are then exact, but that directory's hidden states are shifted: use it as a classifier
+    only. classes: the label names, in the head's order (config.json's id2label); specials: the (start, delim,
+    extract) ids, recorded in config.json as gpt1_task. Similarity is refused:
+    transformers has no model that adds the extract states of the two orders (GPT-1's similarity head)."""
     from safetensors.torch import load_file, save_file
-    if task_model.task != 'multiple_choice' or not task_model.gpt.config.post_norm:
-        raise ValueError(f"transformers has no class for a {task_model.task} head on a "
-                         f"{'GPT-1' if task_model.gpt.config.post_norm else 'GPT-2'} network with GPT-1's linear head "
-                         f"(bias included); export the language model alone with hf.save_pretrained(model.gpt, dir)")
+    task, c = task_model.task, task_model.gpt.config
+    if task == 'similarity':
+        raise ValueError("transformers has no class for GPT-1's similarity head (the extract states of both "
+                         "orders added); score with --predict, or export the network alone with "
+                         "hf.save_pretrained(model.gpt, dir)")
+    w = task_model.head.weight.detach().float().cpu()
+    b = task_model.head.bias.detach().float().cpu()
+    if task != 'multiple_choice':  # fold the bias: the least-squares d with W d = b, exact when W has full row rank
+        d = torch.linalg.lstsq(w.double(), b.double().unsqueeze(1)).solution.squeeze(1)
+        if (w.double() @ d - b.double()).abs().max() > 1e-5 * (1 + b.abs().max()):
+            raise ValueError(f"the {task} head's bias cannot be folded into the final LayerNorm (its {w.size(0)} "
+                             f"rows are linearly dependent), and transformers' classifier has no bias")
     save_pretrained(task_model.gpt, path)
     with open(os.path.join(path, 'config.json'), encoding='utf-8') as f:
         cfg = json.load(f)
-    cfg.update(architectures=['OpenAIGPTDoubleHeadsModel'], summary_type='cls_index', summary_use_proj=True,
-               summary_proj_to_labels=True, summary_activation=None, num_labels=1,
-               summary_first_dropout=task_model.dropout.p)
+    kind = 'OpenAIGPT' if c.post_norm else 'GPT2'
+    if task == 'multiple_choice':
+        cfg.update(architectures=[f'{kind}DoubleHeadsModel'], summary_type='cls_index', summary_use_proj=True,
+                   summary_proj_to_labels=True, summary_activation=None, num_labels=1,
+                   summary_first_dropout=task_model.dropout.p)
+    else:
+        names = [str(x) for x in classes] if classes else [str(i) for i in range(w.size(0))]
+        cfg.update(architectures=[f'{kind}ForSequenceClassification'], num_labels=w.size(0),
+                   id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+                   pad_token_id=pad_token_id)
+    if specials:  # the ids the input transformation uses, for whoever builds inputs for this directory
+        cfg['gpt1_task'] = dict(task=task, **dict(zip(('start', 'delim', 'extract'), specials)))
     with open(os.path.join(path, 'config.json'), 'w', encoding='utf-8') as f:
         json.dump(cfg, f, indent=2)
     sd = load_file(os.path.join(path, 'model.safetensors'))
-    sd['multiple_choice_head.summary.weight'] = task_model.head.weight.detach().float().cpu().contiguous()
-    sd['multiple_choice_head.summary.bias'] = task_model.head.bias.detach().float().cpu().contiguous()
+    if task == 'multiple_choice':
+        sd['multiple_choice_head.summary.weight'] = w.contiguous()
+        sd['multiple_choice_head.summary.bias'] = b.contiguous()
+    else:
+        final_ln = f'transformer.h.{c.n_layer - 1}.ln_2.bias' if c.post_norm else 'transformer.ln_f.bias'
+        sd[final_ln] = (sd[final_ln].double() + d).float().contiguous()
+        sd['score.weight'] = w.contiguous()
     save_file(sd, os.path.join(path, 'model.safetensors'), metadata={'format': 'pt'})

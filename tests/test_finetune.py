@@ -110,8 +110,45 @@ def test_multiple_choice_head_matches_transformers_double_heads(tmp_path):
     again = transformers.OpenAIGPTDoubleHeadsModel.from_pretrained(tmp_path / 'back').eval()
     with torch.no_grad():
         torch.testing.assert_close(again(ids, mc_token_ids=cls).mc_logits, want, atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match="no class for a classification head"):
-        hf.save_task_model(TaskModel(model.gpt, 'classification', 2), str(tmp_path / 'nope'))
+    with pytest.raises(ValueError, match="no class for GPT-1's similarity head"):
+        hf.save_task_model(TaskModel(model.gpt, 'similarity', 1), str(tmp_path / 'nope'))
+
+
+@pytest.mark.parametrize('task, post_norm', [('classification', False), ('entailment', True),
+                                             ('multiple_choice', False)])
+def test_exported_head_matches_transformers(tmp_path, task, post_norm):
+    """Classification and entailment export as GPT2/OpenAIGPTForSequenceClassification (their bias-free score
+    layer, ours folded into the final LayerNorm); multiple choice on a GPT-2 network as GPT2DoubleHeadsModel."""
+    transformers = pytest.importorskip('transformers')
+    import hf
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=100, post_norm=post_norm,
+                        gelu_approx='tanh' if post_norm else 'none'))
+    gpt, specials = add_tokens(gpt, 3)
+    model = TaskModel(gpt, task, 3).eval()
+    torch.nn.init.normal_(model.head.bias, std=1.0)  # a bias as large as a trained head's, or larger
+    fields = {'classification': [[[1, 2, 3]], [[0, 4, 5, 6, 7, 8, 0, 9]]],  # (0, the padding id, inside a text)
+              'entailment': [[[1, 2], [3]], [[0, 5, 6], [7, 0]]],
+              'multiple_choice': [[[1, 2, 3], [4, 5], [6]], [[7, 8, 9, 10], [11], [0, 12]]]}[task]
+    examples = [transform(task, f, specials, 32) for f in fields]
+    idx, _, last = collate(examples)
+    with torch.no_grad():
+        want, _ = model(idx, last, len(examples))
+    hf.save_task_model(model, str(tmp_path), classes=['x', 'y', 'z'], specials=specials)
+    cfg = json.loads((tmp_path / 'config.json').read_text())
+    assert cfg['gpt1_task'] == dict(task=task, start=100, delim=101, extract=102)
+    if task == 'multiple_choice':
+        theirs = transformers.GPT2DoubleHeadsModel.from_pretrained(tmp_path).eval()
+        with torch.no_grad():
+            got = theirs(idx.view(2, 2, -1), mc_token_ids=last.view(2, 2)).mc_logits
+    else:
+        cls = transformers.GPT2ForSequenceClassification if not post_norm else \
+            transformers.OpenAIGPTForSequenceClassification
+        theirs = cls.from_pretrained(tmp_path).eval()
+        assert theirs.config.id2label == {0: 'x', 1: 'y', 2: 'z'}
+        with torch.no_grad():
+            got = theirs(idx).logits  # right-padded with 0: the last other token is the extract token
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
 @pytest.fixture(scope='module')
@@ -121,6 +158,35 @@ def pretrained(tmp_path_factory, char_data):
                           eval_interval=30, eval_iters=2, plot=False, learning_rate=3e-3, warmup_iters=5),
         f'--data_dir={char_data}', f'--out_dir={out}')
     return out
+
+
+def test_scrambled_task_follows_its_rule(tmp_path, shakespeare_text):
+    """data/shakespeare_tasks/prepare.py's 'scrambled' task: a real example is a line of its split of the text
+    (train: the first 90%, val: the rest), a scrambled one such a line with the inside of each word shuffled
+    (the same characters, length and first and last character of every word) and differing from it; about
+    half each."""
+    tasks = tmp_path / 'tasks'
+    code, _, err = run_inprocess('data/shakespeare_tasks/prepare.py', '--input', shakespeare_text, '--out_dir', tasks)
+    assert code == 0, err
+    text = shakespeare_text.read_text(encoding='utf-8')
+    n = int(0.9 * len(text))
+
+    def shape(line):  # what scrambling keeps
+        return tuple((w[:1], ''.join(sorted(w[1:-1])), w[1:][-1:]) for w in line.split(' '))
+
+    for split, part in (('train', text[:n]), ('val', text[n:])):
+        by_shape = {}
+        for line in part.split('\n'):
+            by_shape.setdefault(shape(line), set()).add(line)
+        examples = [json.loads(line) for line in (tasks / f'scrambled_{split}.jsonl').read_text().splitlines()]
+        assert len(examples) > 1000 and 0.45 < sum(e['label'] == 'real' for e in examples) / len(examples) < 0.55
+        for e in examples:
+            same_shape = by_shape.get(shape(e['text']), set())
+            assert same_shape, e
+            if e['label'] == 'real':
+                assert e['text'] in same_shape, e
+            else:
+                assert e['label'] == 'scrambled' and e['text'] not in same_shape, e
 
 
 def test_finetune_runs_resumes_and_predicts(tmp_path, pretrained, shakespeare_text):
@@ -135,7 +201,7 @@ def test_finetune_runs_resumes_and_predicts(tmp_path, pretrained, shakespeare_te
     out = tmp_path / 'ft'
     code, stdout, err = run_inprocess('finetune.py', *args, f'--out_dir={out}')
     assert code == 0, err
-    assert 'majority-class accuracy' in stdout and 'best val accuracy' in stdout
+    assert 'majority-class accuracy' in stdout and 'at the last step; best val accuracy' in stdout
     evals = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
     assert [e['step'] for e in evals] == [5, 10] and all(0 <= e['value'] <= 1 for e in evals)
     ckpt = torch.load(out / 'best.pt', weights_only=True)
@@ -159,10 +225,77 @@ def test_finetune_runs_resumes_and_predicts(tmp_path, pretrained, shakespeare_te
     assert len(predictions) == 40 and all(p['prediction'] in range(4) for p in predictions)
 
 
+def test_finetuned_classifier_exports_and_similarity_is_refused(tmp_path, pretrained):
+    """--export from the command line: the transformers classifier gives new text the probabilities --predict
+    gives it; a similarity model (no transformers class) is refused in one line with a non-zero exit."""
+    transformers = pytest.importorskip('transformers')
+    from tokendata import get_tokenizer
+    texts = ['To be, or not to be', 'Romeo, Romeo!', 'Now is the winter', 'O, woe!', 'Friends, Romans',
+             'Is this a dagger', 'All the world', 'Out, damned spot!']
+    data = tmp_path / 'd.jsonl'
+    data.write_text(''.join(json.dumps({'text': t, 'other': t[::-1], 'label': ['no', 'yes'][i % 2], 'score': i / 8})
+                            + '\n' for i, t in enumerate(texts)))
+    common = [f'--init_from={pretrained}', f'--data_files=train={data},val={data}', '--device=cpu', '--epochs=1',
+              '--batch_size=4', '--learning_rate=1e-2']
+    assert run_inprocess('finetune.py', *common, f'--out_dir={tmp_path / "cls"}', '--fields=text')[0] == 0
+    code, stdout, err = run_inprocess('finetune.py', f'--out_dir={tmp_path / "cls"}', '--device=cpu',
+                                      f'--export={tmp_path / "hf"}')
+    assert code == 0, err
+    code, stdout, err = run_inprocess('finetune.py', f'--out_dir={tmp_path / "cls"}', '--device=cpu',
+                                      f'--predict={data}')
+    assert code == 0, err
+    predictions = [json.loads(line) for line in stdout.splitlines()]
+    theirs = transformers.GPT2ForSequenceClassification.from_pretrained(tmp_path / 'hf').eval()
+    special = theirs.config.gpt1_task
+    encode, _, _ = get_tokenizer(torch.load(tmp_path / 'cls' / 'best.pt', weights_only=True)['data_meta'])
+    for text, p in zip(texts, predictions):
+        with torch.no_grad():
+            probs = theirs(torch.tensor([[special['start'], *encode(text), special['extract']]])).logits.softmax(-1)[0]
+        assert theirs.config.id2label[int(probs.argmax())] == p['prediction']
+        assert abs(probs.max().item() - p['probability']) < 1e-4
+    args = ['--task=similarity', '--fields=text,other', '--label=score']
+    assert run_inprocess('finetune.py', *common, *args, f'--out_dir={tmp_path / "sim"}')[0] == 0
+    code, _, err = run_inprocess('finetune.py', '--task=similarity', f'--out_dir={tmp_path / "sim"}', '--device=cpu',
+                                 f'--export={tmp_path / "nope"}')
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "no class for GPT-1's similarity head" in err, err
+
+
+@pytest.mark.parametrize('task, rows, args, message', [
+    ('classification', [{'text': 'a b', 'label': 'x'}, {'text': 'b a', 'label': 'y'}, 'val',
+                        {'text': 'a', 'label': 'z'}],
+     [], "the val data has labels z, which are not among the classes of the training data (x, y)"),
+    ('classification', [{'text': 'a b', 'label': 'x'}, {'text': 'b a', 'label': 'maybe'}, 'val',
+                        {'text': 'a', 'label': 'x'}],
+     ['--classes=x,y'], "the train data has labels maybe, which are not among the classes declared by --classes"),
+    ('classification', [{'text': 'a' * 70, 'label': 'x'}, {'text': 'b' * 80, 'label': 'y'}, 'val',
+                        {'text': 'c' * 90, 'label': 'x'}],
+     [], "the model's context (64 tokens) cannot hold the shortest classification example (72 tokens"),
+    ('multiple_choice', [{'context': 'a', 'answer0': 'b', 'answer1': 'c', 'label': 2}, 'val',
+                         {'context': 'a', 'answer0': 'b', 'answer1': 'c', 'label': 0}],
+     [], "labels 2 are not answer indices (0 to 1)"),
+    ('multiple_choice', [{'context': 'a', 'answer0': 'b', 'answer1': 'c', 'label': 'B'}, 'val',
+                         {'context': 'a', 'answer0': 'b', 'answer1': 'c', 'label': 0}],
+     [], "the train data has a 'label' value 'B'; multiple_choice needs the index of the right answer"),
+])
+def test_finetune_data_errors_are_one_line(tmp_path, pretrained, task, rows, args, message):
+    """Labels outside the classes (found in training, or declared), answer indices out of range, and a model
+    whose context cannot hold even the shortest example of the task."""
+    cut = rows.index('val')
+    for name, part in (('train', rows[:cut]), ('val', rows[cut + 1:])):
+        (tmp_path / f'{name}.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in part))
+    fields = 'text' if task == 'classification' else 'context,answer0,answer1'
+    code, _, err = run_inprocess('finetune.py', f'--init_from={pretrained}', f'--task={task}', f'--fields={fields}',
+                                 f'--data_files=train={tmp_path / "train.jsonl"},val={tmp_path / "val.jsonl"}',
+                                 f'--out_dir={tmp_path / "out"}', '--device=cpu', *args)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
 @pytest.mark.parametrize('args, message', [
     (['--task=entailment', '--fields=a'], "task 'entailment' takes 2 input column(s)"),
     (['--task=regression'], "task must be one of"),
     (['--fields=nope', '--label=label'], "has no column 'nope'"),
+    (['--fields=text', '--label=nope'], "has no column 'nope'"),
+    (['--task=similarity', '--fields=text,text', '--classes=x,y'], "--classes is for classification and entailment"),
 ])
 def test_finetune_mistakes_are_one_line(tmp_path, args, message):
     data = tmp_path / 'd.jsonl'
