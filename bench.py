@@ -566,9 +566,9 @@ def speedrun_bench():
     here = os.path.dirname(os.path.abspath(__file__))
     if not os.path.exists(os.path.join(here, speedrun_config)):
         raise UserError(f"speedrun_config {speedrun_config!r} not found")
-    data = os.path.join(here, 'data', 'shakespeare_char')
+    data = os.path.abspath(data_dir) if data_dir else os.path.join(here, 'data', 'shakespeare_char')
     if not os.path.exists(os.path.join(data, 'train.bin')):
-        raise UserError("character-level Shakespeare is not prepared: run python data/shakespeare_char/prepare.py")
+        raise UserError(f"no train.bin in {data}: run python data/shakespeare_char/prepare.py")
     nanogpt = os.path.join(here, '..', 'nanoGPT') if reference == 'auto' else reference
     if reference == 'builtin' or (reference == 'auto' and not os.path.exists(os.path.join(nanogpt, 'train.py'))):
         ref = ([sys.executable, 'bench_reference.py', f'--data_dir={data}'], here, 'bench_reference.py (nanoGPT recipe)')
@@ -581,8 +581,9 @@ def speedrun_bench():
                 '--n_head=4', '--n_embd=128', '--max_iters=2000', '--lr_decay_iters=2000', '--dropout=0.0',
                 f'--out_dir={tempfile.mkdtemp()}'], nanogpt, f'nanoGPT ({os.path.abspath(nanogpt)})')
     out = tempfile.mkdtemp()
-    ours = ([sys.executable, 'train.py', speedrun_config, f'--out_dir={out}'], here, f'train.py {speedrun_config}')
-    print(f"speedrun to val loss {target_loss}: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
+    ours = ([sys.executable, 'train.py', speedrun_config, f'--out_dir={out}', f'--data_dir={data}'], here,
+            f'train.py {speedrun_config}')
+    print(f"speedrun to val loss {target_loss}: {cpu_name()}, torch {torch.__version__}")
     results = {ours[2]: [], ref[2]: []}
     for r in range(runs):
         for cmd, cwd, name in (ours, ref):

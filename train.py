@@ -61,6 +61,7 @@ eval_interval = 2000            # evaluate train/val loss (and checkpoint) every
 log_interval = 1                # print loss, lr, ms/iter, tokens/s, MFU every this many iterations
 eval_iters = 200                # batches per split per evaluation
 eval_train = True               # also estimate the train loss at each evaluation (False: val only, half the cost)
+eval_at_start = True            # evaluate before the first step too (a speedrun skips it: the loss is log(vocab))
 eval_only = False               # evaluate once and exit
 eval_tasks = ''                 # also score these eval.py tasks at each evaluation, e.g. 'hellaswag' (tasks.py)
 eval_tasks_limit = 500          # examples per task at each evaluation (0 = all; HellaSwag has 10,042)
@@ -518,7 +519,7 @@ while True:
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr * param_group.get('lr_scale', 1.0)  # (Muon's group: muon_lr / learning_rate)
 
-    if iter_num % eval_interval == 0 or eval_only or iter_num >= max_iters:
+    if (iter_num % eval_interval == 0 and (iter_num > 0 or eval_at_start)) or eval_only or iter_num >= max_iters:
         losses = estimate_loss()
         # every rank scores its share of the tasks (raw_model: under FSDP its forward is collective)
         task_metrics = evaluate(raw_model, eval_task_list, batch_size, device, ctx) if eval_task_list else {}

@@ -128,3 +128,25 @@ def test_standard_set_leaves_out_emulated_bf16():
             assert peaks['bfloat16'] == peaks['float32'], flagged
             assert 'bf16 is emulated in fp32 on this CPU' in flagged
             assert 0 < table(flagged, ['eager+bf16'])['eager+bf16'][2] < 100  # an MFU, not a multiple of the peak
+
+
+def test_speedrun_times_ours_and_the_reference_to_the_target(tmp_path, char_data):
+    """--mode=speedrun runs train.py with the config and nanoGPT's CPU recipe (bench_reference.py), each stopped at
+    the first evaluation at or below the target, and prints the times and their ratio (here a loose target that
+    a tiny model and the reference's first 250 steps both reach)."""
+    cfg = tmp_path / 'tiny_speedrun.py'
+    cfg.write_text("device = 'cpu'\ncompile = False\nn_layer = 1\nn_head = 2\nn_embd = 32\nblock_size = 32\n"
+                   "batch_size = 8\ngradient_accumulation_steps = 1\npad_vocab_multiple = 1\nlearning_rate = 3e-3\n"
+                   "max_iters = 200\nlr_decay_iters = 200\nwarmup_iters = 5\neval_interval = 20\neval_iters = 4\n"
+                   "eval_train = False\nplot = False\nlog_interval = 50\n")
+    r = bench('--mode=speedrun', f'--speedrun_config={cfg}', f'--data_dir={char_data}', '--target_loss=3.0',
+              '--runs=1', '--reference=builtin')
+    ours = re.search(rf'run 1/1 train.py \S+: val {NUM} at step (\d+) after {NUM}s', r.stdout)
+    ref = re.search(rf'run 1/1 bench_reference.py \(nanoGPT recipe\): val {NUM} at step 250 after {NUM}s', r.stdout)
+    assert ours and ref, r.stdout
+    assert num(ours.group(1)) <= 3.0 and num(ref.group(1)) <= 3.0
+    ratio = re.search(rf'ours / reference: {NUM}', r.stdout)
+    assert ratio and num(ratio.group(1)) == pytest.approx(num(ours.group(3)) / num(ref.group(2)), rel=0.02), r.stdout
+    missing = bench('--mode=speedrun', f'--data_dir={tmp_path}', check=False)
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines() == [
+        f"error: no train.bin in {tmp_path}: run python data/shakespeare_char/prepare.py"], missing.stderr

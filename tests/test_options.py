@@ -267,3 +267,17 @@ def test_wsd_schedule_and_muon_lr_follow_their_formulas(tmp_path, char_data):
 def test_option_mistakes_are_one_line(tmp_path, char_data, args, message):
     code, out, err = run_inprocess('train.py', *RUN, f'--data_dir={char_data}', f'--out_dir={tmp_path}', *args)
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_val_only_evaluations_without_the_one_at_start(tmp_path, char_data):
+    """eval_train=False, eval_at_start=False: evaluations at 6 and 12 only, val alone, and the same val losses
+    as a default run's (the evaluation windows are fixed, and skipping evaluations changes no training step)."""
+    data = f'--data_dir={char_data}'
+    run('train.py', *RUN, data, f'--out_dir={tmp_path / "full"}')
+    p = run('train.py', *RUN, data, f'--out_dir={tmp_path / "lean"}', '--eval_train=False', '--eval_at_start=False')
+    full, lean = events(tmp_path / 'full', 'eval'), events(tmp_path / 'lean', 'eval')
+    assert [e['iter'] for e in full] == [0, 6, 12] and [e['iter'] for e in lean] == [6, 12]
+    assert [e['val_loss'] for e in lean] == [e['val_loss'] for e in full[1:]]
+    assert all(e['train_loss'] is None for e in lean) and all(e['train_loss'] > 0 for e in full)
+    steps = [line for line in p.stdout.splitlines() if line.startswith('step ')]
+    assert len(steps) == 2 and all('train loss' not in line and 'val loss' in line for line in steps), steps
