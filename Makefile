@@ -1,5 +1,5 @@
 # make demo: prepare Tiny Shakespeare, train a character-level GPT on the CPU, print samples.
-# make test: the whole test suite (CPU only, no network).
+# make test: the test suite (CPU only, no network) without the minute-long runs marked slow; make test-all: all.
 # Both create .venv on first use (torch $(TORCH) first, so pip does not pull a different build).
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-all bench clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow or not slow" tests
 
 bench: $(STAMP)
 	$(BIN)/python bench.py

@@ -111,6 +111,7 @@ def test_user_errors_are_one_line(args, message):
     assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], r.stderr
 
 
+@pytest.mark.slow
 def test_standard_set_leaves_out_emulated_bf16():
     # without AMX, bf16 is emulated (~100x slower than fp32) and train.py's dtype 'auto' never picks it, so
     # --compare leaves it out; asked for by name it runs, flagged as slow, its MFU against the fp32 peak
@@ -130,6 +131,7 @@ def test_standard_set_leaves_out_emulated_bf16():
             assert 0 < table(flagged, ['eager+bf16'])['eager+bf16'][2] < 100  # an MFU, not a multiple of the peak
 
 
+@pytest.mark.slow
 def test_speedrun_times_ours_and_the_reference_to_the_target(tmp_path, char_data):
     """--mode=speedrun runs train.py with the config and nanoGPT's CPU recipe (bench_reference.py), each stopped at
     the first evaluation at or below the target, and prints the times and their ratio (here a loose target that

@@ -6,6 +6,8 @@ import torch
 
 from conftest import events, run, tiny
 
+pytestmark = pytest.mark.slow  # compiling takes most of a minute per run
+
 COMMON = [a for a in tiny(dtype='float32', max_iters=6, eval_interval=3, log_interval=1, eval_iters=2, plot=False,
                           batch_size=16, gradient_accumulation_steps=1, dropout=0.0, learning_rate=3e-3,
                           warmup_iters=2)

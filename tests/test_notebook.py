@@ -75,6 +75,7 @@ def digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_notebook_runs_tiny_sweep_and_fits(tmp_path, shakespeare_text, monkeypatch):
     nbformat = pytest.importorskip('nbformat')
     nbclient = pytest.importorskip('nbclient')
