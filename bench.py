@@ -31,7 +31,8 @@ or pick them with --variants=a,b,... where a variant is 'reference' (a plain nan
 loop, bench_reference.py, with torch.optim.AdamW's defaults), 'hf' (transformers' GPT2LMHeadModel.generate on
 the same weights, sample mode), or our model with '+'-joined settings over the config's:
 eager|compile, fp32|bf16|fp16, sdpa|explicit, forloop|foreach|fused (AdamW implementation),
-cache|nocache, dense|local|alternating (attention pattern, band attn_window), e.g.
+cache|nocache, rowmajor (sample: the weights as trained, without generate.decode_layout), dense|local|alternating
+(attention pattern, band attn_window), e.g.
 --variants=reference,compile+bf16+fused or, for GPT-3's banded attention at long context,
 $ python bench.py --model=baby --n_layer=2 --dropout=0 --block_size=2048 --batch_size=1 --variants=dense,local
 """
@@ -52,7 +53,7 @@ from bench_reference import RefGPT
 from checkpoint import load_model
 from configurator import UserError
 from device import autocast_ctx, cpu_has_fast_bf16, cpu_has_native_bf16, cpu_name, device_peak_flops, pick_device, pick_dtype
-from generate import generate
+from generate import decode_layout, generate
 from model import PRESETS, cpu_training_avoids_sdpa
 from tokendata import TokenData, dataset_dir
 
@@ -148,9 +149,10 @@ def parse_variant(name, dev):
             raise UserError("variant 'reference' is for train/forward modes; in sample mode compare against 'hf'")
         if name == 'hf' and mode != 'sample':
             raise UserError("variant 'hf' is for sample mode")
-        return dict(kind=name, dtype='float32', compile=False, attn='sdpa', optim='forloop', cache=True, pattern='')
+        return dict(kind=name, dtype='float32', compile=False, attn='sdpa', optim='forloop', cache=True, pattern='',
+                    rowmajor=False)
     v = dict(kind='ours', dtype=pick_dtype(dtype, dev), compile=compile, attn=attn_impl, optim='', cache=True,
-             pattern='')
+             pattern='', rowmajor=False)
     for word in name.split('+'):
         if word == 'ours':
             pass  # the config as it is
@@ -166,10 +168,12 @@ def parse_variant(name, dev):
             v['optim'] = word
         elif word in ('cache', 'nocache'):
             v['cache'] = word == 'cache'
+        elif word == 'rowmajor':
+            v['rowmajor'] = True  # sample mode: keep the training layout of the weights (no decode_layout)
         else:
             raise UserError(f"unknown variant word {word!r} in {name!r}: use reference, hf, or '+'-joined "
                             f"eager|compile, fp32|bf16|fp16, sdpa|explicit, {'|'.join(OPTIMS)}, cache|nocache, "
-                            f"{'|'.join(PATTERNS)}")
+                            f"rowmajor, {'|'.join(PATTERNS)}")
     return v
 
 
@@ -191,6 +195,8 @@ def describe(v, c, dev):
         parts.append(f"AdamW {v['optim'] or 'as train.py'}")
     if mode == 'sample':
         parts.append('KV cache' if v['cache'] else 'no cache')
+        if dev.startswith('cpu'):
+            parts.append('row-major weights' if v['rowmajor'] else 'decode layout')
     return ', '.join(parts)
 
 
@@ -255,12 +261,14 @@ def hf_generate_step(base, dev, prompt):
 
 def sample_step(m, v, ctx, dev, prompt):
     """Greedy generation of max_new_tokens with generate.py, as sample.py runs it."""
+    if not v['rowmajor']:
+        decode_layout(m)
     if v['compile']:  # as sample.py: compile the forward that generate() calls
         m.forward = torch.compile(m.forward, dynamic=True)
     sync = torch.cuda.synchronize if dev.startswith('cuda') else (lambda: None)
 
     def step():
-        with ctx:
+        with torch.inference_mode(), ctx:
             out = generate(m, prompt, max_new_tokens, temperature=0.0, use_cache=v['cache'])
         sync()
         return out[:, prompt.size(1):]

@@ -233,11 +233,11 @@ class CausalSelfAttention(nn.Module):
             key_pos = q_pos.T if key_pos is None else key_pos[None]
             mask, is_causal = (key_pos <= q_pos) & (key_pos > q_pos - self.window), False
         else:  # dense: query i (absolute position past+i) may attend to keys 0..past+i
-            if kv_cache is not None:
-                kv_cache.k[self.layer_idx][:, :, past:past + T] = k
-                kv_cache.v[self.layer_idx][:, :, past:past + T] = v
-                k = kv_cache.k[self.layer_idx][:, :, :past + T]
-                v = kv_cache.v[self.layer_idx][:, :, :past + T]
+            if kv_cache is not None:  # (narrow: one op where [:, :, a:b] takes three, per token and layer)
+                cache_k, cache_v = kv_cache.k[self.layer_idx], kv_cache.v[self.layer_idx]
+                cache_k.narrow(2, past, T).copy_(k)
+                cache_v.narrow(2, past, T).copy_(v)
+                k, v = cache_k.narrow(2, 0, past + T), cache_v.narrow(2, 0, past + T)
             if past == 0:
                 mask, is_causal = None, True            # plain causal attention
             elif T == 1:
@@ -403,7 +403,7 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)
         rope = None
         if self.config.pos_emb == 'learned':
-            x = x + self.transformer.wpe(torch.arange(past, past + T, dtype=torch.long, device=idx.device))
+            x = x + self.transformer.wpe.weight.narrow(0, past, T)  # rows past..past+T-1, as wpe(arange) reads
         else:
             rope = rotary_angles(self.config, past, T, idx.device)
         x = self.transformer.drop(x)

@@ -21,7 +21,7 @@ import configurator
 from checkpoint import load_model
 from configurator import UserError
 from device import autocast_ctx, pick_device, pick_dtype
-from generate import beam_search, check_sampling_args, generate_stream
+from generate import beam_search, check_sampling_args, decode_layout, generate_stream
 from tokendata import get_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -69,7 +69,7 @@ def main():
         raise UserError("num_beams, num_samples and max_new_tokens must be >= 1")
     torch.manual_seed(seed)
     model, meta, _ = load_model(init_from, out_dir, ckpt_name, dropout=0.0)
-    model.to(dev).eval()
+    decode_layout(model.to(dev).eval())  # (only generates: weights laid out for one-token steps)
     encode, decode, eot = get_tokenizer(meta)
     if compile:  # generation calls self(...), so compile the forward the module dispatches to
         model.forward = torch.compile(model.forward, dynamic=True)
@@ -96,7 +96,7 @@ def main():
     gen = torch.Generator(device=dev).manual_seed(seed)
 
     n_tokens, t0 = 0, time.time()
-    with torch.no_grad(), autocast_ctx(dev, dt):
+    with torch.inference_mode(), autocast_ctx(dev, dt):  # (no autograd bookkeeping at all: cheaper ops)
         if num_beams > 1:
             out = beam_search(model, x, max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
                               eos_token_id=eos, use_cache=use_cache)

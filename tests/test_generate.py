@@ -6,7 +6,7 @@ import torch
 
 import hf as hf_io
 from generate import (apply_min_p, apply_repetition_penalty, apply_top_k, apply_top_p, beam_search,
-                      check_sampling_args, generate, generate_stream)
+                      check_sampling_args, decode_layout, generate, generate_stream)
 from model import GPT, GPTConfig, KVCache
 
 VOCAB = 101
@@ -86,6 +86,28 @@ def test_bf16_cache_matches_no_cache():
     assert (cached - ref).abs().max() <= 0.05 * scale  # bf16: eps 2^-8 per op, a few ops deep
     fast = generate(model, x, 40, temperature=0, use_cache=True)
     assert torch.equal(fast[:, :26], slow[:, :26])
+
+
+def test_decode_layout_keeps_the_model():
+    """decode_layout changes where each Linear weight's numbers sit in memory, nothing else: the same
+    Parameters (tying kept), values and state_dict, logits equal to the row-major model's, greedy tokens alike."""
+    model = random_gpt(block_size=64)
+    ref = random_gpt(block_size=64)
+    params = dict(model.named_parameters())
+    decode_layout(model)
+    assert dict(model.named_parameters()).keys() == params.keys()
+    assert all(p is params[n] for n, p in model.named_parameters())
+    assert model.lm_head.weight is model.transformer.wte.weight
+    w = model.transformer.h[0].mlp.c_fc.weight
+    assert w.shape == ref.transformer.h[0].mlp.c_fc.weight.shape and w.t().is_contiguous() and not w.is_contiguous()
+    sd, ref_sd = model.state_dict(), ref.state_dict()
+    assert all(torch.equal(sd[k], ref_sd[k]) for k in ref_sd)
+    x = prompt(B=2, T=20)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
+    fast = generate(model, x, 100, temperature=0)
+    assert torch.equal(fast, generate(ref, x, 100, temperature=0))
+    assert torch.equal(fast, generate(model, x, 100, temperature=0, use_cache=False))
 
 
 # ---------------------------------------------------------------------- parity with transformers
