@@ -116,6 +116,7 @@ warmup_iters = 2000
 lr_decay_iters = 600000         # ~ max_iters (Chinchilla)
 warmup_tokens = 0               # GPT-3: warm up over this many tokens instead (needs lr_decay_tokens)
 lr_decay_tokens = 0             # GPT-3: decay over this many tokens instead of lr_decay_iters (0: in iterations)
+decay_on_clock = False          # the decay also follows the clock, ending at max_time: a time-budgeted run (speedrun)
 min_lr = 6e-5                   # ~ learning_rate / 10 (GPT-3)
 # batch-size ramp (GPT-3): tokens per step grow linearly from batch_ramp_start to the full batch
 batch_ramp_start = 0            # tokens per step at first, in whole micro-batches (0: no ramp)
@@ -154,6 +155,8 @@ for k in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'min_lr', 'weight_decay
           'peak_flops', 'warmup_tokens', 'lr_decay_tokens', 'batch_ramp_start', 'batch_ramp_tokens'):
     check_range(k, config[k], low=0)
 schedule_in_tokens = lr_decay_tokens > 0
+if decay_on_clock and not max_time:
+    raise UserError("decay_on_clock=True decays the learning rate over the time budget: set --max_time (seconds)")
 if warmup_tokens and not schedule_in_tokens:
     raise UserError("warmup_tokens needs lr_decay_tokens: a schedule in tokens sets both (or neither, for iterations)")
 both = [k for k in ('warmup_iters', 'lr_decay_iters') if k in given]
@@ -280,10 +283,11 @@ log(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps /
 if batch_ramp_start:
     log(f"batch ramp: from {round(batch_ramp_start / micro_tokens) * micro_tokens:,} tokens per step up to "
         f"{tokens_per_iter:,} over the first {batch_ramp_tokens:,} tokens")
-iter_num, best_val_loss, tokens_seen = 0, float('inf'), 0
+iter_num, best_val_loss, tokens_seen, seconds_before = 0, float('inf'), 0, 0.0
 if ckpt is not None:
     check_resume_data(ckpt, meta, data_dir)
     iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
+    seconds_before = ckpt.get('train_seconds', 0.0)
     tokens_seen = ckpt.get('tokens_seen', iter_num * tokens_per_iter)  # (older checkpoints: no ramp then)
     # a run killed between writing ckpt.pt and linking best.pt left best.pt one checkpoint behind
     ckpt_path, best_path = ckpt['path'], os.path.join(out_dir, 'best.pt')
@@ -373,11 +377,13 @@ def estimate_loss():
     return out
 
 
-def get_lr(it, tokens):
+def get_lr(it, tokens, seconds=0.0):
     """Linear warmup, then cosine decay to min_lr (or lr_schedule='wsd': the peak, then a linear cooldown to
     min_lr over the last cooldown_frac of the decay), then min_lr. In iterations (nanoGPT): warmup_iters, then
     decay until lr_decay_iters. In tokens (GPT-3: warmup over 375M, cosine to 10% over 260B): tokens is the
-    count once this step's batch is done, warmup up to warmup_tokens, decay until lr_decay_tokens."""
+    count once this step's batch is done, warmup up to warmup_tokens, decay until lr_decay_tokens.
+    decay_on_clock: the decay is as far along as the larger of that and seconds / max_time, so a time-budgeted
+    run cools down by the end of its budget on a machine of any speed (and is not reproducible step for step)."""
     if schedule_in_tokens:
         if tokens < warmup_tokens:
             return learning_rate * tokens / warmup_tokens
@@ -388,6 +394,8 @@ def get_lr(it, tokens):
         if it > lr_decay_iters:
             return min_lr
         ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    if decay_on_clock:
+        ratio = max(ratio, min(1.0, seconds / max_time))
     if lr_schedule == 'wsd':
         return min_lr + min(1.0, (1.0 - ratio) / cooldown_frac if cooldown_frac else 1.0) * (learning_rate - min_lr)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
@@ -430,7 +438,7 @@ def save(path_best=False):
     state = dict(format=checkpoint.CHECKPOINT_FORMAT, model=model_sd, optimizer=optim_sd,
                  scaler=scaler.state_dict() if scaler.is_enabled() else None, model_args=model_args,
                  iter_num=iter_num, tokens_seen=tokens_seen, best_val_loss=best_val_loss, config=config, data_meta=data.meta,
-                 rng=rng_state(), is_best=path_best)
+                 rng=rng_state(), is_best=path_best, train_seconds=seconds_before + time.time() - t_start)
     path = os.path.join(out_dir, 'ckpt.pt')
     save_checkpoint(state, path)
     if path_best:
@@ -508,6 +516,11 @@ mine = my_share(micro_steps(tokens_seen))
 X, Y = data.batch('train', iter_num, mine[0])  # first batch
 t0 = time.time()
 t_start = t0
+# seconds of training (evaluations included) over this run's launches, as every process agrees: the clock of
+# decay_on_clock, whose max_time is the whole run's budget (otherwise max_time counts this launch alone)
+clock = seconds_before
+if decay_on_clock:
+    log(f"decay_on_clock: the learning rate decays by the clock too, ending after max_time={max_time:g}s of training")
 local_iter_num = 0  # iterations run by this process (MFU is skipped while torch.compile warms up)
 token_time = mfu = None  # smoothed seconds per token trained on (evaluations left out), and MFU, once measured
 # non-finite losses or gradients found on the device and not yet reported: how many, the first iteration, its loss
@@ -515,7 +528,7 @@ n_bad, first_bad, first_bad_loss = (torch.zeros((), device=device) for _ in rang
 while True:
     m = micro_steps(tokens_seen)  # this step's global micro-batches (grows during a batch ramp)
     step_tokens = m * micro_tokens
-    lr = get_lr(iter_num, tokens_seen + step_tokens) if decay_lr else learning_rate
+    lr = get_lr(iter_num, tokens_seen + step_tokens, clock) if decay_lr else learning_rate
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr * param_group.get('lr_scale', 1.0)  # (Muon's group: muon_lr / learning_rate)
 
@@ -609,13 +622,16 @@ while True:
     # whether the time budget is spent, so that every process takes the same decision. It stalls a GPU's
     # queue, so there it runs at log steps only (or when a signal or the time limit needs acting on, if
     # there are no other processes to agree with); on a CPU it costs nothing.
-    time_up = max_time > 0 and time.time() - t_start >= max_time
+    now = time.time() - t_start
+    clock = seconds_before + now if not ddp else clock  # (with other processes: agreed on below)
+    time_up = max_time > 0 and (clock if decay_on_clock else now) >= max_time
     lossf, stopping = None, False
     if device_type == 'cpu' or iter_num % log_interval == 0 or (not ddp and (stop_signal or time_up)):
         status = all_mean(torch.stack([loss_sum.float(), bad.float(), n_bad, first_bad, first_bad_loss,
                                        torch.tensor(float(len(stop_signal)), device=device),
-                                       torch.tensor(float(time_up), device=device)]))
-        lossf, bad_now, nb, fb, fb_loss, stopping, time_up = status.tolist()  # one device-to-host copy
+                                       torch.tensor(float(time_up), device=device),
+                                       torch.tensor(seconds_before + now, device=device)]))
+        lossf, bad_now, nb, fb, fb_loss, stopping, time_up, clock = status.tolist()  # one device-to-host copy
         stopping, time_up = stopping > 0, time_up > 0
         if nb > 0:
             what = (f"loss is {fb_loss}" if not math.isfinite(fb_loss)
@@ -644,13 +660,16 @@ while True:
             mfu = u if mfu is None else 0.9 * mfu + 0.1 * u
         shown = f", mfu {mfu * 100:.2f}%" if mfu is not None else ''
         if token_time is not None:  # per token, not per step: steps grow during a batch ramp
-            shown += f", eta {tokens_left(iter_num + 1, tokens_seen + step_tokens) * token_time / 60:.1f}min"
+            eta = tokens_left(iter_num + 1, tokens_seen + step_tokens) * token_time
+            if max_time:  # the time budget ends the run first (evaluations count against it)
+                eta = min(eta, max(0.0, max_time - ((clock - seconds_before) if not decay_on_clock else clock)))
+            shown += f", eta {eta / 60:.1f}min"
         log(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, time {dt * 1000:.1f}ms, "
             f"{step_tokens / dt:,.0f} tok/s{shown}"
             + (f", {step_tokens:,} tokens/step, {(tokens_seen + step_tokens) / 1e6:,.2f}M tokens"
                if batch_ramp_start or schedule_in_tokens else ''))
         record(event='train', iter=iter_num, loss=lossf, lr=lr, ms=dt * 1000, tok_s=step_tokens / dt, mfu=mfu,
-               tokens_step=step_tokens, tokens_seen=tokens_seen + step_tokens)
+               tokens_step=step_tokens, tokens_seen=tokens_seen + step_tokens, seconds=clock)  # (the next lr's clock)
         history['iter'].append(iter_num)
         history['loss'].append(lossf)
         if wandb_log:

@@ -257,6 +257,32 @@ def test_wsd_schedule_and_muon_lr_follow_their_formulas(tmp_path, char_data):
     assert muon_lr == pytest.approx(wsd(12) * 10, rel=1e-12)  # (set for iteration 12 at the final save) x 0.03 / 3e-3
 
 
+def test_decay_on_clock_cools_down_by_the_time_budget(tmp_path, char_data):
+    """decay_on_clock: with iterations to spare, the WSD decay follows seconds / max_time, so the run ends at its
+    time budget with the learning rate cooled down. Each step's lr is the formula at the clock of the step
+    before (recorded with it); the checkpoint keeps the clock for a resume."""
+    T = 4.0
+    run('train.py', *RUN, f'--data_dir={char_data}', f'--out_dir={tmp_path}', '--max_iters=100000',
+        '--lr_decay_iters=100000', '--eval_interval=100000', '--lr_schedule=wsd', '--cooldown_frac=0.5',
+        '--decay_on_clock=True', f'--max_time={T}', '--gradient_accumulation_steps=1')
+    ev = events(tmp_path, 'train')
+    lrs, secs = [e['lr'] for e in ev], [e['seconds'] for e in ev]
+    assert 20 < len(ev) < 100000 and secs[-1] >= T  # stopped by the clock, not by max_iters
+
+    def wsd(seconds):  # the iterations' share of the decay is < 1e-3 here, so the clock's share rules
+        ratio = min(1.0, seconds / T)
+        return 3e-4 + min(1.0, (1 - ratio) / 0.5) * (3e-3 - 3e-4)
+
+    assert lrs[3:] == pytest.approx([wsd(s) for s in secs[2:-1]], rel=1e-9)
+    assert lrs[2] == 3e-3 and min(lrs) < 3e-4 + 0.2 * (3e-3 - 3e-4)  # from the peak to near min_lr
+    assert any(3e-4 + 0.3 * 2.7e-3 < lr < 3e-4 + 0.7 * 2.7e-3 for lr in lrs)  # through the cooldown, not a jump
+    assert all(b <= a for a, b in zip(lrs[2:], lrs[3:]))
+    assert load_ckpt(tmp_path / 'ckpt.pt')['train_seconds'] >= secs[-1]
+    code, out, err = run_inprocess('train.py', *RUN, f'--data_dir={char_data}', f'--out_dir={tmp_path / "x"}',
+                                   '--decay_on_clock=True')
+    assert code == 1 and 'set --max_time' in err and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.parametrize('args, message', [
     (['--optim=sgd'], "optim must be 'adamw' or 'muon', got 'sgd'"),
     (['--pos_emb=alibi'], "pos_emb must be 'learned' or 'rope', got 'alibi'"),
