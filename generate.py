@@ -29,7 +29,7 @@ def decode_layout(model):
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and module.weight.device.type == 'cpu':
             w = module.weight
-            if w.dim() == 2 and w.is_contiguous():
+            if w.is_contiguous():  # (not yet laid out: calling it twice changes nothing)
                 w.data = w.data.t().contiguous().t()
     return model
 
