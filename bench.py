@@ -53,7 +53,7 @@ from bench_reference import RefGPT
 from checkpoint import load_model
 from configurator import UserError
 from device import autocast_ctx, cpu_has_fast_bf16, cpu_has_native_bf16, cpu_name, device_peak_flops, pick_device, pick_dtype
-from generate import decode_layout, generate
+from generate import compile_decoder, decode_layout, generate
 from model import PRESETS, cpu_training_avoids_sdpa
 from tokendata import TokenData, dataset_dir
 
@@ -263,13 +263,14 @@ def sample_step(m, v, ctx, dev, prompt):
     """Greedy generation of max_new_tokens with generate.py, as sample.py runs it."""
     if not v['rowmajor']:
         decode_layout(m)
-    if v['compile']:  # as sample.py: compile the forward that generate() calls
-        m.forward = torch.compile(m.forward, dynamic=True)
+    if v['compile'] and not v['cache']:
+        raise UserError("variant 'compile+nocache': the compiled decoder steps on the KV cache; drop nocache")
+    decoder = compile_decoder(m) if v['compile'] else None  # as sample.py
     sync = torch.cuda.synchronize if dev.startswith('cuda') else (lambda: None)
 
     def step():
         with torch.inference_mode(), ctx:
-            out = generate(m, prompt, max_new_tokens, temperature=0.0, use_cache=v['cache'])
+            out = generate(m, prompt, max_new_tokens, temperature=0.0, use_cache=v['cache'], decoder=decoder)
         sync()
         return out[:, prompt.size(1):]
     return step, max_new_tokens * prompt.size(0)

@@ -126,18 +126,24 @@ class KVCache:
 
     `pos` is the number of positions already filled; every layer appends at the same offset. One tensor
     per layer, not one for all: torch.compile then updates each in place (writes into slices of a shared
-    tensor made inductor copy the whole cache at every step, slower than eager decoding on CPU;
-    `python bench.py --mode=sample --variants=cache,compile+cache` measures both).
+    tensor made inductor copy the whole cache at every step, slower than eager decoding on CPU).
+
+    static=True (dense layers only): `pos` is a 0-d tensor, advanced in place, and attention reads the whole
+    buffer under a mask of the filled positions, so every one-token step has the same shapes and no Python
+    number changes between steps: a compiled decode step (generate.compile_decoder) is built once for the
+    whole generation, where a growing cache would recompile or run with dynamic shapes.
     """
 
-    def __init__(self, config, batch_size, device, dtype):
+    def __init__(self, config, batch_size, device, dtype, static=False):
+        if static and any(config.is_local(i) for i in range(config.n_layer)):
+            raise ValueError("a static KV cache is for dense attention; this model has local (banded) layers")
         def buffer(layer):
             length = min(config.attn_window, config.block_size) if config.is_local(layer) else config.block_size
             return torch.zeros(batch_size, config.n_head, length, config.n_embd // config.n_head, device=device,
                                dtype=dtype)
         self.k = [buffer(i) for i in range(config.n_layer)]
         self.v = [buffer(i) for i in range(config.n_layer)]
-        self.pos = 0
+        self.pos = torch.zeros((), dtype=torch.long, device=device) if static else 0
 
     def reorder(self, index):
         # beam search: keep the cache rows of the surviving beams
@@ -192,7 +198,7 @@ def rotary_angles(config, past, T, device):
     """exp(1j * angle) for positions past .. past + T - 1, (T, head_dim/2) complex64."""
     hs = config.n_embd // config.n_head
     inv_freq = config.rope_base ** -(torch.arange(0, hs, 2, device=device, dtype=torch.float32) / hs)
-    angles = torch.arange(past, past + T, device=device, dtype=torch.float32)[:, None] * inv_freq
+    angles = (past + torch.arange(T, device=device)).float()[:, None] * inv_freq  # (past: an int, or a static cache's tensor)
     return torch.polar(torch.ones_like(angles), angles)
 
 
@@ -232,6 +238,12 @@ class CausalSelfAttention(nn.Module):
             q_pos = torch.arange(past, past + T, device=x.device)[:, None]
             key_pos = q_pos.T if key_pos is None else key_pos[None]
             mask, is_causal = (key_pos <= q_pos) & (key_pos > q_pos - self.window), False
+        elif isinstance(past, torch.Tensor):  # a static cache: the whole buffer, masked to the filled positions
+            at = past + torch.arange(T, device=x.device)
+            kv_cache.k[self.layer_idx].index_copy_(2, at, k)
+            kv_cache.v[self.layer_idx].index_copy_(2, at, v)
+            k, v = kv_cache.k[self.layer_idx], kv_cache.v[self.layer_idx]
+            mask, is_causal = torch.arange(k.size(2), device=x.device) <= at[:, None], False
         else:  # dense: query i (absolute position past+i) may attend to keys 0..past+i
             if kv_cache is not None:  # (narrow: one op where [:, :, a:b] takes three, per token and layer)
                 cache_k, cache_v = kv_cache.k[self.layer_idx], kv_cache.v[self.layer_idx]
@@ -390,7 +402,8 @@ class GPT(nn.Module):
         With kv_cache, the keys and values of idx are appended to the cache and attend to what it holds."""
         B, T = idx.size()
         past = kv_cache.pos if kv_cache is not None else 0
-        if past + T > self.config.block_size:
+        static = isinstance(past, torch.Tensor)  # (a static cache: its caller keeps within block_size)
+        if not static and past + T > self.config.block_size:
             raise ValueError(f"sequence of length {past + T} is longer than the model's context "
                              f"(block_size={self.config.block_size}); crop it or use a longer-context model")
         # A clear message instead of an index error. Skipped on CUDA, where checking would force a
@@ -403,7 +416,10 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)
         rope = None
         if self.config.pos_emb == 'learned':
-            x = x + self.transformer.wpe.weight.narrow(0, past, T)  # rows past..past+T-1, as wpe(arange) reads
+            if static:
+                x = x + self.transformer.wpe(past + torch.arange(T, device=idx.device))
+            else:
+                x = x + self.transformer.wpe.weight.narrow(0, past, T)  # rows past..past+T-1, as wpe(arange) reads
         else:
             rope = rotary_angles(self.config, past, T, idx.device)
         x = self.transformer.drop(x)

@@ -21,7 +21,7 @@ import configurator
 from checkpoint import load_model
 from configurator import UserError
 from device import autocast_ctx, pick_device, pick_dtype
-from generate import beam_search, check_sampling_args, decode_layout, generate_stream
+from generate import beam_search, check_sampling_args, compile_decoder, decode_layout, generate_stream
 from tokendata import get_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -45,7 +45,7 @@ use_cache = True            # key/value cache: one token per step instead of the
 seed = 1337
 device = 'auto'             # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...
 dtype = 'auto'              # 'auto', 'float32', 'bfloat16', 'float16'
-compile = False             # torch.compile the forward: for long generations (bench.py --mode=sample --variants=cache,compile+cache)
+compile = False             # compile the one-token steps (generate.compile_decoder; not beam search): pays off on long generations
 # -----------------------------------------------------------------------------
 config = configurator.configure(globals(), verbose=False)
 
@@ -71,8 +71,12 @@ def main():
     model, meta, _ = load_model(init_from, out_dir, ckpt_name, dropout=0.0)
     decode_layout(model.to(dev).eval())  # (only generates: weights laid out for one-token steps)
     encode, decode, eot = get_tokenizer(meta)
-    if compile:  # generation calls self(...), so compile the forward the module dispatches to
-        model.forward = torch.compile(model.forward, dynamic=True)
+    try:
+        decoder = compile_decoder(model) if compile and num_beams == 1 else None
+    except ValueError as e:
+        raise UserError(f"{e}: sample without --compile") from None
+    if decoder is not None and not use_cache:
+        raise UserError("--compile=True compiles the cached one-token step: drop --use_cache=False")
 
     prompt = start
     if prompt.startswith('FILE:'):
@@ -108,7 +112,7 @@ def main():
             for s in range(num_samples):
                 stream = generate_stream(model, x, max_new_tokens, temperature=temperature, top_k=top_k,
                                          top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
-                                         eos_token_id=eos, use_cache=use_cache, generator=gen)
+                                         eos_token_id=eos, use_cache=use_cache, generator=gen, decoder=decoder)
                 text = stream_text(stream, decode, prompt, stops, eos, live=(num_samples == 1))
                 n_tokens += text[1]
                 if num_samples > 1:

@@ -40,9 +40,31 @@ def test_compiled_training_matches_eager(runs):
 
 
 def test_compiled_sampling_matches_eager(runs):
-    # greedy, beyond the 32-token context: prefill, cached steps and the sliding window all run compiled
+    # greedy, beyond the 32-token context: the cached one-token steps run compiled (the prefill and the
+    # sliding window's refills, eager)
     args = [f'--out_dir={runs[True]}', '--device=cpu', '--dtype=float32', '--temperature=0', '--num_samples=1',
             '--max_new_tokens=48', '--start=ROMEO:']
     eager = run('sample.py', *args, '--compile=False').stdout
     compiled = run('sample.py', *args, '--compile=True').stdout
     assert compiled == eager and len(eager) > 48
+
+
+def test_compiled_decoder_is_one_graph_for_every_position_and_prompt():
+    # a static cache gives every one-token step the same shapes: one compile serves the positions of a
+    # generation and the next prompts of any length; a new batch size adds a graph, and the tokens stay eager's
+    from torch._dynamo.utils import counters
+    from generate import compile_decoder, generate
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=48, vocab_size=50)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)  # varied tokens (the default init repeats one)
+    torch._dynamo.reset()
+    counters.clear()
+    decoder = compile_decoder(model)
+    with torch.inference_mode():
+        for B, T in [(1, 5), (1, 11), (1, 30), (2, 7)]:
+            x = torch.randint(0, 50, (B, T), generator=torch.Generator().manual_seed(T))
+            assert torch.equal(generate(model, x, 25, temperature=0, decoder=decoder), generate(model, x, 25, temperature=0))
+    assert counters['stats']['unique_graphs'] == 2  # batch 1, batch 2

@@ -110,6 +110,30 @@ def test_decode_layout_keeps_the_model():
     assert torch.equal(fast, generate(model, x, 100, temperature=0, use_cache=False))
 
 
+def test_a_decoder_steps_on_a_static_cache():
+    """generate(decoder=...) prefills with the model and runs each one-token step through the decoder (what
+    compile_decoder compiles; here the eager model, so the test is fast; tests/test_compile.py compiles it) on a
+    static cache: the tokens of the growing cache, greedy and sampled, and past the end of the context."""
+    model = random_gpt(block_size=64)
+    seen = []
+
+    def decoder(idx, kv_cache):
+        seen.append((tuple(idx.shape), isinstance(kv_cache.pos, torch.Tensor)))
+        return model(idx, kv_cache=kv_cache)
+
+    x = prompt(B=2, T=50)
+    assert torch.equal(generate(model, x, 40, temperature=0, decoder=decoder), generate(model, x, 40, temperature=0))
+    # positions 50..63 are cached steps; then the window slides and each step refills through the model
+    assert seen == [((2, 1), True)] * 14
+
+    def sample(**kw):
+        return generate(model, x[:, :10], 30, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(3), **kw)
+
+    assert torch.equal(sample(decoder=decoder), sample())
+    with pytest.raises(ValueError, match='use_cache'):
+        generate(model, x, 3, decoder=decoder, use_cache=False)
+
+
 # ---------------------------------------------------------------------- parity with transformers
 
 @pytest.fixture(scope='module')

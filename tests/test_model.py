@@ -444,6 +444,29 @@ def test_kv_cache_chunked_prefill(impl):
             model(x[:, :1], kv_cache=cache)
 
 
+@pytest.mark.parametrize('impl,pos_emb', [('sdpa', 'learned'), ('explicit', 'learned'), ('sdpa', 'rope')])
+def test_static_kv_cache_matches_one_pass(impl, pos_emb):
+    # the static cache (compiled decoding's) reads the whole buffer under a mask: the same logits as one pass,
+    # and exactly the filled slots written, holding what the growing cache holds
+    sdpa, explicit = _pair(pos_emb=pos_emb)
+    model = (sdpa if impl == 'sdpa' else explicit).eval()
+    x = torch.randint(0, 61, (2, 20))
+    with torch.no_grad():
+        full, _ = model(x)
+        static, grown = KVCache(model.config, 2, 'cpu', torch.float32, static=True), KVCache(model.config, 2, 'cpu', torch.float32)
+        steps = [model(x[:, :7], kv_cache=static)[0], model(x[:, 7:19], kv_cache=static)[0],
+                 model(x[:, 19:], kv_cache=static)[0]]
+        model(x, kv_cache=grown)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=ATOL, rtol=0)
+    assert isinstance(static.pos, torch.Tensor) and static.pos.item() == 20
+    for a, b in zip(static.k + static.v, grown.k + grown.v):
+        torch.testing.assert_close(a[:, :, :20], b[:, :, :20], atol=ATOL, rtol=0)
+        assert torch.count_nonzero(a[:, :, 20:]) == 0
+    with pytest.raises(ValueError, match="dense attention"):
+        KVCache(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=10, attn_window=4,
+                          attn_pattern='alternating'), 1, 'cpu', torch.float32, static=True)
+
+
 # ---------------------------------------------------------------------- 8: initialisation
 
 def test_init():
