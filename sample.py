@@ -77,6 +77,9 @@ def main():
         raise UserError(f"{e}: sample without --compile") from None
     if decoder is not None and not use_cache:
         raise UserError("--compile=True compiles the cached one-token step: drop --use_cache=False")
+    if decoder is not None:  # (the timing printed at the end includes it)
+        print("compiling the one-token step at the first token: ~20 s the first time, a few once cached",
+              file=sys.stderr)
 
     prompt = start
     if prompt.startswith('FILE:'):
