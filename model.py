@@ -240,8 +240,8 @@ class CausalSelfAttention(nn.Module):
             mask, is_causal = (key_pos <= q_pos) & (key_pos > q_pos - self.window), False
         elif isinstance(past, torch.Tensor):  # a static cache: the whole buffer, masked to the filled positions
             at = past + torch.arange(T, device=x.device)
-            kv_cache.k[self.layer_idx].index_copy_(2, at, k)
-            kv_cache.v[self.layer_idx].index_copy_(2, at, v)
+            kv_cache.k[self.layer_idx].index_copy_(2, at, k.to(kv_cache.k[self.layer_idx].dtype))  # (autocast: as copy_)
+            kv_cache.v[self.layer_idx].index_copy_(2, at, v.to(kv_cache.v[self.layer_idx].dtype))
             k, v = kv_cache.k[self.layer_idx], kv_cache.v[self.layer_idx]
             mask, is_causal = torch.arange(k.size(2), device=x.device) <= at[:, None], False
         else:  # dense: query i (absolute position past+i) may attend to keys 0..past+i

@@ -130,6 +130,9 @@ def test_a_decoder_steps_on_a_static_cache():
         return generate(model, x[:, :10], 30, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(3), **kw)
 
     assert torch.equal(sample(decoder=decoder), sample())
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # sample.py --dtype=bfloat16: bf16 keys into the fp32 cache
+        assert torch.equal(generate(model, x[:, :10], 12, temperature=0, decoder=decoder),
+                           generate(model, x[:, :10], 12, temperature=0))
     with pytest.raises(ValueError, match='use_cache'):
         generate(model, x, 3, decoder=decoder, use_cache=False)
 
