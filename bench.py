@@ -31,7 +31,8 @@ or pick them with --variants=a,b,... where a variant is 'reference' (a plain nan
 loop, bench_reference.py, with torch.optim.AdamW's defaults), 'hf' (transformers' GPT2LMHeadModel.generate on
 the same weights, sample mode), or our model with '+'-joined settings over the config's:
 eager|compile, fp32|bf16|fp16, sdpa|explicit, forloop|foreach|fused (AdamW implementation),
-cache|nocache, rowmajor (sample: the weights as trained, without generate.decode_layout), dense|local|alternating
+cache|nocache, rowmajor (sample: the weights as trained, without generate.decode_layout; and in sample mode
+compile is generate.compile_decoder, the one-token step on a static cache), dense|local|alternating
 (attention pattern, band attn_window), e.g.
 --variants=reference,compile+bf16+fused or, for GPT-3's banded attention at long context,
 $ python bench.py --model=baby --n_layer=2 --dropout=0 --block_size=2048 --batch_size=1 --variants=dense,local
