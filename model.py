@@ -135,8 +135,8 @@ class KVCache:
     """
 
     def __init__(self, config, batch_size, device, dtype, static=False):
-        if static and any(config.is_local(i) for i in range(config.n_layer)):
-            raise ValueError("a static KV cache is for dense attention; this model has local (banded) layers")
+        if static:
+            self.check_static(config)
         def buffer(layer):
             length = min(config.attn_window, config.block_size) if config.is_local(layer) else config.block_size
             return torch.zeros(batch_size, config.n_head, length, config.n_embd // config.n_head, device=device,
@@ -144,6 +144,11 @@ class KVCache:
         self.k = [buffer(i) for i in range(config.n_layer)]
         self.v = [buffer(i) for i in range(config.n_layer)]
         self.pos = torch.zeros((), dtype=torch.long, device=device) if static else 0
+
+    @staticmethod
+    def check_static(config):
+        if any(config.is_local(i) for i in range(config.n_layer)):
+            raise ValueError("a static KV cache is for dense attention; this model has local (banded) layers")
 
     def reorder(self, index):
         # beam search: keep the cache rows of the surviving beams
@@ -240,9 +245,10 @@ class CausalSelfAttention(nn.Module):
             mask, is_causal = (key_pos <= q_pos) & (key_pos > q_pos - self.window), False
         elif isinstance(past, torch.Tensor):  # a static cache: the whole buffer, masked to the filled positions
             at = past + torch.arange(T, device=x.device)
-            kv_cache.k[self.layer_idx].index_copy_(2, at, k.to(kv_cache.k[self.layer_idx].dtype))  # (autocast: as copy_)
-            kv_cache.v[self.layer_idx].index_copy_(2, at, v.to(kv_cache.v[self.layer_idx].dtype))
-            k, v = kv_cache.k[self.layer_idx], kv_cache.v[self.layer_idx]
+            cache_k, cache_v = kv_cache.k[self.layer_idx], kv_cache.v[self.layer_idx]
+            cache_k.index_copy_(2, at, k.to(cache_k.dtype))  # (under autocast k is bf16: cast, as copy_ does)
+            cache_v.index_copy_(2, at, v.to(cache_v.dtype))
+            k, v = cache_k, cache_v
             mask, is_causal = torch.arange(k.size(2), device=x.device) <= at[:, None], False
         else:  # dense: query i (absolute position past+i) may attend to keys 0..past+i
             if kv_cache is not None:  # (narrow: one op where [:, :, a:b] takes three, per token and layer)
