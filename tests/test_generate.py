@@ -130,9 +130,21 @@ def test_a_decoder_steps_on_a_static_cache():
         return generate(model, x[:, :10], 30, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(3), **kw)
 
     assert torch.equal(sample(decoder=decoder), sample())
-    with torch.autocast('cpu', dtype=torch.bfloat16):  # sample.py --dtype=bfloat16: bf16 keys into the fp32 cache
-        assert torch.equal(generate(model, x[:, :10], 12, temperature=0, decoder=decoder),
-                           generate(model, x[:, :10], 12, temperature=0))
+    # sample.py --dtype=bfloat16: bf16 keys go into the fp32 cache (copied in its dtype). Where bf16 matmuls are
+    # native (AVX-512 bf16, AMX) the static cache's masked read of the whole buffer rounds differently from the
+    # growing cache's read of the filled part, so greedy tokens may part at a near-tie: compare the logits of
+    # the same tokens fed to both caches, within bf16's precision, instead of the sampled tokens.
+    with torch.autocast('cpu', dtype=torch.bfloat16), torch.no_grad():
+        tokens = prompt(B=2, T=22, seed=4)
+        caches = [KVCache(model.config, 2, 'cpu', torch.float32, static=s) for s in (True, False)]
+        steps = [[model(tokens[:, :10], kv_cache=c)[0]] for c in caches]
+        for t in range(10, 22):
+            for c, out in zip(caches, steps):
+                out.append(model(tokens[:, t:t + 1], kv_cache=c)[0])
+        assert all(k.dtype == torch.float32 for c in caches for k in c.k + c.v)
+        static, growing = (torch.cat(out, 1).float() for out in steps)
+        scale = growing.abs().max()
+        assert (static - growing).abs().max() <= 0.03 * scale, (static - growing).abs().max() / scale
     with pytest.raises(ValueError, match='use_cache'):
         generate(model, x, 3, decoder=decoder, use_cache=False)
 

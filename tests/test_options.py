@@ -257,14 +257,25 @@ def test_wsd_schedule_and_muon_lr_follow_their_formulas(tmp_path, char_data):
     assert muon_lr == pytest.approx(wsd(12) * 10, rel=1e-12)  # (set for iteration 12 at the final save) x 0.03 / 3e-3
 
 
-def test_decay_on_clock_cools_down_by_the_time_budget(tmp_path, char_data):
+def test_decay_on_clock_cools_down_by_the_time_budget(tmp_path, char_data, monkeypatch):
     """decay_on_clock: with iterations to spare, the WSD decay follows seconds / max_time, so the run ends at its
     time budget with the learning rate cooled down. Each step's lr is the formula at the clock of the step
-    before (recorded with it); the checkpoint keeps the clock for a resume."""
-    T = 4.0
-    run('train.py', *RUN, f'--data_dir={char_data}', f'--out_dir={tmp_path}', '--max_iters=100000',
-        '--lr_decay_iters=100000', '--eval_interval=100000', '--lr_schedule=wsd', '--cooldown_frac=0.5',
-        '--decay_on_clock=True', f'--max_time={T}', '--gradient_accumulation_steps=1')
+    before (recorded with it); the checkpoint keeps the clock for a resume. The run reads a fake clock that
+    advances 25 ms at every reading, so the test means the same on a fast, a slow or a busy machine."""
+    import time
+    T, now = 4.0, [time.time()]
+
+    def clock():
+        now[0] += 0.025
+        return now[0]
+
+    monkeypatch.setattr(time, 'time', clock)
+    code, out, err = run_inprocess('train.py', *RUN, f'--data_dir={char_data}', f'--out_dir={tmp_path}',
+                                   '--max_iters=100000', '--lr_decay_iters=100000', '--eval_interval=100000',
+                                   '--lr_schedule=wsd', '--cooldown_frac=0.5', '--decay_on_clock=True',
+                                   f'--max_time={T}', '--gradient_accumulation_steps=1')
+    monkeypatch.undo()
+    assert code == 0, err
     ev = events(tmp_path, 'train')
     lrs, secs = [e['lr'] for e in ev], [e['seconds'] for e in ev]
     assert 20 < len(ev) < 100000 and secs[-1] >= T  # stopped by the clock, not by max_iters
