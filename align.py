@@ -261,11 +261,43 @@ def token_logprobs(logits, targets):
     return torch.gather(F.log_softmax(logits.float(), dim=-1), -1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def response_logprobs(model, idx, return_logits=False):
-    """Per-token log-probabilities (N, T - 1) a GPT gives idx[:, 1:], over its real vocabulary."""
+def response_logprobs(model, idx, return_logits=False, temperature=1.0):
+    """Per-token log-probabilities (N, T - 1) a GPT gives idx[:, 1:], over its real vocabulary, of its
+    distribution at temperature (the logits divided by it, as the sampler does)."""
     logits = model(idx[:, :-1])[0][..., :model.config.vocab_size]
+    if temperature != 1.0:
+        logits = logits / temperature
     lp = token_logprobs(logits, idx[:, 1:])
     return (lp, logits) if return_logits else lp
+
+
+@torch.no_grad()
+def score_rollouts(policy, reference, value, reward_model, idx, last, temperature):
+    """What PPO keeps of sampled sequences idx (N, T) whose last tokens are at last (N,): the policy's and the
+    reference's per-token log-probabilities of the distribution the responses were sampled from (both at the
+    sampling temperature, as trl does, so the ratio pi / pi_old and the KL penalty are the policy's), the value
+    function's estimate of the state before each target token, and the reward model's score. Every model runs
+    in eval mode (no dropout: the old log-probabilities and values are not noisy) and is put back as it was."""
+    models = (policy, reference, value, reward_model)
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        return (response_logprobs(policy, idx, temperature=temperature),
+                response_logprobs(reference, idx, temperature=temperature),
+                value(idx)[:, :-1], reward_model.score(idx, last))
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+
+
+def whiten_moments(total, total_sq, count):
+    """(mean, standard deviation) of values from their sum, sum of squares and count, as PPO whitens its
+    advantages (the sums over every response token of an iteration, on all processes). The standard deviation
+    is the unbiased one (divided by count - 1), as trl's masked_whiten takes it."""
+    mean = total / count
+    var = (total_sq - count * mean ** 2) / (count - 1).clamp(min=1)
+    return mean, var.clamp(min=0).sqrt()
 
 
 def entropy(logits):
@@ -361,6 +393,9 @@ def load_reward_model(path, policy=None, policy_meta=None):
     ckpt = checkpoint.load_checkpoint(path)
     if ckpt.get('kind') != 'reward':
         raise UserError(f"{path} is not a reward model: train one with reward.py")
+    if ckpt.get('done') is False:  # a checkpoint to resume from, before the normalisation
+        raise UserError(f"{path} is a reward run stopped at step {ckpt['iter_num']} of {ckpt['config']['max_iters']}: "
+                        f"finish it with `python reward.py --resume=True --out_dir={os.path.dirname(path)}`")
     model = RewardModel(checkpoint.model_from_checkpoint(ckpt))
     model.head.load_state_dict(ckpt['head'])
     if policy is not None:
@@ -422,6 +457,11 @@ class Run:
                 os.makedirs(out_dir, exist_ok=True)
             except OSError as e:
                 raise UserError(f"out_dir {out_dir!r} cannot be made ({e.strerror})") from None
+        self.stop = checkpoint.StopSignal(announce=self.master)
+
+    def stopping(self):
+        """Whether SIGTERM or Ctrl-C reached any process: every rank then saves and stops after the same step."""
+        return self.sum(torch.tensor(float(len(self.stop)), device=self.device)).item() > 0
 
     def share(self, m):
         """This rank's global micro-batches out of m (a contiguous block), as train.py's my_share."""
@@ -476,9 +516,10 @@ class Run:
             self.wandb = wandb
 
     def record(self, **entry):
+        if entry.get('event') == 'start':  # (which trainer's run this is: a resume checks it)
+            entry = {'event': 'start', 'script': os.path.basename(sys.argv[0]), **entry}
         if self.master:
-            with open(os.path.join(self.out_dir, 'log.jsonl'), 'a') as f:
-                f.write(json.dumps(entry) + '\n')
+            checkpoint.append_record(os.path.join(self.out_dir, 'log.jsonl'), entry)
             if self.wandb is not None and entry.get('event') != 'start':
                 self.wandb.log({f"{entry['event']}/{k}": v for k, v in entry.items()
                                 if isinstance(v, (int, float)) and k != 'iter'}, step=entry.get('iter'))

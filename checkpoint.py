@@ -16,6 +16,7 @@ torch.load(weights_only=True): a file from someone else cannot run code. Layout:
 A karpathy/nanoGPT ckpt.pt is converted to this layout as it loads (import_nanogpt; imported_from='nanoGPT').
 """
 
+import json
 import os
 import random
 import re
@@ -393,3 +394,96 @@ def load_optimizer_state(model, optimizer, state):
     set_optimizer_state_dict(model, optimizer, named, options=StateDictOptions(full_state_dict=True))
     for group, saved in zip(optimizer.param_groups, state['param_groups']):  # as saved (it turns tuples into lists)
         group.update({k: v for k, v in saved.items() if k != 'params'})
+
+
+# ---------------------------------------------------------------------- resuming a run (every trainer)
+# What makes a resume exact, shared by train.py, finetune.py, reward.py, ppo.py and dpo.py: each writes ckpt.pt
+# atomically (save_checkpoint) with the weights, the optimizer state, the next step to run and the RNG states;
+# its batches and dropout masks are functions of (seed, step), so the steps after a resume are the ones the run
+# would have taken; SIGTERM or Ctrl-C ends the current step and saves (StopSignal); and the resume command may
+# be bare, the settings not given again coming from the checkpoint (resume_settings).
+
+def resume_settings(out_dir, config, given, script, resume_flag='--resume=True', per_launch=()):
+    """The checkpoint of the run in out_dir, and a note for the log. Every setting of config (a script's
+    resolved config; the caller updates its globals from it) that a config file or the command line did not
+    set (the keys in given) takes the run's value, so `python SCRIPT --resume=True --out_dir=X` continues the
+    run as it was configured. script: the trainer that wrote it (a checkpoint of another is refused);
+    per_launch: settings of one launch, not of the run (e.g. stop after N steps), never taken from it.
+    A run stopped before its first checkpoint has only its log's start record: its settings come from there,
+    and it starts again from the beginning (the same steps); then the checkpoint returned is None."""
+    path, log = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'log.jsonl')
+    if os.path.exists(path):
+        ckpt = load_checkpoint(path)
+        ckpt['path'] = path
+        by = ckpt.get('trained_by') or ('finetune.py' if ckpt.get('kind') == 'finetune' else 'train.py')
+        theirs = ckpt.get('config') or {}
+        note = f"resuming {path} at step {ckpt['iter_num']} with the run's settings"
+    else:
+        starts = [e for e in read_records(log) if e.get('event') == 'start' and isinstance(e.get('config'), dict)]
+        if not starts:
+            raise UserError(f"{resume_flag} but there is no run in {out_dir} (no ckpt.pt): start one without "
+                            f"{resume_flag}, or point --out_dir at the run to continue")
+        ckpt, theirs, by = None, starts[0]['config'], starts[0].get('script', script)
+        note = (f"{out_dir} holds a run stopped before its first checkpoint: starting it again from the beginning "
+                f"(the same steps) with its settings")
+    if by != script:
+        raise UserError(f"{out_dir} holds a run of {by}, not {script}: resume it with `python {by} "
+                        f"{resume_flag} --out_dir={out_dir}`, or give {script} another --out_dir")
+    mine = set(given) | set(per_launch) | {'resume'}
+    config.update({k: v for k, v in theirs.items() if k in config and k not in mine})
+    changed = [f"{k}={config[k]!r} (the run had {theirs[k]!r})" for k in sorted(given)
+               if k in theirs and k not in ('resume', 'init_from') and theirs[k] != config[k]]
+    return ckpt, f"{note}; overridden here: {', '.join(changed) or 'none'}"
+
+
+def read_records(path):
+    """The entries of a run's log (one JSON object a line), skipping a line torn by a kill; [] if there is none."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    out = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
+
+
+def append_record(path, entry):
+    """Append entry to a run's log (path, one JSON object a line). A run killed while writing a line leaves it
+    torn, without its newline: the next line then starts on a line of its own, so every later entry still
+    reads as JSON (readers skip the one torn line)."""
+    with open(path, 'a+b') as f:
+        torn = False
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b'\n'
+        f.write((('\n' if torn else '') + json.dumps(entry) + '\n').encode())
+
+
+class StopSignal:
+    """SIGTERM (a preemption, torchrun's shutdown) or Ctrl-C: the trainer finishes its current step, saves a
+    checkpoint and exits 0. The first signal puts back the default action, so a second one ends the process at
+    once (e.g. if it hangs in a collective). Truthy once a signal came; len() counts them."""
+
+    def __init__(self, announce=True, what='saving a checkpoint after this step'):
+        import signal
+        self.received, self.announce, self.what, self.signal = [], announce, what, signal
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame):
+        self.received.append(signum)
+        for sig in (self.signal.SIGTERM, self.signal.SIGINT):
+            self.signal.signal(sig, self.signal.SIG_DFL)
+        if self.announce:  # os.write: print() is not safe inside a signal handler
+            os.write(2, f"\n{self.signal.Signals(signum).name}: {self.what} (send it again to abort without "
+                        f"saving)\n".encode())
+
+    def __len__(self):
+        return len(self.received)

@@ -24,6 +24,7 @@ import time
 import torch
 
 import configurator
+from checkpoint import resume_settings, rng_state, set_rng_state
 from align import (Run, collate, dpo_loss, encode_prompt, encode_response, fit, fmt, load_policy, policy_checkpoint,
                    read_preferences, response_logprobs)
 from configurator import check_range
@@ -52,8 +53,13 @@ wandb_run_name = 'dpo'
 device = 'auto'
 dtype = 'float32'                   # 'auto' picks bf16 where it is fast
 seed = 1337
+resume = False                      # continue the run in out_dir from its ckpt.pt (`--resume=True --out_dir=X` alone
+                                    # takes the run's settings)
 # -----------------------------------------------------------------------------
-config = configurator.configure(globals(), verbose=int(os.environ.get('RANK', 0)) == 0)
+given = set()  # the settings a config file or the command line gave
+config = configurator.configure(globals(), verbose=int(os.environ.get('RANK', 0)) == 0, given=given)
+ckpt, resume_note = resume_settings(out_dir, config, given, 'dpo.py') if resume else (None, '')
+globals().update(config)
 for k in ('batch_size', 'max_iters', 'eval_interval'):
     check_range(k, config[k], low=1)
 for k in ('warmup_iters', 'weight_decay', 'grad_clip', 'max_val'):
@@ -88,14 +94,26 @@ val_pairs = encode_pairs(read_preferences(val_data))[:max_val or None]
 run = Run(out_dir, device, divide={'batch_size': batch_size})
 device = run.device
 model.to(device)
-reference = copy.deepcopy(model).eval().requires_grad_(False)  # the frozen SFT policy
+reference = copy.deepcopy(model).eval().requires_grad_(False)  # the frozen SFT policy (init_from, also on resume)
 run.log(f"{describe(device, dtype)}, {run.world} process(es); policy and reference from {init_from} "
         f"({model.num_params() / 1e6:.2f}M parameters); {len(train_pairs):,} training and {len(val_pairs):,} "
         f"held-out pairs; beta {beta}")
 if wandb_log:
     run.start_wandb(wandb_project, wandb_run_name, config)
-run.record(event='start', config=config, world_size=run.world)
+run.record(event='start', config=config, world_size=run.world, resume=bool(ckpt))
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (0.9, 0.95), device, verbose=False)
+start = 0
+if resume_note:
+    run.log(resume_note)
+if ckpt is not None:
+    if ckpt['iter_num'] >= max_iters:
+        run.log(f"the run in {out_dir} is complete ({ckpt['iter_num']} steps): nothing to resume")
+        raise SystemExit(0)
+    model.load_state_dict(ckpt['model'])
+    optimizer.load_state_dict(ckpt['optimizer'])
+    set_rng_state(ckpt['rng'])
+    start = ckpt['iter_num']
+    del ckpt
 
 
 def logps(net, pairs):
@@ -132,20 +150,23 @@ def evaluate():
 
 
 def save(step, val_loss):
-    run.save(policy_checkpoint(model, meta, config, step, best_val_loss=val_loss))
+    """ckpt.pt: the policy (a plain GPT checkpoint) and what resuming at step (the next step to run) needs."""
+    run.save(policy_checkpoint(model, meta, config, step, best_val_loss=val_loss, optimizer=optimizer.state_dict(),
+                               rng=rng_state()))
 
 
 # ----------------------------------------------------------------------------- training
 model.train()
 t0 = time.time()
-for step in range(max_iters + 1):
+val_loss = float('nan')
+for step in range(start, max_iters + 1):
     if step % eval_interval == 0 or step == max_iters:
         val_loss, val_margin, val_acc = evaluate()
         run.log(f"step {step}: val loss {val_loss:.4f}, val reward margin {val_margin:.4f}, "
                 f"val preference accuracy {val_acc:.4f}")
         run.record(event='eval', iter=step, val_loss=val_loss, val_margin=val_margin, val_accuracy=val_acc,
                    seconds=time.time() - t0)
-        if step:
+        if step > start:
             save(step, val_loss)
     if step == max_iters:
         break
@@ -160,4 +181,9 @@ for step in range(max_iters + 1):
     if step % 10 == 0 or step == max_iters - 1:
         run.log(f"iter {step}: {fmt(stats)}, {time.time() - t0:.1f}s")
     run.record(event='train', iter=step, **stats)
+    if run.stopping() and step + 1 < max_iters:
+        save(step + 1, val_loss)
+        run.log(f"stopped by signal after step {step + 1} of {max_iters}, checkpoint saved; continue with "
+                f"`python dpo.py --resume=True --out_dir={out_dir}`")
+        raise SystemExit(0)
 run.log(f"saved the policy to {os.path.join(out_dir, 'ckpt.pt')}")

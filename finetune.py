@@ -38,7 +38,8 @@ import torch
 
 import configurator
 import checkpoint
-from checkpoint import load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
+from checkpoint import (StopSignal, load_checkpoint, load_model, model_from_checkpoint, resume_settings, rng_state,
+                        save_checkpoint, set_rng_state)
 from configurator import UserError, check_choice, check_range
 from device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
 from heads import FIELDS, SPECIAL_TOKENS, TASKS, TaskModel, add_tokens, collate, transform
@@ -70,7 +71,7 @@ grad_clip = 1.0             # 0 disables
 eval_interval = 0           # evaluate every this many steps (0: after every epoch)
 max_eval = 0                # evaluate on at most this many validation examples (0: all)
 max_train = 0               # train on at most this many examples (0: all), e.g. for a quick run on a CPU
-resume = False              # continue the fine-tuning run in out_dir
+resume = False              # continue the fine-tuning run in out_dir (`--resume=True --out_dir=X` alone takes its settings)
 stop_after = 0              # stop (saving ckpt.pt) after this many steps of the schedule, e.g. to share a machine
 from_scratch = False        # the baseline: init_from's architecture with fresh random weights (no pre-training)
 predict = ''                # score the examples in this file with out_dir's best.pt, print JSON lines, no training
@@ -79,7 +80,12 @@ device = 'auto'
 dtype = 'auto'
 seed = 1337
 # -----------------------------------------------------------------------------
-config = configurator.configure(globals(), verbose=False)  # (predictions go to stdout alone)
+given = set()  # the settings a config file or the command line gave
+config = configurator.configure(globals(), verbose=False, given=given)  # (predictions go to stdout alone)
+ckpt, resume_note = (resume_settings(out_dir, config, given, 'finetune.py', per_launch=('stop_after', 'predict',
+                                                                                        'export'))
+                      if resume else (None, ''))
+globals().update(config)
 check_choice('task', task, TASKS)
 for k in ('batch_size', 'epochs'):
     check_range(k, config[k], low=1)
@@ -226,14 +232,14 @@ def save(path, model, optimizer, step, best, meta, classes, specials):
     save_checkpoint(dict(format=checkpoint.CHECKPOINT_FORMAT, kind='finetune', model=model.gpt.state_dict(),
                          head=model.head.state_dict(), model_args=asdict(model.gpt.config),
                          optimizer=optimizer.state_dict() if optimizer else None, iter_num=step,
-                         best_val_loss=-best, best_metric=best, config=config, data_meta=meta,
+                         best_val_loss=-best, best_metric=best, config=config, data_meta=meta, rng=rng_state(),
                          task=dict(task=task, classes=[str(c) for c in classes] if classes else None,
                                    specials=specials, fields=columns, label=label)), path)
 
 
-def load_finetuned(path):
-    """(TaskModel, the checkpoint) of a fine-tuning run's checkpoint."""
-    ckpt = load_checkpoint(path)
+def load_finetuned(path, ckpt=None):
+    """(TaskModel, the checkpoint) of a fine-tuning run's checkpoint (ckpt: the one at path, already loaded)."""
+    ckpt = ckpt or load_checkpoint(path)
     if ckpt.get('kind') != 'finetune':
         raise UserError(f"{path} is a language-model checkpoint, not a fine-tuned one: train with finetune.py first")
     t = ckpt['task']
@@ -287,8 +293,8 @@ if max_train:
 train_labels, classes = label_index(train_rows, 'train', declared)
 val_labels, _ = label_index(val_rows, 'val', classes)
 num_labels = len(classes) if classes else 1
-if resume:
-    model, ckpt = load_finetuned(os.path.join(out_dir, 'ckpt.pt'))
+if ckpt is not None:
+    model, ckpt = load_finetuned(ckpt['path'], ckpt)
     specials, meta = ckpt['task']['specials'], ckpt['data_meta']
 else:
     model, specials, meta = build(init_from, num_labels)
@@ -323,12 +329,18 @@ steps_per_epoch = math.ceil(len(train_ex) / batch_size)
 total = epochs * steps_per_epoch
 warmup = max(1, round(warmup_frac * total))
 step, best = 0, -float('inf')
-if resume:
+if resume_note:
+    log(resume_note)
+if ckpt is not None:
     optimizer.load_state_dict(ckpt['optimizer'])
+    if 'rng' in ckpt:
+        set_rng_state(ckpt['rng'])
     step, best = ckpt['iter_num'], ckpt['best_metric']
-    log(f"resuming at step {step} of {total}")
+    del ckpt
 os.makedirs(out_dir, exist_ok=True)
-log_file = open(os.path.join(out_dir, 'log.jsonl'), 'a')
+checkpoint.append_record(os.path.join(out_dir, 'log.jsonl'),
+                         dict(event='start', script='finetune.py', config=config, step=step))
+stop = StopSignal()
 
 
 def get_lr(s):
@@ -364,16 +376,17 @@ while step < total:
     if (eval_interval and step % eval_interval == 0) or step % steps_per_epoch == 0 or step == total:
         metric, value, val_loss = evaluate(model, val_ex, val_labels)
         log(f"step {step}: val {metric} {value:.4f}, val loss {val_loss:.4f}")
-        log_file.write(json.dumps(dict(event='eval', step=step, epoch=epoch + 1, metric=metric, value=value,
-                                       val_loss=val_loss, seconds=time.time() - t0)) + '\n')
-        log_file.flush()
+        checkpoint.append_record(os.path.join(out_dir, 'log.jsonl'), dict(
+            event='eval', step=step, epoch=epoch + 1, metric=metric, value=value, val_loss=val_loss,
+            seconds=time.time() - t0))
         save(os.path.join(out_dir, 'ckpt.pt'), model, optimizer, step, max(best, value), meta, classes, specials)
         if value > best:
             best = value
             save(os.path.join(out_dir, 'best.pt'), model, None, step, best, meta, classes, specials)
-    if stop_after and step >= stop_after and step < total:
+    if (stop or (stop_after and step >= stop_after)) and step < total:
         save(os.path.join(out_dir, 'ckpt.pt'), model, optimizer, step, best, meta, classes, specials)
-        log(f"stopped after step {step} of {total}; continue with the same command and --resume=True")
+        log(f"stopped {'by signal ' if stop else ''}after step {step} of {total}; continue with "
+            f"`python finetune.py --resume=True --out_dir={out_dir}`")
         break
 if step == total:  # the last step's figure is the unbiased one: best.pt was chosen on the same validation data
     metric = 'pearson' if task == 'similarity' else 'accuracy'

@@ -32,7 +32,8 @@ import torch
 import configurator
 from align import (Run, by_length, collate, encode_prompt, entropy, fmt, gae, kl_penalty, load_policy,
                    load_reward_model, policy_checkpoint, ppo_policy_loss, ppo_value_loss, read_prompts,
-                   response_logprobs, sample_responses, special_ids)
+                   response_logprobs, sample_responses, score_rollouts, special_ids, whiten_moments)
+from checkpoint import resume_settings, rng_state, set_rng_state
 from configurator import UserError, check_range
 from device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
 from tokendata import TokenData, dataset_dir, get_tokenizer, seed_from
@@ -49,13 +50,13 @@ micro_batch = 16                    # rollouts sampled together (prompts of one 
 minibatches = 2                     # optimizer steps per PPO epoch; the micro-batches are shuffled into them
 ppo_epochs = 4                      # passes over each iteration's rollouts
 max_new_tokens = 32                 # the longest response (it ends at <|end|>)
-temperature = 1.0                   # sampling temperature of the rollouts
+temperature = 1.0                   # sampling temperature of the rollouts; the ratio and KL use the same distribution
 kl_coef = 0.05                      # beta: the per-token KL penalty to the SFT policy
 gamma = 1.0                         # GAE's discount
 lam = 0.95                          # GAE's lambda
 clip_range = 0.2                    # PPO's epsilon for the policy ratio
 value_clip = 0.2                    # the value function's clipping range
-whiten = True                       # normalise the advantages to mean 0, std 1 over the batch
+whiten = True                       # normalise the advantages to mean 0, std 1 (unbiased) over the batch
 learning_rate = 1e-4                # the policy's
 value_lr = 1e-4                     # the value function's
 grad_clip = 1.0                     # 0 disables (each model's norm clipped on its own)
@@ -64,22 +65,28 @@ ptx_dataset = 'shakespeare_char'    # data/<ptx_dataset>/ (a token stream) for t
 ptx_data_dir = ''                   # or read it from here
 ptx_batch_size = 16                 # pretraining sequences per micro-batch
 ptx_block_size = 0                  # their length (0: the model's context)
-save_interval = 0                   # also save every this many iterations (0: at the end only)
+save_interval = 10                  # also save (for a resume) every this many iterations (0: at the end only)
 wandb_log = False                   # also log to Weights & Biases
 wandb_project = 'align'
 wandb_run_name = 'ppo'
 device = 'auto'
 dtype = 'float32'                   # 'auto' picks bf16 where it is fast
 seed = 1337
+resume = False                      # continue the run in out_dir from its ckpt.pt (`--resume=True --out_dir=X` alone
+                                    # takes the run's settings)
 # -----------------------------------------------------------------------------
-config = configurator.configure(globals(), verbose=int(os.environ.get('RANK', 0)) == 0)
+given = set()  # the settings a config file or the command line gave
+config = configurator.configure(globals(), verbose=int(os.environ.get('RANK', 0)) == 0, given=given)
+ckpt, resume_note = resume_settings(out_dir, config, given, 'ppo.py') if resume else (None, '')
+globals().update(config)
 for k in ('iters', 'batch_size', 'micro_batch', 'minibatches', 'ppo_epochs', 'max_new_tokens', 'ptx_batch_size'):
     check_range(k, config[k], low=1)
-for k in ('kl_coef', 'ptx_coef', 'grad_clip', 'save_interval', 'ptx_block_size', 'temperature'):
+for k in ('kl_coef', 'ptx_coef', 'grad_clip', 'save_interval', 'ptx_block_size'):
     check_range(k, config[k], low=0)
 for k in ('gamma', 'lam'):
     check_range(k, config[k], low=0, high=1)
-for k in ('learning_rate', 'value_lr', 'clip_range', 'value_clip'):
+# (temperature 0 would be greedy rollouts, whose probability ratio PPO cannot take)
+for k in ('learning_rate', 'value_lr', 'clip_range', 'value_clip', 'temperature'):
     check_range(k, config[k], low=0, low_open=True)
 if not prompts:
     raise UserError("pass --prompts=... (a .jsonl file or hf:<dataset> with a 'prompt' field)")
@@ -121,9 +128,24 @@ run.log(f"{describe(device, dtype)}, {run.world} process(es); policy and referen
         + (f", ptx_coef {ptx_coef} on {ptx.data_dir}" if ptx else ''))
 if wandb_log:
     run.start_wandb(wandb_project, wandb_run_name, config)
-run.record(event='start', config=config, world_size=run.world)
+run.record(event='start', config=config, world_size=run.world, resume=bool(ckpt))
 optimizer = torch.optim.AdamW(policy.parameters(), lr=learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
 value_optimizer = torch.optim.AdamW(value.parameters(), lr=value_lr, betas=(0.9, 0.95), weight_decay=0.0)
+start = 0
+if resume_note:
+    run.log(resume_note)
+if ckpt is not None:
+    if ckpt['iter_num'] >= iters:
+        run.log(f"the run in {out_dir} is complete ({ckpt['iter_num']} iterations): nothing to resume")
+        raise SystemExit(0)
+    policy.load_state_dict(ckpt['model'])
+    value.gpt.load_state_dict(ckpt['value']['model'])
+    value.head.load_state_dict(ckpt['value']['head'])
+    optimizer.load_state_dict(ckpt['optimizer'])
+    value_optimizer.load_state_dict(ckpt['value_optimizer'])
+    set_rng_state(ckpt['rng'])
+    start = ckpt['iter_num']
+    del ckpt
 
 
 @torch.no_grad()
@@ -138,10 +160,7 @@ def rollout(it, j):
         responses = sample_responses(policy, batch, max_new_tokens, END, temperature,
                                      torch.Generator(device).manual_seed(seed_from(seed, 'sample', it, j)))
         idx, mask, last = (t.to(device) for t in collate(batch, responses))
-        logp = response_logprobs(policy, idx)
-        ref_logp = response_logprobs(reference, idx)
-        values = value(idx)[:, :-1]  # the value of the state before each target token
-        score = rm.score(idx, last)
+        logp, ref_logp, values, score = score_rollouts(policy, reference, value, rm, idx, last, temperature)
     policy.train()
     kl = kl_penalty(logp, ref_logp) * mask
     rewards = -kl_coef * kl
@@ -155,8 +174,9 @@ def rollout(it, j):
 def update(batch, count, it, epoch, j, group_size):
     """Backward of the losses of one micro-batch; count: the response tokens in its whole minibatch (all ranks),
     so that the gradients summed over micro-batches and ranks are those of the minibatch's token mean."""
+    torch.manual_seed(seed_from(seed, 'dropout', it, epoch, j))  # masks of (iteration, epoch, micro-batch): resumable
     with ctx:
-        logp, logits = response_logprobs(policy, batch['idx'], return_logits=True)
+        logp, logits = response_logprobs(policy, batch['idx'], return_logits=True, temperature=temperature)
         loss, clipfrac = ppo_policy_loss(logp, batch['logp'], batch['advantages'], batch['mask'], clip_range, count)
         v_loss = ppo_value_loss(value(batch['idx'])[:, :-1], batch['values'], batch['returns'], batch['mask'],
                                 value_clip, count)
@@ -170,18 +190,20 @@ def update(batch, count, it, epoch, j, group_size):
 
 
 def save(it):
-    run.save(policy_checkpoint(policy, meta, config, it))
+    """ckpt.pt: the policy (a plain GPT checkpoint) and what resuming at iteration it (the next to run) needs."""
+    run.save(policy_checkpoint(policy, meta, config, it, optimizer=optimizer.state_dict(),
+                               value=dict(model=value.gpt.state_dict(), head=value.head.state_dict()),
+                               value_optimizer=value_optimizer.state_dict(), rng=rng_state()))
 
 
 # ----------------------------------------------------------------------------- training
 t0 = time.time()
-for it in range(iters):
+for it in range(start, iters):
     rollouts = {j: rollout(it, j) for j in mine}
     if whiten:  # advantages to mean 0, std 1 over every response token of the iteration, on all ranks
         s = run.sum(sum(torch.stack([(r['advantages'] * r['mask']).sum(), (r['advantages'] ** 2 * r['mask']).sum(),
                                      r['mask'].sum()]) for r in rollouts.values()))
-        mean = s[0] / s[2]
-        std = (s[1] / s[2] - mean ** 2).clamp(min=0).sqrt()
+        mean, std = whiten_moments(*s)
         for r in rollouts.values():
             r['advantages'] = (r['advantages'] - mean) / (std + 1e-8) * r['mask']
     totals = torch.zeros(5, device=device)
@@ -206,6 +228,11 @@ for it in range(iters):
         stats['ptx_loss'] = sums[4].item() / steps
     run.log(f"iter {it}: {fmt(stats)}, {time.time() - t0:.1f}s | {next(iter(rollouts.values()))['text']!r}")
     run.record(event='train', iter=it, seconds=time.time() - t0, **stats)
+    if run.stopping() and it + 1 < iters:
+        save(it + 1)
+        run.log(f"stopped by signal after iteration {it + 1} of {iters}, checkpoint saved; continue with "
+                f"`python ppo.py --resume=True --out_dir={out_dir}`")
+        raise SystemExit(0)
     if save_interval and (it + 1) % save_interval == 0 and it + 1 < iters:
         save(it + 1)
 save(iters)

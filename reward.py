@@ -22,6 +22,7 @@ import time
 import torch
 
 import configurator
+from checkpoint import resume_settings, rng_state, set_rng_state
 from align import (Run, by_length, collate, encode_prompt, encode_response, fit, fmt, load_policy,
                    read_preferences, read_prompts, reward_checkpoint, reward_loss, sample_responses, special_ids)
 from configurator import check_range
@@ -53,8 +54,13 @@ wandb_run_name = 'reward'
 device = 'auto'
 dtype = 'float32'                   # 'auto' picks bf16 where it is fast
 seed = 1337
+resume = False                      # continue the run in out_dir from its ckpt.pt (`--resume=True --out_dir=X` alone
+                                    # takes the run's settings)
 # -----------------------------------------------------------------------------
-config = configurator.configure(globals(), verbose=int(os.environ.get('RANK', 0)) == 0)
+given = set()  # the settings a config file or the command line gave
+config = configurator.configure(globals(), verbose=int(os.environ.get('RANK', 0)) == 0, given=given)
+ckpt, resume_note = resume_settings(out_dir, config, given, 'reward.py') if resume else (None, '')
+globals().update(config)
 for k in ('batch_size', 'max_iters', 'eval_interval'):
     check_range(k, config[k], low=1)
 for k in ('warmup_iters', 'weight_decay', 'grad_clip', 'max_val', 'norm_prompts', 'max_new_tokens', 'temperature'):
@@ -91,11 +97,31 @@ run.log(f"{describe(device, dtype)}, {run.world} process(es); reward model from 
         f"{len(val_groups):,} held-out groups (K = {sorted({len(g[1]) for g in train_groups})})")
 if wandb_log:
     run.start_wandb(wandb_project, wandb_run_name, config)
-run.record(event='start', config=config, world_size=run.world)
+run.record(event='start', config=config, world_size=run.world, resume=bool(ckpt))
 decay = [p for p in model.parameters() if p.dim() >= 2]
 no_decay = [p for p in model.parameters() if p.dim() < 2]
 optimizer = torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay},
                                {'params': no_decay, 'weight_decay': 0.0}], lr=learning_rate, betas=(0.9, 0.95))
+start, val_loss, val_acc = 0, float('nan'), float('nan')
+if resume_note:
+    run.log(resume_note)
+if ckpt is not None:
+    if ckpt.get('done'):
+        run.log(f"the run in {out_dir} is complete ({ckpt['iter_num']} steps, normalised): nothing to resume")
+        raise SystemExit(0)
+    model.gpt.load_state_dict(ckpt['model'])
+    model.head.load_state_dict(ckpt['head'])
+    optimizer.load_state_dict(ckpt['optimizer'])
+    set_rng_state(ckpt['rng'])
+    start, val_loss, val_acc = ckpt['iter_num'], ckpt['best_val_loss'], ckpt['val_accuracy']
+    del ckpt
+
+
+def save(step, done=False, shift=0.0):
+    """ckpt.pt: the reward model with, until done, what resuming at step needs (the next step to run)."""
+    run.save(reward_checkpoint(model, meta, config, step, best_val_loss=val_loss, val_accuracy=val_acc,
+                               reward_shift=shift, done=done, optimizer=None if done else optimizer.state_dict(),
+                               rng=rng_state()))
 
 
 def scores_of(groups):
@@ -127,11 +153,13 @@ def evaluate():
 # ----------------------------------------------------------------------------- training
 model.train()
 t0 = time.time()
-for step in range(max_iters + 1):
+for step in range(start, max_iters + 1):
     if step % eval_interval == 0 or step == max_iters:
         val_loss, val_acc = evaluate()
         run.log(f"step {step}: val loss {val_loss:.4f}, val pairwise accuracy {val_acc:.4f}")
         run.record(event='eval', iter=step, val_loss=val_loss, val_accuracy=val_acc, seconds=time.time() - t0)
+        if start < step < max_iters:
+            save(step)
     if step == max_iters:
         break
     mine = run.pick(len(train_groups), batch_size, seed, 'groups', step)  # this rank's share of the step's groups
@@ -145,6 +173,11 @@ for step in range(max_iters + 1):
     if step % 10 == 0 or step == max_iters - 1:
         run.log(f"iter {step}: {fmt(stats)}, {time.time() - t0:.1f}s")
     run.record(event='train', iter=step, **stats)
+    if run.stopping() and step + 1 < max_iters:
+        save(step + 1)
+        run.log(f"stopped by signal after step {step + 1} of {max_iters}, checkpoint saved; continue with "
+                f"`python reward.py --resume=True --out_dir={out_dir}`")
+        raise SystemExit(0)
 
 # ----------------------------------------------------------------------------- normalisation and saving
 shift = 0.0
@@ -171,6 +204,5 @@ if norm_prompts:
     run.log(f"the SFT policy's mean reward on {int(total[1])} training prompts was {shift:.4f}; the head's bias is "
             f"shifted so that it is 0")
     run.record(event='normalise', prompts=int(total[1]), mean_reward_before=shift)
-run.save(reward_checkpoint(model, meta, config, max_iters, best_val_loss=val_loss, val_accuracy=val_acc,
-                          reward_shift=shift))
+save(max_iters, done=True, shift=shift)
 run.log(f"saved the reward model to {os.path.join(out_dir, 'ckpt.pt')} (held-out pairwise accuracy {val_acc:.4f})")

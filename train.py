@@ -46,8 +46,8 @@ import torch
 
 import checkpoint
 import configurator
-from checkpoint import (check_resume_data, find_checkpoint, gather_full_state, link_checkpoint, load_checkpoint,
-                        load_model, load_optimizer_state, rng_state, save_checkpoint, set_rng_state)
+from checkpoint import (append_record, check_resume_data, find_checkpoint, gather_full_state, link_checkpoint,
+                        load_checkpoint, load_model, load_optimizer_state, rng_state, save_checkpoint, set_rng_state)
 from configurator import UserError, check_choice, check_range
 from device import autocast_ctx, describe, device_peak_flops, pick_device, pick_dtype, setup_torch
 from tasks import evaluate, load_tasks
@@ -453,8 +453,7 @@ history = {'iter': [], 'loss': [], 'eval_iter': [], 'train': [], 'val': [], 'tas
 
 def record(**entry):
     if master_process:
-        with open(log_path, 'a') as f:
-            f.write(json.dumps(entry) + '\n')
+        append_record(log_path, entry)
 
 
 def plot_losses():

@@ -72,6 +72,39 @@ def run(script, *args, check=True, env=None, timeout=600, nproc=1):
     return p
 
 
+def interrupt(script, *args, out_dir, when, sig=signal.SIGKILL, timeout=300):
+    """Start `python script args...` and send it sig (SIGKILL: no chance to save; SIGTERM: a preemption) as soon
+    as when(entries of out_dir/log.jsonl) holds, as a user or a scheduler would at a moment of the test's choosing.
+    Returns the exit code; fails if the run ended before that moment came."""
+    import tempfile
+    import time
+    log = Path(out_dir) / 'log.jsonl'
+    output = tempfile.TemporaryFile('w+')  # (a pipe nobody reads could fill and stall the run)
+    p = subprocess.Popen([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, stdout=output,
+                         stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + timeout
+    try:
+        while p.poll() is None and time.time() < deadline:
+            try:
+                entries = [json.loads(line) for line in log.read_text().splitlines() if line.endswith('}')]
+            except (OSError, ValueError):
+                entries = []
+            if entries and when(entries):
+                p.send_signal(sig)
+                break
+            time.sleep(0.005)
+        else:
+            output.seek(0)
+            raise AssertionError(f"{script} ended (or timed out) before the moment to interrupt it:\n"
+                                 f"{output.read()[-2000:]}")
+        return p.wait(timeout=timeout)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        output.close()
+
+
 def run_inprocess(script, *argv):
     """Run a script in this process as `python script argv...` would: returns (exit code, stdout, stderr).
     An uncaught exception goes to sys.excepthook (as the interpreter does), so the scripts' one-line
@@ -101,10 +134,17 @@ def run_inprocess(script, *argv):
 
 # ----------------------------------------------------------------------------- reading a run
 
-def events(out_dir, kind):
-    """The entries of one kind ('start', 'train', 'eval', 'skip') in a run's log.jsonl, in order."""
-    lines = (Path(out_dir) / 'log.jsonl').read_text().splitlines()
-    return [e for e in map(json.loads, lines) if e.get('event') == kind]
+def events(out_dir, kind, torn=0):
+    """The entries of one kind ('start', 'train', 'eval', 'skip') in a run's log.jsonl, in order. torn: how many
+    lines may be torn (a run killed while writing one leaves it on a line of its own, checkpoint.append_record)."""
+    entries, bad = [], []
+    for line in (Path(out_dir) / 'log.jsonl').read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            bad.append(line)
+    assert len(bad) <= torn, bad
+    return [e for e in entries if e.get('event') == kind]
 
 
 def train_losses(out_dir):

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import run, run_inprocess, tiny
+from conftest import assert_same_state, events, interrupt, load_ckpt, run, run_inprocess, tiny
 from heads import TaskModel, add_tokens, collate, transform
 from model import GPT, GPTConfig
 
@@ -202,7 +202,7 @@ def test_finetune_runs_resumes_and_predicts(tmp_path, pretrained, shakespeare_te
     code, stdout, err = run_inprocess('finetune.py', *args, f'--out_dir={out}')
     assert code == 0, err
     assert 'majority-class accuracy' in stdout and 'at the last step; best val accuracy' in stdout
-    evals = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
+    evals = events(out, 'eval')
     assert [e['step'] for e in evals] == [5, 10] and all(0 <= e['value'] <= 1 for e in evals)
     ckpt = torch.load(out / 'best.pt', weights_only=True)
     assert ckpt['kind'] == 'finetune' and ckpt['model_args']['vocab_size'] == 68  # 65 characters + 3 special
@@ -223,6 +223,40 @@ def test_finetune_runs_resumes_and_predicts(tmp_path, pretrained, shakespeare_te
     assert code == 0, err
     predictions = [json.loads(line) for line in stdout.splitlines()]
     assert len(predictions) == 40 and all(p['prediction'] in range(4) for p in predictions)
+
+
+def test_finetune_killed_anywhere_resumes_to_the_uninterrupted_weights(tmp_path, pretrained):
+    """SIGKILL after the second checkpoint, SIGTERM, and a kill before the first checkpoint; each resumed with the
+    bare command (out_dir alone): the weights, head and optimizer state of the run that was never stopped."""
+    import random
+    import signal
+    rng = random.Random(0)
+    words = ['thee', 'lord', 'night', 'sweet', 'king', 'blood', 'good', 'death']
+    for split, n in (('train', 96), ('val', 16)):
+        rows = [dict(text=' '.join(rng.choices(words, k=4)), label=rng.choice(['a', 'b'])) for _ in range(n)]
+        (tmp_path / f'{split}.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    args = [f'--init_from={pretrained}', '--task=classification', '--fields=text', '--batch_size=8', '--device=cpu',
+            f'--data_files=train={tmp_path / "train.jsonl"},val={tmp_path / "val.jsonl"}', '--epochs=2',
+            '--eval_interval=4', '--learning_rate=1e-3', '--dtype=float32']
+    straight = tmp_path / 'straight'
+    run('finetune.py', *args, f'--out_dir={straight}')
+    moments = {'SIGKILL-late': (signal.SIGKILL, 8), 'SIGTERM': (signal.SIGTERM, 4), 'SIGKILL-early': (signal.SIGKILL, 0)}
+    for name, (sig, step) in moments.items():
+        out = tmp_path / name
+        # (step 0: as soon as the run has started, before its first checkpoint; resuming then starts it again)
+        when = lambda log: any(e.get('event') == ('eval' if step else 'start') and e.get('step', 0) >= step
+                               for e in log)
+        code = interrupt('finetune.py', *args, f'--out_dir={out}', out_dir=out, sig=sig, when=when)
+        if step == 0:
+            assert not (out / 'ckpt.pt').exists()
+        if sig == signal.SIGTERM:
+            assert code == 0 and load_ckpt(out / 'ckpt.pt')['iter_num'] >= step
+        p = run('finetune.py', '--resume=True', f'--out_dir={out}')
+        assert 'resuming' in p.stdout or 'before its first checkpoint' in p.stdout, p.stdout
+        a, b = load_ckpt(straight / 'ckpt.pt'), load_ckpt(out / 'ckpt.pt')
+        assert_same_state(a, b)
+        for k in a['head']:
+            assert torch.equal(a['head'][k], b['head'][k]), (name, k)
 
 
 def test_finetuned_classifier_exports_and_similarity_is_refused(tmp_path, pretrained):

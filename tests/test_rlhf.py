@@ -5,15 +5,16 @@ data and mismatched models, PPO with a huge KL coefficient staying at the SFT po
 import json
 import math
 import random
+import signal
 
 import pytest
 import torch
 
 import align
 from align import (chat_meta, dpo_loss, encode_chat, gae, kl_penalty, policy_checkpoint, ppo_policy_loss,
-                   ppo_value_loss, reward_checkpoint, reward_loss)
+                   ppo_value_loss, response_logprobs, reward_checkpoint, reward_loss, score_rollouts, whiten_moments)
 from checkpoint import save_checkpoint
-from conftest import events, load_ckpt, run, run_inprocess, tiny
+from conftest import events, interrupt, load_ckpt, run, run_inprocess, tiny
 from heads import RewardModel
 from model import GPT, GPTConfig
 from tokendata import TokenData, get_tokenizer
@@ -254,6 +255,113 @@ def test_ppo_and_dpo_on_two_processes_equal_one(models, tmp_path, char_data):
         for k in ma:
             torch.testing.assert_close(mb[k], ma[k], atol=TOL, rtol=0, msg=f'{script} {k}')
         assert a[-1]['kl' if script == 'ppo.py' else 'loss'] != a[0]['kl' if script == 'ppo.py' else 'loss']
+
+
+# ----------------------------------------------------------------------------- PPO's rollouts, against trl's rules
+
+def test_rollout_logprobs_are_of_the_sampling_distribution_in_eval_mode():
+    """trl's PPO divides the policy's and the reference's logits by the sampling temperature before taking the
+    log-probabilities of the ratio and the KL; the old values and log-probabilities come without dropout."""
+    torch.manual_seed(0)
+    policy, reference = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=48, vocab_size=68, dropout=0.5)), \
+        tiny_gpt(3).eval()
+    value, rm = RewardModel(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=48, vocab_size=68,
+                                          dropout=0.5))), RewardModel(tiny_gpt(4))
+    idx = torch.randint(68, (3, 10), generator=torch.Generator().manual_seed(1))
+    last = torch.tensor([9, 7, 8])
+    for m in (policy, value):
+        m.train()  # as PPO leaves them between updates
+    logp, ref_logp, values, score = score_rollouts(policy, reference, value, rm, idx, last, temperature=0.7)
+    assert policy.training and value.training and not reference.training  # put back as they were
+    policy.eval()
+    value.eval()
+    with torch.no_grad():
+        for model, got in ((policy, logp), (reference, ref_logp)):
+            want = torch.log_softmax(model(idx)[0][:, :-1].float() / 0.7, -1).gather(-1, idx[:, 1:, None])[..., 0]
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+            untempered = torch.log_softmax(model(idx)[0][:, :-1].float(), -1).gather(-1, idx[:, 1:, None])[..., 0]
+            assert (got - untempered).abs().max() > 1e-2  # the temperature is not a no-op here
+        torch.testing.assert_close(values, value(idx)[:, :-1], rtol=0, atol=0)  # eval mode: no dropout noise
+        torch.testing.assert_close(score, rm.score(idx, last), rtol=0, atol=0)
+        torch.testing.assert_close(response_logprobs(policy, idx, temperature=0.7), logp, rtol=0, atol=0)
+
+
+def test_advantage_whitening_uses_the_unbiased_standard_deviation():
+    x = torch.tensor([0.5, -1.0, 2.0, 0.25, 3.0, -0.75], dtype=torch.float64)
+    mean, std = whiten_moments(x.sum(), (x ** 2).sum(), torch.tensor(6.0, dtype=torch.float64))
+    assert abs(mean.item() - x.mean().item()) < 1e-12
+    assert abs(std.item() - x.std(correction=1).item()) < 1e-12  # trl's masked_whiten: unbiased
+    assert abs(std.item() - x.std(correction=0).item()) > 1e-2
+
+
+# ----------------------------------------------------------------------------- resuming the trainers
+
+def rlhf_runs(models):
+    """(script, arguments, a step past its first checkpoint) of a short run of each RLHF trainer."""
+    prefs = models / 'prefs.jsonl'
+    common = dict(init_from=models / 'sft', train_data=prefs, val_data=prefs, device='cpu', max_iters=20,
+                  batch_size=4, eval_interval=6, learning_rate=3e-3, max_val=8, dropout=0.1)
+    reward = dict(common, norm_prompts=8, max_new_tokens=6)
+    return [('reward.py', [f'--{k}={v}' for k, v in reward.items()], 8),
+            ('dpo.py', [f'--{k}={v}' for k, v in common.items()], 8),
+            ('ppo.py', ppo_args(models, 'X', iters=8, save_interval=3, kl_coef=0.1, temperature=0.8,
+                                batch_size=4, micro_batch=2, max_new_tokens=8), 4)]
+
+
+def final_state(out):
+    """What a trainer's last checkpoint holds: every tensor of its models (and head or value function)."""
+    ckpt = load_ckpt(out / 'ckpt.pt')
+    tensors = {f'model.{k}': v for k, v in ckpt['model'].items()}
+    for part in ('head',):
+        tensors.update({f'{part}.{k}': v for k, v in (ckpt.get(part) or {}).items()})
+    for part in ('model', 'head'):
+        tensors.update({f'value.{part}.{k}': v for k, v in ((ckpt.get('value') or {}).get(part) or {}).items()})
+    return ckpt['iter_num'], tensors
+
+
+@pytest.mark.parametrize('script', ['reward.py', 'dpo.py', 'ppo.py'])
+def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(models, tmp_path, script):
+    """SIGKILL at a moment past the first checkpoint, then the bare resume command (out_dir alone): the final
+    weights equal, bit for bit, those of a run that was never stopped; SIGTERM saves at once and the resume
+    agrees too. Dropout is on (0.1), so the masks must be the ones the uninterrupted run drew."""
+    name, args, step = next(r for r in rlhf_runs(models) if r[0] == script)
+    with_out = lambda out: [a if not a.startswith('--out_dir=') else f'--out_dir={out}' for a in args] + \
+        ([] if any(a.startswith('--out_dir=') for a in args) else [f'--out_dir={out}'])
+    straight = tmp_path / 'straight'
+    run(script, *with_out(straight))
+    for sig in (signal.SIGKILL, signal.SIGTERM):
+        out = tmp_path / sig.name
+        code = interrupt(script, *with_out(out), out_dir=out, sig=sig,
+                         when=lambda log: any(e.get('event') == 'train' and e['iter'] >= step for e in log))
+        if sig == signal.SIGKILL:
+            assert code == -signal.SIGKILL
+        else:  # saved after the step it was in, and said how to go on
+            assert code == 0 and load_ckpt(out / 'ckpt.pt')['iter_num'] > step
+        p = run(script, '--resume=True', f'--out_dir={out}')
+        assert 'resuming' in p.stdout, p.stdout
+        (n_a, a), (n_b, b) = final_state(straight), final_state(out)
+        assert n_a == n_b and a.keys() == b.keys() and len(a) > 0
+        for k in a:
+            assert torch.equal(a[k], b[k]), (script, sig.name, k)
+        # the interruption lost work: the resumed run redid steps past the checkpoint it continued from
+        assert len(events(out, 'train', torn=1)) >= len(events(straight, 'train'))
+
+
+def test_resume_mistakes_are_one_line(models, tmp_path):
+    for script, args, _ in rlhf_runs(models):
+        code, _, err = run_inprocess(script, '--resume=True', f'--out_dir={tmp_path / "nothing"}')
+        assert code == 1 and len(err.strip().splitlines()) == 1 and 'no run in' in err, err
+    # a reward run killed before its end is not a reward model yet; another trainer's run is not resumed
+    out = tmp_path / 'rm'
+    name, args, step = rlhf_runs(models)[0]
+    interrupt(name, *args, f'--out_dir={out}', out_dir=out,
+              when=lambda log: any(e.get('event') == 'train' and e['iter'] >= step for e in log))
+    code, _, err = run_inprocess('ppo.py', *ppo_args(models, tmp_path / 'ppo', reward_model=out))
+    assert code == 1 and 'is a reward run stopped at step 6 of 20' in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_inprocess('dpo.py', '--resume=True', f'--out_dir={out}')
+    assert code == 1 and 'holds a run of reward.py, not dpo.py' in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_inprocess('ppo.py', *ppo_args(models, tmp_path / 'ppo', temperature=0))
+    assert code == 1 and 'temperature' in err and len(err.strip().splitlines()) == 1, err
 
 
 # ----------------------------------------------------------------------------- mistakes are one line
