@@ -431,6 +431,8 @@ def resume_settings(out_dir, config, given, script, resume_flag='--resume=True',
                         f"{resume_flag} --out_dir={out_dir}`, or give {script} another --out_dir")
     mine = set(given) | set(per_launch) | {'resume'}
     config.update({k: v for k, v in theirs.items() if k in config and k not in mine})
+    if ckpt is None and resume_flag.startswith('--init_from='):  # (train.py) starting again: from where it started
+        config['init_from'] = theirs.get('init_from', 'scratch')
     changed = [f"{k}={config[k]!r} (the run had {theirs[k]!r})" for k in sorted(given)
                if k in theirs and k not in ('resume', 'init_from') and theirs[k] != config[k]]
     return ckpt, f"{note}; overridden here: {', '.join(changed) or 'none'}"

@@ -46,8 +46,8 @@ import torch
 
 import checkpoint
 import configurator
-from checkpoint import (append_record, check_resume_data, find_checkpoint, gather_full_state, link_checkpoint,
-                        load_checkpoint, load_model, load_optimizer_state, rng_state, save_checkpoint, set_rng_state)
+from checkpoint import (StopSignal, append_record, check_resume_data, gather_full_state, link_checkpoint, load_model,
+                        load_optimizer_state, resume_settings, rng_state, save_checkpoint, set_rng_state)
 from configurator import UserError, check_choice, check_range
 from device import autocast_ctx, describe, device_peak_flops, pick_device, pick_dtype, setup_torch
 from tasks import evaluate, load_tasks
@@ -138,15 +138,9 @@ ckpt, resume_note = None, ''
 if init_from == 'resume':
     # `--init_from=resume --out_dir=X` alone continues the run as it was configured: every setting that a
     # config file or the command line does not set comes from the checkpoint (batch, schedule, data, seed...)
-    ckpt_path = find_checkpoint(out_dir, 'ckpt.pt')
-    ckpt = load_checkpoint(ckpt_path)
-    ckpt['path'] = ckpt_path
-    saved = {k: v for k, v in ckpt.get('config', {}).items() if k in config and k not in given | {'init_from'}}
-    config.update(saved)
-    globals().update(saved)
-    changed = [f"{k}={config[k]!r} (the run had {ckpt['config'][k]!r})" for k in sorted(given)
-               if k != 'init_from' and k in ckpt.get('config', {}) and ckpt['config'][k] != config[k]]
-    resume_note = f"resuming with the checkpoint's settings; overridden here: {', '.join(changed) or 'none'}"
+    ckpt, resume_note = resume_settings(out_dir, config, given, 'train.py', resume_flag='--init_from=resume',
+                                        per_launch=('eval_only',))
+    globals().update(config)
 # every setting is checked where it is read: one line naming the key and what it may be
 for k in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'log_interval', 'eval_iters',
           'n_layer', 'n_head', 'n_embd', 'pad_vocab_multiple'):
@@ -485,25 +479,11 @@ def plot_losses():
 if wandb_log and master_process:
     import wandb
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
-record(event='start', argv=sys.argv, config=config, model_args=model_args, torch=torch.__version__,
+record(event='start', script='train.py', argv=sys.argv, config=config, model_args=model_args, torch=torch.__version__,
        python=platform.python_version(), device=device, world_size=world_size, iter_num=iter_num)
 
-# SIGTERM (preemption) or Ctrl-C: finish the current step, checkpoint, exit 0. The first signal puts
-# back the default action, so a second one kills the process at once (e.g. if it hangs in a collective).
-stop_signal = []
-
-
-def on_signal(signum, frame):
-    stop_signal.append(signum)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_DFL)
-    if master_process:  # os.write: print() is not safe inside a signal handler
-        os.write(2, f"\n{signal.Signals(signum).name}: saving a checkpoint after this step "
-                    f"(send it again to abort without saving)\n".encode())
-
-
-for sig in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(sig, on_signal)
+# SIGTERM (preemption) or Ctrl-C: finish the current step, checkpoint, exit 0 (a second signal aborts)
+stop_signal = StopSignal(announce=master_process)
 
 # ----------------------------------------------------------------------------- training loop
 resumed_iter = None  # the iteration ckpt.pt on disk already holds, when resuming

@@ -147,10 +147,11 @@ def events(out_dir, kind, torn=0):
     return [e for e in entries if e.get('event') == kind]
 
 
-def train_losses(out_dir):
-    """{iteration: [loss, ...]} from every 'train' event in log.jsonl (a resumed run repeats some)."""
+def train_losses(out_dir, torn=0):
+    """{iteration: [loss, ...]} from every 'train' event in log.jsonl (a resumed run repeats some); torn: as for
+    events."""
     losses = {}
-    for e in events(out_dir, 'train'):
+    for e in events(out_dir, 'train', torn):
         losses.setdefault(e['iter'], []).append(e['loss'])
     return losses
 
