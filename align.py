@@ -130,17 +130,22 @@ def read_rows(source):
     if not os.path.isfile(source):
         raise UserError(f"{source} not found: pass a .jsonl file (one JSON object a line) or hf:<dataset name>")
     out = []
-    with open(source, encoding='utf-8') as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{source} line {n} is not JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{source} line {n} is not a JSON object")
-            out.append((f"{source} line {n}", row))
+    try:
+        with open(source, encoding='utf-8') as f:
+            lines = f.read().split('\n')  # (not splitlines: JSON strings may hold U+2028)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{source} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 JSON lines") \
+            from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{source} line {n} is not JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{source} line {n} is not a JSON object")
+        out.append((f"{source} line {n}", row))
     if not out:
         raise UserError(f"{source} holds no examples")
     return out
@@ -390,6 +395,8 @@ def load_reward_model(path, policy=None, policy_meta=None):
     """(RewardModel, its checkpoint) from reward.py's out_dir (ckpt.pt); with a policy, its vocabulary must be
     the policy's (the reward model reads the policy's tokens)."""
     path = os.path.join(path, 'ckpt.pt') if os.path.isdir(path) else path
+    if not os.path.exists(path):
+        raise UserError(f"no reward model at {path}: train one with reward.py and pass its out_dir as --reward_model")
     ckpt = checkpoint.load_checkpoint(path)
     if ckpt.get('kind') != 'reward':
         raise UserError(f"{path} is not a reward model: train one with reward.py")

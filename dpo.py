@@ -90,6 +90,9 @@ def encode_pairs(groups):
 
 train_pairs = encode_pairs(read_preferences(train_data))
 val_pairs = encode_pairs(read_preferences(val_data))[:max_val or None]
+if batch_size > len(train_pairs):  # (a step draws its pairs with replacement: it would repeat them)
+    raise configurator.UserError(f"batch_size ({batch_size}) is larger than the {len(train_pairs)} training pairs in "
+                                 f"{train_data}: lower --batch_size")
 # joins the process group once the settings and data have been checked on every rank
 run = Run(out_dir, device, divide={'batch_size': batch_size})
 device = run.device

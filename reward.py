@@ -87,6 +87,9 @@ def encode_groups(groups):
 
 train_groups = encode_groups(read_preferences(train_data))
 val_groups = encode_groups(read_preferences(val_data))[:max_val or None]
+if batch_size > len(train_groups):  # (a step draws its groups with replacement: it would repeat them)
+    raise configurator.UserError(f"batch_size ({batch_size}) is larger than the {len(train_groups)} training groups in "
+                                 f"{train_data}: lower --batch_size")
 # joins the process group once the settings and data have been checked on every rank
 run = Run(out_dir, device, divide={'batch_size': batch_size})
 device = run.device

@@ -386,6 +386,28 @@ def test_bad_preference_data_is_one_line(models, tmp_path, row, message):
         assert f"{bad} line 2: {message}" in err, err
 
 
+def test_trainer_input_mistakes_are_one_line(models, tmp_path):
+    """A file that is not UTF-8, a batch larger than the data (it would repeat examples in every step), a missing
+    reward model: one line and exit 1, before any out_dir is written."""
+    latin = tmp_path / 'latin.jsonl'
+    latin.write_bytes('{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n'.encode('latin-1'))
+    prefs = models / 'prefs.jsonl'
+    cases = [(('reward.py', 'dpo.py'), [f'--train_data={latin}', f'--val_data={prefs}'], f"{latin} is not UTF-8 text"),
+             (('reward.py',), [f'--train_data={prefs}', f'--val_data={prefs}', '--batch_size=32'],
+              f"batch_size (32) is larger than the 24 training groups in {prefs}"),
+             (('dpo.py',), [f'--train_data={prefs}', f'--val_data={prefs}', '--batch_size=80'],
+              f"batch_size (80) is larger than the 72 training pairs in {prefs}")]
+    for scripts, args, message in cases:
+        for script in scripts:
+            out = tmp_path / f'out-{script}'
+            code, _, err = run_inprocess(script, f'--init_from={models / "sft"}', *args, f'--out_dir={out}',
+                                         '--device=cpu')
+            assert code == 1 and len(err.strip().splitlines()) == 1 and message in err, (script, err)
+            assert not out.exists()
+    code, _, err = run_inprocess('ppo.py', *ppo_args(models, tmp_path / 'ppo', reward_model=tmp_path / 'nothing'))
+    assert code == 1 and f"no reward model at {tmp_path / 'nothing'}" in err and len(err.strip().splitlines()) == 1
+
+
 def test_reward_model_with_another_vocabulary_is_refused(models, tmp_path):
     other = tmp_path / 'rm'
     other.mkdir()
