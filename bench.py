@@ -248,7 +248,7 @@ def hf_generate_step(base, dev, prompt):
     transformers.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory(prefix='bench-') as tmp:
         hf.save_pretrained(base, tmp)
-        theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp, dtype=torch.float32).to(dev).eval()
+        theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp, **hf.float32_kwargs()).to(dev).eval()
     theirs.generation_config.eos_token_id = None  # always generate max_new_tokens, like ours
     theirs.generation_config.pad_token_id = 0
     mask = torch.ones_like(prompt)
@@ -487,7 +487,7 @@ def eval_bench(dev):
     transformers.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory(prefix='bench-') as tmp:
         hf.save_pretrained(base, tmp)
-        theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp, dtype=torch.float32).to(dev).eval()
+        theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp, **hf.float32_kwargs()).to(dev).eval()
 
     def ours():
         r = score(base, task.requests, B, dev)

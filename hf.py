@@ -52,6 +52,14 @@ def config_from_hf(hf_config):
     return GPTConfig(post_norm=False, gelu_approx=acts[c.activation_function], n_inner=c.n_inner or 0, **common)
 
 
+def float32_kwargs():
+    """from_pretrained's keyword for float32 weights whatever the files hold (transformers 5 loads in their dtype
+    unless told); it was torch_dtype before transformers 4.56."""
+    import transformers
+    new = tuple(int(x) for x in transformers.__version__.split('.')[:2]) >= (4, 56)
+    return {'dtype' if new else 'torch_dtype': torch.float32}
+
+
 def from_pretrained(name_or_path, **overrides):
     """Load GPT-2 / GPT-1 weights through transformers.
 
@@ -87,7 +95,7 @@ def from_pretrained(name_or_path, **overrides):
         elif getattr(config, k) != v:
             raise ValueError(f"cannot override {k}={v!r}: the checkpoint at {name_or_path!r} has "
                              f"{k}={getattr(config, k)!r}, and the weights only fit that")
-    hf_model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
+    hf_model = AutoModelForCausalLM.from_pretrained(name_or_path, **float32_kwargs())
     hf_sd = hf_model.state_dict()
     if hf_config.model_type == 'openai-gpt':  # GPT-1 names its embeddings differently
         hf_sd = {k.replace('tokens_embed', 'wte').replace('positions_embed', 'wpe'): v for k, v in hf_sd.items()}

@@ -25,6 +25,14 @@ if (SHARED / "tiktoken_cache").is_dir():
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# under pytest-xdist (pytest -n N) each worker gets its share of the cores, for itself and the scripts it starts:
+# N workers of all the cores each would spin against each other (16 x 16 threads on a 16-core machine)
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    SHARE = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) // WORKERS)
+    os.environ.setdefault("OMP_NUM_THREADS", str(SHARE))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 def tiny(**overrides):
     """train.py arguments for a tiny CPU model (2 layers, 2 heads, 32 wide, context 32, eager), plus overrides."""

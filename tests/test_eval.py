@@ -72,7 +72,8 @@ def hf_tok():
     bpe = SHARED / 'data' / 'gpt2'
     if not (bpe / 'encoder.json').exists():
         pytest.skip(f'{bpe} not found (the offline GPT-2 BPE stand-in)')
-    return transformers.GPT2TokenizerFast(vocab=str(bpe / 'encoder.json'), merges=str(bpe / 'vocab.bpe'))
+    # (positional: the keywords are vocab_file/merges_file before transformers 5, vocab/merges since)
+    return transformers.GPT2TokenizerFast(str(bpe / 'encoder.json'), str(bpe / 'vocab.bpe'))
 
 
 def write_jsonl(path, docs):

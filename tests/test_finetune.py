@@ -148,6 +148,10 @@ def test_exported_head_matches_transformers(tmp_path, task, post_norm):
         assert theirs.config.id2label == {0: 'x', 1: 'y', 2: 'z'}
         with torch.no_grad():
             got = theirs(idx).logits  # right-padded with 0: the last other token is the extract token
+        if tuple(int(x) for x in transformers.__version__.split('.')[:2]) < (4, 49):
+            # before 4.49 transformers reads the token before the first padding id, so a text holding id 0 is
+            # read there (README, export): only the first example, without an inner 0, is read as ours
+            got, want = got[:1], want[:1]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 

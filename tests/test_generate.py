@@ -256,6 +256,8 @@ def test_top_p_matches_transformers(p):
 
 @pytest.mark.parametrize('min_p', [0.0, 0.01, 0.1, 0.5, 1.0])
 def test_min_p_matches_transformers(min_p):
+    if not hasattr(logits_process(), 'MinPLogitsWarper'):
+        pytest.skip('transformers before 4.41 has no min-p warper to compare with')
     MinPLogitsWarper = logits_process().MinPLogitsWarper
     for seed in range(3):
         logits = tied_logits(seed)

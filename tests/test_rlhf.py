@@ -220,8 +220,9 @@ def test_ppo_with_a_huge_kl_coefficient_stays_at_the_sft_policy(models, tmp_path
     kl_held = [e['kl'] for e in events(held, 'train')]
     assert kl_free[0] == kl_held[0] == 0.0  # the first rollouts are the SFT policy's own
     # The first update is the same in both (the KL term is 0 until the policy has moved); from then on the
-    # penalty pulls the policy back, while without it the policy keeps leaving the SFT policy.
-    assert sum(kl_held[3:]) < 0.5 * sum(kl_free[3:]), (kl_held, kl_free)
+    # penalty pulls the policy back, while without it the policy keeps leaving the SFT policy. Measured exactly,
+    # over the vocabulary (the logged per-iteration KL is a sampled estimate from 8 responses: too noisy for a
+    # threshold, it put the two runs 4.03 against 4.90 under torch 2.6 while the exact KLs were 0.06 and 0.40).
     assert kl_to(held, models / 'sft') < 0.5 * kl_to(free, models / 'sft')
     sft = load_ckpt(models / 'sft' / 'ckpt.pt')['model']
 
