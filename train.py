@@ -43,6 +43,7 @@ from contextlib import nullcontext
 from dataclasses import asdict
 
 import torch
+from torch.torch_version import TorchVersion
 
 import checkpoint
 import configurator
@@ -211,6 +212,9 @@ dtype = pick_dtype(dtype, device)  # 'auto': bf16 on GPUs, and on CPUs only wher
 if optim == 'muon' and dtype == 'float16':
     raise UserError("optim='muon' with float16 loss scaling is not supported; use dtype='bfloat16' or 'float32'")
 device_type = torch.device(device).type  # 'cuda', 'cpu' or 'mps'
+if fsdp and device_type == 'cpu' and TorchVersion(torch.__version__) < (2, 7):  # (its CPU streams lack record_event)
+    raise UserError(f"FSDP on the CPU needs PyTorch 2.7 or newer, found {torch.__version__}: use "
+                    f"--parallelism=ddp, or upgrade torch")
 if compile not in ('auto', True, False):
     raise UserError(f"compile must be True, False or 'auto', got {compile!r}")
 if compile == 'auto':
