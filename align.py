@@ -466,9 +466,14 @@ class Run:
                 raise UserError(f"out_dir {out_dir!r} cannot be made ({e.strerror})") from None
         self.stop = checkpoint.StopSignal(announce=self.master)
 
-    def stopping(self):
-        """Whether SIGTERM or Ctrl-C reached any process: every rank then saves and stops after the same step."""
-        return self.sum(torch.tensor(float(len(self.stop)), device=self.device)).item() > 0
+    def stop_if_signalled(self, save, done, total, unit='step'):
+        """After a step: if SIGTERM or Ctrl-C reached any process (every rank agrees, so all stop after the same
+        step), save(done) and exit 0 with the command that resumes. done: the steps done, total: the run's."""
+        if done < total and self.sum(torch.tensor(float(len(self.stop)), device=self.device)).item() > 0:
+            save(done)
+            self.log(f"stopped by signal after {unit} {done} of {total}, checkpoint saved; continue with "
+                     f"`python {os.path.basename(sys.argv[0])} --resume=True --out_dir={self.out_dir}`")
+            raise SystemExit(0)
 
     def share(self, m):
         """This rank's global micro-batches out of m (a contiguous block), as train.py's my_share."""

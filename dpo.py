@@ -184,9 +184,5 @@ for step in range(start, max_iters + 1):
     if step % 10 == 0 or step == max_iters - 1:
         run.log(f"iter {step}: {fmt(stats)}, {time.time() - t0:.1f}s")
     run.record(event='train', iter=step, **stats)
-    if run.stopping() and step + 1 < max_iters:
-        save(step + 1, val_loss)
-        run.log(f"stopped by signal after step {step + 1} of {max_iters}, checkpoint saved; continue with "
-                f"`python dpo.py --resume=True --out_dir={out_dir}`")
-        raise SystemExit(0)
+    run.stop_if_signalled(lambda done: save(done, val_loss), step + 1, max_iters)
 run.log(f"saved the policy to {os.path.join(out_dir, 'ckpt.pt')}")

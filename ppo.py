@@ -228,11 +228,7 @@ for it in range(start, iters):
         stats['ptx_loss'] = sums[4].item() / steps
     run.log(f"iter {it}: {fmt(stats)}, {time.time() - t0:.1f}s | {next(iter(rollouts.values()))['text']!r}")
     run.record(event='train', iter=it, seconds=time.time() - t0, **stats)
-    if run.stopping() and it + 1 < iters:
-        save(it + 1)
-        run.log(f"stopped by signal after iteration {it + 1} of {iters}, checkpoint saved; continue with "
-                f"`python ppo.py --resume=True --out_dir={out_dir}`")
-        raise SystemExit(0)
+    run.stop_if_signalled(save, it + 1, iters, unit='iteration')
     if save_interval and (it + 1) % save_interval == 0 and it + 1 < iters:
         save(it + 1)
 save(iters)

@@ -176,11 +176,7 @@ for step in range(start, max_iters + 1):
     if step % 10 == 0 or step == max_iters - 1:
         run.log(f"iter {step}: {fmt(stats)}, {time.time() - t0:.1f}s")
     run.record(event='train', iter=step, **stats)
-    if run.stopping() and step + 1 < max_iters:
-        save(step + 1)
-        run.log(f"stopped by signal after step {step + 1} of {max_iters}, checkpoint saved; continue with "
-                f"`python reward.py --resume=True --out_dir={out_dir}`")
-        raise SystemExit(0)
+    run.stop_if_signalled(save, step + 1, max_iters)
 
 # ----------------------------------------------------------------------------- normalisation and saving
 shift = 0.0
