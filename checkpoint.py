@@ -16,6 +16,7 @@ torch.load(weights_only=True): a file from someone else cannot run code. Layout:
 A karpathy/nanoGPT ckpt.pt is converted to this layout as it loads (import_nanogpt; imported_from='nanoGPT').
 """
 
+import json
 import os
 import random
 import re
@@ -31,7 +32,7 @@ import torch
 import hf
 from configurator import UserError
 from model import GPT, GPTConfig
-from tokendata import ROOT, read_meta_pkl
+from tokendata import ROOT, check_same_tokenizer, read_meta_pkl
 
 CHECKPOINT_FORMAT = 'gpt-checkpoint/1'
 
@@ -261,17 +262,131 @@ INIT_FROM = (f"'scratch', 'resume', a training run's out_dir, a hub model ({', '
 
 
 def find_checkpoint(out_dir, ckpt_name='ckpt.pt'):
-    """out_dir/ckpt_name, falling back to out_dir/ckpt.pt (the latest state), or one line saying what to do."""
+    """out_dir/ckpt_name, or one line saying what to do. Only the default best.pt falls back to ckpt.pt (the
+    latest state, e.g. of a run that has not improved on its first evaluation yet); any other name the user
+    gives must exist: a typo never quietly loads another checkpoint."""
+    path = os.path.join(out_dir, ckpt_name)
+    if os.path.exists(path):
+        return path
+    fallback = os.path.join(out_dir, 'ckpt.pt')
+    if ckpt_name == 'best.pt' and os.path.exists(fallback):
+        return fallback
+    there = sorted(n for n in os.listdir(out_dir) if n.endswith('.pt')) if os.path.isdir(out_dir) else []
+    if there:
+        raise UserError(f"no checkpoint {path}; {out_dir} holds {', '.join(there)}: pass --ckpt_name=one of those")
     candidates = [os.path.join(out_dir, name) for name in dict.fromkeys((ckpt_name, 'ckpt.pt'))]
-    path = next((p for p in candidates if os.path.exists(p)), None)
-    if path is None:
-        raise UserError(f"no checkpoint at {' or '.join(candidates)}: train with --init_from=scratch first, "
-                        f"or point --out_dir at a training run")
-    return path
+    raise UserError(f"no checkpoint at {' or '.join(candidates)}: train with --init_from=scratch first, "
+                    f"or point --out_dir at a training run")
+
+
+# ---------------------------------------------------------------------- what a checkpoint holds
+
+# kind: what a checkpoint's model is for, so that every script refuses the wrong one in one line (check_kind).
+# train.py, ppo.py and dpo.py write language models ('lm'), reward.py a reward model ('reward', a GPT and a
+# scalar head: align.reward_checkpoint), finetune.py a task model ('finetune': a GPT and a classifier head).
+KINDS = {'lm': 'a language model', 'reward': 'a reward model (reward.py)',
+         'finetune': 'a task model (a classifier fine-tuned by finetune.py)'}
+KIND_HINTS = {'reward': "it scores responses and cannot generate or be trained as a policy: use the SFT or policy "
+                        "run it was trained from (ppo.py takes it as --reward_model)",
+              'finetune': "it classifies and cannot generate: use finetune.py --out_dir=... --predict=FILE (or "
+                          "--export=DIR), or the language-model run it was fine-tuned from",
+              'lm': "train one with the script that makes it (reward.py, finetune.py)"}
+
+
+def checkpoint_kind(ckpt):
+    """'lm', 'reward' or 'finetune' ('task' is read as 'finetune'). Checkpoints written before kinds were
+    recorded are language models, unless they carry a classifier or reward head."""
+    kind = ckpt.get('kind')
+    if kind == 'task':
+        return 'finetune'
+    if kind is None:
+        return 'finetune' if 'head' in ckpt else 'lm'
+    return kind
+
+
+def check_kind(ckpt, path, want='lm'):
+    """One line unless the checkpoint at path holds a model of kind `want`."""
+    kind = checkpoint_kind(ckpt)
+    if kind != want:
+        raise UserError(f"{path} is {KINDS.get(kind, repr(kind))}, not {KINDS.get(want, repr(want))}; "
+                        f"{KIND_HINTS.get(kind, KIND_HINTS['lm'])}")
+
+
+def check_hf_kind(path):
+    """A transformers directory of a task model (finetune.py --export: *ForSequenceClassification or
+    *DoubleHeadsModel) is not a language model: its head would be dropped without a word."""
+    try:
+        with open(os.path.join(path, 'config.json'), encoding='utf-8') as f:
+            archs = json.load(f).get('architectures') or []
+    except (OSError, ValueError, AttributeError):
+        return  # hf.from_pretrained reports an unreadable config.json
+    heads = [a for a in archs if isinstance(a, str) and ('For' in a or 'DoubleHeads' in a)]
+    if heads:
+        raise UserError(f"{path} holds a {heads[0]}, {KINDS['finetune']}, not a language model; "
+                        f"{KIND_HINTS['finetune']}")
+
+
+# ---------------------------------------------------------------------- one run per out_dir
+
+_held_locks = {}  # real path of out_dir -> (pid, fd): this process's lock on it
+
+
+def lock_out_dir(out_dir):
+    """Take out_dir for this process: a second train.py writing into it (and overwriting this one's
+    checkpoints, interleaving its log) stops with one line instead. flock on the directory itself: no file
+    is created, and the OS releases it when the process ends however it ends (a SIGKILL included), so a
+    killed run never leaves a stale lock behind. Held until the process exits (or release_out_dirs)."""
+    import fcntl
+    key = os.path.realpath(out_dir)
+    if key in _held_locks and _held_locks[key][0] == os.getpid():
+        return  # (this process already holds it: e.g. a script run twice in one interpreter, as tests do)
+    try:
+        fd = os.open(key, os.O_RDONLY)
+    except OSError:
+        return  # a directory that cannot be opened (some filesystems); the write probe reports real trouble
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(f"another process is training into {out_dir} right now; wait for it to finish (or stop it), "
+                        f"or choose another --out_dir") from None
+    except OSError:
+        os.close(fd)
+        return  # a filesystem without flock on directories (e.g. some network filesystems): no lock
+    _held_locks[key] = (os.getpid(), fd)
+
+
+def release_out_dirs():
+    """Release this process's out_dir locks (a script's end does it anyway; for scripts run in-process)."""
+    for key, (pid, fd) in list(_held_locks.items()):
+        if pid == os.getpid():
+            os.close(fd)
+        del _held_locks[key]
+
+
+RUN_FILES = ('ckpt.pt', 'best.pt')
+
+
+def check_new_run(out_dir, init_from, overwrite):
+    """A run that does not resume must not write over another run's checkpoints without being asked. With
+    overwrite, the old run's checkpoints and log are removed first (so the new log is not appended to the
+    old one's)."""
+    found = [n for n in RUN_FILES if os.path.exists(os.path.join(out_dir, n))]
+    if not found:
+        return
+    if not overwrite:
+        raise UserError(f"{out_dir} already holds a run ({', '.join(found)}); a new run would replace it. To "
+                        f"continue that run pass --init_from=resume; to replace it, --overwrite=True; or "
+                        f"choose another --out_dir")
+    for name in (*RUN_FILES, 'log.jsonl', 'loss.png'):
+        try:
+            os.unlink(os.path.join(out_dir, name))
+        except FileNotFoundError:
+            pass
 
 
 def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, block_size=0, expect=None, ckpt=None,
-               **overrides):
+               kind='lm', **overrides):
     """The one way scripts get a model: returns (model on the CPU, data_meta or None, ckpt or None).
 
     init_from: 'scratch' (a new GPT with the GPTConfig fields in the dict scratch), 'resume'
@@ -281,6 +396,7 @@ def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, bloc
     overrides: GPTConfig fields that leave the weights' meaning alone (dropout, attn_impl, ...).
     block_size: run at this context (0 keeps the model's; see GPT.crop_block_size).
     expect: architecture settings the user asked for explicitly, which a resumed checkpoint must have.
+    kind: the kind of model the script needs (check_kind): a reward or task model is refused as a language model.
     """
     meta = None
     try:
@@ -294,6 +410,7 @@ def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, bloc
                 path = find_checkpoint(out_dir, ckpt_name)
                 ckpt = load_checkpoint(path, map_location='cpu')
                 ckpt['path'] = path
+            check_kind(ckpt, ckpt.get('path', out_dir), kind)
             for k, v in (expect or {}).items():
                 if ckpt['model_args'].get(k) != v:
                     raise UserError(f"the checkpoint in {out_dir} has {k}={ckpt['model_args'].get(k)} but you asked "
@@ -303,8 +420,11 @@ def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, bloc
             # another training run of ours: its weights (best.pt, else ckpt.pt) start this one
             path = find_checkpoint(init_from, 'best.pt')
             run = load_checkpoint(path, map_location='cpu')
+            check_kind(run, path, kind)
             model, meta = model_from_checkpoint(run, **overrides), run.get('data_meta')
         elif init_from in hf.HF_HUB_MODELS or os.path.isdir(init_from):
+            if kind == 'lm' and os.path.isdir(init_from):
+                check_hf_kind(init_from)
             try:
                 model = hf.from_pretrained(init_from, **overrides)
             except (ValueError, OSError) as e:
@@ -329,6 +449,7 @@ def check_resume_data(ckpt, data_meta, data_dir):
     if saved is not None and saved != data_meta['vocab_size']:
         raise UserError(f"the checkpoint was trained on a dataset with vocab_size {saved}, "
                         f"but the one in {data_dir} has {data_meta['vocab_size']}")
+    check_same_tokenizer(ckpt.get('data_meta'), data_meta, ckpt.get('path', 'the checkpoint'), data_dir)
 
 
 # ---------------------------------------------------------------------- FSDP: full state dicts
