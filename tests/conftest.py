@@ -94,6 +94,8 @@ def run_inprocess(script, *argv):
     finally:
         sys.argv, sys.excepthook = saved_argv, saved_hook
         torch.set_num_threads(saved_threads)
+        if hasattr(sys.modules.get('checkpoint'), 'release_out_dirs'):
+            sys.modules['checkpoint'].release_out_dirs()  # the out_dir a train.py run locked, as its exit would
         for s, h in saved_signals.items():
             signal.signal(s, h)
     return code, out.getvalue(), err.getvalue()
