@@ -31,8 +31,39 @@ def check_torch():
 
 def pick_device(device='auto'):
     """'auto' picks cuda > mps > cpu; an explicit CUDA device must exist. (Every script calls this first,
-    so it also checks the torch version.)"""
+    so it also checks the torch version, and sets the CPU's thread count: cpu_threads.)"""
     check_torch()
+    device = _pick_device(device)
+    if device == 'cpu':
+        threads = cpu_threads()
+        if threads:
+            torch.set_num_threads(threads)
+    return device
+
+
+def cpu_threads():
+    """Threads for the CPU's math, or None to leave torch's choice (OMP_NUM_THREADS, when the user sets it).
+
+    torch starts one thread per core the machine has. On a machine other processes keep busy that is
+    the worst choice: OpenMP's threads wait for each other at every operation, and a thread that waits for
+    a core its neighbour holds stalls all of them (the CPU quick start ran 8x slower on a loaded 2-core
+    machine with 2 threads than with 1). So: the cores this process may run on (its affinity mask: a
+    container or taskset may give it fewer than os.cpu_count()), less those the load average says are
+    busy (runnable processes over the last minute, before this one started), at least one."""
+    if os.environ.get('OMP_NUM_THREADS'):
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # (macOS and Windows have no affinity mask)
+        cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+def _pick_device(device):
     if device != 'auto':
         if device.startswith('cuda') and not torch.cuda.is_available():
             raise UserError(f"device={device!r} but CUDA is not available; use --device=cpu (or auto)")
@@ -128,6 +159,9 @@ def setup_torch(seed, device):
 def describe(device, dtype):
     """One line for logs: the hardware every figure was measured on."""
     hw = torch.cuda.get_device_name(device) if device.startswith('cuda') else cpu_name()
+    if device == 'cpu':
+        hw += f", {torch.get_num_threads()} thread(s)" + ('' if os.environ.get('OMP_NUM_THREADS') else
+                                                       ' (cores free by the load average; OMP_NUM_THREADS=N sets it)')
     return f"device {device} ({hw}), dtype {dtype}, torch {torch.__version__}"
 
 
