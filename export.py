@@ -24,7 +24,7 @@ import shutil
 import configurator
 import hf
 from checkpoint import load_model
-from configurator import UserError
+from configurator import UserError, check_range
 import tokendata
 from tokendata import get_tokenizer
 
@@ -166,10 +166,26 @@ def model_card(model, meta, ckpt, name):
     return '\n'.join(lines)
 
 
+def check_apart(init_from, out_dir, hf_dir):
+    """The export never writes into what it reads: hf_dir is not the run (or Hugging Face directory) it exports,
+    nor inside it, nor around it (--overwrite=True deletes hf_dir first, and with it the run)."""
+    source = out_dir if init_from == 'resume' else init_from
+    if not os.path.isdir(source):
+        return  # a hub name
+    src, dst = os.path.realpath(source), os.path.realpath(hf_dir)
+    if src == dst or dst.startswith(src + os.sep) or src.startswith(dst + os.sep):
+        where = 'is' if src == dst else 'is inside' if dst.startswith(src + os.sep) else 'contains'
+        raise UserError(f"--hf_dir={hf_dir} {where} the {'run' if init_from == 'resume' else 'model'} being exported "
+                        f"({source}); export to a folder of its own, e.g. --hf_dir=hf/{os.path.basename(src)}")
+
+
 def main():
     from transformers import GenerationConfig
     if not hf_dir:
         raise UserError("pass --hf_dir=DIR, the directory to write")
+    check_range('temperature', temperature, low=0)  # (written into generation_config.json: checked here, once)
+    check_range('top_k', top_k, low=1)
+    check_apart(init_from, out_dir, hf_dir)
     if os.path.exists(hf_dir) and not overwrite and (not os.path.isdir(hf_dir) or os.listdir(hf_dir)):
         raise UserError(f"{hf_dir} exists; pass --overwrite=True to replace it, or choose another --hf_dir")
     model, meta, ckpt = load_model(init_from, out_dir, ckpt_name, dropout=0.0)
@@ -186,8 +202,11 @@ def main():
             raise UserError(f"cannot export this model: {e}") from None
         tok = hf_tokenizer(meta, model.config.block_size, tmp)
         tok.save_pretrained(tmp)  # tokenizer.json and tokenizer_config.json (beside GPT-2's vocab.json, merges.txt)
-        # sample.py's defaults: `pipeline(...)` and model.generate() sample as sample.py does
-        GenerationConfig(do_sample=True, temperature=temperature, top_k=top_k, bos_token_id=eot, eos_token_id=eot,
+        # sample.py's defaults: `pipeline(...)` and model.generate() sample as sample.py does (temperature 0:
+        # greedy). transformers' GPT-2 has no sliding window, so generation stops at the context: max_length
+        # (prompt and new tokens) is the context, and pipeline()'s own default of max_new_tokens is capped by it
+        sampling = dict(do_sample=True, temperature=temperature, top_k=top_k) if temperature > 0 else dict(do_sample=False)
+        GenerationConfig(**sampling, max_length=model.config.block_size, bos_token_id=eot, eos_token_id=eot,
                          pad_token_id=eot).save_pretrained(tmp)
         name = os.path.basename(os.path.abspath(hf_dir))
         with open(os.path.join(tmp, 'README.md'), 'w', encoding='utf-8') as f:
