@@ -42,7 +42,7 @@ from checkpoint import load_checkpoint, load_model, model_from_checkpoint, save_
 from configurator import UserError, check_choice, check_range
 from device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
 from heads import FIELDS, SPECIAL_TOKENS, TASKS, TaskModel, add_tokens, collate, transform
-from tokendata import get_tokenizer, seed_from
+from tokendata import get_tokenizer, read_text, seed_from
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value
@@ -127,7 +127,24 @@ def load_split(which):
         kind = {'.csv': 'csv', '.json': 'json', '.jsonl': 'json', '.parquet': 'parquet'}.get(os.path.splitext(path)[1])
         if kind is None:
             raise UserError(f"{path}: expected a .csv, .json, .jsonl or .parquet file")
-        rows = datasets.load_dataset(kind, data_files=path, split='train')
+        text = read_text(path, 'the data file')  # (UTF-8, or one line naming the file)
+        if path.endswith('.jsonl'):  # the line at fault, which datasets' message does not name
+            for n, line in enumerate(text.split('\n'), 1):
+                try:
+                    if line.strip():
+                        json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"cannot read {path} as json: line {n} is not JSON ({e.msg}); one JSON object "
+                                    f"per line is expected") from None
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # (its own report of a failure precedes ours)
+        try:
+            rows = datasets.load_dataset(kind, data_files=path, split='train')
+        except Exception as e:  # malformed JSON or CSV, another encoding: datasets raises many kinds, chained
+            while e.__cause__ is not None or e.__context__ is not None:  # the parser's own message says where
+                e = e.__cause__ or e.__context__
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(f"cannot read {path} as {kind} ({first}); one JSON object per line (.jsonl), a JSON "
+                            f"list of objects (.json) or a CSV with a header row, in UTF-8") from None
     elif dataset:
         try:
             rows = datasets.load_dataset(dataset, dataset_config or None,
