@@ -367,10 +367,10 @@ def release_out_dirs():
 RUN_FILES = ('ckpt.pt', 'best.pt')
 
 
-def check_new_run(out_dir, init_from, overwrite):
+def check_new_run(out_dir, overwrite, remove=True):
     """A run that does not resume must not write over another run's checkpoints without being asked. With
     overwrite, the old run's checkpoints and log are removed first (so the new log is not appended to the
-    old one's)."""
+    old one's; remove=False: only check, as the processes other than the one that writes do)."""
     found = [n for n in RUN_FILES if os.path.exists(os.path.join(out_dir, n))]
     if not found:
         return
@@ -378,7 +378,7 @@ def check_new_run(out_dir, init_from, overwrite):
         raise UserError(f"{out_dir} already holds a run ({', '.join(found)}); a new run would replace it. To "
                         f"continue that run pass --init_from=resume; to replace it, --overwrite=True; or "
                         f"choose another --out_dir")
-    for name in (*RUN_FILES, 'log.jsonl', 'loss.png'):
+    for name in (*RUN_FILES, 'log.jsonl', 'loss.png') if remove else ():
         try:
             os.unlink(os.path.join(out_dir, name))
         except FileNotFoundError:

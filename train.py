@@ -276,8 +276,6 @@ if master_process:
     except OSError as e:
         raise UserError(f"out_dir {out_dir!r} is not writable ({e.strerror}); choose another with --out_dir=...") from None
     lock_out_dir(out_dir)  # one run at a time writes here (released by the OS when this process ends)
-    if init_from != 'resume' and not eval_only:
-        check_new_run(out_dir, init_from, overwrite)  # never replace a run's checkpoints without being asked
 
 # ----------------------------------------------------------------------------- model
 data_dir, prepare = dataset_dir(dataset, data_dir)
@@ -330,6 +328,10 @@ task_names = [t for t in eval_tasks.split(',') if t]
 eval_task_list = load_tasks(task_names, meta, block_size, limit=eval_tasks_limit,
                             data={task_names[0]: eval_tasks_data} if eval_tasks_data and len(task_names) == 1
                             else None) if task_names else []
+# never replace a run's checkpoints without being asked (checked after the settings and data: their mistakes
+# are named first; nothing above wrote to out_dir)
+if init_from != 'resume' and not eval_only:
+    check_new_run(out_dir, overwrite, remove=master_process)
 # join the process group only now: a mistake in the settings or data above stops every rank alike before it,
 # with one message from rank 0
 if ddp:
