@@ -23,6 +23,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 import warnings
 from dataclasses import fields
 
@@ -367,22 +368,43 @@ def release_out_dirs():
 RUN_FILES = ('ckpt.pt', 'best.pt')
 
 
-def check_new_run(out_dir, overwrite, remove=True):
-    """A run that does not resume must not write over another run's checkpoints without being asked. With
-    overwrite, the old run's checkpoints and log are removed first (so the new log is not appended to the
-    old one's; remove=False: only check, as the processes other than the one that writes do)."""
+def make_room(out_dir, overwrite, act=True):
+    """Ready out_dir for a new run (not a resume) without losing the run it may hold, and keep the habit of
+    rerunning a command: the old run (everything in out_dir) moves, untouched, to a sibling folder named by
+    when it was last saved, <out_dir>.old-YYYYmmdd-HHMMSS; with overwrite its checkpoints, log and plot are
+    deleted instead (the new log is not appended to the old one's). act=False: only say what would happen (the
+    processes other than the one that writes). Returns a note for the log, or '' when out_dir holds no run."""
     found = [n for n in RUN_FILES if os.path.exists(os.path.join(out_dir, n))]
     if not found:
-        return
-    if not overwrite:
-        raise UserError(f"{out_dir} already holds a run ({', '.join(found)}); a new run would replace it. To "
-                        f"continue that run pass --init_from=resume; to replace it, --overwrite=True; or "
-                        f"choose another --out_dir")
-    for name in (*RUN_FILES, 'log.jsonl', 'loss.png') if remove else ():
+        return ''
+    if overwrite:
+        for name in (*RUN_FILES, 'log.jsonl', 'loss.png') if act else ():
+            try:
+                os.unlink(os.path.join(out_dir, name))
+            except FileNotFoundError:
+                pass
+        return f"note: --overwrite=True: deleted the run that was in {out_dir} ({', '.join(found)}, its log and plot)"
+    saved = max(os.path.getmtime(os.path.join(out_dir, n)) for n in found)
+    base = os.path.normpath(out_dir) if os.path.basename(os.path.normpath(out_dir)) not in ('.', '..') \
+        else os.path.abspath(out_dir)
+    stamp = f"{base}.old-{time.strftime('%Y%m%d-%H%M%S', time.localtime(saved))}"
+    dest, n = stamp, 1
+    while os.path.exists(dest):
+        n += 1
+        dest = f"{stamp}-{n}"
+    if act:
         try:
-            os.unlink(os.path.join(out_dir, name))
-        except FileNotFoundError:
-            pass
+            os.makedirs(dest)
+            for name in sorted(os.listdir(out_dir)):  # a rename each: nothing is copied, nothing rewritten
+                os.rename(os.path.join(out_dir, name), os.path.join(dest, name))
+        except OSError as e:
+            raise UserError(f"{out_dir} holds a run ({', '.join(found)}) that could not be moved aside to {dest} "
+                            f"({e.strerror}; what was moved is there): continue it with --init_from=resume, "
+                            f"replace it with --overwrite=True, or choose another --out_dir") from None
+        fsync_dir(dest)
+        fsync_dir(out_dir)
+    return (f"note: {out_dir} held a run ({', '.join(found)}); moved it, untouched, to {dest} (to continue it: "
+            f"--init_from=resume --out_dir={dest}; --overwrite=True replaces a run instead of keeping it)")
 
 
 def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, block_size=0, expect=None, ckpt=None,

@@ -48,9 +48,9 @@ import torch
 
 import checkpoint
 import configurator
-from checkpoint import (RUN_FILES, check_new_run, check_resume_data, check_same_tokenizer, checkpoint_kind,
+from checkpoint import (RUN_FILES, check_resume_data, check_same_tokenizer, checkpoint_kind,
                         find_checkpoint, gather_full_state, link_checkpoint, load_checkpoint, load_model,
-                        load_optimizer_state, lock_out_dir, rng_state, save_checkpoint, set_rng_state)
+                        load_optimizer_state, lock_out_dir, make_room, rng_state, save_checkpoint, set_rng_state)
 from configurator import UserError, check_choice, check_range
 from device import autocast_ctx, describe, device_peak_flops, pick_device, pick_dtype, setup_torch
 from tasks import evaluate, load_tasks
@@ -71,7 +71,7 @@ eval_tasks_limit = 500          # examples per task at each evaluation (0 = all;
 eval_tasks_data = ''            # a local file for the task (one task); '' downloads it to data/eval/
 always_save_checkpoint = True   # write ckpt.pt at every eval (else only when val loss improves)
 init_from = 'scratch'           # 'scratch', 'resume' (from out_dir), gpt2*, openai-gpt, or a local HF dir
-overwrite = False               # a new run into an out_dir holding a run replaces it (else: stop, naming resume)
+overwrite = False               # a new run into a run's out_dir deletes that run (else it is moved aside)
 nan_policy = 'stop'             # non-finite loss: 'stop' (exit, keeping the last checkpoint) or 'skip' the step
 # logging
 wandb_log = False               # log to Weights & Biases (WANDB_MODE=offline works without an account)
@@ -328,10 +328,13 @@ task_names = [t for t in eval_tasks.split(',') if t]
 eval_task_list = load_tasks(task_names, meta, block_size, limit=eval_tasks_limit,
                             data={task_names[0]: eval_tasks_data} if eval_tasks_data and len(task_names) == 1
                             else None) if task_names else []
-# never replace a run's checkpoints without being asked (checked after the settings and data: their mistakes
-# are named first; nothing above wrote to out_dir)
+# a new run into a run's out_dir moves the old run aside, untouched (or deletes it with --overwrite=True): rerunning
+# a command never loses a result. Done after the settings and data are checked (their mistakes stop the run with
+# nothing moved; nothing above wrote to out_dir)
 if init_from != 'resume' and not eval_only:
-    check_new_run(out_dir, overwrite, remove=master_process)
+    note = make_room(out_dir, overwrite, act=master_process)
+    if note:
+        log(note)
 # join the process group only now: a mistake in the settings or data above stops every rank alike before it,
 # with one message from rank 0
 if ddp:

@@ -85,22 +85,40 @@ def task_run(tmp_path_factory, lm_run):
 
 # ----------------------------------------------------------------------------- train.py: never replace a run
 
-def test_new_run_into_a_run_stops_and_names_both_ways_on(run_copy, char_data):
+def moved(snap, src, dest):
+    return {k.replace(str(src), str(dest), 1): v for k, v in snap.items()}
+
+
+def test_rerunning_a_command_keeps_the_old_run_aside(run_copy, char_data):
+    """The same command twice: the second run trains in out_dir, the first is kept, every file as it was (bytes and
+    modification times), in the folder the log names; --overwrite=True replaces the run instead."""
     before = snapshot(run_copy)
-    msg = mistake('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={run_copy}', '--max_iters=2')
-    assert f'{run_copy} already holds a run' in msg and '--init_from=resume' in msg and '--overwrite=True' in msg
-    assert snapshot(run_copy) == before
-    # a pretrained start is a new run too
-    msg = mistake('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={run_copy}', f'--init_from={run_copy}',
-                  '--max_iters=2')
-    assert 'already holds a run' in msg
-    assert snapshot(run_copy) == before
-    # asked for: the old run is replaced, its log too (not appended to)
-    run('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={run_copy}', '--max_iters=2', '--eval_interval=2',
-        '--overwrite=True', env=ENV)
+    cmd = [*TINY, f'--data_dir={char_data}', f'--out_dir={run_copy}', '--max_iters=2', '--eval_interval=2']
+    p = run('train.py', *cmd, env=ENV)
+    aside = [d for d in run_copy.parent.iterdir() if d.name.startswith('run.old-')]
+    assert len(aside) == 1 and f'note: {run_copy} held a run (ckpt.pt, best.pt); moved it, untouched, to ' \
+                                f'{aside[0]}' in p.stdout
+    assert snapshot(aside[0]) == moved(before, run_copy, aside[0])
     assert load_ckpt(run_copy / 'ckpt.pt')['iter_num'] == 2
     starts = [e for e in map(json.loads, (run_copy / 'log.jsonl').read_text().splitlines()) if e['event'] == 'start']
-    assert len(starts) == 1
+    assert len(starts) == 1  # a log of its own
+    # a third time: another folder, the second run kept too; then --init_from=resume continues an old one
+    second = snapshot(run_copy)
+    run('train.py', *cmd, env=ENV)
+    aside = sorted(d for d in run_copy.parent.iterdir() if d.name.startswith('run.old-'))
+    assert len(aside) == 2 and snapshot(aside[1]) == moved(second, run_copy, aside[1])  # (named by time: sorted)
+    # asked for: the run is replaced, not kept
+    p = run('train.py', *cmd, '--overwrite=True', env=ENV)
+    assert f'note: --overwrite=True: deleted the run that was in {run_copy}' in p.stdout
+    assert len([d for d in run_copy.parent.iterdir() if d.name.startswith('run.old-')]) == 2
+
+
+def test_a_mistake_in_a_new_run_moves_nothing(run_copy, char_data):
+    before = snapshot(run_copy)
+    msg = mistake('train.py', *TINY, f'--data_dir={char_data}', f'--out_dir={run_copy}', '--max_iters=2',
+                  '--learning_rate=-1')
+    assert 'learning_rate' in msg
+    assert snapshot(run_copy) == before and not list(run_copy.parent.glob('run.old-*'))
 
 
 def test_a_second_run_into_a_training_out_dir_stops_and_a_killed_run_leaves_no_lock(tmp_path, char_data):
