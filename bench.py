@@ -591,7 +591,8 @@ def speedrun_bench():
                 '--n_head=4', '--n_embd=128', '--max_iters=2000', '--lr_decay_iters=2000', '--dropout=0.0',
                 f'--out_dir={tempfile.mkdtemp()}'], nanogpt, f'nanoGPT ({os.path.abspath(nanogpt)})')
     out = tempfile.mkdtemp()
-    ours = ([sys.executable, 'train.py', speedrun_config, f'--out_dir={out}', f'--data_dir={data}'], here,
+    ours = ([sys.executable, 'train.py', speedrun_config, f'--out_dir={out}', f'--data_dir={data}',
+             '--overwrite=True'], here,  # (each repeat replaces the last: a scratch folder)
             f'train.py {speedrun_config}')
     print(f"speedrun to val loss {target_loss}: {cpu_name()}, torch {torch.__version__}")
     results = {ours[2]: [], ref[2]: []}
