@@ -323,8 +323,9 @@ def check_hf_kind(path):
         return  # hf.from_pretrained reports an unreadable config.json
     heads = [a for a in archs if isinstance(a, str) and ('For' in a or 'DoubleHeads' in a)]
     if heads:
-        raise UserError(f"{path} holds a {heads[0]}, {KINDS['finetune']}, not a language model; "
-                        f"{KIND_HINTS['finetune']}")
+        raise UserError(f"{path} holds a {heads[0]}, {KINDS['finetune']}, not a language model; it classifies "
+                        f"and cannot generate: load it with transformers' AutoModelForSequenceClassification, or "
+                        f"use the finetune.py run it came from (--predict=FILE)")
 
 
 # ---------------------------------------------------------------------- one run per out_dir

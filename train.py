@@ -150,8 +150,9 @@ if init_from == 'resume':
     made_by = ckpt.get('trained_by') or {'finetune': 'finetune.py', 'reward': 'reward.py'}.get(checkpoint_kind(ckpt))
     if made_by and made_by != 'train.py':
         raise UserError(f"{ckpt_path} is a {made_by} run, not a train.py run: continue it with {made_by} (its "
-                        f"settings and out_dir), or start a new train.py run from its weights with "
-                        f"--init_from={out_dir} --out_dir=<a new folder>")
+                        f"settings and out_dir)" + (f", or start a new train.py run from its weights with "
+                                                    f"--init_from={out_dir} --out_dir=<a new folder>"
+                                                    if checkpoint_kind(ckpt) == 'lm' else ''))
     # The run's settings stand unless the command line changes them: a config file on the resume command is
     # the one the run started with (its values are in the checkpoint, with that launch's command-line
     # overrides), so re-reading it could only undo those (e.g. the file's max_iters=5000 over the run's
