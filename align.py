@@ -41,7 +41,7 @@ from torch.nn import functional as F
 import checkpoint
 from configurator import UserError
 from heads import RewardModel, add_tokens
-from tokendata import seed_from
+from tokendata import read_text, seed_from
 
 SPECIAL_TOKENS = ('<|user|>', '<|assistant|>', '<|end|>')
 USER, ASSISTANT, END = SPECIAL_TOKENS
@@ -130,17 +130,16 @@ def read_rows(source):
     if not os.path.isfile(source):
         raise UserError(f"{source} not found: pass a .jsonl file (one JSON object a line) or hf:<dataset name>")
     out = []
-    with open(source, encoding='utf-8') as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{source} line {n} is not JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{source} line {n} is not a JSON object")
-            out.append((f"{source} line {n}", row))
+    for n, line in enumerate(read_text(source, 'the data file').split('\n'), 1):  # (another encoding: one line)
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{source} line {n} is not JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{source} line {n} is not a JSON object")
+        out.append((f"{source} line {n}", row))
     if not out:
         raise UserError(f"{source} holds no examples")
     return out

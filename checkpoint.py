@@ -290,8 +290,8 @@ KINDS = {'lm': 'a language model', 'reward': 'a reward model (reward.py)',
 KIND_HINTS = {'reward': "it scores responses and cannot generate or be trained as a policy: use the SFT or policy "
                         "run it was trained from (ppo.py takes it as --reward_model)",
               'finetune': "it classifies and cannot generate: use finetune.py --out_dir=... --predict=FILE (or "
-                          "--export=DIR), or the language-model run it was fine-tuned from",
-              'lm': "train one with the script that makes it (reward.py, finetune.py)"}
+                          "--export=DIR), or the language-model run it was fine-tuned from"}
+MADE_BY = {'lm': 'train.py', 'reward': 'reward.py', 'finetune': 'finetune.py'}
 
 
 def checkpoint_kind(ckpt):
@@ -310,7 +310,8 @@ def check_kind(ckpt, path, want='lm'):
     kind = checkpoint_kind(ckpt)
     if kind != want:
         raise UserError(f"{path} is {KINDS.get(kind, repr(kind))}, not {KINDS.get(want, repr(want))}; "
-                        f"{KIND_HINTS.get(kind, KIND_HINTS['lm'])}")
+                        + (KIND_HINTS.get(kind, '') if want == 'lm' else
+                           f"make one with {MADE_BY.get(want)} (--init_from=<a language-model run>)"))
 
 
 def check_hf_kind(path):

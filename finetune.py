@@ -38,7 +38,7 @@ import torch
 
 import configurator
 import checkpoint
-from checkpoint import load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
+from checkpoint import check_kind, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
 from configurator import UserError, check_choice, check_range
 from device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
 from heads import FIELDS, SPECIAL_TOKENS, TASKS, TaskModel, add_tokens, collate, transform
@@ -251,8 +251,7 @@ def save(path, model, optimizer, step, best, meta, classes, specials):
 def load_finetuned(path):
     """(TaskModel, the checkpoint) of a fine-tuning run's checkpoint."""
     ckpt = load_checkpoint(path)
-    if ckpt.get('kind') != 'finetune':
-        raise UserError(f"{path} is a language-model checkpoint, not a fine-tuned one: train with finetune.py first")
+    check_kind(ckpt, path, 'finetune')  # (a language or reward model: one line naming what it is)
     t = ckpt['task']
     if t['task'] != task:
         raise UserError(f"{path} was fine-tuned for {t['task']!r}, not {task!r}: pass --task={t['task']}")

@@ -71,7 +71,7 @@ def load_meta(data_dir, prepare=None):
     try:
         with open(path, encoding='utf-8') as f:
             meta = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # (ValueError: bad JSON, or bytes that are not UTF-8)
         raise UserError(f"cannot read {path} ({e}); re-run `python {prepare}`") from None
     if not isinstance(meta, dict):
         raise UserError(f"{path} is not a JSON object; re-run `python {prepare}`")

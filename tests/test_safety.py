@@ -382,3 +382,28 @@ def test_the_offline_note_names_every_folder_that_reads_input_txt():
     assert len(readers) >= 3
     for name in readers:
         assert f'data/{name}/input.txt' in note or f'data/{name}/' in note, name
+
+
+def test_finetune_predict_with_a_language_model(lm_run, task_run):
+    _, _, data = task_run
+    before = snapshot(lm_run)
+    msg = mistake('finetune.py', f'--out_dir={lm_run}', '--device=cpu', f'--predict={data}')
+    assert 'is a language model, not a task model' in msg and 'make one with finetune.py' in msg
+    assert snapshot(lm_run) == before
+
+
+def test_other_undecodable_files_are_one_line(tmp_path, lm_run, char_data, latin1):
+    """A config file, a dataset's meta.json, preference data, a corpus to prepare: not UTF-8, one line each."""
+    cfg = tmp_path / 'cfg.py'
+    cfg.write_bytes('max_iters = 5  # café\n'.encode('latin-1'))
+    assert 'cannot read config file' in mistake('train.py', cfg, '--device=cpu')
+    data = Path(shutil.copytree(char_data, tmp_path / 'data'))
+    (data / 'meta.json').write_bytes(b'\xff\xfe{')
+    assert f'cannot read {data / "meta.json"}' in mistake('train.py', *TINY, f'--data_dir={data}',
+                                                          f'--out_dir={tmp_path / "out"}')
+    msg = mistake('dpo.py', f'--init_from={lm_run}', f'--train_data={latin1}', f'--val_data={latin1}',
+                  '--device=cpu', f'--out_dir={tmp_path / "dpo"}')
+    assert f'the data file {latin1} is not UTF-8 text' in msg
+    for script in ('data/shakespeare_char/prepare.py', 'data/shakespeare_prefs/prepare.py'):
+        msg = mistake(script, '--input', latin1, '--out_dir', tmp_path / 'prep')
+        assert f'{latin1} is not UTF-8 text' in msg
