@@ -421,6 +421,7 @@ class Run:
                 os.makedirs(out_dir, exist_ok=True)
             except OSError as e:
                 raise UserError(f"out_dir {out_dir!r} cannot be made ({e.strerror})") from None
+            checkpoint.lock_out_dir(out_dir)  # a second run into it stops (checkpoint.py)
 
     def share(self, m):
         """This rank's global micro-batches out of m (a contiguous block), as train.py's my_share."""

@@ -344,6 +344,10 @@ if resume:
     step, best = ckpt['iter_num'], ckpt['best_metric']
     log(f"resuming at step {step} of {total}")
 os.makedirs(out_dir, exist_ok=True)
+checkpoint.lock_out_dir(out_dir)  # a second run into it stops; a new run moves an old one aside (checkpoint.py)
+moved = '' if resume else checkpoint.make_room(out_dir, overwrite=False)
+if moved:
+    log(moved)
 log_file = open(os.path.join(out_dir, 'log.jsonl'), 'a')
 
 

@@ -407,3 +407,16 @@ def test_other_undecodable_files_are_one_line(tmp_path, lm_run, char_data, latin
     for script in ('data/shakespeare_char/prepare.py', 'data/shakespeare_prefs/prepare.py'):
         msg = mistake(script, '--input', latin1, '--out_dir', tmp_path / 'prep')
         assert f'{latin1} is not UTF-8 text' in msg
+
+
+def test_finetune_rerun_keeps_the_old_run_aside(tmp_path, lm_run, task_run):
+    _, _, data = task_run
+    out = tmp_path / 'cls'
+    args = [f'--init_from={lm_run}', f'--data_files=train={data},val={data}', '--device=cpu', '--epochs=1',
+            '--batch_size=4', '--fields=text', f'--out_dir={out}']
+    run('finetune.py', *args, env=ENV)
+    before = snapshot(out)
+    p = run('finetune.py', *args, env=ENV)
+    aside = list(tmp_path.glob('cls.old-*'))
+    assert len(aside) == 1 and f'moved it, untouched, to {aside[0]}' in p.stdout
+    assert snapshot(aside[0]) == moved(before, out, aside[0])
