@@ -146,6 +146,10 @@ def write_splits(out_dir, splits, vocab_size, **meta):
         write_tokens(Path(out_dir) / f"{name}.bin", ids, dtype)
     write_meta(out_dir, vocab_size=vocab_size, dtype=np.dtype(dtype).name, **counts, **meta)
     print(f"wrote {', '.join(f'{name}.bin' for name in splits)}, meta.json to {out_dir}")
+    stale = Path(out_dir) / "tokenizer.json"
+    if meta.get("tokenizer") != "bpe" and stale.exists():  # a BPE dataset's, which no longer fits these bins
+        stale.unlink()
+        print(f"removed {stale}: the tokenizer of the BPE dataset these bins replace")
 
 
 def write_examples(out_dir, splits, vocab_size, **meta):

@@ -420,3 +420,9 @@ def test_finetune_rerun_keeps_the_old_run_aside(tmp_path, lm_run, task_run):
     aside = list(tmp_path.glob('cls.old-*'))
     assert len(aside) == 1 and f'moved it, untouched, to {aside[0]}' in p.stdout
     assert snapshot(aside[0]) == moved(before, out, aside[0])
+
+
+def test_shakespeare_char_over_a_bpe_dataset_leaves_no_stale_tokenizer(tmp_path, bpe_run, shakespeare_text):
+    data = Path(shutil.copytree(bpe_run / 'data', tmp_path / 'data'))
+    run('data/shakespeare_char/prepare.py', '--input', shakespeare_text, '--out_dir', data, env=ENV)
+    assert not (data / 'tokenizer.json').exists()

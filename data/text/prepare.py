@@ -273,10 +273,6 @@ def main():
         write_splits(args.out_dir, {'train': ids[:n_train], 'val': ids[n_train:]}, characters=n_chars,
                      source=corpus.source, **meta)
         del ids
-        stale = args.out_dir / 'tokenizer.json'
-        if tok_json is None and stale.exists():  # a BPE dataset's tokenizer, which no longer fits these bins
-            stale.unlink()
-            print(f"removed {stale}: it was the tokenizer of the BPE dataset these bins replace")
     finally:
         os.unlink(tmp)
 
