@@ -426,3 +426,23 @@ def test_shakespeare_char_over_a_bpe_dataset_leaves_no_stale_tokenizer(tmp_path,
     data = Path(shutil.copytree(bpe_run / 'data', tmp_path / 'data'))
     run('data/shakespeare_char/prepare.py', '--input', shakespeare_text, '--out_dir', data, env=ENV)
     assert not (data / 'tokenizer.json').exists()
+
+
+def test_ppo_pretraining_data_of_another_tokenizer(tmp_path, lm_run, char_data):
+    import align
+    import checkpoint
+    from heads import RewardModel
+    policy, meta = align.load_policy(str(lm_run))  # the policy as ppo.py reads it, with the chat tokens
+    rm = tmp_path / 'rm'
+    rm.mkdir()
+    checkpoint.save_checkpoint(align.reward_checkpoint(RewardModel(policy), meta, {}, 1), str(rm / 'ckpt.pt'))
+    prompts = tmp_path / 'p.jsonl'
+    prompts.write_text('{"prompt": "ROMEO"}\n')
+    other = Path(shutil.copytree(char_data, tmp_path / 'other'))  # the same size, other characters
+    meta = json.loads((other / 'meta.json').read_text())
+    (other / 'meta.json').write_text(json.dumps({**meta, 'chars': meta['chars'][::-1]}))
+    before = snapshot(lm_run, other)
+    msg = mistake('ppo.py', f'--init_from={lm_run}', f'--reward_model={rm}', f'--prompts={prompts}', '--device=cpu',
+                  '--ptx_coef=0.5', f'--ptx_data_dir={other}', f'--out_dir={tmp_path / "ppo"}')
+    assert 'with other token ids' in msg
+    assert snapshot(lm_run, other) == before
