@@ -145,7 +145,7 @@ def write_results(path, record):
         if old.get('model') == record['model']:
             record['results'] = {**{k: v for k, v in old['results'].items() if k not in record['results']},
                                  **record['results']}
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # (two evaluations writing at once each rename a whole file)
     try:
         with open(tmp, 'w', encoding='utf-8') as f:
             json.dump({**record, 'history': history}, f, indent=2)

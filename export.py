@@ -35,7 +35,7 @@ init_from = 'resume'        # 'resume' (a run in out_dir, ours or nanoGPT's), a 
 out_dir = 'out'             # the training run to export
 ckpt_name = 'best.pt'       # 'best.pt' (lowest val loss) or 'ckpt.pt' (latest); falls back to ckpt.pt
 hf_dir = ''                 # the directory to write (required)
-overwrite = False           # replace hf_dir if it exists
+overwrite = False           # replace hf_dir if it exists (an earlier export: a folder with config.json)
 temperature = 0.8           # sampling defaults written to generation_config.json (sample.py's)
 top_k = 200                 # sampling default written to generation_config.json
 # -----------------------------------------------------------------------------
@@ -188,6 +188,12 @@ def main():
     check_apart(init_from, out_dir, hf_dir)
     if os.path.exists(hf_dir) and not overwrite and (not os.path.isdir(hf_dir) or os.listdir(hf_dir)):
         raise UserError(f"{hf_dir} exists; pass --overwrite=True to replace it, or choose another --hf_dir")
+    # --overwrite=True replaces an earlier export (or an empty folder), never anything else: a file, a run, a home
+    replaceable = os.path.isdir(hf_dir) and (not os.listdir(hf_dir)
+                                             or os.path.isfile(os.path.join(hf_dir, 'config.json')))
+    if overwrite and os.path.exists(hf_dir) and not replaceable:
+        raise UserError(f"{hf_dir} is not an exported model (a folder with config.json), so --overwrite=True does not "
+                        f"replace it; choose another --hf_dir")
     model, meta, ckpt = load_model(init_from, out_dir, ckpt_name, dropout=0.0)
     if meta is None:
         raise UserError("this checkpoint does not say which tokenizer its data used; nothing to export it with")

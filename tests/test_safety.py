@@ -446,3 +446,20 @@ def test_ppo_pretraining_data_of_another_tokenizer(tmp_path, lm_run, char_data):
                   '--ptx_coef=0.5', f'--ptx_data_dir={other}', f'--out_dir={tmp_path / "ppo"}')
     assert 'with other token ids' in msg
     assert snapshot(lm_run, other) == before
+
+
+@pytest.mark.parametrize('what', ['another run', 'a file', 'a folder of notes'])
+def test_export_overwrite_replaces_only_an_earlier_export(tmp_path, lm_run, run_copy, what):
+    target = {'another run': run_copy, 'a file': tmp_path / 'notes.txt', 'a folder of notes': tmp_path / 'notes'}[what]
+    if what == 'a file':
+        target.write_text('mine')
+    elif what == 'a folder of notes':
+        target.mkdir()
+        (target / 'a.txt').write_text('mine')
+    before = snapshot(tmp_path)
+    msg = mistake('export.py', f'--out_dir={lm_run}', f'--hf_dir={target}', '--overwrite=True')
+    assert 'is not an exported model' in msg
+    assert snapshot(tmp_path) == before
+    if what == 'another run':  # an earlier export is replaced when asked
+        run('export.py', f'--out_dir={lm_run}', f'--hf_dir={tmp_path / "hf"}', env=ENV)
+        run('export.py', f'--out_dir={lm_run}', f'--hf_dir={tmp_path / "hf"}', '--overwrite=True', env=ENV)
