@@ -265,6 +265,10 @@ def load_finetuned(path):
 
 if export:
     import hf
+    if os.path.exists(export) and not (os.path.isdir(export) and (not os.listdir(export) or os.path.isfile(
+            os.path.join(export, 'config.json')))):  # an earlier export is rewritten; nothing else (the run itself)
+        raise UserError(f"--export={export} exists and is not an exported model (a folder with config.json): "
+                        f"choose a new folder")
     model, ckpt = load_finetuned(os.path.join(out_dir, 'best.pt'))
     try:
         hf.save_task_model(model, export, classes=ckpt['task']['classes'], specials=ckpt['task']['specials'])

@@ -463,3 +463,11 @@ def test_export_overwrite_replaces_only_an_earlier_export(tmp_path, lm_run, run_
     if what == 'another run':  # an earlier export is replaced when asked
         run('export.py', f'--out_dir={lm_run}', f'--hf_dir={tmp_path / "hf"}', env=ENV)
         run('export.py', f'--out_dir={lm_run}', f'--hf_dir={tmp_path / "hf"}', '--overwrite=True', env=ENV)
+
+
+def test_finetune_export_never_writes_into_its_run(task_run):
+    out, _, _ = task_run
+    before = snapshot(out)
+    msg = mistake('finetune.py', f'--out_dir={out}', '--device=cpu', f'--export={out}')
+    assert 'is not an exported model' in msg
+    assert snapshot(out) == before
