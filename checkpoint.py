@@ -267,7 +267,7 @@ def find_checkpoint(out_dir, ckpt_name='ckpt.pt'):
     latest state, e.g. of a run that has not improved on its first evaluation yet); any other name the user
     gives must exist: a typo never quietly loads another checkpoint."""
     path = os.path.join(out_dir, ckpt_name)
-    if os.path.exists(path):
+    if os.path.isfile(path):
         return path
     fallback = os.path.join(out_dir, 'ckpt.pt')
     if ckpt_name == 'best.pt' and os.path.exists(fallback):

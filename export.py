@@ -200,8 +200,8 @@ def main():
     _, _, eot = get_tokenizer(meta)  # a tokenizer that cannot be loaded stops here, with its reason
     tmp = os.path.abspath(hf_dir).rstrip('/') + '.export-tmp'
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     try:
+        os.makedirs(tmp)
         try:
             hf.save_pretrained(model, tmp, eos_token_id=eot)
         except ValueError as e:  # an architecture GPT-2 / GPT-1 in transformers cannot express
@@ -220,6 +220,8 @@ def main():
         if os.path.exists(hf_dir):
             shutil.rmtree(hf_dir) if os.path.isdir(hf_dir) else os.unlink(hf_dir)
         os.replace(tmp, hf_dir)
+    except OSError as e:  # an unwritable or full disk: one line, and nothing half-written is left
+        raise UserError(f"cannot write {hf_dir} ({e.strerror or e}): choose a writable --hf_dir with space") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {hf_dir}: {', '.join(sorted(os.listdir(hf_dir)))}")
