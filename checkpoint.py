@@ -5,6 +5,8 @@ to get a model by init_from: scratch, resume, a hub name or a Hugging Face direc
 A checkpoint is a torch.save'd dict of tensors and plain data only, so it loads with
 torch.load(weights_only=True): a file from someone else cannot run code. Layout:
     format        CHECKPOINT_FORMAT
+    kind          'lm' (a language model), 'reward' (reward.py) or 'finetune' (finetune.py's task model): every
+                  script refuses the wrong kind in one line (check_kind; absent in older files: 'lm')
     model_args    GPTConfig fields
     model         state dict (HF GPT-2 names)
     optimizer     AdamW state dict;  scaler: GradScaler state dict (float16 runs)
@@ -322,7 +324,8 @@ def check_hf_kind(path):
             archs = json.load(f).get('architectures') or []
     except (OSError, ValueError, AttributeError):
         return  # hf.from_pretrained reports an unreadable config.json
-    heads = [a for a in archs if isinstance(a, str) and ('For' in a or 'DoubleHeads' in a)]
+    heads = [a for a in archs if isinstance(a, str) and ('For' in a and not a.endswith('ForCausalLM')
+                                                         or 'DoubleHeads' in a)]
     if heads:
         raise UserError(f"{path} holds a {heads[0]}, {KINDS['finetune']}, not a language model; it classifies "
                         f"and cannot generate: load it with transformers' AutoModelForSequenceClassification, or "
@@ -376,7 +379,7 @@ def make_room(out_dir, overwrite, act=True):
     when it was last saved, <out_dir>.old-YYYYmmdd-HHMMSS; with overwrite its checkpoints, log and plot are
     deleted instead (the new log is not appended to the old one's). act=False: only say what would happen (the
     processes other than the one that writes). Returns a note for the log, or '' when out_dir holds no run."""
-    found = [n for n in RUN_FILES if os.path.exists(os.path.join(out_dir, n))]
+    found = [n for n in RUN_FILES if os.path.isfile(os.path.join(out_dir, n))]
     if not found:
         return ''
     if overwrite:
