@@ -393,9 +393,10 @@ class Run:
     each rank's share of a step's micro-batches, gradients averaged over ranks (DDP's all-reduce, done by hand
     since a step may train two models), and the log (stdout and out_dir/log.jsonl) on rank 0 only."""
 
-    def __init__(self, out_dir, device, divide=None):
+    def __init__(self, out_dir, device, divide=None, new_run=True):
         """divide: {setting: count} of what each step splits among the processes, checked before joining the
-        group (a count that does not divide stops every rank alike, with one line from rank 0)."""
+        group (a count that does not divide stops every rank alike, with one line from rank 0). new_run: a run
+        already in out_dir is moved aside, untouched (checkpoint.make_room); False when resuming it."""
         import torch.distributed as dist
         self.dist = dist
         self.ddp = int(os.environ.get('RANK', -1)) != -1
@@ -422,6 +423,9 @@ class Run:
             except OSError as e:
                 raise UserError(f"out_dir {out_dir!r} cannot be made ({e.strerror})") from None
             checkpoint.lock_out_dir(out_dir)  # a second run into it stops (checkpoint.py)
+            moved = checkpoint.make_room(out_dir, overwrite=False) if new_run else ''
+            if moved:  # (rerunning a command keeps the earlier run)
+                print(moved, flush=True)
 
     def share(self, m):
         """This rank's global micro-batches out of m (a contiguous block), as train.py's my_share."""

@@ -471,3 +471,17 @@ def test_finetune_export_never_writes_into_its_run(task_run):
     msg = mistake('finetune.py', f'--out_dir={out}', '--device=cpu', f'--export={out}')
     assert 'is not an exported model' in msg
     assert snapshot(out) == before
+
+
+def test_dpo_rerun_keeps_the_old_run_aside(tmp_path):
+    """reward.py, ppo.py and dpo.py share align.Run: a run already in out_dir is kept, untouched, beside it."""
+    from align import Run
+    out = tmp_path / 'dpo'
+    out.mkdir()
+    (out / 'ckpt.pt').write_bytes(b'an earlier policy')
+    before = snapshot(out)
+    Run(str(out), 'cpu')
+    aside = list(tmp_path.glob('dpo.old-*'))
+    assert len(aside) == 1 and snapshot(aside[0]) == moved(before, out, aside[0]) and not list(out.iterdir())
+    import checkpoint
+    checkpoint.release_out_dirs()
