@@ -147,7 +147,7 @@ if init_from == 'resume':
     ckpt['path'] = ckpt_path
     # a run of another script (finetune.py's task model, reward.py's reward model, a ppo.py/dpo.py policy) has
     # its own settings and state: train.py would misread them (e.g. finetune.py's eval_interval=0)
-    made_by = ckpt.get('trained_by') or {'finetune': 'finetune.py', 'reward': 'reward.py'}.get(checkpoint_kind(ckpt))
+    made_by = {'finetune': 'finetune.py', 'reward': 'reward.py'}.get(checkpoint_kind(ckpt)) or ckpt.get('trained_by')
     if made_by and made_by != 'train.py':
         raise UserError(f"{ckpt_path} is a {made_by} run, not a train.py run: continue it with {made_by} (its "
                         f"settings and out_dir)" + (f", or start a new train.py run from its weights with "
