@@ -360,18 +360,34 @@ def test_finetune_predict_on_a_malformed_file(tmp_path, task_run, name, content,
 
 # ----------------------------------------------------------------------------- the machine and the README
 
-def test_threads_respect_the_user_and_the_load(monkeypatch):
+def test_threads_respect_the_user_and_the_load(monkeypatch, tmp_path):
     import device
     monkeypatch.setenv('OMP_NUM_THREADS', '3')
     assert device.cpu_threads() is None  # the user's choice stands (torch reads it)
     monkeypatch.delenv('OMP_NUM_THREADS')
     monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1}, raising=False)
-    monkeypatch.setattr(os, 'getloadavg', lambda: (0.1, 0.0, 0.0))
-    assert device.cpu_threads() == 2
-    monkeypatch.setattr(os, 'getloadavg', lambda: (1.6, 0.0, 0.0))  # another process keeps a core busy
-    assert device.cpu_threads() == 1
-    monkeypatch.setattr(os, 'getloadavg', lambda: (9.0, 0.0, 0.0))
-    assert device.cpu_threads() == 1
+    monkeypatch.setattr(os, 'cpu_count', lambda: 2)
+    monkeypatch.setattr(device, 'CGROUP_QUOTAS', (str(tmp_path / 'cpu.max'), str(tmp_path / 'cpu.cfs_quota_us')))
+    loadavg = tmp_path / 'loadavg'
+    monkeypatch.setattr(device, 'LOADAVG', str(loadavg))
+
+    def machine(average, running):
+        monkeypatch.setattr(os, 'getloadavg', lambda: (average, 0.0, 0.0))
+        loadavg.write_text(f'{average} 0.0 0.0 {running}/300 123\n')  # (running counts this process)
+        return device.cpu_threads()
+
+    assert machine(0.1, 1) == 2  # an idle machine: every core
+    assert machine(1.6, 1) == 1  # another process kept a core busy over the last minute
+    assert machine(0.1, 2) == 1  # ... or is running now (a load that started seconds ago)
+    assert machine(9.0, 9) == 1  # never fewer than one
+    # a container's CPU quota counts as fewer cores (torch's default takes the host's)
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(os, 'cpu_count', lambda: 8)
+    assert machine(0.0, 1) == 8
+    (tmp_path / 'cpu.max').write_text('200000 100000\n')
+    assert device.usable_cores() == 2 and machine(0.0, 1) == 2
+    (tmp_path / 'cpu.max').write_text('max 100000\n')
+    assert device.usable_cores() == 8
 
 
 def test_the_offline_note_names_every_folder_that_reads_input_txt():
