@@ -393,10 +393,10 @@ class Run:
     each rank's share of a step's micro-batches, gradients averaged over ranks (DDP's all-reduce, done by hand
     since a step may train two models), and the log (stdout and out_dir/log.jsonl) on rank 0 only."""
 
-    def __init__(self, out_dir, device, divide=None, new_run=True):
+    def __init__(self, out_dir, device, divide=None, new_run=False):
         """divide: {setting: count} of what each step splits among the processes, checked before joining the
-        group (a count that does not divide stops every rank alike, with one line from rank 0). new_run: a run
-        already in out_dir is moved aside, untouched (checkpoint.make_room); False when resuming it."""
+        group (a count that does not divide stops every rank alike, with one line from rank 0). new_run=True: a
+        run already in out_dir is moved aside, untouched (checkpoint.make_room); the scripts pass not resume."""
         import torch.distributed as dist
         self.dist = dist
         self.ddp = int(os.environ.get('RANK', -1)) != -1

@@ -316,6 +316,17 @@ def check_kind(ckpt, path, want='lm'):
                            f"make one with {MADE_BY.get(want)} (--init_from=<a language-model run>)"))
 
 
+def check_trainer(ckpt, path, script):
+    """A run is resumed by the script that made it: another's settings and state would be misread (train.py
+    took finetune.py's eval_interval=0 and said 'eval_interval must be >= 1')."""
+    kind = checkpoint_kind(ckpt)
+    made_by = MADE_BY.get(kind) if kind != 'lm' else ckpt.get('trained_by') or 'train.py'
+    if made_by != script:
+        raise UserError(f"{path} is a {made_by} run, not a {script} run: continue it with {made_by} (its settings and "
+                        f"out_dir)" + (f", or start a new {script} run from its weights with --init_from="
+                                       f"{os.path.dirname(path) or '.'} --out_dir=<a new folder>" if kind == 'lm' else ''))
+
+
 def check_hf_kind(path):
     """A transformers directory of a task model (finetune.py --export: *ForSequenceClassification or
     *DoubleHeadsModel) is not a language model: its head would be dropped without a word."""

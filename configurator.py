@@ -219,6 +219,11 @@ def _print_help(defaults, script):
         print(f"  {line:<{width}}  # {comments[k]}" if k in comments else f"  {line}")
 
 
+def command_line_keys(argv):
+    """The keys set by --key=value arguments (not by config files)."""
+    return {a[2:].split('=', 1)[0] for a in argv if a.startswith('--')}
+
+
 def configure(namespace, argv=None, verbose=True, given=None):
     """Apply config files and --key=value from argv (default sys.argv[1:]) to a script's globals.
 

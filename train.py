@@ -48,9 +48,9 @@ import torch
 
 import checkpoint
 import configurator
-from checkpoint import (RUN_FILES, check_resume_data, check_same_tokenizer, checkpoint_kind,
-                        find_checkpoint, gather_full_state, link_checkpoint, load_checkpoint, load_model,
-                        load_optimizer_state, lock_out_dir, make_room, rng_state, save_checkpoint, set_rng_state)
+from checkpoint import (RUN_FILES, check_resume_data, check_same_tokenizer, check_trainer, find_checkpoint,
+                        gather_full_state, link_checkpoint, load_checkpoint, load_model, load_optimizer_state,
+                        lock_out_dir, make_room, rng_state, save_checkpoint, set_rng_state)
 from configurator import UserError, check_choice, check_range
 from device import autocast_ctx, describe, device_peak_flops, pick_device, pick_dtype, setup_torch
 from tasks import evaluate, load_tasks
@@ -142,35 +142,27 @@ ckpt, resume_note = None, ''
 if init_from == 'resume':
     # `--init_from=resume --out_dir=X` alone continues the run as it was configured: every setting that a
     # config file or the command line does not set comes from the checkpoint (batch, schedule, data, seed...)
-    ckpt_path = find_checkpoint(out_dir, 'ckpt.pt')
-    ckpt = load_checkpoint(ckpt_path)
-    ckpt['path'] = ckpt_path
-    # a run of another script (finetune.py's task model, reward.py's reward model, a ppo.py/dpo.py policy) has
-    # its own settings and state: train.py would misread them (e.g. finetune.py's eval_interval=0)
-    made_by = {'finetune': 'finetune.py', 'reward': 'reward.py'}.get(checkpoint_kind(ckpt)) or ckpt.get('trained_by')
-    if made_by and made_by != 'train.py':
-        raise UserError(f"{ckpt_path} is a {made_by} run, not a train.py run: continue it with {made_by} (its "
-                        f"settings and out_dir)" + (f", or start a new train.py run from its weights with "
-                                                    f"--init_from={out_dir} --out_dir=<a new folder>"
-                                                    if checkpoint_kind(ckpt) == 'lm' else ''))
     # The run's settings stand unless the command line changes them: a config file on the resume command is
     # the one the run started with (its values are in the checkpoint, with that launch's command-line
     # overrides), so re-reading it could only undo those (e.g. the file's max_iters=5000 over the run's
     # --max_iters=400). A file value that differs is named in a note; pass it as --key=value to apply it.
-    flags = {a[2:].split('=', 1)[0] for a in sys.argv[1:] if a.startswith('--')}
-    run_config = ckpt.get('config', {})
-    from_files = sorted(k for k in given - flags if k in run_config and run_config[k] != config[k])
-    given = (given & flags) | (given - set(run_config))
-    saved = {k: v for k, v in run_config.items() if k in config and k not in given | {'init_from'}}
+    from_files = {k: config[k] for k in given - configurator.command_line_keys(sys.argv[1:])}
+    given -= set(from_files)
+    ckpt_path = find_checkpoint(out_dir, 'ckpt.pt')
+    ckpt = load_checkpoint(ckpt_path)
+    ckpt['path'] = ckpt_path
+    check_trainer(ckpt, ckpt_path, 'train.py')  # (another script's run: its settings would be misread)
+    saved = {k: v for k, v in ckpt.get('config', {}).items() if k in config and k not in given | {'init_from'}}
     config.update(saved)
     globals().update(saved)
-    changed = [f"{k}={config[k]!r} (the run had {run_config[k]!r})" for k in sorted(given)
-               if k != 'init_from' and k in run_config and run_config[k] != config[k]]
+    changed = [f"{k}={config[k]!r} (the run had {ckpt['config'][k]!r})" for k in sorted(given)
+               if k != 'init_from' and k in ckpt.get('config', {}) and ckpt['config'][k] != config[k]]
     resume_note = f"resuming with the checkpoint's settings; overridden here: {', '.join(changed) or 'none'}"
-    if from_files:
-        resume_note += ("\nnote: kept the run's " + ', '.join(f"{k}={run_config[k]!r}" for k in from_files)
+    kept = sorted(k for k, v in from_files.items() if config[k] != v)
+    if kept:
+        resume_note += ("\nnote: kept the run's " + ', '.join(f"{k}={config[k]!r}" for k in kept)
                         + " over the config file's; to change them pass "
-                        + ' '.join(f"--{k}=..." for k in from_files) + " on the command line")
+                        + ' '.join(f"--{k}=..." for k in kept) + " on the command line")
 # every setting is checked where it is read: one line naming the key and what it may be
 for k in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'log_interval', 'eval_iters',
           'n_layer', 'n_head', 'n_embd', 'pad_vocab_multiple'):

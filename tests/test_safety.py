@@ -496,7 +496,7 @@ def test_dpo_rerun_keeps_the_old_run_aside(tmp_path):
     out.mkdir()
     (out / 'ckpt.pt').write_bytes(b'an earlier policy')
     before = snapshot(out)
-    Run(str(out), 'cpu')
+    Run(str(out), 'cpu', new_run=True)  # (as reward.py, ppo.py and dpo.py pass new_run=not resume)
     aside = list(tmp_path.glob('dpo.old-*'))
     assert len(aside) == 1 and snapshot(aside[0]) == moved(before, out, aside[0]) and not list(out.iterdir())
     import checkpoint
