@@ -41,7 +41,7 @@ from torch.nn import functional as F
 import checkpoint
 from configurator import UserError
 from heads import RewardModel, add_tokens
-from tokendata import seed_from
+from tokendata import read_text, seed_from
 
 SPECIAL_TOKENS = ('<|user|>', '<|assistant|>', '<|end|>')
 USER, ASSISTANT, END = SPECIAL_TOKENS
@@ -130,13 +130,7 @@ def read_rows(source):
     if not os.path.isfile(source):
         raise UserError(f"{source} not found: pass a .jsonl file (one JSON object a line) or hf:<dataset name>")
     out = []
-    try:
-        with open(source, encoding='utf-8') as f:
-            lines = f.read().split('\n')  # (not splitlines: JSON strings may hold U+2028)
-    except UnicodeDecodeError as e:
-        raise UserError(f"{source} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 JSON lines") \
-            from None
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(read_text(source, 'the data file').split('\n'), 1):  # (another encoding: one line)
         if not line.strip():
             continue
         try:
@@ -436,9 +430,10 @@ class Run:
     each rank's share of a step's micro-batches, gradients averaged over ranks (DDP's all-reduce, done by hand
     since a step may train two models), and the log (stdout and out_dir/log.jsonl) on rank 0 only."""
 
-    def __init__(self, out_dir, device, divide=None):
+    def __init__(self, out_dir, device, divide=None, new_run=False):
         """divide: {setting: count} of what each step splits among the processes, checked before joining the
-        group (a count that does not divide stops every rank alike, with one line from rank 0)."""
+        group (a count that does not divide stops every rank alike, with one line from rank 0). new_run=True: a
+        run already in out_dir is moved aside, untouched (checkpoint.make_room); the scripts pass not resume."""
         import torch.distributed as dist
         self.dist = dist
         self.ddp = int(os.environ.get('RANK', -1)) != -1
@@ -464,6 +459,10 @@ class Run:
                 os.makedirs(out_dir, exist_ok=True)
             except OSError as e:
                 raise UserError(f"out_dir {out_dir!r} cannot be made ({e.strerror})") from None
+            checkpoint.lock_out_dir(out_dir)  # a second run into it stops (checkpoint.py)
+            moved = checkpoint.make_room(out_dir, overwrite=False) if new_run else ''
+            if moved:  # (rerunning a command keeps the earlier run)
+                print(moved, flush=True)
         self.stop = checkpoint.StopSignal(announce=self.master)
 
     def stop_if_signalled(self, save, done, total, unit='step'):

@@ -91,7 +91,7 @@ dtype = 'auto'              # 'auto' (as train.py: bf16/fp16 on GPUs, bf16 on AM
 compile = False             # torch.compile our model
 attn_impl = ''              # 'sdpa' or 'explicit' ('' keeps the model's)
 attn_window = 256           # the band of the variant words 'local' and 'alternating' (GPT-3's banded attention)
-threads = 0                 # torch.set_num_threads (0 = torch's default, one per core)
+threads = 0                 # torch.set_num_threads (0 = device.py's choice: the cores free of other work)
 profile = False             # write a chrome trace per variant to out_dir (open in chrome://tracing or perfetto)
 peak_flops = 0.0            # device peak FLOP/s for MFU; 0 looks it up (GPUs) or measures a matmul (CPU)
 seed = 1337
@@ -591,7 +591,8 @@ def speedrun_bench():
                 '--n_head=4', '--n_embd=128', '--max_iters=2000', '--lr_decay_iters=2000', '--dropout=0.0',
                 f'--out_dir={tempfile.mkdtemp()}'], nanogpt, f'nanoGPT ({os.path.abspath(nanogpt)})')
     out = tempfile.mkdtemp()
-    ours = ([sys.executable, 'train.py', speedrun_config, f'--out_dir={out}', f'--data_dir={data}'], here,
+    ours = ([sys.executable, 'train.py', speedrun_config, f'--out_dir={out}', f'--data_dir={data}',
+             '--overwrite=True'], here,  # (each repeat replaces the last: a scratch folder)
             f'train.py {speedrun_config}')
     print(f"speedrun to val loss {target_loss}: {cpu_name()}, torch {torch.__version__}")
     results = {ours[2]: [], ref[2]: []}

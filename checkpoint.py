@@ -5,6 +5,8 @@ to get a model by init_from: scratch, resume, a hub name or a Hugging Face direc
 A checkpoint is a torch.save'd dict of tensors and plain data only, so it loads with
 torch.load(weights_only=True): a file from someone else cannot run code. Layout:
     format        CHECKPOINT_FORMAT
+    kind          'lm' (a language model), 'reward' (reward.py) or 'finetune' (finetune.py's task model): every
+                  script refuses the wrong kind in one line (check_kind; absent in older files: 'lm')
     model_args    GPTConfig fields
     model         state dict (HF GPT-2 names)
     optimizer     AdamW state dict;  scaler: GradScaler state dict (float16 runs)
@@ -23,6 +25,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 import warnings
 from dataclasses import fields
 
@@ -30,9 +33,9 @@ import numpy as np
 import torch
 
 import hf
-from configurator import UserError
+from configurator import UserError, command_line_keys
 from model import GPT, GPTConfig
-from tokendata import ROOT, read_meta_pkl
+from tokendata import ROOT, check_same_tokenizer, read_meta_pkl
 
 CHECKPOINT_FORMAT = 'gpt-checkpoint/1'
 
@@ -262,17 +265,166 @@ INIT_FROM = (f"'scratch', 'resume', a training run's out_dir, a hub model ({', '
 
 
 def find_checkpoint(out_dir, ckpt_name='ckpt.pt'):
-    """out_dir/ckpt_name, falling back to out_dir/ckpt.pt (the latest state), or one line saying what to do."""
+    """out_dir/ckpt_name, or one line saying what to do. Only the default best.pt falls back to ckpt.pt (the
+    latest state, e.g. of a run that has not improved on its first evaluation yet); any other name the user
+    gives must exist: a typo never quietly loads another checkpoint."""
+    path = os.path.join(out_dir, ckpt_name)
+    if os.path.isfile(path):
+        return path
+    fallback = os.path.join(out_dir, 'ckpt.pt')
+    if ckpt_name == 'best.pt' and os.path.exists(fallback):
+        return fallback
+    there = sorted(n for n in os.listdir(out_dir) if n.endswith('.pt')) if os.path.isdir(out_dir) else []
+    if there:
+        raise UserError(f"no checkpoint {path}; {out_dir} holds {', '.join(there)}: pass --ckpt_name=one of those")
     candidates = [os.path.join(out_dir, name) for name in dict.fromkeys((ckpt_name, 'ckpt.pt'))]
-    path = next((p for p in candidates if os.path.exists(p)), None)
-    if path is None:
-        raise UserError(f"no checkpoint at {' or '.join(candidates)}: train with --init_from=scratch first, "
-                        f"or point --out_dir at a training run")
-    return path
+    raise UserError(f"no checkpoint at {' or '.join(candidates)}: train with --init_from=scratch first, "
+                    f"or point --out_dir at a training run")
+
+
+# ---------------------------------------------------------------------- what a checkpoint holds
+
+# kind: what a checkpoint's model is for, so that every script refuses the wrong one in one line (check_kind).
+# train.py, ppo.py and dpo.py write language models ('lm'), reward.py a reward model ('reward', a GPT and a
+# scalar head: align.reward_checkpoint), finetune.py a task model ('finetune': a GPT and a classifier head).
+KINDS = {'lm': 'a language model', 'reward': 'a reward model (reward.py)',
+         'finetune': 'a task model (a classifier fine-tuned by finetune.py)'}
+KIND_HINTS = {'reward': "it scores responses and cannot generate or be trained as a policy: use the SFT or policy "
+                        "run it was trained from (ppo.py takes it as --reward_model)",
+              'finetune': "it classifies and cannot generate: use finetune.py --out_dir=... --predict=FILE (or "
+                          "--export=DIR), or the language-model run it was fine-tuned from"}
+MADE_BY = {'lm': 'train.py', 'reward': 'reward.py', 'finetune': 'finetune.py'}
+
+
+def checkpoint_kind(ckpt):
+    """'lm', 'reward' or 'finetune' ('task' is read as 'finetune'). Checkpoints written before kinds were
+    recorded are language models, unless they carry a classifier or reward head."""
+    kind = ckpt.get('kind')
+    if kind == 'task':
+        return 'finetune'
+    if kind is None:
+        return 'finetune' if 'head' in ckpt else 'lm'
+    return kind
+
+
+def check_kind(ckpt, path, want='lm'):
+    """One line unless the checkpoint at path holds a model of kind `want`."""
+    kind = checkpoint_kind(ckpt)
+    if kind != want:
+        raise UserError(f"{path} is {KINDS.get(kind, repr(kind))}, not {KINDS.get(want, repr(want))}; "
+                        + (KIND_HINTS.get(kind, '') if want == 'lm' else
+                           f"make one with {MADE_BY.get(want)} (--init_from=<a language-model run>)"))
+
+
+def check_trainer(ckpt, path, script):
+    """A run is resumed by the script that made it: another's settings and state would be misread (train.py
+    took finetune.py's eval_interval=0 and said 'eval_interval must be >= 1')."""
+    kind = checkpoint_kind(ckpt)
+    made_by = MADE_BY.get(kind) if kind != 'lm' else ckpt.get('trained_by') or 'train.py'
+    if made_by != script:
+        raise UserError(f"{path} is a {made_by} run, not a {script} run: continue it with {made_by} (its settings and "
+                        f"out_dir)" + (f", or start a new {script} run from its weights with --init_from="
+                                       f"{os.path.dirname(path) or '.'} --out_dir=<a new folder>" if kind == 'lm' else ''))
+
+
+def check_hf_kind(path):
+    """A transformers directory of a task model (finetune.py --export: *ForSequenceClassification or
+    *DoubleHeadsModel) is not a language model: its head would be dropped without a word."""
+    try:
+        with open(os.path.join(path, 'config.json'), encoding='utf-8') as f:
+            archs = json.load(f).get('architectures') or []
+    except (OSError, ValueError, AttributeError):
+        return  # hf.from_pretrained reports an unreadable config.json
+    heads = [a for a in archs if isinstance(a, str) and ('For' in a and not a.endswith('ForCausalLM')
+                                                         or 'DoubleHeads' in a)]
+    if heads:
+        raise UserError(f"{path} holds a {heads[0]}, {KINDS['finetune']}, not a language model; it classifies "
+                        f"and cannot generate: load it with transformers' AutoModelForSequenceClassification, or "
+                        f"use the finetune.py run it came from (--predict=FILE)")
+
+
+# ---------------------------------------------------------------------- one run per out_dir
+
+_held_locks = {}  # real path of out_dir -> (pid, fd): this process's lock on it
+
+
+def lock_out_dir(out_dir):
+    """Take out_dir for this process: a second train.py writing into it (and overwriting this one's
+    checkpoints, interleaving its log) stops with one line instead. flock on the directory itself: no file
+    is created, and the OS releases it when the process ends however it ends (a SIGKILL included), so a
+    killed run never leaves a stale lock behind. Held until the process exits (or release_out_dirs)."""
+    import fcntl
+    key = os.path.realpath(out_dir)
+    if key in _held_locks and _held_locks[key][0] == os.getpid():
+        return  # (this process already holds it: e.g. a script run twice in one interpreter, as tests do)
+    try:
+        fd = os.open(key, os.O_RDONLY)
+    except OSError:
+        return  # a directory that cannot be opened (some filesystems); the write probe reports real trouble
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(f"another process is training into {out_dir} right now; wait for it to finish (or stop it), "
+                        f"or choose another --out_dir") from None
+    except OSError:
+        os.close(fd)
+        return  # a filesystem without flock on directories (e.g. some network filesystems): no lock
+    _held_locks[key] = (os.getpid(), fd)
+
+
+def release_out_dirs():
+    """Release this process's out_dir locks (a script's end does it anyway; for scripts run in-process)."""
+    for key, (pid, fd) in list(_held_locks.items()):
+        if pid == os.getpid():
+            os.close(fd)
+        del _held_locks[key]
+
+
+RUN_FILES = ('ckpt.pt', 'best.pt')
+
+
+def make_room(out_dir, overwrite, act=True):
+    """Ready out_dir for a new run (not a resume) without losing the run it may hold, and keep the habit of
+    rerunning a command: the old run (everything in out_dir) moves, untouched, to a sibling folder named by
+    when it was last saved, <out_dir>.old-YYYYmmdd-HHMMSS; with overwrite its checkpoints, log and plot are
+    deleted instead (the new log is not appended to the old one's). act=False: only say what would happen (the
+    processes other than the one that writes). Returns a note for the log, or '' when out_dir holds no run."""
+    found = [n for n in RUN_FILES if os.path.isfile(os.path.join(out_dir, n))]
+    if not found:
+        return ''
+    if overwrite:
+        for name in (*RUN_FILES, 'log.jsonl', 'loss.png') if act else ():
+            try:
+                os.unlink(os.path.join(out_dir, name))
+            except FileNotFoundError:
+                pass
+        return f"note: --overwrite=True: deleted the run that was in {out_dir} ({', '.join(found)}, its log and plot)"
+    saved = max(os.path.getmtime(os.path.join(out_dir, n)) for n in found)
+    base = os.path.normpath(out_dir) if os.path.basename(os.path.normpath(out_dir)) not in ('.', '..') \
+        else os.path.abspath(out_dir)
+    stamp = f"{base}.old-{time.strftime('%Y%m%d-%H%M%S', time.localtime(saved))}"
+    dest, n = stamp, 1
+    while os.path.exists(dest):
+        n += 1
+        dest = f"{stamp}-{n}"
+    if act:
+        try:
+            os.makedirs(dest)
+            for name in sorted(os.listdir(out_dir)):  # a rename each: nothing is copied, nothing rewritten
+                os.rename(os.path.join(out_dir, name), os.path.join(dest, name))
+        except OSError as e:
+            raise UserError(f"{out_dir} holds a run ({', '.join(found)}) that could not be moved aside to {dest} "
+                            f"({e.strerror}; what was moved is there): continue it with --init_from=resume, "
+                            f"replace it with --overwrite=True, or choose another --out_dir") from None
+        fsync_dir(dest)
+        fsync_dir(out_dir)
+    return (f"note: {out_dir} held a run ({', '.join(found)}); moved it, untouched, to {dest} (to continue it: "
+            f"--init_from=resume --out_dir={dest}; --overwrite=True replaces a run instead of keeping it)")
 
 
 def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, block_size=0, expect=None, ckpt=None,
-               **overrides):
+               kind='lm', **overrides):
     """The one way scripts get a model: returns (model on the CPU, data_meta or None, ckpt or None).
 
     init_from: 'scratch' (a new GPT with the GPTConfig fields in the dict scratch), 'resume'
@@ -282,6 +434,7 @@ def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, bloc
     overrides: GPTConfig fields that leave the weights' meaning alone (dropout, attn_impl, ...).
     block_size: run at this context (0 keeps the model's; see GPT.crop_block_size).
     expect: architecture settings the user asked for explicitly, which a resumed checkpoint must have.
+    kind: the kind of model the script needs (check_kind): a reward or task model is refused as a language model.
     """
     meta = None
     try:
@@ -295,6 +448,7 @@ def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, bloc
                 path = find_checkpoint(out_dir, ckpt_name)
                 ckpt = load_checkpoint(path, map_location='cpu')
                 ckpt['path'] = path
+            check_kind(ckpt, ckpt.get('path', out_dir), kind)
             for k, v in (expect or {}).items():
                 if ckpt['model_args'].get(k) != v:
                     raise UserError(f"the checkpoint in {out_dir} has {k}={ckpt['model_args'].get(k)} but you asked "
@@ -304,8 +458,11 @@ def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, bloc
             # another training run of ours: its weights (best.pt, else ckpt.pt) start this one
             path = find_checkpoint(init_from, 'best.pt')
             run = load_checkpoint(path, map_location='cpu')
+            check_kind(run, path, kind)
             model, meta = model_from_checkpoint(run, **overrides), run.get('data_meta')
         elif init_from in hf.HF_HUB_MODELS or os.path.isdir(init_from):
+            if kind == 'lm' and os.path.isdir(init_from):
+                check_hf_kind(init_from)
             try:
                 model = hf.from_pretrained(init_from, **overrides)
             except (ValueError, OSError) as e:
@@ -330,6 +487,7 @@ def check_resume_data(ckpt, data_meta, data_dir):
     if saved is not None and saved != data_meta['vocab_size']:
         raise UserError(f"the checkpoint was trained on a dataset with vocab_size {saved}, "
                         f"but the one in {data_dir} has {data_meta['vocab_size']}")
+    check_same_tokenizer(ckpt.get('data_meta'), data_meta, ckpt.get('path', 'the checkpoint'), data_dir)
 
 
 # ---------------------------------------------------------------------- FSDP: full state dicts
@@ -405,17 +563,20 @@ def load_optimizer_state(model, optimizer, state):
 
 def resume_settings(out_dir, config, given, script, resume_flag='--resume=True', per_launch=()):
     """The checkpoint of the run in out_dir, and a note for the log. Every setting of config (a script's
-    resolved config; the caller updates its globals from it) that a config file or the command line did not
-    set (the keys in given) takes the run's value, so `python SCRIPT --resume=True --out_dir=X` continues the
-    run as it was configured. script: the trainer that wrote it (a checkpoint of another is refused);
-    per_launch: settings of one launch, not of the run (e.g. stop after N steps), never taken from it.
+    resolved config; the caller updates its globals from it) that the command line did not set takes the run's
+    value, so `python SCRIPT --resume=True --out_dir=X` continues the run as it was configured. A config file on
+    the resume command changes nothing the run set either: it is usually the file the run started with (its
+    values are in the checkpoint, with that launch's command-line overrides), so re-reading it could only undo
+    those (its max_iters=5000 over the run's --max_iters=400); the note names each value it kept over the file's.
+    given: the keys a config file or the command line set; script: the trainer that wrote the run (another's is
+    refused); per_launch: settings of one launch, not of the run (e.g. stop after N steps), never taken from it.
     A run stopped before its first checkpoint has only its log's start record: its settings come from there,
     and it starts again from the beginning (the same steps); then the checkpoint returned is None."""
     path, log = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'log.jsonl')
     if os.path.exists(path):
         ckpt = load_checkpoint(path)
         ckpt['path'] = path
-        by = ckpt.get('trained_by') or ('finetune.py' if ckpt.get('kind') == 'finetune' else 'train.py')
+        check_trainer(ckpt, path, script)  # (another script's run: its settings would be misread)
         theirs = ckpt.get('config') or {}
         note = f"resuming {path} at step {ckpt['iter_num']} with the run's settings"
     else:
@@ -424,18 +585,24 @@ def resume_settings(out_dir, config, given, script, resume_flag='--resume=True',
             raise UserError(f"{resume_flag} but there is no run in {out_dir} (no ckpt.pt): start one without "
                             f"{resume_flag}, or point --out_dir at the run to continue")
         ckpt, theirs, by = None, starts[0]['config'], starts[0].get('script', script)
+        if by != script:
+            raise UserError(f"{out_dir} holds a {by} run, not a {script} run: continue it with {by} (its settings "
+                            f"and out_dir)")
         note = (f"{out_dir} holds a run stopped before its first checkpoint: starting it again from the beginning "
                 f"(the same steps) with its settings")
-    if by != script:
-        raise UserError(f"{out_dir} holds a run of {by}, not {script}: resume it with `python {by} "
-                        f"{resume_flag} --out_dir={out_dir}`, or give {script} another --out_dir")
-    mine = set(given) | set(per_launch) | {'resume'}
+    from_files = {k: config[k] for k in set(given) - command_line_keys(sys.argv[1:])}
+    mine = (set(given) - set(from_files)) | set(per_launch) | {'resume'}
     config.update({k: v for k, v in theirs.items() if k in config and k not in mine})
     if ckpt is None and resume_flag.startswith('--init_from='):  # (train.py) starting again: from where it started
         config['init_from'] = theirs.get('init_from', 'scratch')
-    changed = [f"{k}={config[k]!r} (the run had {theirs[k]!r})" for k in sorted(given)
+    changed = [f"{k}={config[k]!r} (the run had {theirs[k]!r})" for k in sorted(mine)
                if k in theirs and k not in ('resume', 'init_from') and theirs[k] != config[k]]
-    return ckpt, f"{note}; overridden here: {', '.join(changed) or 'none'}"
+    note += f"; overridden here: {', '.join(changed) or 'none'}"
+    kept = sorted(k for k, v in from_files.items() if k in theirs and config[k] != v)
+    if kept:
+        note += ("\nnote: kept the run's " + ', '.join(f"{k}={config[k]!r}" for k in kept) + " over the config "
+                 "file's; to change them pass " + ' '.join(f"--{k}=..." for k in kept) + " on the command line")
+    return ckpt, note
 
 
 def read_records(path):

@@ -145,8 +145,12 @@ def _load_file(path, defaults):
     """Run a config file and return the {key: value} pairs it assigns, type-checked."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} not found")
-    with open(path, encoding='utf-8') as f:
-        source = f.read()
+    try:
+        with open(path, encoding='utf-8') as f:
+            source = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path!r} ({e.strerror if isinstance(e, OSError) else e.reason}: "
+                          f"a config file is Python source in UTF-8)") from None
     # A config file is the user's own Python code (like the script itself), so exec is acceptable;
     # it runs in a fresh namespace and only its assignments are read back.
     namespace = {}
@@ -213,6 +217,11 @@ def _print_help(defaults, script):
     for k, v in defaults.items():
         line = f"{k} = {v!r}"
         print(f"  {line:<{width}}  # {comments[k]}" if k in comments else f"  {line}")
+
+
+def command_line_keys(argv):
+    """The keys set by --key=value arguments (not by config files)."""
+    return {a[2:].split('=', 1)[0] for a in argv if a.startswith('--')}
 
 
 def configure(namespace, argv=None, verbose=True, given=None):

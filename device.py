@@ -31,8 +31,80 @@ def check_torch():
 
 def pick_device(device='auto'):
     """'auto' picks cuda > mps > cpu; an explicit CUDA device must exist. (Every script calls this first,
-    so it also checks the torch version.)"""
+    so it also checks the torch version, and sets the CPU's thread count: cpu_threads.)"""
     check_torch()
+    device = _pick_device(device)
+    if device == 'cpu':
+        threads = cpu_threads()
+        if threads:
+            torch.set_num_threads(threads)
+    return device
+
+
+def cpu_threads():
+    """Threads for the CPU's math, or None to leave torch's choice (OMP_NUM_THREADS, when the user sets it).
+
+    torch starts one thread per core the machine has. On a machine other processes keep busy that is
+    the worst choice: OpenMP's threads wait for each other at every operation, and a thread that waits for
+    a core its neighbour holds stalls all of them (the CPU quick start ran 8x slower on a loaded 2-core
+    machine with 2 threads than with 1), while one thread too few costs at most its share. So: the cores
+    this process may use (usable_cores), less those other processes keep busy (busy_cores), at least one."""
+    if os.environ.get('OMP_NUM_THREADS'):
+        return None
+    cores = usable_cores()
+    return max(1, min(cores, int(cores - busy_cores(cores) + 0.5)))
+
+
+CGROUP_QUOTAS = ('/sys/fs/cgroup/cpu.max',  # cgroup v2: "max 100000", or "200000 100000" for 2 CPUs
+                 '/sys/fs/cgroup/cpu/cpu.cfs_quota_us')  # cgroup v1: "-1" or "200000", beside cpu.cfs_period_us
+LOADAVG = '/proc/loadavg'  # "0.52 0.31 0.20 3/412 1234": the 4th field is the processes runnable now
+
+
+def _words(path):
+    try:
+        with open(path, encoding='ascii') as f:
+            return f.read().split()
+    except OSError:
+        return []
+
+
+def usable_cores():
+    """The cores this process may run on: its affinity mask (taskset, a container's cpuset) and a container's
+    CPU quota (cgroup v2 or v1), which torch's default ignores."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # (macOS and Windows have no affinity mask)
+        cores = os.cpu_count() or 1
+    v2, v1 = _words(CGROUP_QUOTAS[0]), _words(CGROUP_QUOTAS[1])
+    quota = v2 or (v1 + _words(CGROUP_QUOTAS[1].replace('quota', 'period')) if v1 else [])
+    try:
+        if quota[0] not in ('max', '-1'):
+            cores = min(cores, max(1, round(int(quota[0]) / int(quota[1]))))
+    except (IndexError, ValueError, ZeroDivisionError):
+        pass
+    return cores
+
+
+def busy_cores(cores):
+    """How many of our `cores` other processes keep busy: the larger of the last minute's load average and
+    the runnable processes now (the median of a few looks, 40 ms, so a load that started seconds ago counts
+    and a passing one does not), less this process, as the share of the machine's CPUs that falls on ours."""
+    try:
+        average = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        average = 0.0
+    now = []
+    for _ in range(5):
+        time.sleep(0.01 if now else 0)
+        try:
+            now.append(int(_words(LOADAVG)[3].split('/')[0]) - 1)  # (this process is one of them)
+        except (ValueError, IndexError):
+            break
+    running = sorted(now)[len(now) // 2] if now else 0
+    return max(average, running) * cores / max(cores, os.cpu_count() or cores)
+
+
+def _pick_device(device):
     if device != 'auto':
         if device.startswith('cuda') and not torch.cuda.is_available():
             raise UserError(f"device={device!r} but CUDA is not available; use --device=cpu (or auto)")
@@ -128,6 +200,9 @@ def setup_torch(seed, device):
 def describe(device, dtype):
     """One line for logs: the hardware every figure was measured on."""
     hw = torch.cuda.get_device_name(device) if device.startswith('cuda') else cpu_name()
+    if device == 'cpu':
+        hw += f", {torch.get_num_threads()} thread(s)" + ('' if os.environ.get('OMP_NUM_THREADS') else
+                                                       ' (cores free by the load average; OMP_NUM_THREADS=N sets it)')
     return f"device {device} ({hw}), dtype {dtype}, torch {torch.__version__}"
 
 

@@ -94,7 +94,7 @@ if batch_size > len(train_pairs):  # (a step draws its pairs with replacement: i
     raise configurator.UserError(f"batch_size ({batch_size}) is larger than the {len(train_pairs)} training pairs in "
                                  f"{train_data}: lower --batch_size")
 # joins the process group once the settings and data have been checked on every rank
-run = Run(out_dir, device, divide={'batch_size': batch_size})
+run = Run(out_dir, device, divide={'batch_size': batch_size}, new_run=not resume)
 device = run.device
 model.to(device)
 reference = copy.deepcopy(model).eval().requires_grad_(False)  # the frozen SFT policy (init_from, also on resume)

@@ -46,7 +46,7 @@ stride = 0                  # perplexity: the sliding window's step in tokens; 0
 block_size = 0              # evaluate at a shorter context than the model's (0: the model's own)
 limit = 0                   # only the first N examples of each task (perplexity: N windows); 0 = all
 batch_size = 8              # sequences per forward pass (a HellaSwag example is 4)
-results_file = ''           # the JSON output; '' = <out_dir>/eval.json for init_from=resume, else eval_<model>.json
+results_file = ''           # the JSON output (earlier results kept); '' = <out_dir>/eval.json, or eval_<model>.json
 progress = True             # a progress bar with an ETA per task (stderr)
 device = 'auto'             # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...; under torchrun cuda:LOCAL_RANK
 dtype = 'float32'           # float32 reproduces the harness's numbers; 'auto' / 'bfloat16' are faster on GPUs
@@ -73,6 +73,9 @@ def main():
         dev = f'cuda:{local_rank}'
     dev = pick_device(dev)
     dt = pick_dtype(dtype, dev)
+    path = results_file or (os.path.join(out_dir, 'eval.json') if init_from == 'resume'
+                            else f"eval_{os.path.basename(os.path.normpath(init_from))}.json")
+    read_results(path)  # a file there that is not ours stops the run now, not after the evaluation
 
     model, meta, _ = load_model(init_from, out_dir, ckpt_name, block_size=block_size, dropout=0.0)
     task_list = load_tasks(names, meta, model.config.block_size, limit=limit, data=paths, stride=stride, split=split)
@@ -104,19 +107,52 @@ def main():
 
     if rank == 0:
         print_table(results)
-        path = results_file or (os.path.join(out_dir, 'eval.json') if init_from == 'resume'
-                                else f"eval_{os.path.basename(os.path.normpath(init_from))}.json")
         record = dict(model=init_from if init_from != 'resume' else os.path.join(out_dir, ckpt_name), results=results,
                       config=config, device=describe(dev, dt), world_size=world, torch=torch.__version__,
-                      argv=sys.argv)
-        try:
-            with open(path, 'w', encoding='utf-8') as f:
-                json.dump(record, f, indent=2)
-        except OSError as e:
-            raise UserError(f"cannot write {path} ({e.strerror}); choose another --results_file") from None
-        print(f"results written to {path}")
+                      argv=sys.argv, time=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
+        kept = write_results(path, record)
+        print(f"results written to {path}" + (f" (beside {kept} earlier evaluation(s), kept in its history)"
+                                               if kept else ''))
     if ddp:
         dist.destroy_process_group()
+
+
+def read_results(path):
+    """The results file eval.py wrote at path earlier, None if there is none, or one line if the file there is
+    something else (which is left alone)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding='utf-8') as f:
+            old = json.load(f)
+        if not isinstance(old, dict) or not isinstance(old.get('results'), dict):
+            raise ValueError('no results in it')
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} exists but is not an eval.py results file ({str(e).splitlines()[0][:80]}); "
+                        f"it is left as it is: choose another --results_file") from None
+    return old
+
+
+def write_results(path, record):
+    """Write the results to path without losing earlier ones: the file's `results` is this evaluation's,
+    joined with the earlier ones of the same model for the tasks not run now, and `history` lists every
+    earlier evaluation as it was written (each one appended). Written to a temp file and renamed, so an
+    interrupted write leaves the old file. Returns how many earlier evaluations the file holds."""
+    history = []
+    old = read_results(path)
+    if old is not None:
+        history = old.pop('history', []) + [old]
+        if old.get('model') == record['model']:
+            record['results'] = {**{k: v for k, v in old['results'].items() if k not in record['results']},
+                                 **record['results']}
+    tmp = f"{path}.{os.getpid()}.tmp"  # (two evaluations writing at once each rename a whole file)
+    try:
+        with open(tmp, 'w', encoding='utf-8') as f:
+            json.dump({**record, 'history': history}, f, indent=2)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror}); choose another --results_file") from None
+    return len(history)
 
 
 def print_table(results):

@@ -24,7 +24,7 @@ import shutil
 import configurator
 import hf
 from checkpoint import load_model
-from configurator import UserError
+from configurator import UserError, check_range
 import tokendata
 from tokendata import get_tokenizer
 
@@ -35,7 +35,7 @@ init_from = 'resume'        # 'resume' (a run in out_dir, ours or nanoGPT's), a 
 out_dir = 'out'             # the training run to export
 ckpt_name = 'best.pt'       # 'best.pt' (lowest val loss) or 'ckpt.pt' (latest); falls back to ckpt.pt
 hf_dir = ''                 # the directory to write (required)
-overwrite = False           # replace hf_dir if it exists
+overwrite = False           # replace hf_dir if it exists (an earlier export: a folder with config.json)
 temperature = 0.8           # sampling defaults written to generation_config.json (sample.py's)
 top_k = 200                 # sampling default written to generation_config.json
 # -----------------------------------------------------------------------------
@@ -166,28 +166,53 @@ def model_card(model, meta, ckpt, name):
     return '\n'.join(lines)
 
 
+def check_apart(init_from, out_dir, hf_dir):
+    """The export never writes into what it reads: hf_dir is not the run (or Hugging Face directory) it exports,
+    nor inside it, nor around it (--overwrite=True deletes hf_dir first, and with it the run)."""
+    source = out_dir if init_from == 'resume' else init_from
+    if not os.path.isdir(source):
+        return  # a hub name
+    src, dst = os.path.realpath(source), os.path.realpath(hf_dir)
+    if src == dst or dst.startswith(src + os.sep) or src.startswith(dst + os.sep):
+        where = 'is' if src == dst else 'is inside' if dst.startswith(src + os.sep) else 'contains'
+        raise UserError(f"--hf_dir={hf_dir} {where} the {'run' if init_from == 'resume' else 'model'} being exported "
+                        f"({source}); export to a folder of its own, e.g. --hf_dir=hf/{os.path.basename(src)}")
+
+
 def main():
     from transformers import GenerationConfig
     if not hf_dir:
         raise UserError("pass --hf_dir=DIR, the directory to write")
+    check_range('temperature', temperature, low=0)  # (written into generation_config.json: checked here, once)
+    check_range('top_k', top_k, low=1)
+    check_apart(init_from, out_dir, hf_dir)
     if os.path.exists(hf_dir) and not overwrite and (not os.path.isdir(hf_dir) or os.listdir(hf_dir)):
         raise UserError(f"{hf_dir} exists; pass --overwrite=True to replace it, or choose another --hf_dir")
+    # --overwrite=True replaces an earlier export (or an empty folder), never anything else: a file, a run, a home
+    replaceable = os.path.isdir(hf_dir) and (not os.listdir(hf_dir)
+                                             or os.path.isfile(os.path.join(hf_dir, 'config.json')))
+    if overwrite and os.path.exists(hf_dir) and not replaceable:
+        raise UserError(f"{hf_dir} is not an exported model (a folder with config.json), so --overwrite=True does not "
+                        f"replace it; choose another --hf_dir")
     model, meta, ckpt = load_model(init_from, out_dir, ckpt_name, dropout=0.0)
     if meta is None:
         raise UserError("this checkpoint does not say which tokenizer its data used; nothing to export it with")
     _, _, eot = get_tokenizer(meta)  # a tokenizer that cannot be loaded stops here, with its reason
     tmp = os.path.abspath(hf_dir).rstrip('/') + '.export-tmp'
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     try:
+        os.makedirs(tmp)
         try:
             hf.save_pretrained(model, tmp, eos_token_id=eot)
         except ValueError as e:  # an architecture GPT-2 / GPT-1 in transformers cannot express
             raise UserError(f"cannot export this model: {e}") from None
         tok = hf_tokenizer(meta, model.config.block_size, tmp)
         tok.save_pretrained(tmp)  # tokenizer.json and tokenizer_config.json (beside GPT-2's vocab.json, merges.txt)
-        # sample.py's defaults: `pipeline(...)` and model.generate() sample as sample.py does
-        GenerationConfig(do_sample=True, temperature=temperature, top_k=top_k, bos_token_id=eot, eos_token_id=eot,
+        # sample.py's defaults: `pipeline(...)` and model.generate() sample as sample.py does (temperature 0:
+        # greedy). transformers' GPT-2 has no sliding window, so generation stops at the context: max_length
+        # (prompt and new tokens) is the context, and pipeline()'s own default of max_new_tokens is capped by it
+        sampling = dict(do_sample=True, temperature=temperature, top_k=top_k) if temperature > 0 else dict(do_sample=False)
+        GenerationConfig(**sampling, max_length=model.config.block_size, bos_token_id=eot, eos_token_id=eot,
                          pad_token_id=eot).save_pretrained(tmp)
         name = os.path.basename(os.path.abspath(hf_dir))
         with open(os.path.join(tmp, 'README.md'), 'w', encoding='utf-8') as f:
@@ -195,6 +220,8 @@ def main():
         if os.path.exists(hf_dir):
             shutil.rmtree(hf_dir) if os.path.isdir(hf_dir) else os.unlink(hf_dir)
         os.replace(tmp, hf_dir)
+    except OSError as e:  # an unwritable or full disk: one line, and nothing half-written is left
+        raise UserError(f"cannot write {hf_dir} ({e.strerror or e}): choose a writable --hf_dir with space") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {hf_dir}: {', '.join(sorted(os.listdir(hf_dir)))}")

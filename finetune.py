@@ -38,12 +38,12 @@ import torch
 
 import configurator
 import checkpoint
-from checkpoint import (StopSignal, load_checkpoint, load_model, model_from_checkpoint, resume_settings, rng_state,
-                        save_checkpoint, set_rng_state)
+from checkpoint import (StopSignal, check_kind, load_checkpoint, load_model, model_from_checkpoint, resume_settings,
+                        rng_state, save_checkpoint, set_rng_state)
 from configurator import UserError, check_choice, check_range
 from device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
 from heads import FIELDS, SPECIAL_TOKENS, TASKS, TaskModel, add_tokens, collate, transform
-from tokendata import get_tokenizer, seed_from
+from tokendata import get_tokenizer, read_text, seed_from
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value
@@ -133,7 +133,24 @@ def load_split(which):
         kind = {'.csv': 'csv', '.json': 'json', '.jsonl': 'json', '.parquet': 'parquet'}.get(os.path.splitext(path)[1])
         if kind is None:
             raise UserError(f"{path}: expected a .csv, .json, .jsonl or .parquet file")
-        rows = datasets.load_dataset(kind, data_files=path, split='train')
+        text = read_text(path, 'the data file')  # (UTF-8, or one line naming the file)
+        if path.endswith('.jsonl'):  # the line at fault, which datasets' message does not name
+            for n, line in enumerate(text.split('\n'), 1):
+                try:
+                    if line.strip():
+                        json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"cannot read {path} as json: line {n} is not JSON ({e.msg}); one JSON object "
+                                    f"per line is expected") from None
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # (its own report of a failure precedes ours)
+        try:
+            rows = datasets.load_dataset(kind, data_files=path, split='train')
+        except Exception as e:  # malformed JSON or CSV, another encoding: datasets raises many kinds, chained
+            while e.__cause__ is not None or e.__context__ is not None:  # the parser's own message says where
+                e = e.__cause__ or e.__context__
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(f"cannot read {path} as {kind} ({first}); one JSON object per line (.jsonl), a JSON "
+                            f"list of objects (.json) or a CSV with a header row, in UTF-8") from None
     elif dataset:
         try:
             rows = datasets.load_dataset(dataset, dataset_config or None,
@@ -240,8 +257,7 @@ def save(path, model, optimizer, step, best, meta, classes, specials):
 def load_finetuned(path, ckpt=None):
     """(TaskModel, the checkpoint) of a fine-tuning run's checkpoint (ckpt: the one at path, already loaded)."""
     ckpt = ckpt or load_checkpoint(path)
-    if ckpt.get('kind') != 'finetune':
-        raise UserError(f"{path} is a language-model checkpoint, not a fine-tuned one: train with finetune.py first")
+    check_kind(ckpt, path, 'finetune')  # (a language or reward model: one line naming what it is)
     t = ckpt['task']
     if t['task'] != task:
         raise UserError(f"{path} was fine-tuned for {t['task']!r}, not {task!r}: pass --task={t['task']}")
@@ -255,6 +271,10 @@ def load_finetuned(path, ckpt=None):
 
 if export:
     import hf
+    if os.path.exists(export) and not (os.path.isdir(export) and (not os.listdir(export) or os.path.isfile(
+            os.path.join(export, 'config.json')))):  # an earlier export is rewritten; nothing else (the run itself)
+        raise UserError(f"--export={export} exists and is not an exported model (a folder with config.json): "
+                        f"choose a new folder")
     model, ckpt = load_finetuned(os.path.join(out_dir, 'best.pt'))
     try:
         hf.save_task_model(model, export, classes=ckpt['task']['classes'], specials=ckpt['task']['specials'])
@@ -338,6 +358,10 @@ if ckpt is not None:
     step, best = ckpt['iter_num'], ckpt['best_metric']
     del ckpt
 os.makedirs(out_dir, exist_ok=True)
+checkpoint.lock_out_dir(out_dir)  # a second run into it stops; a new run moves an old one aside (checkpoint.py)
+moved = '' if resume else checkpoint.make_room(out_dir, overwrite=False)
+if moved:
+    log(moved)
 checkpoint.append_record(os.path.join(out_dir, 'log.jsonl'),
                          dict(event='start', script='finetune.py', config=config, step=step))
 stop = StopSignal()

@@ -36,7 +36,7 @@ from align import (Run, by_length, collate, encode_prompt, entropy, fmt, gae, kl
 from checkpoint import resume_settings, rng_state, set_rng_state
 from configurator import UserError, check_range
 from device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
-from tokendata import TokenData, dataset_dir, get_tokenizer, seed_from
+from tokendata import TokenData, check_same_tokenizer, dataset_dir, get_tokenizer, seed_from
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value
@@ -113,9 +113,10 @@ if ptx_coef:
     ptx_dir, ptx_prepare = dataset_dir(ptx_dataset, ptx_data_dir)
     ptx = TokenData(ptx_dir, ptx_block_size or block, ptx_batch_size, 'cpu', seed=seed,
                     vocab_size=policy.config.vocab_size, prepare=ptx_prepare)
+    check_same_tokenizer(meta, ptx.meta, init_from, ptx_dir)  # the policy's ids, not another tokenizer's
 m = batch_size // micro_batch  # global micro-batches per iteration
 # joins the process group once settings and data have been checked on every rank
-run = Run(out_dir, device, divide={'batch_size / micro_batch': m})
+run = Run(out_dir, device, divide={'batch_size / micro_batch': m}, new_run=not resume)
 device = run.device
 mine = run.share(m)
 policy.to(device)

@@ -91,7 +91,7 @@ if batch_size > len(train_groups):  # (a step draws its groups with replacement:
     raise configurator.UserError(f"batch_size ({batch_size}) is larger than the {len(train_groups)} training groups in "
                                  f"{train_data}: lower --batch_size")
 # joins the process group once the settings and data have been checked on every rank
-run = Run(out_dir, device, divide={'batch_size': batch_size})
+run = Run(out_dir, device, divide={'batch_size': batch_size}, new_run=not resume)
 device = run.device
 model = RewardModel(copy.deepcopy(gpt) if norm_prompts else gpt).to(device)
 policy = gpt.to(device).eval() if norm_prompts else None  # the SFT policy itself, for the normalisation

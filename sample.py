@@ -22,7 +22,7 @@ from checkpoint import load_model
 from configurator import UserError
 from device import autocast_ctx, pick_device, pick_dtype
 from generate import beam_search, check_sampling_args, compile_decoder, decode_layout, generate_stream
-from tokendata import get_tokenizer
+from tokendata import get_tokenizer, read_text
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value
@@ -51,11 +51,23 @@ config = configurator.configure(globals(), verbose=False)
 
 
 def parse_stops(s):
+    """--stop: one string (with escapes like \\n), or a JSON list of strings."""
     if not s:
         return []
     if s.startswith('['):
-        return json.loads(s)
-    return [codecs.decode(s, 'unicode_escape')]
+        try:
+            stops = json.loads(s)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--stop={s!r} starts with '[' but is not a JSON list ({e.msg}); write a list as "
+                            f"--stop='[\"\\n\\n\", \"END\"]', or one string without the '['") from None
+        if not isinstance(stops, list) or not stops or not all(isinstance(x, str) and x for x in stops):
+            raise UserError(f"--stop={s!r}: a JSON list of non-empty strings is expected")
+        return stops
+    try:
+        # (backslashreplace: characters beyond Latin-1 pass through the escape decoding unchanged)
+        return [codecs.decode(s.encode('latin-1', 'backslashreplace'), 'unicode_escape')]
+    except UnicodeError as e:
+        raise UserError(f"--stop={s!r} has a bad escape ({e.reason}); write a backslash as \\\\") from None
 
 
 def main():
@@ -67,6 +79,7 @@ def main():
         raise UserError(e) from None
     if num_beams < 1 or num_samples < 1 or max_new_tokens < 1:
         raise UserError("num_beams, num_samples and max_new_tokens must be >= 1")
+    stops = parse_stops(stop)  # (before the model loads: a mistake costs nothing)
     torch.manual_seed(seed)
     model, meta, _ = load_model(init_from, out_dir, ckpt_name, dropout=0.0)
     decode_layout(model.to(dev).eval())  # (only generates: weights laid out for one-token steps)
@@ -83,11 +96,7 @@ def main():
 
     prompt = start
     if prompt.startswith('FILE:'):
-        try:
-            with open(prompt[5:], encoding='utf-8') as f:
-                prompt = f.read()
-        except OSError as e:
-            raise UserError(f"cannot read the prompt file {prompt[5:]!r} ({e.strerror})") from None
+        prompt = read_text(prompt[5:], 'the prompt file')
     ids = encode(prompt)
     if not ids:
         raise UserError("the prompt is empty: pass --start='some text' (or FILE:prompt.txt)")
@@ -97,7 +106,6 @@ def main():
     if num_beams > 1 and len(ids) + max_new_tokens - 1 > model.config.block_size:
         raise UserError(f"beam search has no sliding window: the prompt ({len(ids)} tokens) + max_new_tokens "
                         f"({max_new_tokens}) must fit the context ({model.config.block_size}); lower --max_new_tokens")
-    stops = parse_stops(stop)
     eos = ((meta or {}).get('added_tokens') or {}).get('<|end|>', eot) if stop_at_eos else None  # a chat model's end
     x = torch.tensor(ids, dtype=torch.long, device=dev)[None]
     gen = torch.Generator(device=dev).manual_seed(seed)

@@ -30,7 +30,8 @@ import torch
 from torch.nn import functional as F
 
 from configurator import UserError
-from tokendata import ROOT, dataset_dir, get_tokenizer, load_meta
+from tokendata import (ROOT, dataset_dir, describe_tokenizer, get_tokenizer, load_meta, read_text,
+                       tokenizer_identity)
 
 TASKS = ('perplexity', 'hellaswag', 'lambada', 'mc')
 # the canonical sources: the HellaSwag authors' repository (the file llm.c and build-nanogpt read; the harness
@@ -91,18 +92,19 @@ def fetch(task, path=''):
 def read_jsonl(path, fields):
     """The records of a jsonl file, each checked for the fields a task reads (one-line errors naming the line)."""
     docs = []
-    with open(path, encoding='utf-8') as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path} line {n} is not JSON ({e.msg})") from None
-            missing = [k for k in fields if not isinstance(doc, dict) or k not in doc]
-            if missing:
-                raise UserError(f"{path} line {n} lacks {', '.join(missing)}")
-            docs.append(doc)
+    # read whole: a file in another encoding is one line, not a traceback half-way (split at \n only: JSON
+    # strings may hold U+2028, which str.splitlines would split at)
+    for n, line in enumerate(read_text(path, 'the task file').split('\n'), 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} line {n} is not JSON ({e.msg})") from None
+        missing = [k for k in fields if not isinstance(doc, dict) or k not in doc]
+        if missing:
+            raise UserError(f"{path} line {n} lacks {', '.join(missing)}")
+        docs.append(doc)
     if not docs:
         raise UserError(f"{path} holds no examples")
     return docs
@@ -186,8 +188,7 @@ def load_text(source, split, meta):
     """(token ids or None, text or None) of a perplexity source: a text file, a prepared data/<dataset> split
     (its .bin tokens, which must come from the model's tokenizer), or hf:name[:config[:split]] on the hub."""
     if os.path.isfile(source):
-        with open(source, encoding='utf-8', newline='') as f:
-            return None, f.read()
+        return None, read_text(source, 'the perplexity text', newline='')
     if source.startswith('hf:'):
         name, config, hub_split = (source[3:].split(':') + [None, None])[:3]
         try:
@@ -204,10 +205,9 @@ def load_text(source, split, meta):
         raise UserError(f"perplexity_data={source!r} is neither a text file, a prepared dataset "
                         f"(data/<name>/meta.json) nor hf:name[:config[:split]]")
     data_meta = load_meta(folder)
-    for key in ('tokenizer', 'chars', 'name'):
-        if data_meta.get(key) != meta.get(key):
-            raise UserError(f"{folder} was tokenized with another vocabulary ({key}: {data_meta.get(key)!r}) than "
-                            f"the model's ({meta.get(key)!r}); evaluate on a text file instead")
+    if tokenizer_identity(data_meta) != tokenizer_identity(meta):
+        raise UserError(f"{folder} was tokenized with another vocabulary ({describe_tokenizer(data_meta)}) than the "
+                        f"model's ({describe_tokenizer(meta)}); evaluate on a text file instead")
     path = os.path.join(folder, f"{split or 'val'}.bin")
     if not os.path.isfile(path):
         raise UserError(f"{path} not found: --split=train or val")

@@ -38,6 +38,19 @@ def dataset_dir(dataset, data_dir=''):
     return data_dir or os.path.join(ROOT, 'data', dataset), prepare
 
 
+def read_text(path, what='the file', newline=None):
+    """A UTF-8 text file's contents, or one line naming the file and what is wrong with it (missing,
+    unreadable, or in another encoding, e.g. Latin-1 from an old editor)."""
+    try:
+        with open(path, encoding='utf-8', newline=newline) as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                        f"save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 {path} > fixed.txt)") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path} ({e.strerror})") from None
+
+
 # ---------------------------------------------------------------------- dataset metadata
 
 def load_meta(data_dir, prepare=None):
@@ -58,7 +71,7 @@ def load_meta(data_dir, prepare=None):
     try:
         with open(path, encoding='utf-8') as f:
             meta = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # (ValueError: bad JSON, or bytes that are not UTF-8)
         raise UserError(f"cannot read {path} ({e}); re-run `python {prepare}`") from None
     if not isinstance(meta, dict):
         raise UserError(f"{path} is not a JSON object; re-run `python {prepare}`")
@@ -82,6 +95,42 @@ def load_meta(data_dir, prepare=None):
                             f"(sha256 differs from meta.json's); re-run `python {prepare}`")
         meta['tokenizer_json'] = raw.decode('utf-8')
     return meta
+
+
+def tokenizer_identity(meta):
+    """What fixes the meaning of token ids: the tokenizer and its vocabulary (not the chat tokens a dataset
+    adds on top, align.py, nor the vocabulary's size, which those change)."""
+    m = meta or {}
+    kind = m.get('tokenizer')
+    if kind == 'char':
+        return kind, m.get('chars')
+    if kind == 'bpe':
+        raw = m.get('tokenizer_json')
+        return kind, hashlib.sha256(raw.encode('utf-8')).hexdigest() if raw else m.get('tokenizer_sha256')
+    return kind, m.get('name') if kind == 'hf' else None
+
+
+def describe_tokenizer(meta):
+    m = meta or {}
+    kind = m.get('tokenizer')
+    if kind == 'char':
+        return f"character-level ({len(m.get('chars') or '')} characters)"
+    if kind == 'bpe':
+        return f"trained BPE ({m.get('vocab_size')} ids)"
+    return {'gpt2': "GPT-2 BPE"}.get(kind, repr(kind))
+
+
+def check_same_tokenizer(model_meta, data_meta, model_where, data_dir):
+    """A model continues training (or is scored) only on token ids of the tokenizer it learned: the same
+    number under another tokenizer is another piece of text, and nothing else would notice."""
+    a, b = tokenizer_identity(model_meta), tokenizer_identity(data_meta)
+    if a[0] is None or b[0] is None or a == b:
+        return
+    same_kind = a[0] == b[0]
+    raise UserError(f"{model_where} was trained on {'another ' if same_kind else ''}{describe_tokenizer(model_meta)}"
+                    f" tokens, but the dataset in {data_dir} is {describe_tokenizer(data_meta)}"
+                    f"{' with other token ids' if same_kind else ''}: pick the dataset it was trained on (or "
+                    f"one prepared with its tokenizer), or train from scratch")
 
 
 class _DataOnlyUnpickler(pickle.Unpickler):

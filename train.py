@@ -31,12 +31,14 @@ $ python train.py config/train_shakespeare_char.py --batch_size=32 --compile=Fal
 """
 
 import atexit
+import collections
 import json
 import math
 import os
 import platform
 import shlex
 import signal
+import statistics
 import sys
 import time
 from contextlib import nullcontext
@@ -47,8 +49,9 @@ from torch.torch_version import TorchVersion
 
 import checkpoint
 import configurator
-from checkpoint import (StopSignal, append_record, check_resume_data, gather_full_state, link_checkpoint, load_model,
-                        load_optimizer_state, resume_settings, rng_state, save_checkpoint, set_rng_state)
+from checkpoint import (RUN_FILES, StopSignal, append_record, check_resume_data, check_same_tokenizer,
+                        gather_full_state, link_checkpoint, load_model, load_optimizer_state, lock_out_dir, make_room,
+                        resume_settings, rng_state, save_checkpoint, set_rng_state)
 from configurator import UserError, check_choice, check_range
 from device import autocast_ctx, describe, device_peak_flops, pick_device, pick_dtype, setup_torch
 from tasks import evaluate, load_tasks
@@ -69,6 +72,7 @@ eval_tasks_limit = 500          # examples per task at each evaluation (0 = all;
 eval_tasks_data = ''            # a local file for the task (one task); '' downloads it to data/eval/
 always_save_checkpoint = True   # write ckpt.pt at every eval (else only when val loss improves)
 init_from = 'scratch'           # 'scratch', 'resume' (from out_dir), gpt2*, openai-gpt, or a local HF dir
+overwrite = False               # a new run into a run's out_dir deletes that run (else it is moved aside)
 nan_policy = 'stop'             # non-finite loss: 'stop' (exit, keeping the last checkpoint) or 'skip' the step
 # logging
 wandb_log = False               # log to Weights & Biases (WANDB_MODE=offline works without an account)
@@ -250,6 +254,7 @@ if master_process:
         os.remove(probe)
     except OSError as e:
         raise UserError(f"out_dir {out_dir!r} is not writable ({e.strerror}); choose another with --out_dir=...") from None
+    lock_out_dir(out_dir)  # one run at a time writes here (released by the OS when this process ends)
 
 # ----------------------------------------------------------------------------- model
 data_dir, prepare = dataset_dir(dataset, data_dir)
@@ -263,7 +268,7 @@ else:
     log(f"initialising from pretrained weights: {init_from}")
 arch = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'attn_pattern', 'attn_window', 'tie_embeddings',
         'pos_emb', 'qk_norm', 'mlp_act')
-model, _, ckpt = load_model(
+model, model_meta, ckpt = load_model(
     init_from, out_dir, 'ckpt.pt', block_size=block_size, ckpt=ckpt, dropout=dropout,
     scratch=dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                  vocab_size=meta['vocab_size'], pad_vocab_multiple=pad_vocab_multiple, attn_impl=attn_impl,
@@ -271,6 +276,8 @@ model, _, ckpt = load_model(
                  tie_embeddings=tie_embeddings, zero_init_head=zero_init_head, pos_emb=pos_emb, rope_base=rope_base,
                  qk_norm=qk_norm, mlp_act=mlp_act),
     expect={k: config[k] for k in arch if k in given})  # what the user asked for must match what resumes
+if init_from not in ('scratch', 'resume') and any(os.path.exists(os.path.join(init_from, n)) for n in RUN_FILES):
+    check_same_tokenizer(model_meta, meta, init_from, data_dir)  # another run of ours: its tokens must be these
 if init_from not in ('scratch', 'resume') and meta.get('added_tokens') and model.config.vocab_size < meta['vocab_size']:
     from align import grow_vocab  # SFT data (align.py) adds the chat tokens: they get new embedding rows
     model = grow_vocab(model, meta)
@@ -300,6 +307,13 @@ task_names = [t for t in eval_tasks.split(',') if t]
 eval_task_list = load_tasks(task_names, meta, block_size, limit=eval_tasks_limit,
                             data={task_names[0]: eval_tasks_data} if eval_tasks_data and len(task_names) == 1
                             else None) if task_names else []
+# a new run into a run's out_dir moves the old run aside, untouched (or deletes it with --overwrite=True): rerunning
+# a command never loses a result. Done after the settings and data are checked (their mistakes stop the run with
+# nothing moved; nothing above wrote to out_dir)
+if init_from != 'resume' and not eval_only:
+    note = make_room(out_dir, overwrite, act=master_process)
+    if note:
+        log(note)
 # join the process group only now: a mistake in the settings or data above stops every rank alike before it,
 # with one message from rank 0
 if ddp:
@@ -433,7 +447,7 @@ def save(path_best=False):
         model_sd, optim_sd = raw_model.state_dict(), optimizer.state_dict()
     if not master_process:
         return
-    state = dict(format=checkpoint.CHECKPOINT_FORMAT, model=model_sd, optimizer=optim_sd,
+    state = dict(format=checkpoint.CHECKPOINT_FORMAT, kind='lm', model=model_sd, optimizer=optim_sd,
                  scaler=scaler.state_dict() if scaler.is_enabled() else None, model_args=model_args,
                  iter_num=iter_num, tokens_seen=tokens_seen, best_val_loss=best_val_loss, config=config, data_meta=data.meta,
                  rng=rng_state(), is_best=path_best, train_seconds=seconds_before + time.time() - t_start)
@@ -505,7 +519,11 @@ clock = seconds_before
 if decay_on_clock:
     log(f"decay_on_clock: the learning rate decays by the clock too, ending after max_time={max_time:g}s of training")
 local_iter_num = 0  # iterations run by this process (MFU is skipped while torch.compile warms up)
-token_time = mfu = None  # smoothed seconds per token trained on (evaluations left out), and MFU, once measured
+mfu = None  # smoothed MFU, once measured
+# the ETA's seconds per token: the median of the last 200 steps (evaluations left out), so that one slow step
+# (a stall on a shared machine, a checkpoint write) never moves it; an EMA jumped with every such step
+step_times = collections.deque(maxlen=200)
+eval_seconds = 0.0  # the last evaluation's duration: the ETA adds one per evaluation still to come
 # non-finite losses or gradients found on the device and not yet reported: how many, the first iteration, its loss
 n_bad, first_bad, first_bad_loss = (torch.zeros((), device=device) for _ in range(3))
 while True:
@@ -516,6 +534,7 @@ while True:
         param_group['lr'] = lr * param_group.get('lr_scale', 1.0)  # (Muon's group: muon_lr / learning_rate)
 
     if (iter_num % eval_interval == 0 and (iter_num > 0 or eval_at_start)) or eval_only or iter_num >= max_iters:
+        t_eval = time.time()
         losses = estimate_loss()
         # every rank scores its share of the tasks (raw_model: under FSDP its forward is collective)
         task_metrics = evaluate(raw_model, eval_task_list, batch_size, device, ctx) if eval_task_list else {}
@@ -551,6 +570,7 @@ while True:
                                                            or final):
             save(path_best=improved and iter_num > 0)  # on every rank: FSDP gathers, rank 0 writes
         t0 = time.time()  # the next step's time leaves the evaluation out
+        eval_seconds = t0 - t_eval
     if eval_only or iter_num >= max_iters:
         break
 
@@ -636,14 +656,16 @@ while True:
     t1 = time.time()
     dt, t0 = t1 - t0, t1
     if local_iter_num >= 1:  # (the first step also warms up, and compiles)
-        token_time = dt / step_tokens if token_time is None else 0.9 * token_time + 0.1 * dt / step_tokens
+        step_times.append(dt / step_tokens)
     if iter_num % log_interval == 0 and master_process and lossf is not None:
         if local_iter_num >= 5:  # let the training loop settle (and compile) first
             u = raw_model.estimate_mfu(step_tokens / world_size, dt, peak)
             mfu = u if mfu is None else 0.9 * mfu + 0.1 * u
         shown = f", mfu {mfu * 100:.2f}%" if mfu is not None else ''
-        if token_time is not None:  # per token, not per step: steps grow during a batch ramp
-            eta = tokens_left(iter_num + 1, tokens_seen + step_tokens) * token_time
+        if step_times:  # per token, not per step: steps grow during a batch ramp
+            evals_left = max_iters // eval_interval - iter_num // eval_interval + (max_iters % eval_interval > 0)
+            eta = (tokens_left(iter_num + 1, tokens_seen + step_tokens) * statistics.median(step_times)
+                   + evals_left * eval_seconds)
             if max_time:  # the time budget ends the run first (evaluations count against it)
                 eta = min(eta, max(0.0, max_time - ((clock - seconds_before) if not decay_on_clock else clock)))
             shown += f", eta {eta / 60:.1f}min"

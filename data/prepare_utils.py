@@ -72,8 +72,12 @@ def download(url, path, timeout=60):
 def read_text(path):
     # newline="" keeps line endings exactly as in the file, so decoding the bins
     # gives back the file byte for byte
-    with open(path, "r", encoding="utf-8", newline="") as f:
-        return f.read()
+    try:
+        with open(path, "r", encoding="utf-8", newline="") as f:
+            return f.read()
+    except UnicodeDecodeError as e:  # one line, not a traceback (the scripts' mistakes are SystemExit lines)
+        raise SystemExit(f"error: {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                         f"save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 {path} > fixed.txt)") from None
 
 
 def write_tokens(path, tokens, dtype=np.uint16, num_tokens=None, chunk_size=1 << 20):
@@ -142,6 +146,10 @@ def write_splits(out_dir, splits, vocab_size, **meta):
         write_tokens(Path(out_dir) / f"{name}.bin", ids, dtype)
     write_meta(out_dir, vocab_size=vocab_size, dtype=np.dtype(dtype).name, **counts, **meta)
     print(f"wrote {', '.join(f'{name}.bin' for name in splits)}, meta.json to {out_dir}")
+    stale = Path(out_dir) / "tokenizer.json"
+    if meta.get("tokenizer") != "bpe" and stale.exists():  # a BPE dataset's, which no longer fits these bins
+        stale.unlink()
+        print(f"removed {stale}: the tokenizer of the BPE dataset these bins replace")
 
 
 def write_examples(out_dir, splits, vocab_size, **meta):

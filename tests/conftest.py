@@ -120,10 +120,12 @@ def run_inprocess(script, *argv):
     for tiny models on a shared machine) are put back afterwards."""
     saved_argv, saved_hook, saved_threads = sys.argv, sys.excepthook, torch.get_num_threads()
     saved_signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    saved_omp = os.environ.get('OMP_NUM_THREADS')
     out, err, code = io.StringIO(), io.StringIO(), 0
     try:
         sys.argv = [str(ROOT / script), *map(str, argv)]
         torch.set_num_threads(1)
+        os.environ['OMP_NUM_THREADS'] = '1'  # (so the script's device.pick_device keeps the one thread)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 runpy.run_path(str(ROOT / script), run_name='__main__')
@@ -135,6 +137,12 @@ def run_inprocess(script, *argv):
     finally:
         sys.argv, sys.excepthook = saved_argv, saved_hook
         torch.set_num_threads(saved_threads)
+        if saved_omp is None:
+            os.environ.pop('OMP_NUM_THREADS', None)
+        else:
+            os.environ['OMP_NUM_THREADS'] = saved_omp
+        if hasattr(sys.modules.get('checkpoint'), 'release_out_dirs'):
+            sys.modules['checkpoint'].release_out_dirs()  # the out_dir a train.py run locked, as its exit would
         for s, h in saved_signals.items():
             signal.signal(s, h)
     return code, out.getvalue(), err.getvalue()

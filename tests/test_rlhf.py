@@ -360,7 +360,7 @@ def test_resume_mistakes_are_one_line(models, tmp_path):
     code, _, err = run_inprocess('ppo.py', *ppo_args(models, tmp_path / 'ppo', reward_model=out))
     assert code == 1 and 'is a reward run stopped at step 6 of 20' in err and len(err.strip().splitlines()) == 1, err
     code, _, err = run_inprocess('dpo.py', '--resume=True', f'--out_dir={out}')
-    assert code == 1 and 'holds a run of reward.py, not dpo.py' in err and len(err.strip().splitlines()) == 1, err
+    assert code == 1 and 'is a reward.py run, not a dpo.py run' in err and len(err.strip().splitlines()) == 1, err
     code, _, err = run_inprocess('ppo.py', *ppo_args(models, tmp_path / 'ppo', temperature=0))
     assert code == 1 and 'temperature' in err and len(err.strip().splitlines()) == 1, err
 
