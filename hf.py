@@ -52,6 +52,42 @@ def config_from_hf(hf_config):
     return GPTConfig(post_norm=False, gelu_approx=acts[c.activation_function], n_inner=c.n_inner or 0, **common)
 
 
+def weight_files(name_or_path):
+    """The weight files of a local transformers directory or a hub model (downloaded once into the hub cache):
+    model.safetensors, its shards (model.safetensors.index.json), or the older pytorch_model.bin."""
+    from transformers.utils import cached_file
+    for name in ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin'):
+        if os.path.isdir(name_or_path):
+            path = os.path.join(name_or_path, name)
+            path = path if os.path.isfile(path) else None
+        else:
+            path = cached_file(name_or_path, name, _raise_exceptions_for_missing_entries=False)
+        if path is None:
+            continue
+        if name.endswith('.index.json'):
+            with open(path, encoding='utf-8') as f:
+                shards = sorted(set(json.load(f)['weight_map'].values()))
+            if os.path.isdir(name_or_path):
+                return [os.path.join(name_or_path, s) for s in shards]
+            return [cached_file(name_or_path, s) for s in shards]
+        return [path]
+    raise ValueError(f"no model.safetensors or pytorch_model.bin in {name_or_path!r}")
+
+
+def read_weights(name_or_path):
+    """(name, tensor) of every tensor in a transformers checkpoint, read one at a time (safetensors) or from a
+    memory-mapped file (pytorch_model.bin, weights-only), so only one copy of the weights is ever held."""
+    from safetensors import safe_open
+    for path in weight_files(name_or_path):
+        if path.endswith('.safetensors'):
+            with safe_open(path, framework='pt') as f:
+                for k in f.keys():
+                    yield k, f.get_tensor(k)
+        else:
+            sd = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+            yield from sd.items()
+
+
 def from_pretrained(name_or_path, **overrides):
     """Load GPT-2 / GPT-1 weights through transformers.
 
@@ -62,7 +98,7 @@ def from_pretrained(name_or_path, **overrides):
     with the checkpoint.
     """
     import transformers
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
     transformers.logging.disable_progress_bar()  # its 'Loading weights' bar would come before a one-line error
     if not os.path.isdir(name_or_path) and name_or_path not in HF_HUB_MODELS:
         raise ValueError(f"{name_or_path!r} is neither a local directory nor one of the hub models "
@@ -87,30 +123,38 @@ def from_pretrained(name_or_path, **overrides):
         elif getattr(config, k) != v:
             raise ValueError(f"cannot override {k}={v!r}: the checkpoint at {name_or_path!r} has "
                              f"{k}={getattr(config, k)!r}, and the weights only fit that")
-    hf_model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
-    hf_sd = hf_model.state_dict()
-    if hf_config.model_type == 'openai-gpt':  # GPT-1 names its embeddings differently
-        hf_sd = {k.replace('tokens_embed', 'wte').replace('positions_embed', 'wpe'): v for k, v in hf_sd.items()}
     config.__post_init__()
-    model = GPT(config)
-    sd = model.state_dict()
-    expected = set(sd)
-    got = {k for k in hf_sd if not k.endswith(('.attn.bias', '.attn.masked_bias'))}  # old HF mask buffers
-    if expected != got:
-        raise ValueError(f"checkpoint keys do not match a {hf_config.model_type} model: missing "
-                         f"{sorted(expected - got)[:5]}, unexpected {sorted(got - expected)[:5]}")
+    # Built on the meta device (no memory, no random init) and materialised from the file's tensors one at a
+    # time: loading peaks at about one copy of the weights (transformers' model and then ours made two)
+    with torch.device('meta'):
+        model = GPT(config)
+    expected = {k: v.shape for k, v in model.state_dict().items() if k != 'lm_head.weight'}  # (tied to wte)
+    sd = {}
     V = config.vocab_size
-    with torch.no_grad():
-        for k in expected:
-            src = hf_sd[k]
-            if k.endswith(_CONV1D):
-                src = src.t()  # HF Conv1D stores (in, out); nn.Linear wants (out, in)
-            dst = sd[k]
-            if k in ('transformer.wte.weight', 'lm_head.weight') and dst.shape[0] != src.shape[0]:
-                dst = dst[:V]  # padded vocabulary: copy the real rows, keep the pad rows' init
-            if dst.shape != src.shape:
-                raise ValueError(f"shape mismatch for {k}: checkpoint {tuple(src.shape)}, model {tuple(dst.shape)}")
-            dst.copy_(src)
+    for k, src in read_weights(name_or_path):
+        if k.endswith(('.attn.bias', '.attn.masked_bias')) or k == 'lm_head.weight':
+            continue  # old HF causal-mask buffers; the output matrix is wte's
+        if hf_config.model_type == 'openai-gpt':  # GPT-1 names its embeddings differently
+            k = k.replace('tokens_embed', 'wte').replace('positions_embed', 'wpe')
+        if not k.startswith('transformer.'):  # OpenAI's hub files were saved from the bare GPT2Model
+            k = 'transformer.' + k
+        if k not in expected:
+            raise ValueError(f"checkpoint keys do not match a {hf_config.model_type} model: unexpected {k}")
+        src = src.float()
+        if k.endswith(_CONV1D):
+            src = src.t()  # HF Conv1D stores (in, out); nn.Linear wants (out, in)
+        if k == 'transformer.wte.weight' and expected[k][0] != src.shape[0] and src.shape[0] == V:
+            pad = torch.empty(expected[k][0] - V, src.shape[1]).normal_(0.0, 0.02)  # padded rows: GPT's init
+            src = torch.cat((src, pad))
+        if src.shape != expected[k]:
+            raise ValueError(f"shape mismatch for {k}: checkpoint {tuple(src.shape)}, model {tuple(expected[k])}")
+        sd[k] = src.contiguous()
+    if set(sd) != set(expected):
+        raise ValueError(f"checkpoint keys do not match a {hf_config.model_type} model: missing "
+                         f"{sorted(set(expected) - set(sd))[:5]}")
+    model.load_state_dict(sd, strict=False, assign=True)
+    model.lm_head.weight = model.transformer.wte.weight  # re-tie (assign replaced wte's Parameter)
+    del sd
     if block_size < config.block_size:
         model.crop_block_size(block_size)
     elif block_size > config.block_size:
