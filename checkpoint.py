@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import warnings
-from dataclasses import fields
+from dataclasses import asdict, fields
 
 import numpy as np
 import torch
@@ -211,6 +211,8 @@ def strip_wrappers(state_dict):
 
 def model_from_checkpoint(ckpt, **overrides):
     """Build the GPT a checkpoint describes and load its weights (overrides: e.g. dropout)."""
+    if ckpt.get('lora'):
+        return lora_model_from_checkpoint(ckpt, **overrides)
     known = {f.name for f in fields(GPTConfig)}
     args = dict(ckpt['model_args'])
     unknown = sorted(set(args) - known)
@@ -228,6 +230,38 @@ def model_from_checkpoint(ckpt, **overrides):
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise UserError(f"checkpoint weights do not fit its model settings: {lines[min(1, len(lines) - 1)][:200]} "
                         f"(the checkpoint is corrupt or was edited)") from None
+    return model
+
+
+def lora_model_from_checkpoint(ckpt, **overrides):
+    """A LoRA run's checkpoint holds only what it trained (lora.py) and the name of its base: the base is loaded
+    as init_from loads it (a hub name, an HF directory or another run), grown and cropped as the run had it, and
+    the adapters put on and filled. One line if the base is missing or is no longer the one the run trained on."""
+    import lora
+    from heads import add_tokens
+    spec, args = ckpt['lora'], ckpt['model_args']
+    free = {k: v for k, v in overrides.items() if k in ('dropout', 'attn_impl')}
+    free.setdefault('dropout', args.get('dropout', 0.0))
+    try:
+        model, _, _ = load_model(spec['base'], block_size=args['block_size'], **free)
+    except UserError as e:
+        raise UserError(f"this LoRA run's base {spec['base']!r} cannot be loaded: {e}") from None
+    if lora.is_lora(model):  # the base is itself a LoRA run: its adapters are part of this run's base
+        lora.strip(model)
+    if model.config.vocab_size < args['vocab_size']:  # tokens the run added (chat or task tokens)
+        model = add_tokens(model, args['vocab_size'] - model.config.vocab_size)[0]
+    arch = {k: v for k, v in asdict(model.config).items() if k not in ('dropout', 'attn_impl')}
+    changed = [k for k, v in arch.items() if args.get(k, v) != v]
+    if changed or abs(lora.fingerprint(model) - spec['base_check']) > 1e-6 * (1 + abs(spec['base_check'])):
+        what = f"{changed[0]}={arch[changed[0]]!r}, the run had {args[changed[0]]!r}" if changed else "other weights"
+        raise UserError(f"this LoRA run's base {spec['base']!r} is not the model it was trained on ({what})")
+    lora.apply(model, spec['rank'], spec['alpha'], spec['dropout'], spec['targets'], spec.get('train', ()))
+    model.lora_settings = dict(spec)
+    sd = strip_wrappers(ckpt['model'])
+    trained = lora.trained_state(model)
+    if set(sd) != set(trained) or any(sd[k].shape != v.shape for k, v in trained.items()):
+        raise UserError("this LoRA checkpoint's tensors do not fit its settings (the checkpoint is corrupt or was edited)")
+    model.load_state_dict(sd, strict=False)
     return model
 
 

@@ -140,6 +140,54 @@ def apply(model, rank, alpha=None, dropout=0.0, targets='c_attn', train=()):
     return model
 
 
+def setup(model, init_from, rank, alpha, dropout, targets, train=()):
+    """What a training script does with its --lora_* settings, in place: rank > 0 puts adapters on a pretrained
+    model (init_from: the base the checkpoints will name) and freezes the rest; a model that already has them (a
+    resumed LoRA run, or a LoRA run as init_from) keeps training its own; rank 0 on a LoRA model merges them into a
+    plain network (a full fine-tune of a LoRA run). Returns a line for the log, or ''."""
+    if not rank:
+        if is_lora(model):
+            strip(model)
+            return "the adapters of the LoRA run this starts from are merged into its weights (lora_rank=0)"
+        return ''
+    if is_lora(model):
+        for name, p in model.named_parameters():  # (rebuilt from a checkpoint: its trained set as it was)
+            p.requires_grad_('.lora_' in name or any(name.startswith(t) for t in model.lora_settings.get('train', ())))
+        trained, total = count(model)
+        return f"LoRA: continuing the adapters of the run ({trained:,} of {total:,} parameters trained)"
+    if init_from == 'scratch':
+        raise UserError("LoRA adapts a pretrained model: set --init_from to a hub model, a Hugging Face directory or "
+                        "a training run's out_dir (or lora_rank=0 to train from scratch)")
+    apply(model, rank, alpha, dropout, targets, train)
+    model.lora_settings.update(base=os.path.abspath(init_from) if os.path.isdir(init_from) else init_from,
+                               train=list(train), base_check=fingerprint(model))
+    trained, total = count(model)
+    return (f"LoRA r={rank}, alpha={alpha:g}, dropout={dropout:g} on {targets}: {trained:,} of {total:,} parameters "
+            f"trained ({100 * trained / total:.2f}%)" + (f", including {', '.join(train)}" if train else ''))
+
+
+@torch.no_grad()
+def fingerprint(model):
+    """A number that identifies the frozen base: the sum of the first and last blocks' c_attn and c_fc weights in
+    float64 (not the embeddings, which a run may grow). A LoRA checkpoint records it; rebuilding checks it."""
+    blocks = (model.transformer.h[0], model.transformer.h[-1])
+    return float(sum(t.double().sum() for b in blocks for t in (b.attn.c_attn.weight, b.mlp.c_fc.weight)))
+
+
+def strip(model):
+    """Merge the adapters into the weights and put plain nn.Linear layers back, in place."""
+    merge(model)
+    for name, m in adapters(model):
+        owner_name, attr = name.rsplit('.', 1)
+        plain = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device='meta')
+        plain.weight, plain.bias = m.weight, m.bias
+        setattr(model.get_submodule(owner_name), attr, plain)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.__dict__.pop('lora_settings', None)
+    return model
+
+
 def is_lora(model):
     return any(isinstance(m, LoRALinear) for m in model.modules())
 

@@ -212,3 +212,91 @@ def test_meta_loading_equals_transformers_weights(tmp_path):
     padded = hf.from_pretrained(str(d), pad_vocab_multiple=64)
     assert padded.transformer.wte.weight.shape[0] == 64
     assert torch.equal(padded.transformer.wte.weight[:50], ours.transformer.wte.weight)
+
+
+# ---------------------------------------------------------------------- the scripts: train, resume, load, export
+
+def char_base(tmp_path):
+    """A random GPT-2 over character Shakespeare's 65 ids, as a transformers directory: the 'pretrained' base."""
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=32, vocab_size=65,
+                                  bos_token_id=None, eos_token_id=None)
+    d = tmp_path / 'base'
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(d)
+    return d
+
+
+def lora_run(char_data, base, out, *extra):
+    args = tiny(batch_size=4, gradient_accumulation_steps=2, eval_iters=2, log_interval=1, dropout=0.1, plot=False,
+                learning_rate=1e-2, warmup_iters=0, lr_decay_iters=6, min_lr=1e-3, block_size=16, eval_interval=3,
+                always_save_checkpoint=True, lora_rank=4, lora_alpha=8, lora_dropout=0.1, lora_targets='q,v,c_fc')
+    return run('train.py', *args, f'--data_dir={char_data}', f'--out_dir={out}', f'--init_from={base}', *extra)
+
+
+def test_train_lora_checkpoint_resume_and_export(tmp_path, char_data):
+    import checkpoint
+    base = char_base(tmp_path)
+    out = tmp_path / 'run'
+    p = lora_run(char_data, base, out, '--max_iters=6', '--grad_checkpoint=True')
+    assert 'LoRA r=4' in p.stdout
+    ck = load_ckpt(out / 'ckpt.pt')
+    # only the adapters, and the base by name
+    assert ck['model'] and all('.lora_' in k for k in ck['model'])
+    assert ck['lora']['base'] == str(base) and ck['lora']['rank'] == 4
+    assert (out / 'ckpt.pt').stat().st_size < 200_000
+    # load_model (sample.py, eval.py) rebuilds base + adapters; the base weights are the base's
+    model, _, _ = checkpoint.load_model('resume', str(out), 'ckpt.pt')
+    plain = hf.from_pretrained(str(base), block_size=16)  # (the run's context)
+    assert lora.is_lora(model)
+    sd, base_sd = model.state_dict(), plain.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in base_sd.items())
+    assert all(torch.equal(sd[k], v) for k, v in ck['model'].items())
+    assert run('sample.py', f'--out_dir={out}', '--ckpt_name=ckpt.pt', '--num_samples=1', '--max_new_tokens=5',
+               '--device=cpu', '--compile=False').returncode == 0
+
+    # resume: stopped at 3 and resumed to 6 equals the uninterrupted run
+    half = tmp_path / 'half'
+    lora_run(char_data, base, half, '--max_iters=3', '--grad_checkpoint=True')
+    run('train.py', f'--out_dir={half}', '--init_from=resume', '--max_iters=6', f'--data_dir={char_data}')
+    assert_same = load_ckpt(half / 'ckpt.pt')
+    assert assert_same['model'].keys() == ck['model'].keys()
+    for k in ck['model']:
+        assert torch.equal(assert_same['model'][k], ck['model'][k]), k
+
+    # export: the merged model for transformers, and the adapter for peft, with our logits
+    model.eval()
+    idx = torch.randint(0, 65, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = model(idx)[0][..., :65]
+    run('export.py', f'--out_dir={out}', '--ckpt_name=ckpt.pt', f'--hf_dir={tmp_path / "merged"}')
+    merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'merged').eval()
+    run('export.py', f'--out_dir={out}', '--ckpt_name=ckpt.pt', f'--hf_dir={tmp_path / "adapter"}', '--adapter=True')
+    assert sorted(p.name for p in (tmp_path / 'adapter').iterdir()) == ['adapter_config.json', 'adapter_model.safetensors']
+    theirs = peft.PeftModel.from_pretrained(transformers.GPT2LMHeadModel.from_pretrained(base),
+                                            tmp_path / 'adapter').eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(idx).logits, ours, rtol=0, atol=1e-5)
+        torch.testing.assert_close(theirs(idx).logits, ours, rtol=0, atol=1e-5)
+
+
+def test_script_errors_are_one_line(tmp_path, char_data):
+    base = char_base(tmp_path)
+    cases = [
+        (['--lora_rank=64'], 'lora_rank=64 is larger than the layer'),
+        (['--lora_rank=-1'], 'lora_rank must be a positive integer'),
+        (['--lora_targets=c_attn,wq'], "unknown lora target 'wq'"),
+    ]
+    for extra, msg in cases:
+        p = run('train.py', *tiny(lora_rank=4), f'--data_dir={char_data}', f'--out_dir={tmp_path / "bad"}',
+                f'--init_from={base}', '--max_iters=1', *extra, check=False)
+        assert p.returncode == 1 and p.stderr.strip().splitlines() == [f"error: {p.stderr.strip()[7:]}"], p.stderr
+        assert msg in p.stderr
+    p = run('train.py', *tiny(lora_rank=4), f'--data_dir={char_data}', f'--out_dir={tmp_path / "s"}',
+            '--max_iters=1', check=False)
+    assert p.returncode == 1 and 'LoRA adapts a pretrained model' in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    # --adapter=True on a run without LoRA
+    plain = tmp_path / 'plain'
+    run('train.py', *tiny(), f'--data_dir={char_data}', f'--out_dir={plain}', '--max_iters=1', '--eval_iters=1')
+    p = run('export.py', f'--out_dir={plain}', '--ckpt_name=ckpt.pt', f'--hf_dir={tmp_path / "a"}', '--adapter=True',
+            check=False)
+    assert p.returncode == 1 and 'is not a LoRA run' in p.stderr and len(p.stderr.strip().splitlines()) == 1
