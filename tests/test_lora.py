@@ -300,3 +300,34 @@ def test_script_errors_are_one_line(tmp_path, char_data):
     p = run('export.py', f'--out_dir={plain}', '--ckpt_name=ckpt.pt', f'--hf_dir={tmp_path / "a"}', '--adapter=True',
             check=False)
     assert p.returncode == 1 and 'is not a LoRA run' in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_finetune_lora_head_resume_and_export(tmp_path, char_data):
+    """finetune.py with LoRA on a run of ours as the base: the checkpoint holds adapters, the grown embedding and
+    the head; stopped and resumed it ends as the uninterrupted run; --export merges the adapters."""
+    from conftest import run_inprocess
+    base = tmp_path / 'pre'
+    run('train.py', *tiny(max_iters=2, eval_interval=2, eval_iters=1, plot=False), f'--data_dir={char_data}',
+        f'--out_dir={base}')
+    texts = ['To be, or not to be', 'Romeo, Romeo!', 'Now is the winter', 'O, woe!', 'Friends, Romans',
+             'Is this a dagger', 'All the world', 'Out, damned spot!']
+    data = tmp_path / 'd.jsonl'
+    data.write_text(''.join(json.dumps({'text': t, 'label': ['no', 'yes'][i % 2]}) + '\n' for i, t in enumerate(texts)))
+    args = [f'--init_from={base}', f'--data_files=train={data},val={data}', '--device=cpu', '--epochs=2',
+            '--batch_size=4', '--learning_rate=1e-2', '--fields=text', '--lora_rank=2', '--lora_targets=all',
+            '--grad_checkpoint=True']
+    code, out, err = run_inprocess('finetune.py', *args, f'--out_dir={tmp_path / "a"}')
+    assert code == 0, err
+    assert 'LoRA r=2' in out
+    a = load_ckpt(tmp_path / 'a' / 'ckpt.pt')
+    assert a['lora']['base'] == str(base) and a['head']
+    assert all('.lora_' in k or k == 'transformer.wte.weight' for k in a['model'])
+    assert run_inprocess('finetune.py', *args, f'--out_dir={tmp_path / "b"}', '--stop_after=2')[0] == 0
+    code, _, err = run_inprocess('finetune.py', *args, f'--out_dir={tmp_path / "b"}', '--resume=True')
+    assert code == 0, err
+    b = load_ckpt(tmp_path / 'b' / 'ckpt.pt')
+    assert a['model'].keys() == b['model'].keys() and all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
+    code, _, err = run_inprocess('finetune.py', '--task=classification', f'--out_dir={tmp_path / "a"}',
+                                 f'--export={tmp_path / "hf"}', '--device=cpu')
+    assert code == 0, err
+    assert (tmp_path / 'hf' / 'model.safetensors').exists()
