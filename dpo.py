@@ -17,13 +17,13 @@ $ torchrun --standalone --nproc_per_node=2 dpo.py config/dpo_shakespeare.py
 One node of 8 GPUs: torchrun --standalone --nproc_per_node=8 dpo.py ... (batch_size divisible by 8)
 """
 
-import copy
 import os
 import time
 
 import torch
 
 import configurator
+import lora
 from align import (Run, collate, dpo_loss, encode_prompt, encode_response, fit, fmt, load_policy, policy_checkpoint,
                    read_preferences, response_logprobs)
 from configurator import check_range
@@ -49,6 +49,10 @@ dropout = 0.0                       # (with dropout, N processes draw other mask
 wandb_log = False                   # also log to Weights & Biases
 wandb_project = 'align'
 wandb_run_name = 'dpo'
+lora_rank = 0                       # LoRA (lora.py): > 0 trains rank-r adapters on the frozen start model; 0: every weight
+lora_alpha = 16.0                   # the adapters' update is scaled by lora_alpha / lora_rank
+lora_dropout = 0.05
+lora_targets = 'c_attn'             # c_attn (or q,k,v), attn.c_proj, c_fc, mlp.c_proj, c_proj, all
 device = 'auto'
 dtype = 'float32'                   # 'auto' picks bf16 where it is fast
 seed = 1337
@@ -68,7 +72,7 @@ setup_torch(seed, device)
 ctx = autocast_ctx(device, dtype)
 
 # ----------------------------------------------------------------------------- data and models
-model, meta = load_policy(init_from, dropout=dropout)
+model, meta = load_policy(init_from, dropout=dropout, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets)
 encode, _, _ = get_tokenizer(meta)
 
 
@@ -88,7 +92,7 @@ val_pairs = encode_pairs(read_preferences(val_data))[:max_val or None]
 run = Run(out_dir, device, divide={'batch_size': batch_size})
 device = run.device
 model.to(device)
-reference = copy.deepcopy(model).eval().requires_grad_(False)  # the frozen SFT policy
+reference = lora.reference(model)  # the frozen SFT policy (LoRA: the policy with its adapters off, no copy)
 run.log(f"{describe(device, dtype)}, {run.world} process(es); policy and reference from {init_from} "
         f"({model.num_params() / 1e6:.2f}M parameters); {len(train_pairs):,} training and {len(val_pairs):,} "
         f"held-out pairs; beta {beta}")

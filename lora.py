@@ -145,11 +145,12 @@ def setup(model, init_from, rank, alpha, dropout, targets, train=()):
     model (init_from: the base the checkpoints will name) and freezes the rest; a model that already has them (a
     resumed LoRA run, or a LoRA run as init_from) keeps training its own; rank 0 on a LoRA model merges them into a
     plain network (a full fine-tune of a LoRA run). Returns a line for the log, or ''."""
+    merged = ''
+    if is_lora(model) and (init_from != 'resume' or not rank):
+        strip(model)  # a LoRA run as the start of another run: its adapters become part of the base
+        merged = "the adapters of the LoRA run this starts from are merged into its weights"
     if not rank:
-        if is_lora(model):
-            strip(model)
-            return "the adapters of the LoRA run this starts from are merged into its weights (lora_rank=0)"
-        return ''
+        return merged
     if is_lora(model):
         for name, p in model.named_parameters():  # (rebuilt from a checkpoint: its trained set as it was)
             p.requires_grad_('.lora_' in name or any(name.startswith(t) for t in model.lora_settings.get('train', ())))
@@ -162,8 +163,36 @@ def setup(model, init_from, rank, alpha, dropout, targets, train=()):
     model.lora_settings.update(base=os.path.abspath(init_from) if os.path.isdir(init_from) else init_from,
                                train=list(train), base_check=fingerprint(model))
     trained, total = count(model)
-    return (f"LoRA r={rank}, alpha={alpha:g}, dropout={dropout:g} on {targets}: {trained:,} of {total:,} parameters "
+    return (f"{merged}; " if merged else '') + (f"LoRA r={rank}, alpha={alpha:g}, dropout={dropout:g} on {targets}: {trained:,} of {total:,} parameters "
             f"trained ({100 * trained / total:.2f}%)" + (f", including {', '.join(train)}" if train else ''))
+
+
+class Reference:
+    """The frozen base of a LoRA model, called like the model: its forward with the adapters off, in eval mode,
+    without gradients. PPO and DPO's reference policy (the model they start from) without a second copy of it."""
+
+    def __init__(self, model):
+        self.model = model
+        self.config = model.config
+
+    def __call__(self, *args, **kwargs):
+        mode = self.model.training
+        try:
+            with disabled(self.model), torch.no_grad():
+                return self.model.eval()(*args, **kwargs)
+        finally:
+            self.model.train(mode)
+
+    def eval(self):
+        return self
+
+
+def reference(model):
+    """PPO/DPO's frozen reference: the base itself for a LoRA policy (Reference), else a frozen copy."""
+    import copy
+    if is_lora(model):
+        return Reference(model)
+    return copy.deepcopy(model).eval().requires_grad_(False)
 
 
 @torch.no_grad()

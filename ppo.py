@@ -30,6 +30,7 @@ import time
 import torch
 
 import configurator
+import lora
 from align import (Run, by_length, collate, encode_prompt, entropy, fmt, gae, kl_penalty, load_policy,
                    load_reward_model, policy_checkpoint, ppo_policy_loss, ppo_value_loss, read_prompts,
                    response_logprobs, sample_responses, special_ids)
@@ -68,6 +69,10 @@ save_interval = 0                   # also save every this many iterations (0: a
 wandb_log = False                   # also log to Weights & Biases
 wandb_project = 'align'
 wandb_run_name = 'ppo'
+lora_rank = 0                       # LoRA (lora.py): > 0 trains rank-r adapters on the frozen start model; 0: every weight
+lora_alpha = 16.0                   # the adapters' update is scaled by lora_alpha / lora_rank
+lora_dropout = 0.05
+lora_targets = 'c_attn'             # c_attn (or q,k,v), attn.c_proj, c_fc, mlp.c_proj, c_proj, all
 device = 'auto'
 dtype = 'float32'                   # 'auto' picks bf16 where it is fast
 seed = 1337
@@ -92,7 +97,7 @@ setup_torch(seed, device)
 ctx = autocast_ctx(device, dtype)
 
 # ----------------------------------------------------------------------------- models and data
-policy, meta = load_policy(init_from)
+policy, meta = load_policy(init_from, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets)
 rm, _ = load_reward_model(reward_model, policy, meta)  # one line if its vocabulary is not the policy's
 encode, decode, _ = get_tokenizer(meta)
 END = special_ids(meta)[2]
@@ -112,7 +117,7 @@ run = Run(out_dir, device, divide={'batch_size / micro_batch': m})
 device = run.device
 mine = run.share(m)
 policy.to(device)
-reference = copy.deepcopy(policy).eval().requires_grad_(False)  # the frozen SFT policy
+reference = lora.reference(policy)  # the frozen SFT policy (LoRA: the policy with its adapters off, no copy)
 rm = rm.to(device).eval().requires_grad_(False)
 value = copy.deepcopy(rm).train().requires_grad_(True)  # InstructGPT: the value function starts as the reward model
 run.log(f"{describe(device, dtype)}, {run.world} process(es); policy and reference from {init_from}, reward model "

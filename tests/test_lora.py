@@ -331,3 +331,62 @@ def test_finetune_lora_head_resume_and_export(tmp_path, char_data):
                                  f'--export={tmp_path / "hf"}', '--device=cpu')
     assert code == 0, err
     assert (tmp_path / 'hf' / 'model.safetensors').exists()
+
+
+# ---------------------------------------------------------------------- RLHF: the reference is the base itself
+
+def rlhf_models(tmp_path):
+    """A tiny SFT policy (a run's out_dir), a reward model and ranked preference groups."""
+    import random
+    from align import chat_meta, policy_checkpoint, reward_checkpoint
+    from checkpoint import save_checkpoint
+    from heads import RewardModel
+    chars = sorted(set(" \n!',-.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ&$3"))
+    meta = chat_meta(dict(tokenizer='char', chars=chars, vocab_size=len(chars)))
+    for name in ('sft', 'rm'):
+        (tmp_path / name).mkdir()
+    torch.manual_seed(0)
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=48, vocab_size=meta['vocab_size'])
+    save_checkpoint(policy_checkpoint(GPT(cfg), meta, {}, 0), str(tmp_path / 'sft' / 'ckpt.pt'))
+    rm = RewardModel(GPT(cfg))
+    torch.nn.init.normal_(rm.head.weight, std=1.0)
+    save_checkpoint(reward_checkpoint(rm, meta, {}, 0), str(tmp_path / 'rm' / 'ckpt.pt'))
+    rng, words, rows = random.Random(0), ['thee', 'were', 'eye', 'king', 'lord', 'my', 'good', 'night'], []
+    for _ in range(16):
+        cands = [' '.join(rng.sample(words, 3)) for _ in range(2)]
+        rows.append(dict(prompt='Now', chosen=cands[0], rejected=cands[1]))
+    (tmp_path / 'prefs.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    return tmp_path
+
+
+def test_dpo_and_ppo_with_lora(tmp_path, monkeypatch):
+    """DPO and PPO with LoRA: no copy of the model is made for the reference (it is the policy with its adapters
+    off, lora.Reference); the checkpoint holds the adapters only and loads as the SFT run plus them."""
+    import copy
+    import checkpoint
+    from conftest import run_inprocess
+    d = rlhf_models(tmp_path)
+    copies = []
+    real_deepcopy = copy.deepcopy
+    monkeypatch.setattr(copy, 'deepcopy', lambda x, *a: copies.append(type(x).__name__) or real_deepcopy(x, *a))
+    common = ['--device=cpu', '--lora_rank=2', '--lora_targets=all', '--learning_rate=1e-2']
+    code, out, err = run_inprocess('dpo.py', f'--init_from={d / "sft"}', f'--train_data={d / "prefs.jsonl"}',
+                                   f'--val_data={d / "prefs.jsonl"}', f'--out_dir={d / "dpo"}', '--max_iters=3',
+                                   '--batch_size=8', '--eval_interval=3', *common)
+    assert code == 0, err
+    assert 'GPT' not in copies  # no second policy
+    ck = load_ckpt(d / 'dpo' / 'ckpt.pt')
+    assert ck['lora']['base'] == str(d / 'sft') and all('.lora_' in k for k in ck['model'])
+    policy = checkpoint.load_model(str(d / 'dpo'))[0]
+    sft = checkpoint.load_model(str(d / 'sft'))[0]
+    assert lora.is_lora(policy) and any(m.lora_B.abs().sum() > 0 for _, m in lora.adapters(policy))
+    ref = lora.Reference(policy)
+    with torch.no_grad():
+        assert torch.equal(ref(IDX)[0], sft.eval()(IDX)[0])
+    code, out, err = run_inprocess('ppo.py', f'--init_from={d / "sft"}', f'--reward_model={d / "rm"}',
+                                   f'--prompts={d / "prefs.jsonl"}', f'--out_dir={d / "ppo"}', '--iters=2',
+                                   '--batch_size=4', '--micro_batch=4', '--minibatches=1', '--ppo_epochs=1',
+                                   '--max_new_tokens=6', '--value_lr=1e-3', *common)
+    assert code == 0, err
+    assert copies.count('GPT') == 0
+    assert all('.lora_' in k for k in load_ckpt(d / 'ppo' / 'ckpt.pt')['model'])
