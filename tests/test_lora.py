@@ -390,3 +390,16 @@ def test_dpo_and_ppo_with_lora(tmp_path, monkeypatch):
     assert code == 0, err
     assert copies.count('GPT') == 0
     assert all('.lora_' in k for k in load_ckpt(d / 'ppo' / 'ckpt.pt')['model'])
+
+
+def test_bench_memory_mode():
+    """bench.py --mode=memory: one fresh process per variant, a row each; LoRA trains a small share."""
+    p = run('bench.py', '--mode=memory', '--model=baby-mini', '--device=cpu', '--dtype=float32', '--n_layer=2',
+            '--block_size=32', '--lora_rank=2', '--variants=full,lora+ckpt')
+    rows = {line.split()[0]: line.split() for line in p.stdout.splitlines()[2:]}
+    assert set(rows) == {'full', 'lora+ckpt'}, p.stdout
+    trained = {k: int(v[1].replace(',', '')) for k, v in rows.items()}
+    assert 0 < trained['lora+ckpt'] < trained['full'] / 20
+    assert all(float(v[4].replace(',', '')) > 0 for v in rows.values())
+    p = run('bench.py', '--mode=memory', '--variants=lora+full', check=False)
+    assert p.returncode == 1 and 'memory variants are full or lora' in p.stderr
