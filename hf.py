@@ -74,15 +74,36 @@ def weight_files(name_or_path):
     raise ValueError(f"no model.safetensors or pytorch_model.bin in {name_or_path!r}")
 
 
+SAFETENSORS_DTYPES = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16,
+                      'I64': torch.int64, 'I32': torch.int32, 'I16': torch.int16, 'I8': torch.int8, 'U8': torch.uint8,
+                      'BOOL': torch.bool}
+
+
+def read_safetensors(path):
+    """(name, tensor) of each tensor of a .safetensors file, read straight into its own buffer (the format: an
+    8-byte little-endian header length, a JSON header of dtype, shape and byte offsets, then the data). Not
+    memory-mapped: a mapped file's pages count in the process's memory too while they are read."""
+    with open(path, 'rb') as f:
+        n = int.from_bytes(f.read(8), 'little')
+        header = json.loads(f.read(n))
+        header.pop('__metadata__', None)
+        for name, info in sorted(header.items(), key=lambda kv: kv[1]['data_offsets'][0]):
+            begin, end = info['data_offsets']
+            if info['dtype'] not in SAFETENSORS_DTYPES:
+                raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}, which this loader does not read")
+            buf = torch.empty(end - begin, dtype=torch.uint8)
+            f.seek(8 + n + begin)
+            if f.readinto(buf.numpy()) != end - begin:
+                raise ValueError(f"{path} is truncated (tensor {name})")
+            yield name, buf.view(SAFETENSORS_DTYPES[info['dtype']]).reshape(info['shape'])
+
+
 def read_weights(name_or_path):
     """(name, tensor) of every tensor in a transformers checkpoint, read one at a time (safetensors) or from a
-    memory-mapped file (pytorch_model.bin, weights-only), so only one copy of the weights is ever held."""
-    from safetensors import safe_open
+    memory-mapped file (pytorch_model.bin, weights-only), so only about one copy of the weights is ever held."""
     for path in weight_files(name_or_path):
         if path.endswith('.safetensors'):
-            with safe_open(path, framework='pt') as f:
-                for k in f.keys():
-                    yield k, f.get_tensor(k)
+            yield from read_safetensors(path)
         else:
             sd = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
             yield from sd.items()
