@@ -226,11 +226,12 @@ def char_base(tmp_path):
     return d
 
 
-def lora_run(char_data, base, out, *extra):
+def lora_run(char_data, base, out, *extra, nproc=1):
     args = tiny(batch_size=4, gradient_accumulation_steps=2, eval_iters=2, log_interval=1, dropout=0.1, plot=False,
                 learning_rate=1e-2, warmup_iters=0, lr_decay_iters=6, min_lr=1e-3, block_size=16, eval_interval=3,
                 always_save_checkpoint=True, lora_rank=4, lora_alpha=8, lora_dropout=0.1, lora_targets='q,v,c_fc')
-    return run('train.py', *args, f'--data_dir={char_data}', f'--out_dir={out}', f'--init_from={base}', *extra)
+    return run('train.py', *args, f'--data_dir={char_data}', f'--out_dir={out}', f'--init_from={base}', *extra,
+               nproc=nproc)
 
 
 def test_train_lora_checkpoint_resume_and_export(tmp_path, char_data):
@@ -403,3 +404,17 @@ def test_bench_memory_mode():
     assert all(float(v[4].replace(',', '')) > 0 for v in rows.values())
     p = run('bench.py', '--mode=memory', '--variants=lora+full', check=False)
     assert p.returncode == 1 and 'memory variants are full or lora' in p.stderr
+
+
+@pytest.mark.parametrize('parallelism', ['ddp', 'fsdp'])
+def test_lora_with_checkpointing_on_two_processes_equals_one(tmp_path, char_data, parallelism):
+    """LoRA with activation checkpointing under DDP and FSDP (2 CPU processes, gloo): the same losses and adapters
+    as one process with the same global batch."""
+    base = char_base(tmp_path)
+    args = ['--max_iters=4', '--eval_interval=4', '--dtype=float32', '--grad_checkpoint=True', '--lora_dropout=0.0']
+    lora_run(char_data, base, tmp_path / 'one', *args)
+    lora_run(char_data, base, tmp_path / 'two', *args, f'--parallelism={parallelism}', nproc=2)
+    a, b = load_ckpt(tmp_path / 'one' / 'ckpt.pt'), load_ckpt(tmp_path / 'two' / 'ckpt.pt')
+    assert a['model'].keys() == b['model'].keys() and all('.lora_' in k for k in b['model'])
+    for k in a['model']:
+        torch.testing.assert_close(b['model'][k], a['model'][k], rtol=0, atol=1e-5, msg=k)
