@@ -406,7 +406,7 @@ def test_bench_memory_mode():
     assert p.returncode == 1 and 'memory variants are full or lora' in p.stderr
 
 
-@pytest.mark.parametrize('parallelism', ['ddp', 'fsdp'])
+@pytest.mark.parametrize('parallelism', [pytest.param('ddp', marks=pytest.mark.slow), 'fsdp'])
 def test_lora_with_checkpointing_on_two_processes_equals_one(tmp_path, char_data, parallelism):
     """LoRA with activation checkpointing under DDP and FSDP (2 CPU processes, gloo): the same losses and adapters
     as one process with the same global batch."""
