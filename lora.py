@@ -142,20 +142,23 @@ def apply(model, rank, alpha=None, dropout=0.0, targets='c_attn', train=()):
 
 def setup(model, init_from, rank, alpha, dropout, targets, train=()):
     """What a training script does with its --lora_* settings, in place: rank > 0 puts adapters on a pretrained
-    model (init_from: the base the checkpoints will name) and freezes the rest; a model that already has them (a
-    resumed LoRA run, or a LoRA run as init_from) keeps training its own; rank 0 on a LoRA model merges them into a
-    plain network (a full fine-tune of a LoRA run). Returns a line for the log, or ''."""
+    model (init_from: the base the checkpoints will name) and freezes the rest; a resumed LoRA run keeps training
+    its own adapters; a LoRA run as init_from has its adapters merged into its weights first (it is the new run's
+    base, or with rank 0 a plain network trained in full). Returns a line for the log, or ''."""
+    if is_lora(model) and init_from == 'resume':
+        for name, p in model.named_parameters():  # (rebuilt from its checkpoint: the trained set as it was)
+            p.requires_grad_('.lora_' in name or any(name.startswith(t) for t in model.lora_settings.get('train', ())))
+        trained, total = count(model)
+        return f"LoRA: continuing the run's adapters ({trained:,} of {total:,} parameters trained)"
     merged = ''
-    if is_lora(model) and (init_from != 'resume' or not rank):
-        strip(model)  # a LoRA run as the start of another run: its adapters become part of the base
+    if is_lora(model):  # a LoRA run as the start of another run: its adapters become part of the base
+        strip(model)
         merged = "the adapters of the LoRA run this starts from are merged into its weights"
     if not rank:
         return merged
-    if is_lora(model):
-        for name, p in model.named_parameters():  # (rebuilt from a checkpoint: its trained set as it was)
-            p.requires_grad_('.lora_' in name or any(name.startswith(t) for t in model.lora_settings.get('train', ())))
-        trained, total = count(model)
-        return f"LoRA: continuing the adapters of the run ({trained:,} of {total:,} parameters trained)"
+    if init_from == 'resume':
+        raise UserError("the run being resumed trained every weight, so it cannot continue as LoRA: start a new run "
+                        "with --init_from=<its out_dir> --lora_rank=R and another --out_dir")
     if init_from == 'scratch':
         raise UserError("LoRA adapts a pretrained model: set --init_from to a hub model, a Hugging Face directory or "
                         "a training run's out_dir (or lora_rank=0 to train from scratch)")
@@ -163,8 +166,9 @@ def setup(model, init_from, rank, alpha, dropout, targets, train=()):
     model.lora_settings.update(base=os.path.abspath(init_from) if os.path.isdir(init_from) else init_from,
                                train=list(train), base_check=fingerprint(model))
     trained, total = count(model)
-    return (f"{merged}; " if merged else '') + (f"LoRA r={rank}, alpha={alpha:g}, dropout={dropout:g} on {targets}: {trained:,} of {total:,} parameters "
-            f"trained ({100 * trained / total:.2f}%)" + (f", including {', '.join(train)}" if train else ''))
+    return ((f"{merged}; " if merged else '') + f"LoRA r={rank}, alpha={alpha:g}, dropout={dropout:g} on {targets}: "
+            f"{trained:,} of {total:,} parameters trained ({100 * trained / total:.2f}%)"
+            + (f", including {', '.join(train)}" if train else ''))
 
 
 class Reference:

@@ -418,3 +418,38 @@ def test_lora_with_checkpointing_on_two_processes_equals_one(tmp_path, char_data
     assert a['model'].keys() == b['model'].keys() and all('.lora_' in k for k in b['model'])
     for k in a['model']:
         torch.testing.assert_close(b['model'][k], a['model'][k], rtol=0, atol=1e-5, msg=k)
+
+
+def test_a_lora_run_as_the_base_of_another(tmp_path):
+    """init_from a LoRA run: its adapters are merged into the new run's base, and the new run's checkpoint rebuilds
+    through it (two levels); resuming a full run as LoRA is one line."""
+    import checkpoint
+    from align import policy_checkpoint
+    from checkpoint import save_checkpoint
+    base = tmp_path / 'base'
+    base.mkdir()
+    meta = dict(tokenizer='char', chars=[chr(65 + i) for i in range(50)], vocab_size=50)
+    save_checkpoint(policy_checkpoint(small_gpt(), meta, {}, 0), str(base / 'ckpt.pt'))
+    first = checkpoint.load_model(str(base))[0]
+    lora.setup(first, str(base), 2, 4, 0.0, 'c_attn')
+    randomize_adapters(first)
+    (tmp_path / 'one').mkdir()
+    save_checkpoint(policy_checkpoint(first, meta, {}, 1), str(tmp_path / 'one' / 'ckpt.pt'))
+    second = checkpoint.load_model(str(tmp_path / 'one'))[0]
+    note = lora.setup(second, str(tmp_path / 'one'), 2, 4, 0.0, 'all')
+    assert note.startswith('the adapters of the LoRA run this starts from are merged')
+    randomize_adapters(second, seed=2)
+    (tmp_path / 'two').mkdir()
+    save_checkpoint(policy_checkpoint(second, meta, {}, 2), str(tmp_path / 'two' / 'ckpt.pt'))
+    again = checkpoint.load_model(str(tmp_path / 'two'))[0].eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(IDX)[0], second.eval()(IDX)[0], rtol=0, atol=1e-6)
+    with pytest.raises(UserError, match='cannot continue as LoRA'):
+        lora.setup(small_gpt(), 'resume', 4, 8, 0.0, 'c_attn')
+    # a base that changed under a LoRA run is refused in one line
+    other = small_gpt()
+    with torch.no_grad():
+        other.transformer.h[0].attn.c_attn.weight.mul_(1.01)  # same shapes, other weights: the fingerprint differs
+    save_checkpoint(policy_checkpoint(other, meta, {}, 0), str(base / 'ckpt.pt'))
+    with pytest.raises(UserError, match='is not the model it was trained on'):
+        checkpoint.load_model(str(tmp_path / 'one'))
