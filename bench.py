@@ -690,6 +690,29 @@ def load_copy(path):
     return m
 
 
+def rss_mb(field):
+    """VmRSS (resident now) or VmHWM (peak resident since the last reset_peak_rss) in MB, from /proc (Linux), or 0."""
+    try:
+        with open('/proc/self/status', encoding='utf-8') as f:
+            for line in f:
+                if line.startswith(field + ':'):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peak_rss():
+    """Start VmHWM again from the present resident set (Linux: clear_refs 5); elsewhere nothing."""
+    import gc
+    gc.collect()
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+    except OSError:
+        pass
+
+
 def memory_one(dev, name):
     """One variant of memory_bench, in this (fresh) process: prints one JSON line."""
     import json
@@ -706,11 +729,14 @@ def memory_one(dev, name):
                               step_s=time.perf_counter() - t0)), flush=True)
         return
     m = build_model(dev)
-    if 'lora' in parts:
-        lora.apply(m, lora_rank, 2 * lora_rank, 0.0, lora_targets)
-    m.grad_checkpoint = 'ckpt' in parts
-    weights = torch.cuda.memory_allocated(dev) / 2 ** 20 if cuda else peak_memory_mb(dev)
     dt = pick_dtype(dtype, dev)
+    if 'lora' in parts:  # as train.py: the frozen matrices stored in the compute dtype (lora.cast_frozen)
+        lora.apply(m, lora_rank, 2 * lora_rank, 0.0, lora_targets)
+        if dt != 'float32':
+            lora.cast_frozen(m, getattr(torch, dt))
+    m.grad_checkpoint = 'ckpt' in parts
+    weights = torch.cuda.memory_allocated(dev) / 2 ** 20 if cuda else rss_mb('VmRSS') or peak_memory_mb(dev)
+    reset_peak_rss()  # the steps' peak, not building the model (random fp32 weights, then cast)
     ctx = autocast_ctx(dev, dt)
     device_type = torch.device(dev).type
     opt = m.configure_optimizers(weight_decay, learning_rate, (0.9, 0.99), device_type, verbose=False,
@@ -730,7 +756,7 @@ def memory_one(dev, name):
         opt.zero_grad(set_to_none=True)
         loss.item()
     step = (time.perf_counter() - t0) / 2
-    peak = torch.cuda.max_memory_allocated(dev) / 2 ** 20 if cuda else peak_memory_mb(dev)
+    peak = torch.cuda.max_memory_allocated(dev) / 2 ** 20 if cuda else rss_mb('VmHWM') or peak_memory_mb(dev)
     trained = sum(p.numel() for p in m.parameters() if p.requires_grad)
     print(json.dumps(dict(variant=name, trained=trained, start_mb=start, weights_mb=weights, peak_mb=peak,
                           step_s=step)), flush=True)

@@ -70,7 +70,7 @@ class LoRALinear(nn.Linear):
         return (B @ self.lora_A) * self.scaling
 
     def forward(self, x):
-        y = F.linear(x, self.weight, self.bias)
+        y = frozen_linear(x, self.weight, self.bias)
         if self.merged or not self.enabled:
             return y
         B = self.lora_B if self.lora_mask is None else self.lora_B * self.lora_mask
@@ -78,6 +78,46 @@ class LoRALinear(nn.Linear):
 
     def extra_repr(self):
         return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}, merged={self.merged}"
+
+
+def frozen_linear(x, weight, bias):
+    """F.linear, for a frozen weight that cast_frozen stored in the compute dtype: outside autocast (an fp32
+    evaluation) it is cast to x's dtype for the call."""
+    if weight.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+        weight = weight.to(x.dtype)
+    return F.linear(x, weight, bias)
+
+
+class FrozenLinear(nn.Linear):
+    """A block's linear layer without an adapter whose frozen weight cast_frozen stores in the compute dtype
+    (the same Parameters as the nn.Linear it replaces, so the state-dict names are unchanged)."""
+
+    def __init__(self, base):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight, self.bias = base.weight, base.bias
+
+    def forward(self, x):
+        return frozen_linear(x, self.weight, self.bias)
+
+
+@torch.no_grad()
+def cast_frozen(model, dtype):
+    """Store the frozen weight matrices of the blocks' linear layers in `dtype`, the autocast dtype of a bf16 or
+    fp16 run: autocast casts an fp32 weight to it for every matmul anyway, so the forward and backward passes are
+    unchanged bit for bit, and the frozen base takes half the memory (and no per-step cast). The adapters,
+    embeddings, LayerNorms and biases stay as they are."""
+    for block in model.transformer.h:
+        for layer in LAYERS:
+            owner_name, name = layer.split('.')
+            owner = getattr(block, owner_name)
+            lin = getattr(owner, name)
+            if not isinstance(lin, (LoRALinear, FrozenLinear)):
+                lin = FrozenLinear(lin)
+                setattr(owner, name, lin)
+            if not lin.weight.requires_grad:
+                lin.weight.data = lin.weight.data.to(dtype)
+    return model
 
 
 def parse_targets(targets):
@@ -140,15 +180,18 @@ def apply(model, rank, alpha=None, dropout=0.0, targets='c_attn', train=()):
     return model
 
 
-def setup(model, init_from, rank, alpha, dropout, targets, train=()):
+def setup(model, init_from, rank, alpha, dropout, targets, train=(), frozen_dtype=None):
     """What a training script does with its --lora_* settings, in place: rank > 0 puts adapters on a pretrained
     model (init_from: the base the checkpoints will name) and freezes the rest; a resumed LoRA run keeps training
     its own adapters; a LoRA run as init_from has its adapters merged into its weights first (it is the new run's
-    base, or with rank 0 a plain network trained in full). Returns a line for the log, or ''."""
+    base, or with rank 0 a plain network trained in full). frozen_dtype: the compute dtype of a bf16/fp16 run, in
+    which the frozen weight matrices are then stored (cast_frozen). Returns a line for the log, or ''."""
     if is_lora(model) and init_from == 'resume':
         for name, p in model.named_parameters():  # (rebuilt from its checkpoint: the trained set as it was)
             p.requires_grad_('.lora_' in name or any(name.startswith(t) for t in model.lora_settings.get('train', ())))
         trained, total = count(model)
+        if frozen_dtype is not None:
+            cast_frozen(model, frozen_dtype)
         return f"LoRA: continuing the run's adapters ({trained:,} of {total:,} parameters trained)"
     merged = ''
     if is_lora(model):  # a LoRA run as the start of another run: its adapters become part of the base
@@ -166,9 +209,12 @@ def setup(model, init_from, rank, alpha, dropout, targets, train=()):
     model.lora_settings.update(base=os.path.abspath(init_from) if os.path.isdir(init_from) else init_from,
                                train=list(train), base_check=fingerprint(model))
     trained, total = count(model)
+    if frozen_dtype is not None:
+        cast_frozen(model, frozen_dtype)
     return ((f"{merged}; " if merged else '') + f"LoRA r={rank}, alpha={alpha:g}, dropout={dropout:g} on {targets}: "
             f"{trained:,} of {total:,} parameters trained ({100 * trained / total:.2f}%)"
-            + (f", including {', '.join(train)}" if train else ''))
+            + (f", including {', '.join(train)}" if train else '')
+            + (f"; frozen matrices stored in {str(frozen_dtype).replace('torch.', '')}" if frozen_dtype else ''))
 
 
 class Reference:
@@ -210,7 +256,7 @@ def fingerprint(model):
 def strip(model):
     """Merge the adapters into the weights and put plain nn.Linear layers back, in place."""
     merge(model)
-    for name, m in adapters(model):
+    for name, m in [(n, m) for n, m in model.named_modules() if isinstance(m, (LoRALinear, FrozenLinear))]:
         owner_name, attr = name.rsplit('.', 1)
         plain = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device='meta')
         plain.weight, plain.bias = m.weight, m.bias

@@ -285,7 +285,8 @@ if init_from not in ('scratch', 'resume') and meta.get('added_tokens') and model
     model = grow_vocab(model, meta)
     log(f"added {', '.join(meta['added_tokens'])} to the vocabulary: {model.config.vocab_size} ids")
 lora_note = lora.setup(model, init_from, lora_rank, lora_alpha, lora_dropout, lora_targets,  # (new tokens' rows:
-                       train=('transformer.wte.',) if meta.get('added_tokens') else ())      # the embedding trains)
+                       train=('transformer.wte.',) if meta.get('added_tokens') else (),      # the embedding trains)
+                       frozen_dtype=None if fsdp or dtype == 'float32' else getattr(torch, dtype))
 if lora_note:
     log(lora_note)
 model.grad_checkpoint = grad_checkpoint

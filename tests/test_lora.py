@@ -453,3 +453,31 @@ def test_a_lora_run_as_the_base_of_another(tmp_path):
     save_checkpoint(policy_checkpoint(other, meta, {}, 0), str(base / 'ckpt.pt'))
     with pytest.raises(UserError, match='is not the model it was trained on'):
         checkpoint.load_model(str(tmp_path / 'one'))
+
+
+def test_frozen_matrices_in_bf16_change_nothing_under_autocast():
+    """lora.cast_frozen (train.py with LoRA in bf16/fp16): the frozen matrices stored in bf16 give bit-identical
+    losses and adapters under bf16 autocast, since autocast casts them to bf16 for every matmul anyway; outside
+    autocast (an fp32 evaluation) the model still runs."""
+    results = []
+    for cast in (False, True):
+        model = small_gpt()
+        lora.apply(model, rank=4, targets='q,v,c_fc')
+        if cast:
+            lora.cast_frozen(model, torch.bfloat16)
+            assert model.transformer.h[0].mlp.c_proj.weight.dtype == torch.bfloat16  # (no adapter: FrozenLinear)
+            assert model.transformer.h[0].attn.c_attn.lora_A.dtype == torch.float32
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        losses = []
+        for i in range(3):
+            with torch.autocast('cpu', dtype=torch.bfloat16):
+                _, loss = model(IDX, IDX)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        results.append((losses, lora.trained_state(model)))
+        with torch.no_grad():
+            assert torch.isfinite(model.eval()(IDX)[0]).all()
+    assert results[0][0] == results[1][0]
+    assert all(torch.equal(results[0][1][k], results[1][1][k]) for k in results[0][1])
