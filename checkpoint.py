@@ -311,7 +311,7 @@ def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, bloc
     init_from: 'scratch' (a new GPT with the GPTConfig fields in the dict scratch), 'resume'
     (out_dir/ckpt_name, falling back to out_dir/ckpt.pt; or ckpt, a checkpoint already loaded), another
     run's out_dir (its best.pt's weights), a Hugging Face hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl,
-    openai-gpt) or a local transformers directory.
+    openai-gpt), a local transformers directory, or a peft LoRA adapter directory (on the base it names).
     overrides: GPTConfig fields that leave the weights' meaning alone (dropout, attn_impl, ...).
     block_size: run at this context (0 keeps the model's; see GPT.crop_block_size).
     expect: architecture settings the user asked for explicitly, which a resumed checkpoint must have.
@@ -338,6 +338,8 @@ def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, bloc
             path = find_checkpoint(init_from, 'best.pt')
             run = load_checkpoint(path, map_location='cpu')
             model, meta = model_from_checkpoint(run, **overrides), run.get('data_meta')
+        elif os.path.isfile(os.path.join(init_from, 'adapter_config.json')):
+            model, meta = load_peft_adapter(init_from, **overrides)
         elif init_from in hf.HF_HUB_MODELS or os.path.isdir(init_from):
             try:
                 model = hf.from_pretrained(init_from, **overrides)
@@ -355,6 +357,23 @@ def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, bloc
     except ValueError as e:
         raise UserError(str(e)) from None
     return model, meta, (ckpt if init_from == 'resume' else None)
+
+
+def load_peft_adapter(path, **overrides):
+    """A peft LoRA adapter directory (ours from export.py --adapter=True, or one peft trained on a GPT-2) on its
+    base, which adapter_config.json names (base_model_name_or_path: a hub name or a directory): (model, meta)."""
+    import json
+    import lora
+    with open(os.path.join(path, 'adapter_config.json'), encoding='utf-8') as f:
+        base = json.load(f).get('base_model_name_or_path')
+    if not base:
+        raise UserError(f"the adapter {path} does not name its base model (base_model_name_or_path in "
+                        f"adapter_config.json); set it to the hub name or directory it was trained on")
+    model, meta, _ = load_model(base, **overrides)
+    lora.strip(model)  # (a LoRA run of ours as the base: its own adapters are part of it)
+    lora.load_adapter(model, path)
+    model.lora_settings.update(base=base, train=[], base_check=lora.fingerprint(model))
+    return model, meta
 
 
 def check_resume_data(ckpt, data_meta, data_dir):

@@ -157,6 +157,12 @@ def test_peft_to_ours(tmp_path):
     assert len(lora.adapters(ours)) == 8
     with torch.no_grad():
         torch.testing.assert_close(ours(IDX)[0], pm(IDX).logits, rtol=0, atol=1e-5)
+    # the adapter directory as init_from (sample.py, eval.py, train.py): its base, named in adapter_config.json
+    import checkpoint
+    assert json.loads((tmp_path / 'peft' / 'adapter_config.json').read_text())['base_model_name_or_path'] == str(base_dir)
+    direct = checkpoint.load_model(str(tmp_path / 'peft'))[0].eval()
+    with torch.no_grad():
+        torch.testing.assert_close(direct(IDX)[0], pm(IDX).logits, rtol=0, atol=1e-5)
     # and back out: the same tensors peft wrote
     lora.save_adapter(ours, tmp_path / 'again')
     a, b = load_file(tmp_path / 'peft' / 'adapter_model.safetensors'), load_file(tmp_path / 'again' / 'adapter_model.safetensors')
