@@ -487,3 +487,20 @@ def test_frozen_matrices_in_bf16_change_nothing_under_autocast():
             assert torch.isfinite(model.eval()(IDX)[0]).all()
     assert results[0][0] == results[1][0]
     assert all(torch.equal(results[0][1][k], results[1][1][k]) for k in results[0][1])
+
+
+@pytest.mark.slow
+def test_grad_checkpoint_under_torch_compile():
+    """The checkpointed blocks compile (non-reentrant checkpoint is traced by dynamo) and give eager's gradients."""
+    grads = []
+    for compiled in (False, True):
+        model = small_gpt()
+        lora.apply(model, rank=4, targets='all')
+        randomize_adapters(model)
+        model.grad_checkpoint = True
+        fwd = torch.compile(model) if compiled else model
+        _, loss = fwd(IDX, IDX)
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-5, msg=n)
