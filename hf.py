@@ -152,9 +152,15 @@ def from_pretrained(name_or_path, **overrides):
     expected = {k: v.shape for k, v in model.state_dict().items() if k != 'lm_head.weight'}  # (tied to wte)
     sd = {}
     V = config.vocab_size
+    head = None
     for k, src in read_weights(name_or_path):
-        if k.endswith(('.attn.bias', '.attn.masked_bias')) or k == 'lm_head.weight':
-            continue  # old HF causal-mask buffers; the output matrix is wte's
+        if k == 'lm_head.weight':  # tied to wte: files keep one of the two (which one varies by class)
+            head = src
+            continue
+        if k.endswith(('.attn.bias', '.attn.masked_bias')):
+            continue  # old HF causal-mask buffers
+        if k.split('.')[0] not in ('transformer', 'h', 'wte', 'wpe', 'ln_f', 'tokens_embed', 'positions_embed'):
+            continue  # another model's head (DoubleHeads' multiple-choice head, a classifier's score): not ours
         if hf_config.model_type == 'openai-gpt':  # GPT-1 names its embeddings differently
             k = k.replace('tokens_embed', 'wte').replace('positions_embed', 'wpe')
         if not k.startswith('transformer.'):  # OpenAI's hub files were saved from the bare GPT2Model
@@ -170,9 +176,18 @@ def from_pretrained(name_or_path, **overrides):
         if src.shape != expected[k]:
             raise ValueError(f"shape mismatch for {k}: checkpoint {tuple(src.shape)}, model {tuple(expected[k])}")
         sd[k] = src.contiguous()
+    if 'transformer.wte.weight' not in sd and head is not None:
+        sd['transformer.wte.weight'] = head.float().contiguous()
+        if config.padded_vocab_size != head.shape[0]:
+            pad = torch.empty(config.padded_vocab_size - head.shape[0], head.shape[1]).normal_(0.0, 0.02)
+            sd['transformer.wte.weight'] = torch.cat((sd['transformer.wte.weight'], pad))
+    del head
     if set(sd) != set(expected):
         raise ValueError(f"checkpoint keys do not match a {hf_config.model_type} model: missing "
                          f"{sorted(set(expected) - set(sd))[:5]}")
+    for k, v in sd.items():
+        if v.shape != expected[k]:
+            raise ValueError(f"shape mismatch for {k}: checkpoint {tuple(v.shape)}, model {tuple(expected[k])}")
     model.load_state_dict(sd, strict=False, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # re-tie (assign replaced wte's Parameter)
     del sd
