@@ -17,8 +17,8 @@ Modes: 'train' times one optimizer step (forward, backward, grad clip, AdamW, on
 path of train.py), 'forward' a no-grad forward with loss (what evaluation runs), 'sample' greedy
 generation (one iteration = one new token for every row), 'eval' HellaSwag scoring (eval_bench below),
 'speedrun' whole training runs (speedrun_bench below), 'memory' the peak memory of training steps (memory_bench
-below: full fine-tuning, LoRA, each with and without activation checkpointing). Each variant warms up (and compiles) first;
-figures are medians over the timed iterations, with the process CPU time beside them (on a busy machine
+below: full fine-tuning, LoRA, each with and without activation checkpointing). Each variant warms up (and
+compiles) first; figures are medians over the timed iterations, with the process CPU time beside them (on a busy machine
 the less disturbed figure for one thread). MFU is the model's FLOPs (model.flops_per_token) per second
 over the device peak of the variant's compute dtype: the data sheet for known GPUs, a measured large
 matmul on CPUs (for emulated bf16, the fp32 units' peak). dtype 'auto' is train.py's: bf16/fp16 on GPUs,
@@ -662,7 +662,8 @@ def memory_bench(dev):
     hw = torch.cuda.get_device_name(dev) if dev.startswith('cuda') else cpu_name()
     print(f"memory: preset {model}, batch {batch_size or 1}, block {block_size or 'the model context'}, dtype {dtype}, "
           f"device {dev} ({hw}), torch {torch.__version__}; each variant in a fresh process", flush=True)
-    print(f"{'variant':<12} {'trained':>14} {'start MB':>9} {'weights MB':>11} {'peak MB':>9} {'step s':>7}", flush=True)
+    print(f"{'variant':<12} {'trained':>14} {'start MB':>9} {'weights MB':>11} {'peak MB':>9} {'step s':>7}",
+          flush=True)
     for n in names:
         cmd = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], f'--memory_child={n}']
         p = subprocess.run(cmd, capture_output=True, text=True)

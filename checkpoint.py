@@ -260,7 +260,7 @@ def lora_model_from_checkpoint(ckpt, **overrides):
     sd = strip_wrappers(ckpt['model'])
     trained = lora.trained_state(model)
     if set(sd) != set(trained) or any(sd[k].shape != v.shape for k, v in trained.items()):
-        raise UserError("this LoRA checkpoint's tensors do not fit its settings (the checkpoint is corrupt or was edited)")
+        raise UserError("this LoRA checkpoint's tensors do not fit its settings (it is corrupt or was edited)")
     model.load_state_dict(sd, strict=False)
     return model
 

@@ -172,8 +172,9 @@ def model_card(model, meta, ckpt, name):
 def export_adapter(model):
     """A LoRA run's adapters as peft's adapter directory, for peft.PeftModel.from_pretrained(base model, hf_dir)."""
     if not lora.is_lora(model):
-        raise UserError(f"--adapter=True writes a LoRA run's adapters, and {out_dir if init_from == 'resume' else init_from}"
-                        f" is not a LoRA run (train with --lora_rank=R); drop --adapter to export the whole model")
+        run = out_dir if init_from == 'resume' else init_from
+        raise UserError(f"--adapter=True writes a LoRA run's adapters, and {run} is not a LoRA run (train with "
+                        f"--lora_rank=R); drop --adapter to export the whole model")
     tmp = os.path.abspath(hf_dir).rstrip('/') + '.export-tmp'
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -235,7 +235,8 @@ def evaluate(model, examples, labels):
 
 
 def save(path, model, optimizer, step, best, meta, classes, specials):
-    save_checkpoint(dict(format=checkpoint.CHECKPOINT_FORMAT, kind='finetune', lora=getattr(model.gpt, 'lora_settings', None),
+    save_checkpoint(dict(format=checkpoint.CHECKPOINT_FORMAT, kind='finetune',
+                         lora=getattr(model.gpt, 'lora_settings', None),
                          model=lora.trained_state(model.gpt) if lora.is_lora(model.gpt) else model.gpt.state_dict(),
                          head=model.head.state_dict(), model_args=asdict(model.gpt.config),
                          optimizer=optimizer.state_dict() if optimizer else None, iter_num=step,

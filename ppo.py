@@ -69,7 +69,7 @@ save_interval = 0                   # also save every this many iterations (0: a
 wandb_log = False                   # also log to Weights & Biases
 wandb_project = 'align'
 wandb_run_name = 'ppo'
-lora_rank = 0                       # LoRA (lora.py): > 0 trains rank-r adapters on the frozen start model; 0: every weight
+lora_rank = 0                       # LoRA (lora.py): > 0 trains rank-r adapters, the start model frozen
 lora_alpha = 16.0                   # the adapters' update is scaled by lora_alpha / lora_rank
 lora_dropout = 0.05
 lora_targets = 'c_attn'             # c_attn (or q,k,v), attn.c_proj, c_fc, mlp.c_proj, c_proj, all
@@ -97,7 +97,8 @@ setup_torch(seed, device)
 ctx = autocast_ctx(device, dtype)
 
 # ----------------------------------------------------------------------------- models and data
-policy, meta = load_policy(init_from, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets)
+policy, meta = load_policy(init_from, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                           lora_targets=lora_targets)
 rm, _ = load_reward_model(reward_model, policy, meta)  # one line if its vocabulary is not the policy's
 encode, decode, _ = get_tokenizer(meta)
 END = special_ids(meta)[2]

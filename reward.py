@@ -50,7 +50,7 @@ dropout = 0.0                       # (with dropout, N processes draw other mask
 wandb_log = False                   # also log to Weights & Biases
 wandb_project = 'align'
 wandb_run_name = 'reward'
-lora_rank = 0                       # LoRA (lora.py): > 0 trains rank-r adapters on the frozen start model; 0: every weight
+lora_rank = 0                       # LoRA (lora.py): > 0 trains rank-r adapters, the start model frozen
 lora_alpha = 16.0                   # the adapters' update is scaled by lora_alpha / lora_rank
 lora_dropout = 0.05
 lora_targets = 'c_attn'             # c_attn (or q,k,v), attn.c_proj, c_fc, mlp.c_proj, c_proj, all
@@ -72,7 +72,8 @@ setup_torch(seed, device)
 ctx = autocast_ctx(device, dtype)
 
 # ----------------------------------------------------------------------------- data and model
-gpt, meta = load_policy(init_from, dropout=dropout, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets)
+gpt, meta = load_policy(init_from, dropout=dropout, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                        lora_dropout=lora_dropout, lora_targets=lora_targets)
 encode, _, _ = get_tokenizer(meta)
 block = gpt.config.block_size
 
