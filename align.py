@@ -39,6 +39,7 @@ import torch
 from torch.nn import functional as F
 
 import checkpoint
+import lora
 from configurator import UserError
 from heads import RewardModel, add_tokens
 from tokendata import read_text, seed_from
@@ -375,14 +376,20 @@ def ppo_value_loss(values, old_values, returns, mask, clip, count=None):
 
 # ----------------------------------------------------------------------------- models and checkpoints
 
-def load_policy(init_from, dropout=0.0):
+def load_policy(init_from, dropout=0.0, lora_rank=0, lora_alpha=16.0, lora_dropout=0.05, lora_targets='c_attn'):
     """(GPT, tokenizer metadata with the chat tokens) from a run's out_dir, a hub name or an HF directory; a
-    model without the chat tokens gets them (grow_vocab)."""
+    model without the chat tokens gets them (grow_vocab). lora_rank > 0: LoRA adapters on it (lora.setup), the
+    rest frozen (but a grown embedding, whose new rows must learn); init_from is then the base its checkpoints name."""
     model, meta, _ = checkpoint.load_model(init_from, dropout=dropout)
     if meta is None:
         raise UserError(f"{init_from} does not say which tokenizer it was trained with")
     meta = chat_meta(meta)
-    return grow_vocab(model, meta), meta
+    grown = grow_vocab(model, meta)
+    note = lora.setup(grown, init_from, lora_rank, lora_alpha, lora_dropout, lora_targets,
+                      train=('transformer.wte.',) if grown is not model else ())
+    if note and int(os.environ.get('RANK', '0') or 0) == 0:
+        print(note, flush=True)
+    return grown, meta
 
 
 def load_reward_model(path, policy=None, policy_meta=None):
@@ -418,7 +425,8 @@ def reward_checkpoint(model, meta, config, step, **extra):
 def policy_checkpoint(model, meta, config, step, best_val_loss=float('nan'), **extra):
     """A policy as a plain GPT checkpoint (the layout train.py writes), which sample.py, eval.py and export.py
     read."""
-    return dict(format=checkpoint.CHECKPOINT_FORMAT, model=model.state_dict(), model_args=asdict(model.config),
+    return dict(format=checkpoint.CHECKPOINT_FORMAT, model=lora.trained_state(model) if lora.is_lora(model) else
+                model.state_dict(), lora=getattr(model, 'lora_settings', None), model_args=asdict(model.config),
                 iter_num=step, best_val_loss=best_val_loss, config=config, data_meta=meta,
                 trained_by=os.path.basename(sys.argv[0]), **extra)
 
@@ -490,7 +498,7 @@ class Run:
 
     def step(self, model, optimizer, grad_clip):
         """One optimizer step on the gradients summed over ranks, clipped to grad_clip (0: not clipped)."""
-        self.reduce_gradients(model.parameters())
+        self.reduce_gradients([p for p in model.parameters() if p.requires_grad])  # (LoRA: not the frozen base)
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()

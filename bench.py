@@ -11,12 +11,14 @@ $ python bench.py --model=gpt2 --device=cuda --batch_size=12 --compile=True    #
 $ python bench.py --profile=True                           # also writes a chrome trace to out_dir
 $ python bench.py --mode=eval --init_from=gpt2 --eval_limit=200   # HellaSwag examples/s: eval.py vs a transformers loop
 $ python bench.py --mode=speedrun          # wall time to val 1.886: the CPU speedrun vs nanoGPT's CPU recipe
+$ python bench.py --mode=memory --model=gpt2-medium    # peak memory of a training step: full, LoRA, + checkpointing
 
 Modes: 'train' times one optimizer step (forward, backward, grad clip, AdamW, one host sync: the hot
 path of train.py), 'forward' a no-grad forward with loss (what evaluation runs), 'sample' greedy
 generation (one iteration = one new token for every row), 'eval' HellaSwag scoring (eval_bench below),
-'speedrun' whole training runs (speedrun_bench below). Each variant warms up (and compiles) first;
-figures are medians over the timed iterations, with the process CPU time beside them (on a busy machine
+'speedrun' whole training runs (speedrun_bench below), 'memory' the peak memory of training steps (memory_bench
+below: full fine-tuning, LoRA, each with and without activation checkpointing). Each variant warms up (and
+compiles) first; figures are medians over the timed iterations, with the process CPU time beside them (on a busy machine
 the less disturbed figure for one thread). MFU is the model's FLOPs (model.flops_per_token) per second
 over the device peak of the variant's compute dtype: the data sheet for known GPUs, a measured large
 matmul on CPUs (for emulated bf16, the fp32 units' peak). dtype 'auto' is train.py's: bf16/fp16 on GPUs,
@@ -99,6 +101,9 @@ speedrun_config = 'config/train_shakespeare_char_speedrun_1886.py'  # speedrun: 
 target_loss = 1.886         # speedrun: the val loss to reach (nanoGPT's README CPU result)
 reference = 'auto'          # speedrun: 'auto' (../nanoGPT if it is there, else bench_reference.py), 'builtin', or a nanoGPT checkout
 runs = 3                    # speedrun: runs of each, taking turns
+lora_rank = 8               # memory: the rank of the 'lora' variants (alpha = 2 * rank)
+lora_targets = 'c_attn'     # memory: the layers the 'lora' variants adapt (lora.py)
+memory_child = ''           # (memory: set on the fresh process that measures one variant)
 # -----------------------------------------------------------------------------
 config = configurator.configure(globals(), verbose=False)
 
@@ -338,6 +343,8 @@ def main():
         return eval_bench(dev)
     if mode == 'speedrun':
         return speedrun_bench()
+    if mode == 'memory':
+        return memory_one(dev, memory_child) if memory_child else memory_bench(dev)
     names, specs = check_settings(dev)
     base = build_model(dev)
     B = batch_size or (1 if mode == 'sample' else 12)
@@ -372,8 +379,8 @@ def main():
 
 def check_settings(dev):
     """The variants to run, after checking the settings that need no model."""
-    if mode not in ('train', 'forward', 'sample', 'eval', 'speedrun'):
-        raise UserError(f"mode must be 'train', 'forward', 'sample', 'eval' or 'speedrun', got {mode!r}")
+    if mode not in ('train', 'forward', 'sample', 'eval', 'speedrun', 'memory'):
+        raise UserError(f"mode must be 'train', 'forward', 'sample', 'eval', 'speedrun' or 'memory', got {mode!r}")
     if iters < 1 or warmup < 0 or rounds < 1 or max_new_tokens < 1 or prompt_len < 1:
         raise UserError("iters, rounds, max_new_tokens and prompt_len must be >= 1 and warmup >= 0")
     if profile:  # before the benchmark, not after it
@@ -630,6 +637,131 @@ def time_to_loss(cmd, cwd, pattern):
     if p.wait() != 0:
         raise UserError(f"{' '.join(cmd)} failed (exit {p.returncode}): {tail[-1].strip() if tail else ''}")
     return None, step, val
+
+
+# ----------------------------------------------------------------------------- memory
+
+MEMORY_VARIANTS = 'full,full+ckpt,lora,lora+ckpt'
+
+
+def memory_bench(dev):
+    """Peak memory of two training steps (forward, backward, AdamW: the second step holds the optimizer's moments
+    and the activations at once) for each variant, each measured in a fresh process so that nothing another
+    variant allocated counts: on CUDA torch.cuda.max_memory_allocated, elsewhere the process's peak resident set
+    (which includes ~0.3-0.5 GB of torch itself: the 'start' column). Variants: full (every weight trained) or
+    lora (rank lora_rank on lora_targets, the rest frozen), +ckpt for activation checkpointing."""
+    import json
+    import subprocess
+    names = [n.strip() for n in (variants or MEMORY_VARIANTS).split(',') if n.strip()]
+    bad = [n for n in names if n not in ('load', 'load_copy') and (not set(n.split('+')) <= {'full', 'lora', 'ckpt'}
+                                                                   or ('full' in n) == ('lora' in n))]
+    if bad:
+        raise UserError(f"memory variants are full or lora, optionally +ckpt (e.g. {MEMORY_VARIANTS}), or load / "
+                        f"load_copy (loading init_from, a Hugging Face directory); got {bad[0]!r}")
+    if any(n.startswith('load') for n in names) and not os.path.isdir(init_from):
+        raise UserError("the load variants measure loading a Hugging Face directory: pass --init_from=DIR")
+    hw = torch.cuda.get_device_name(dev) if dev.startswith('cuda') else cpu_name()
+    print(f"memory: preset {model}, batch {batch_size or 1}, block {block_size or 'the model context'}, dtype {dtype}, "
+          f"device {dev} ({hw}), torch {torch.__version__}; each variant in a fresh process", flush=True)
+    print(f"{'variant':<12} {'trained':>14} {'start MB':>9} {'weights MB':>11} {'peak MB':>9} {'step s':>7}",
+          flush=True)
+    for n in names:
+        cmd = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], f'--memory_child={n}']
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [line for line in p.stdout.splitlines() if line.startswith('{')]
+        if p.returncode != 0 or not lines:
+            last = (p.stderr.strip().splitlines() or ['killed (out of memory?)'])[-1]
+            print(f"{n:<12} failed (exit {p.returncode}): {last}", flush=True)
+            continue
+        r = json.loads(lines[-1])
+        print(f"{n:<12} {r['trained']:>14,} {r['start_mb']:>9,.0f} {r['weights_mb']:>11,.0f} {r['peak_mb']:>9,.0f} "
+              f"{r['step_s']:>7.1f}", flush=True)
+
+
+def load_copy(path):
+    """The loader hf.from_pretrained replaced, for comparison: transformers' model, then a randomly initialised
+    GPT, then a copy of every tensor (two copies of the weights at the peak)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from model import GPT
+    theirs = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict()
+    m = GPT(hf.config_from_hf(AutoConfig.from_pretrained(path)))
+    with torch.no_grad():
+        for k, v in m.state_dict().items():
+            if k != 'lm_head.weight':
+                v.copy_(theirs[k].t() if k.endswith(hf._CONV1D) else theirs[k])
+    return m
+
+
+def rss_mb(field):
+    """VmRSS (resident now) or VmHWM (peak resident since the last reset_peak_rss) in MB, from /proc (Linux), or 0."""
+    try:
+        with open('/proc/self/status', encoding='utf-8') as f:
+            for line in f:
+                if line.startswith(field + ':'):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peak_rss():
+    """Start VmHWM again from the present resident set (Linux: clear_refs 5); elsewhere nothing."""
+    import gc
+    gc.collect()
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+    except OSError:
+        pass
+
+
+def memory_one(dev, name):
+    """One variant of memory_bench, in this (fresh) process: prints one JSON line."""
+    import json
+    import lora
+    parts = set(name.split('+'))
+    cuda = dev.startswith('cuda')
+    start = torch.cuda.memory_allocated(dev) / 2 ** 20 if cuda else peak_memory_mb(dev)
+    torch.manual_seed(seed)
+    if name.startswith('load'):  # hf.from_pretrained (meta device, one copy), or the earlier two-copy way
+        t0 = time.perf_counter()
+        m = build_model(dev) if name == 'load' else load_copy(init_from)
+        peak = torch.cuda.max_memory_allocated(dev) / 2 ** 20 if cuda else peak_memory_mb(dev)
+        print(json.dumps(dict(variant=name, trained=m.num_params(), start_mb=start, weights_mb=peak, peak_mb=peak,
+                              step_s=time.perf_counter() - t0)), flush=True)
+        return
+    m = build_model(dev)
+    dt = pick_dtype(dtype, dev)
+    if 'lora' in parts:  # as train.py: the frozen matrices stored in the compute dtype (lora.cast_frozen)
+        lora.apply(m, lora_rank, 2 * lora_rank, 0.0, lora_targets)
+        if dt != 'float32':
+            lora.cast_frozen(m, getattr(torch, dt))
+    m.grad_checkpoint = 'ckpt' in parts
+    weights = torch.cuda.memory_allocated(dev) / 2 ** 20 if cuda else rss_mb('VmRSS') or peak_memory_mb(dev)
+    reset_peak_rss()  # the steps' peak, not building the model (random fp32 weights, then cast)
+    ctx = autocast_ctx(dev, dt)
+    device_type = torch.device(dev).type
+    opt = m.configure_optimizers(weight_decay, learning_rate, (0.9, 0.99), device_type, verbose=False,
+                                 fused=device_type in ('cuda', 'cpu'))
+    B, T = batch_size or 1, block_size or m.config.block_size
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randint(0, m.config.vocab_size, (B, T + 1), generator=g).to(dev)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    for _ in range(2):
+        with ctx:
+            _, loss = m(X[:, :-1], X[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), grad_clip or 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()
+    step = (time.perf_counter() - t0) / 2
+    peak = torch.cuda.max_memory_allocated(dev) / 2 ** 20 if cuda else rss_mb('VmHWM') or peak_memory_mb(dev)
+    trained = sum(p.numel() for p in m.parameters() if p.requires_grad)
+    print(json.dumps(dict(variant=name, trained=trained, start_mb=start, weights_mb=weights, peak_mb=peak,
+                          step_s=step)), flush=True)
 
 
 if __name__ == '__main__':

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import fields
+from dataclasses import asdict, fields
 
 import numpy as np
 import torch
@@ -215,6 +215,8 @@ def strip_wrappers(state_dict):
 
 def model_from_checkpoint(ckpt, **overrides):
     """Build the GPT a checkpoint describes and load its weights (overrides: e.g. dropout)."""
+    if ckpt.get('lora'):
+        return lora_model_from_checkpoint(ckpt, **overrides)
     known = {f.name for f in fields(GPTConfig)}
     args = dict(ckpt['model_args'])
     unknown = sorted(set(args) - known)
@@ -232,6 +234,38 @@ def model_from_checkpoint(ckpt, **overrides):
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise UserError(f"checkpoint weights do not fit its model settings: {lines[min(1, len(lines) - 1)][:200]} "
                         f"(the checkpoint is corrupt or was edited)") from None
+    return model
+
+
+def lora_model_from_checkpoint(ckpt, **overrides):
+    """A LoRA run's checkpoint holds only what it trained (lora.py) and the name of its base: the base is loaded
+    as init_from loads it (a hub name, an HF directory or another run), grown and cropped as the run had it, and
+    the adapters put on and filled. One line if the base is missing or is no longer the one the run trained on."""
+    import lora
+    from heads import add_tokens
+    spec, args = ckpt['lora'], ckpt['model_args']
+    free = {k: v for k, v in overrides.items() if k in ('dropout', 'attn_impl')}
+    free.setdefault('dropout', args.get('dropout', 0.0))
+    try:
+        model, _, _ = load_model(spec['base'], block_size=args['block_size'], **free)
+    except UserError as e:
+        raise UserError(f"this LoRA run's base {spec['base']!r} cannot be loaded: {e}") from None
+    if lora.is_lora(model):  # the base is itself a LoRA run: its adapters are part of this run's base
+        lora.strip(model)
+    if model.config.vocab_size < args['vocab_size']:  # tokens the run added (chat or task tokens)
+        model = add_tokens(model, args['vocab_size'] - model.config.vocab_size)[0]
+    arch = {k: v for k, v in asdict(model.config).items() if k not in ('dropout', 'attn_impl')}
+    changed = [k for k, v in arch.items() if args.get(k, v) != v]
+    if changed or abs(lora.fingerprint(model) - spec['base_check']) > 1e-6 * (1 + abs(spec['base_check'])):
+        what = f"{changed[0]}={arch[changed[0]]!r}, the run had {args[changed[0]]!r}" if changed else "other weights"
+        raise UserError(f"this LoRA run's base {spec['base']!r} is not the model it was trained on ({what})")
+    lora.apply(model, spec['rank'], spec['alpha'], spec['dropout'], spec['targets'], spec.get('train', ()))
+    model.lora_settings = dict(spec)
+    sd = strip_wrappers(ckpt['model'])
+    trained = lora.trained_state(model)
+    if set(sd) != set(trained) or any(sd[k].shape != v.shape for k, v in trained.items()):
+        raise UserError("this LoRA checkpoint's tensors do not fit its settings (it is corrupt or was edited)")
+    model.load_state_dict(sd, strict=False)
     return model
 
 
@@ -430,7 +464,7 @@ def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, bloc
     init_from: 'scratch' (a new GPT with the GPTConfig fields in the dict scratch), 'resume'
     (out_dir/ckpt_name, falling back to out_dir/ckpt.pt; or ckpt, a checkpoint already loaded), another
     run's out_dir (its best.pt's weights), a Hugging Face hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl,
-    openai-gpt) or a local transformers directory.
+    openai-gpt), a local transformers directory, or a peft LoRA adapter directory (on the base it names).
     overrides: GPTConfig fields that leave the weights' meaning alone (dropout, attn_impl, ...).
     block_size: run at this context (0 keeps the model's; see GPT.crop_block_size).
     expect: architecture settings the user asked for explicitly, which a resumed checkpoint must have.
@@ -460,6 +494,8 @@ def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, bloc
             run = load_checkpoint(path, map_location='cpu')
             check_kind(run, path, kind)
             model, meta = model_from_checkpoint(run, **overrides), run.get('data_meta')
+        elif os.path.isfile(os.path.join(init_from, 'adapter_config.json')):
+            model, meta = load_peft_adapter(init_from, **overrides)
         elif init_from in hf.HF_HUB_MODELS or os.path.isdir(init_from):
             if kind == 'lm' and os.path.isdir(init_from):
                 check_hf_kind(init_from)
@@ -479,6 +515,23 @@ def load_model(init_from, out_dir='out', ckpt_name='ckpt.pt', scratch=None, bloc
     except ValueError as e:
         raise UserError(str(e)) from None
     return model, meta, (ckpt if init_from == 'resume' else None)
+
+
+def load_peft_adapter(path, **overrides):
+    """A peft LoRA adapter directory (ours from export.py --adapter=True, or one peft trained on a GPT-2) on its
+    base, which adapter_config.json names (base_model_name_or_path: a hub name or a directory): (model, meta)."""
+    import json
+    import lora
+    with open(os.path.join(path, 'adapter_config.json'), encoding='utf-8') as f:
+        base = json.load(f).get('base_model_name_or_path')
+    if not base:
+        raise UserError(f"the adapter {path} does not name its base model (base_model_name_or_path in "
+                        f"adapter_config.json); set it to the hub name or directory it was trained on")
+    model, meta, _ = load_model(base, **overrides)
+    lora.strip(model)  # (a LoRA run of ours as the base: its own adapters are part of it)
+    lora.load_adapter(model, path)
+    model.lora_settings.update(base=base, train=[], base_check=lora.fingerprint(model))
+    return model, meta
 
 
 def check_resume_data(ckpt, data_meta, data_dir):

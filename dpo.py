@@ -17,16 +17,16 @@ $ torchrun --standalone --nproc_per_node=2 dpo.py config/dpo_shakespeare.py
 One node of 8 GPUs: torchrun --standalone --nproc_per_node=8 dpo.py ... (batch_size divisible by 8)
 """
 
-import copy
 import os
 import time
 
 import torch
 
 import configurator
-from checkpoint import resume_settings, rng_state, set_rng_state
+import lora
 from align import (Run, collate, dpo_loss, encode_prompt, encode_response, fit, fmt, load_policy, policy_checkpoint,
                    read_preferences, response_logprobs)
+from checkpoint import resume_settings, rng_state, set_rng_state
 from configurator import check_range
 from device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
 from tokendata import get_tokenizer, seed_from
@@ -50,6 +50,10 @@ dropout = 0.0                       # (with dropout, N processes draw other mask
 wandb_log = False                   # also log to Weights & Biases
 wandb_project = 'align'
 wandb_run_name = 'dpo'
+lora_rank = 0                       # LoRA (lora.py): > 0 trains rank-r adapters, the start model frozen
+lora_alpha = 16.0                   # the adapters' update is scaled by lora_alpha / lora_rank
+lora_dropout = 0.05
+lora_targets = 'c_attn'             # c_attn (or q,k,v), attn.c_proj, c_fc, mlp.c_proj, c_proj, all
 device = 'auto'
 dtype = 'float32'                   # 'auto' picks bf16 where it is fast
 seed = 1337
@@ -74,7 +78,8 @@ setup_torch(seed, device)
 ctx = autocast_ctx(device, dtype)
 
 # ----------------------------------------------------------------------------- data and models
-model, meta = load_policy(init_from, dropout=dropout)
+model, meta = load_policy(init_from, dropout=dropout, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                          lora_dropout=lora_dropout, lora_targets=lora_targets)
 encode, _, _ = get_tokenizer(meta)
 
 
@@ -97,7 +102,7 @@ if batch_size > len(train_pairs):  # (a step draws its pairs with replacement: i
 run = Run(out_dir, device, divide={'batch_size': batch_size}, new_run=not resume)
 device = run.device
 model.to(device)
-reference = copy.deepcopy(model).eval().requires_grad_(False)  # the frozen SFT policy (init_from, also on resume)
+reference = lora.reference(model)  # the frozen SFT policy (LoRA: the policy with its adapters off, no copy)
 run.log(f"{describe(device, dtype)}, {run.world} process(es); policy and reference from {init_from} "
         f"({model.num_params() / 1e6:.2f}M parameters); {len(train_pairs):,} training and {len(val_pairs):,} "
         f"held-out pairs; beta {beta}")
@@ -112,7 +117,7 @@ if ckpt is not None:
     if ckpt['iter_num'] >= max_iters:
         run.log(f"the run in {out_dir} is complete ({ckpt['iter_num']} steps): nothing to resume")
         raise SystemExit(0)
-    model.load_state_dict(ckpt['model'])
+    lora.load_trained(model, ckpt['model'])
     optimizer.load_state_dict(ckpt['optimizer'])
     set_rng_state(ckpt['rng'])
     start = ckpt['iter_num']

@@ -5,6 +5,7 @@ transformers.AutoTokenizer reads, and a README.md model card with the training c
 
 $ python export.py --out_dir=out-shakespeare-char --hf_dir=hf/shakespeare-char
 $ python export.py --out_dir=out --ckpt_name=ckpt.pt --hf_dir=hf/mine --overwrite=True
+$ python export.py --out_dir=out-lora --hf_dir=hf/adapter --adapter=True    # a LoRA run's peft adapter
 $ python -c "from transformers import pipeline; print(pipeline('text-generation', 'hf/shakespeare-char')('ROMEO:'))"
 
 The tokenizer, by the run's data:
@@ -23,6 +24,7 @@ import shutil
 
 import configurator
 import hf
+import lora
 from checkpoint import load_model
 from configurator import UserError, check_range
 import tokendata
@@ -36,6 +38,7 @@ out_dir = 'out'             # the training run to export
 ckpt_name = 'best.pt'       # 'best.pt' (lowest val loss) or 'ckpt.pt' (latest); falls back to ckpt.pt
 hf_dir = ''                 # the directory to write (required)
 overwrite = False           # replace hf_dir if it exists (an earlier export: a folder with config.json)
+adapter = False             # a LoRA run: write its adapters as a peft directory instead of the merged model
 temperature = 0.8           # sampling defaults written to generation_config.json (sample.py's)
 top_k = 200                 # sampling default written to generation_config.json
 # -----------------------------------------------------------------------------
@@ -179,6 +182,25 @@ def check_apart(init_from, out_dir, hf_dir):
                         f"({source}); export to a folder of its own, e.g. --hf_dir=hf/{os.path.basename(src)}")
 
 
+def export_adapter(model):
+    """A LoRA run's adapters as peft's adapter directory, for peft.PeftModel.from_pretrained(base model, hf_dir)."""
+    if not lora.is_lora(model):
+        run = out_dir if init_from == 'resume' else init_from
+        raise UserError(f"--adapter=True writes a LoRA run's adapters, and {run} is not a LoRA run (train with "
+                        f"--lora_rank=R); drop --adapter to export the whole model")
+    tmp = os.path.abspath(hf_dir).rstrip('/') + '.export-tmp'
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        lora.save_adapter(model, tmp, base=model.lora_settings.get('base'))
+        if os.path.exists(hf_dir):
+            shutil.rmtree(hf_dir) if os.path.isdir(hf_dir) else os.unlink(hf_dir)
+        os.replace(tmp, hf_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wrote {hf_dir}: {', '.join(sorted(os.listdir(hf_dir)))} (a peft LoRA adapter for "
+          f"{model.lora_settings.get('base')})")
+
+
 def main():
     from transformers import GenerationConfig
     if not hf_dir:
@@ -189,12 +211,15 @@ def main():
     if os.path.exists(hf_dir) and not overwrite and (not os.path.isdir(hf_dir) or os.listdir(hf_dir)):
         raise UserError(f"{hf_dir} exists; pass --overwrite=True to replace it, or choose another --hf_dir")
     # --overwrite=True replaces an earlier export (or an empty folder), never anything else: a file, a run, a home
-    replaceable = os.path.isdir(hf_dir) and (not os.listdir(hf_dir)
-                                             or os.path.isfile(os.path.join(hf_dir, 'config.json')))
+    replaceable = os.path.isdir(hf_dir) and (not os.listdir(hf_dir) or any(
+        os.path.isfile(os.path.join(hf_dir, f)) for f in ('config.json', 'adapter_config.json')))
     if overwrite and os.path.exists(hf_dir) and not replaceable:
         raise UserError(f"{hf_dir} is not an exported model (a folder with config.json), so --overwrite=True does not "
                         f"replace it; choose another --hf_dir")
     model, meta, ckpt = load_model(init_from, out_dir, ckpt_name, dropout=0.0)
+    if adapter:
+        return export_adapter(model)
+    lora.strip(model)  # a LoRA run: the adapters merged into the weights (a plain model: nothing to do)
     if meta is None:
         raise UserError("this checkpoint does not say which tokenizer its data used; nothing to export it with")
     _, _, eot = get_tokenizer(meta)  # a tokenizer that cannot be loaded stops here, with its reason

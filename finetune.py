@@ -38,6 +38,7 @@ import torch
 
 import configurator
 import checkpoint
+import lora
 from checkpoint import (StopSignal, check_kind, load_checkpoint, load_model, model_from_checkpoint, resume_settings,
                         rng_state, save_checkpoint, set_rng_state)
 from configurator import UserError, check_choice, check_range
@@ -74,6 +75,12 @@ max_train = 0               # train on at most this many examples (0: all), e.g.
 resume = False              # continue the fine-tuning run in out_dir (`--resume=True --out_dir=X` alone takes its settings)
 stop_after = 0              # stop (saving ckpt.pt) after this many steps of the schedule, e.g. to share a machine
 from_scratch = False        # the baseline: init_from's architecture with fresh random weights (no pre-training)
+lora_rank = 0               # LoRA (lora.py): > 0 freezes the network and trains rank-r adapters, the head and the
+                            # embedding (which holds the new task tokens); checkpoints hold those and the base's name
+lora_alpha = 16.0           # the adapters' update is scaled by lora_alpha / lora_rank
+lora_dropout = 0.05
+lora_targets = 'c_attn'     # c_attn (or q,k,v), attn.c_proj, c_fc, mlp.c_proj, c_proj, all
+grad_checkpoint = False     # recompute each block's activations in the backward pass (less memory)
 predict = ''                # score the examples in this file with out_dir's best.pt, print JSON lines, no training
 export = ''                 # write out_dir's best.pt to this directory as a transformers model (where a class exists)
 device = 'auto'
@@ -221,6 +228,11 @@ def build(pretrained, num_labels):
     if from_scratch:
         gpt = type(gpt)(gpt.config)
     gpt, specials = add_tokens(gpt, len(SPECIAL_TOKENS))
+    if lora_rank and from_scratch:
+        raise UserError("from_scratch=True trains a fresh network; LoRA adapts a pretrained one (set lora_rank=0)")
+    note = lora.setup(gpt, pretrained, lora_rank, lora_alpha, lora_dropout, lora_targets, train=('transformer.wte.',))
+    if note:
+        log(note)
     return TaskModel(gpt, task, num_labels, dropout=head_dropout), specials, meta
 
 
@@ -246,7 +258,9 @@ def evaluate(model, examples, labels):
 
 
 def save(path, model, optimizer, step, best, meta, classes, specials):
-    save_checkpoint(dict(format=checkpoint.CHECKPOINT_FORMAT, kind='finetune', model=model.gpt.state_dict(),
+    save_checkpoint(dict(format=checkpoint.CHECKPOINT_FORMAT, kind='finetune',
+                         lora=getattr(model.gpt, 'lora_settings', None),
+                         model=lora.trained_state(model.gpt) if lora.is_lora(model.gpt) else model.gpt.state_dict(),
                          head=model.head.state_dict(), model_args=asdict(model.gpt.config),
                          optimizer=optimizer.state_dict() if optimizer else None, iter_num=step,
                          best_val_loss=-best, best_metric=best, config=config, data_meta=meta, rng=rng_state(),
@@ -276,6 +290,7 @@ if export:
         raise UserError(f"--export={export} exists and is not an exported model (a folder with config.json): "
                         f"choose a new folder")
     model, ckpt = load_finetuned(os.path.join(out_dir, 'best.pt'))
+    lora.strip(model.gpt)  # a LoRA run: adapters merged into the weights
     try:
         hf.save_task_model(model, export, classes=ckpt['task']['classes'], specials=ckpt['task']['specials'])
     except ValueError as e:
@@ -341,8 +356,9 @@ log(f"{describe(device, dtype)}; {task}: {len(train_ex)} training and {len(val_e
     + (f", {num_labels} classes" if classes else '') + f"; {cut:.0%} cut to the context of {max_len} tokens"
     + (f"; majority-class accuracy {majority:.4f}" if task != 'similarity' else ''))
 
-decay = [p for p in model.parameters() if p.dim() >= 2]
-no_decay = [p for p in model.parameters() if p.dim() < 2]
+decay = [p for p in model.parameters() if p.dim() >= 2 and p.requires_grad]  # (LoRA: the frozen base is left out)
+no_decay = [p for p in model.parameters() if p.dim() < 2 and p.requires_grad]
+model.gpt.grad_checkpoint = grad_checkpoint
 optimizer = torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay},
                                {'params': no_decay, 'weight_decay': 0.0}], lr=learning_rate)
 steps_per_epoch = math.ceil(len(train_ex) / batch_size)

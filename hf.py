@@ -60,6 +60,63 @@ def float32_kwargs():
     return {'dtype' if new else 'torch_dtype': torch.float32}
 
 
+def weight_files(name_or_path):
+    """The weight files of a local transformers directory or a hub model (downloaded once into the hub cache):
+    model.safetensors, its shards (model.safetensors.index.json), or the older pytorch_model.bin."""
+    from transformers.utils import cached_file
+    for name in ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin'):
+        if os.path.isdir(name_or_path):
+            path = os.path.join(name_or_path, name)
+            path = path if os.path.isfile(path) else None
+        else:
+            path = cached_file(name_or_path, name, _raise_exceptions_for_missing_entries=False)
+        if path is None:
+            continue
+        if name.endswith('.index.json'):
+            with open(path, encoding='utf-8') as f:
+                shards = sorted(set(json.load(f)['weight_map'].values()))
+            if os.path.isdir(name_or_path):
+                return [os.path.join(name_or_path, s) for s in shards]
+            return [cached_file(name_or_path, s) for s in shards]
+        return [path]
+    raise ValueError(f"no model.safetensors or pytorch_model.bin in {name_or_path!r}")
+
+
+SAFETENSORS_DTYPES = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16,
+                      'I64': torch.int64, 'I32': torch.int32, 'I16': torch.int16, 'I8': torch.int8, 'U8': torch.uint8,
+                      'BOOL': torch.bool}
+
+
+def read_safetensors(path):
+    """(name, tensor) of each tensor of a .safetensors file, read straight into its own buffer (the format: an
+    8-byte little-endian header length, a JSON header of dtype, shape and byte offsets, then the data). Not
+    memory-mapped: a mapped file's pages count in the process's memory too while they are read."""
+    with open(path, 'rb') as f:
+        n = int.from_bytes(f.read(8), 'little')
+        header = json.loads(f.read(n))
+        header.pop('__metadata__', None)
+        for name, info in sorted(header.items(), key=lambda kv: kv[1]['data_offsets'][0]):
+            begin, end = info['data_offsets']
+            if info['dtype'] not in SAFETENSORS_DTYPES:
+                raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}, which this loader does not read")
+            buf = torch.empty(end - begin, dtype=torch.uint8)
+            f.seek(8 + n + begin)
+            if f.readinto(buf.numpy()) != end - begin:
+                raise ValueError(f"{path} is truncated (tensor {name})")
+            yield name, buf.view(SAFETENSORS_DTYPES[info['dtype']]).reshape(info['shape'])
+
+
+def read_weights(name_or_path):
+    """(name, tensor) of every tensor in a transformers checkpoint, read one at a time (safetensors) or from a
+    memory-mapped file (pytorch_model.bin, weights-only), so only about one copy of the weights is ever held."""
+    for path in weight_files(name_or_path):
+        if path.endswith('.safetensors'):
+            yield from read_safetensors(path)
+        else:
+            sd = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+            yield from sd.items()
+
+
 def from_pretrained(name_or_path, **overrides):
     """Load GPT-2 / GPT-1 weights through transformers.
 
@@ -70,7 +127,7 @@ def from_pretrained(name_or_path, **overrides):
     with the checkpoint.
     """
     import transformers
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
     transformers.logging.disable_progress_bar()  # its 'Loading weights' bar would come before a one-line error
     if not os.path.isdir(name_or_path) and name_or_path not in HF_HUB_MODELS:
         raise ValueError(f"{name_or_path!r} is neither a local directory nor one of the hub models "
@@ -95,30 +152,53 @@ def from_pretrained(name_or_path, **overrides):
         elif getattr(config, k) != v:
             raise ValueError(f"cannot override {k}={v!r}: the checkpoint at {name_or_path!r} has "
                              f"{k}={getattr(config, k)!r}, and the weights only fit that")
-    hf_model = AutoModelForCausalLM.from_pretrained(name_or_path, **float32_kwargs())
-    hf_sd = hf_model.state_dict()
-    if hf_config.model_type == 'openai-gpt':  # GPT-1 names its embeddings differently
-        hf_sd = {k.replace('tokens_embed', 'wte').replace('positions_embed', 'wpe'): v for k, v in hf_sd.items()}
     config.__post_init__()
-    model = GPT(config)
-    sd = model.state_dict()
-    expected = set(sd)
-    got = {k for k in hf_sd if not k.endswith(('.attn.bias', '.attn.masked_bias'))}  # old HF mask buffers
-    if expected != got:
-        raise ValueError(f"checkpoint keys do not match a {hf_config.model_type} model: missing "
-                         f"{sorted(expected - got)[:5]}, unexpected {sorted(got - expected)[:5]}")
+    # Built on the meta device (no memory, no random init) and materialised from the file's tensors one at a
+    # time: loading peaks at about one copy of the weights (transformers' model and then ours made two)
+    with torch.device('meta'):
+        model = GPT(config)
+    expected = {k: v.shape for k, v in model.state_dict().items() if k != 'lm_head.weight'}  # (tied to wte)
+    sd = {}
     V = config.vocab_size
-    with torch.no_grad():
-        for k in expected:
-            src = hf_sd[k]
-            if k.endswith(_CONV1D):
-                src = src.t()  # HF Conv1D stores (in, out); nn.Linear wants (out, in)
-            dst = sd[k]
-            if k in ('transformer.wte.weight', 'lm_head.weight') and dst.shape[0] != src.shape[0]:
-                dst = dst[:V]  # padded vocabulary: copy the real rows, keep the pad rows' init
-            if dst.shape != src.shape:
-                raise ValueError(f"shape mismatch for {k}: checkpoint {tuple(src.shape)}, model {tuple(dst.shape)}")
-            dst.copy_(src)
+    head = None
+    for k, src in read_weights(name_or_path):
+        if k == 'lm_head.weight':  # tied to wte: files keep one of the two (which one varies by class)
+            head = src
+            continue
+        if k.endswith(('.attn.bias', '.attn.masked_bias')):
+            continue  # old HF causal-mask buffers
+        if k.split('.')[0] not in ('transformer', 'h', 'wte', 'wpe', 'ln_f', 'tokens_embed', 'positions_embed'):
+            continue  # another model's head (DoubleHeads' multiple-choice head, a classifier's score): not ours
+        if hf_config.model_type == 'openai-gpt':  # GPT-1 names its embeddings differently
+            k = k.replace('tokens_embed', 'wte').replace('positions_embed', 'wpe')
+        if not k.startswith('transformer.'):  # OpenAI's hub files were saved from the bare GPT2Model
+            k = 'transformer.' + k
+        if k not in expected:
+            raise ValueError(f"checkpoint keys do not match a {hf_config.model_type} model: unexpected {k}")
+        src = src.float()
+        if k.endswith(_CONV1D):
+            src = src.t()  # HF Conv1D stores (in, out); nn.Linear wants (out, in)
+        if k == 'transformer.wte.weight' and expected[k][0] != src.shape[0] and src.shape[0] == V:
+            pad = torch.empty(expected[k][0] - V, src.shape[1]).normal_(0.0, 0.02)  # padded rows: GPT's init
+            src = torch.cat((src, pad))
+        if src.shape != expected[k]:
+            raise ValueError(f"shape mismatch for {k}: checkpoint {tuple(src.shape)}, model {tuple(expected[k])}")
+        sd[k] = src.contiguous()
+    if 'transformer.wte.weight' not in sd and head is not None:
+        sd['transformer.wte.weight'] = head.float().contiguous()
+        if config.padded_vocab_size != head.shape[0]:
+            pad = torch.empty(config.padded_vocab_size - head.shape[0], head.shape[1]).normal_(0.0, 0.02)
+            sd['transformer.wte.weight'] = torch.cat((sd['transformer.wte.weight'], pad))
+    del head
+    if set(sd) != set(expected):
+        raise ValueError(f"checkpoint keys do not match a {hf_config.model_type} model: missing "
+                         f"{sorted(set(expected) - set(sd))[:5]}")
+    for k, v in sd.items():
+        if v.shape != expected[k]:
+            raise ValueError(f"shape mismatch for {k}: checkpoint {tuple(v.shape)}, model {tuple(expected[k])}")
+    model.load_state_dict(sd, strict=False, assign=True)
+    model.lm_head.weight = model.transformer.wte.weight  # re-tie (assign replaced wte's Parameter)
+    del sd
     if block_size < config.block_size:
         model.crop_block_size(block_size)
     elif block_size > config.block_size:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 from torch.nn import functional as F
 
 
@@ -379,6 +380,9 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith('c_proj.weight') and not config.post_norm:
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        # activation checkpointing (train.py --grad_checkpoint): each block's activations are recomputed in the
+        # backward pass instead of kept, so training holds one block's activations at a time, for ~1/3 more compute
+        self.grad_checkpoint = False
         if config.zero_init_head:
             # Image GPT (its wtet): every logit starts at 0, so the first prediction is uniform over the
             # palette; the gradient of the logits still reaches the head, which then learns
@@ -429,8 +433,12 @@ class GPT(nn.Module):
         else:
             rope = rotary_angles(self.config, past, T, idx.device)
         x = self.transformer.drop(x)
+        checkpointed = self.grad_checkpoint and self.training and torch.is_grad_enabled() and kv_cache is None
         for block in self.transformer.h:
-            x = block(x, kv_cache, rope)
+            if checkpointed:  # non-reentrant: works under torch.compile, DDP and FSDP, and keeps dropout's RNG
+                x = torch.utils.checkpoint.checkpoint(block, x, None, rope, use_reentrant=False)
+            else:
+                x = block(x, kv_cache, rope)
         if kv_cache is not None:
             kv_cache.pos += T
         if not self.config.post_norm:

@@ -30,6 +30,7 @@ import time
 import torch
 
 import configurator
+import lora
 from align import (Run, by_length, collate, encode_prompt, entropy, fmt, gae, kl_penalty, load_policy,
                    load_reward_model, policy_checkpoint, ppo_policy_loss, ppo_value_loss, read_prompts,
                    response_logprobs, sample_responses, score_rollouts, special_ids, whiten_moments)
@@ -69,6 +70,10 @@ save_interval = 10                  # also save (for a resume) every this many i
 wandb_log = False                   # also log to Weights & Biases
 wandb_project = 'align'
 wandb_run_name = 'ppo'
+lora_rank = 0                       # LoRA (lora.py): > 0 trains rank-r adapters, the start model frozen
+lora_alpha = 16.0                   # the adapters' update is scaled by lora_alpha / lora_rank
+lora_dropout = 0.05
+lora_targets = 'c_attn'             # c_attn (or q,k,v), attn.c_proj, c_fc, mlp.c_proj, c_proj, all
 device = 'auto'
 dtype = 'float32'                   # 'auto' picks bf16 where it is fast
 seed = 1337
@@ -99,7 +104,8 @@ setup_torch(seed, device)
 ctx = autocast_ctx(device, dtype)
 
 # ----------------------------------------------------------------------------- models and data
-policy, meta = load_policy(init_from)
+policy, meta = load_policy(init_from, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                           lora_targets=lora_targets)
 rm, _ = load_reward_model(reward_model, policy, meta)  # one line if its vocabulary is not the policy's
 encode, decode, _ = get_tokenizer(meta)
 END = special_ids(meta)[2]
@@ -120,7 +126,7 @@ run = Run(out_dir, device, divide={'batch_size / micro_batch': m}, new_run=not r
 device = run.device
 mine = run.share(m)
 policy.to(device)
-reference = copy.deepcopy(policy).eval().requires_grad_(False)  # the frozen SFT policy
+reference = lora.reference(policy)  # the frozen SFT policy (LoRA: the policy with its adapters off, no copy)
 rm = rm.to(device).eval().requires_grad_(False)
 value = copy.deepcopy(rm).train().requires_grad_(True)  # InstructGPT: the value function starts as the reward model
 run.log(f"{describe(device, dtype)}, {run.world} process(es); policy and reference from {init_from}, reward model "
@@ -139,7 +145,7 @@ if ckpt is not None:
     if ckpt['iter_num'] >= iters:
         run.log(f"the run in {out_dir} is complete ({ckpt['iter_num']} iterations): nothing to resume")
         raise SystemExit(0)
-    policy.load_state_dict(ckpt['model'])
+    lora.load_trained(policy, ckpt['model'])
     value.gpt.load_state_dict(ckpt['value']['model'])
     value.head.load_state_dict(ckpt['value']['head'])
     optimizer.load_state_dict(ckpt['optimizer'])

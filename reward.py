@@ -22,9 +22,10 @@ import time
 import torch
 
 import configurator
-from checkpoint import resume_settings, rng_state, set_rng_state
+import lora
 from align import (Run, by_length, collate, encode_prompt, encode_response, fit, fmt, load_policy,
                    read_preferences, read_prompts, reward_checkpoint, reward_loss, sample_responses, special_ids)
+from checkpoint import resume_settings, rng_state, set_rng_state
 from configurator import check_range
 from device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
 from heads import RewardModel
@@ -51,6 +52,10 @@ dropout = 0.0                       # (with dropout, N processes draw other mask
 wandb_log = False                   # also log to Weights & Biases
 wandb_project = 'align'
 wandb_run_name = 'reward'
+lora_rank = 0                       # LoRA (lora.py): > 0 trains rank-r adapters, the start model frozen
+lora_alpha = 16.0                   # the adapters' update is scaled by lora_alpha / lora_rank
+lora_dropout = 0.05
+lora_targets = 'c_attn'             # c_attn (or q,k,v), attn.c_proj, c_fc, mlp.c_proj, c_proj, all
 device = 'auto'
 dtype = 'float32'                   # 'auto' picks bf16 where it is fast
 seed = 1337
@@ -74,7 +79,8 @@ setup_torch(seed, device)
 ctx = autocast_ctx(device, dtype)
 
 # ----------------------------------------------------------------------------- data and model
-gpt, meta = load_policy(init_from, dropout=dropout)
+gpt, meta = load_policy(init_from, dropout=dropout, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                        lora_dropout=lora_dropout, lora_targets=lora_targets)
 encode, _, _ = get_tokenizer(meta)
 block = gpt.config.block_size
 
@@ -112,7 +118,7 @@ if ckpt is not None:
     if ckpt.get('done'):
         run.log(f"the run in {out_dir} is complete ({ckpt['iter_num']} steps, normalised): nothing to resume")
         raise SystemExit(0)
-    model.gpt.load_state_dict(ckpt['model'])
+    lora.load_trained(model.gpt, ckpt['model'])
     model.head.load_state_dict(ckpt['head'])
     optimizer.load_state_dict(ckpt['optimizer'])
     set_rng_state(ckpt['rng'])

@@ -49,6 +49,7 @@ from torch.torch_version import TorchVersion
 
 import checkpoint
 import configurator
+import lora
 from checkpoint import (RUN_FILES, StopSignal, append_record, check_resume_data, check_same_tokenizer,
                         gather_full_state, link_checkpoint, load_model, load_optimizer_state, lock_out_dir, make_room,
                         resume_settings, rng_state, save_checkpoint, set_rng_state)
@@ -102,6 +103,12 @@ pos_emb = 'learned'             # 'learned' (GPT-2's position table) or 'rope' (
 rope_base = 10000.0             # rotary: wavelength base
 qk_norm = False                 # LayerNorm (no gain) on each head's queries and keys
 mlp_act = 'gelu'                # 'gelu' or 'relu2' (relu(x)^2)
+# fine-tuning in small memory (lora.py): LoRA adapters on a pretrained model, activation checkpointing
+lora_rank = 0                   # LoRA rank r: 0 trains every weight; > 0 freezes the base and trains adapters only
+lora_alpha = 16.0               # the adapters' update is scaled by lora_alpha / lora_rank
+lora_dropout = 0.05             # dropout on the adapters' input
+lora_targets = 'c_attn'         # adapted: c_attn (or its parts q,k,v), attn.c_proj, c_fc, mlp.c_proj, c_proj, all
+grad_checkpoint = False         # recompute each block's activations in backward: less memory, ~1/3 more compute
 # AdamW (GPT-3 settings); optim='muon' puts the blocks' weight matrices on Muon (optim.py) at muon_lr
 optim = 'adamw'                 # 'adamw' or 'muon' (Muon for the blocks' matrices, AdamW for the rest)
 muon_lr = 0.02                  # Muon's peak learning rate (the schedule scales it with learning_rate's)
@@ -282,6 +289,12 @@ if init_from not in ('scratch', 'resume') and meta.get('added_tokens') and model
     from align import grow_vocab  # SFT data (align.py) adds the chat tokens: they get new embedding rows
     model = grow_vocab(model, meta)
     log(f"added {', '.join(meta['added_tokens'])} to the vocabulary: {model.config.vocab_size} ids")
+lora_note = lora.setup(model, init_from, lora_rank, lora_alpha, lora_dropout, lora_targets,  # (new tokens' rows:
+                       train=('transformer.wte.',) if meta.get('added_tokens') else (),      # the embedding trains)
+                       frozen_dtype=None if fsdp or dtype == 'float32' else getattr(torch, dtype))
+if lora_note:
+    log(lora_note)
+model.grad_checkpoint = grad_checkpoint
 tokens_per_iter = gradient_accumulation_steps * micro_tokens  # the full batch
 log(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps // world_size} accum * {world_size} "
     f"processes * {batch_size} batch * {block_size} block")
@@ -447,10 +460,13 @@ def save(path_best=False):
         model_sd, optim_sd = raw_model.state_dict(), optimizer.state_dict()
     if not master_process:
         return
+    if lora.is_lora(raw_model):  # only what was trained, and the base's name (rebuilt by checkpoint.load_model)
+        model_sd = lora.trained_state(raw_model, model_sd)
     state = dict(format=checkpoint.CHECKPOINT_FORMAT, kind='lm', model=model_sd, optimizer=optim_sd,
                  scaler=scaler.state_dict() if scaler.is_enabled() else None, model_args=model_args,
                  iter_num=iter_num, tokens_seen=tokens_seen, best_val_loss=best_val_loss, config=config, data_meta=data.meta,
-                 rng=rng_state(), is_best=path_best, train_seconds=seconds_before + time.time() - t_start)
+                 rng=rng_state(), is_best=path_best, train_seconds=seconds_before + time.time() - t_start,
+                 lora=getattr(raw_model, 'lora_settings', None))
     path = os.path.join(out_dir, 'ckpt.pt')
     save_checkpoint(state, path)
     if path_best:
