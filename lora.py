@@ -10,6 +10,12 @@ leaves the model exactly as it was; only A and B (a few MB for gpt2-xl) are trai
     with lora.disabled(model): ...     # the base model, without a copy (PPO/DPO's frozen reference)
     lora.save_adapter(model, 'dir', base='gpt2')          # peft's adapter_config.json + adapter_model.safetensors
     lora.load_adapter(model, 'dir')                       # an adapter peft trained on the same GPT-2
+    lora.setup(model, init_from, rank, alpha, dropout, targets)  # what the training scripts call (--lora_*)
+    lora.cast_frozen(model, torch.bfloat16)               # bf16/fp16 runs: the frozen matrices in that dtype
+    reference = lora.reference(model)                     # PPO/DPO: the policy with its adapters off, no copy
+
+A LoRA run's checkpoint holds trained_state and lora_settings (rank, alpha, dropout, targets, the base's name
+and a fingerprint of its weights); checkpoint.model_from_checkpoint rebuilds base + adapters from them.
 
 peft's format is the interchange: for GPT2LMHeadModel peft wraps transformers' Conv1D layers with
 fan_in_fan_out=True, and its tensors are named base_model.model.transformer.h.N.attn.c_attn.lora_A.weight (r, in)
