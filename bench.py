@@ -42,6 +42,7 @@ $ python bench.py --model=baby --n_layer=2 --dropout=0 --block_size=2048 --batch
 
 import copy
 import itertools
+import math
 import os
 import statistics
 import sys
@@ -430,6 +431,13 @@ def time_variants(names, specs, steps, dev):
     return times, cpu_times, outputs
 
 
+def pct(share):
+    """A share as a percentage with two decimals, or two significant digits below 0.01% (a tiny model against a
+    chip's peak, e.g. decoding on an AMX CPU, is not 0.00%)."""
+    v = share * 100
+    return f"{v:.2f}" if v >= 0.01 or v <= 0 else f"{v:.{1 - math.floor(math.log10(v))}f}"
+
+
 def report(names, specs, times, cpu_times, work, fpt, c, dev):
     """Medians per iteration (optimizer step / forward pass / new token), tokens/s, MFU and ratios."""
     mem = peak_memory_mb(dev)
@@ -449,7 +457,7 @@ def report(names, specs, times, cpu_times, work, fpt, c, dev):
         n, med, tok_s, mfu, lo, hi, cpu = rows[0]
         print(f"{n} ({describe(specs[n], c, dev)})")
         print(f"ms/iter {med * 1000:.3f} (one {unit}; median of {len(times[n])}, min {lo * 1000:.3f}, "
-              f"max {hi * 1000:.3f})  tokens/s {tok_s:,.0f}  MFU {mfu * 100:.2f}%  peak memory {mem:,.0f} MB  "
+              f"max {hi * 1000:.3f})  tokens/s {tok_s:,.0f}  MFU {pct(mfu)}%  peak memory {mem:,.0f} MB  "
               f"cpu ms/iter {cpu * 1000:.3f}")
     else:
         base_speed, base_cpu = rows[0][2], rows[0][6]
@@ -457,7 +465,7 @@ def report(names, specs, times, cpu_times, work, fpt, c, dev):
         print(f"{'variant':<{w}} {'ms/iter':>9} {'tokens/s':>10} {'MFU':>7} {'vs ' + names[0]:>14} "
               f"{'cpu ms/iter':>11} {'(cpu)':>6}  settings")
         for n, med, tok_s, mfu, lo, hi, cpu in rows:
-            print(f"{n:<{w}} {med * 1000:>9.3f} {tok_s:>10,.0f} {mfu * 100:>6.2f}% {tok_s / base_speed:>13.2f}x "
+            print(f"{n:<{w}} {med * 1000:>9.3f} {tok_s:>10,.0f} {pct(mfu):>6}% {tok_s / base_speed:>13.2f}x "
                   f"{cpu * 1000:>11.3f} {base_cpu / cpu:>5.2f}x  {describe(specs[n], c, dev)}")
         print(f"(one iteration = one {unit}; medians of {iters} timed iterations per variant in "
               f"{min(rounds, iters)} interleaved rounds after {warmup} warm-up; ratios are speed-ups over "
