@@ -239,7 +239,12 @@ class Reference:
         finally:
             self.model.train(mode)
 
+    training = False  # (always evaluates: train() and eval() change nothing, as for a frozen copy in eval mode)
+
     def eval(self):
+        return self
+
+    def train(self, mode=True):
         return self
 
 
