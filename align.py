@@ -28,7 +28,6 @@ naming the file and line. SFT examples are written in the masked-example format 
 write_chat_examples: one conversation a row, padded at the end, so no example attends to another.
 """
 
-import json
 import math
 import os
 import sys
@@ -42,7 +41,7 @@ import checkpoint
 import lora
 from configurator import UserError
 from heads import RewardModel, add_tokens
-from tokendata import read_text, seed_from
+from tokendata import json_lines, seed_from
 
 SPECIAL_TOKENS = ('<|user|>', '<|assistant|>', '<|end|>')
 USER, ASSISTANT, END = SPECIAL_TOKENS
@@ -131,13 +130,7 @@ def read_rows(source):
     if not os.path.isfile(source):
         raise UserError(f"{source} not found: pass a .jsonl file (one JSON object a line) or hf:<dataset name>")
     out = []
-    for n, line in enumerate(read_text(source, 'the data file').split('\n'), 1):  # (another encoding: one line)
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{source} line {n} is not JSON ({e.msg})") from None
+    for n, row in json_lines(source, 'the data file'):
         if not isinstance(row, dict):
             raise UserError(f"{source} line {n} is not a JSON object")
         out.append((f"{source} line {n}", row))
@@ -472,6 +465,20 @@ class Run:
             if moved:  # (rerunning a command keeps the earlier run)
                 print(moved, flush=True)
         self.stop = checkpoint.StopSignal(announce=self.master)
+
+    def begin(self, ckpt, note, total, complete=None):
+        """The step a run starts at: 0, or a resumed checkpoint's next step, after logging the resume note and
+        restoring the RNG (the caller then loads its models' and optimizers' states from ckpt). A run already
+        complete (its step reached total, or complete says so) exits 0 here, its files untouched."""
+        if note:
+            self.log(note)
+        if ckpt is None:
+            return 0
+        if (complete if complete is not None else ckpt['iter_num'] >= total):
+            self.log(f"the run in {self.out_dir} is complete ({ckpt['iter_num']} of {total} steps): nothing to resume")
+            raise SystemExit(0)
+        checkpoint.set_rng_state(ckpt['rng'])
+        return ckpt['iter_num']
 
     def stop_if_signalled(self, save, done, total, unit='step'):
         """After a step: if SIGTERM or Ctrl-C reached any process (every rank agrees, so all stop after the same

@@ -26,7 +26,7 @@ import configurator
 import lora
 from align import (Run, collate, dpo_loss, encode_prompt, encode_response, fit, fmt, load_policy, policy_checkpoint,
                    read_preferences, response_logprobs)
-from checkpoint import resume_settings, rng_state, set_rng_state
+from checkpoint import resume_settings, rng_state
 from configurator import check_range
 from device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
 from tokendata import get_tokenizer, seed_from
@@ -110,17 +110,10 @@ if wandb_log:
     run.start_wandb(wandb_project, wandb_run_name, config)
 run.record(event='start', config=config, world_size=run.world, resume=bool(ckpt))
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (0.9, 0.95), device, verbose=False)
-start = 0
-if resume_note:
-    run.log(resume_note)
+start = run.begin(ckpt, resume_note, max_iters)
 if ckpt is not None:
-    if ckpt['iter_num'] >= max_iters:
-        run.log(f"the run in {out_dir} is complete ({ckpt['iter_num']} steps): nothing to resume")
-        raise SystemExit(0)
     lora.load_trained(model, ckpt['model'])
     optimizer.load_state_dict(ckpt['optimizer'])
-    set_rng_state(ckpt['rng'])
-    start = ckpt['iter_num']
     del ckpt
 
 

@@ -34,7 +34,7 @@ import lora
 from align import (Run, by_length, collate, encode_prompt, entropy, fmt, gae, kl_penalty, load_policy,
                    load_reward_model, policy_checkpoint, ppo_policy_loss, ppo_value_loss, read_prompts,
                    response_logprobs, sample_responses, score_rollouts, special_ids, whiten_moments)
-from checkpoint import resume_settings, rng_state, set_rng_state
+from checkpoint import resume_settings, rng_state
 from configurator import UserError, check_range
 from device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
 from tokendata import TokenData, check_same_tokenizer, dataset_dir, get_tokenizer, seed_from
@@ -138,20 +138,13 @@ if wandb_log:
 run.record(event='start', config=config, world_size=run.world, resume=bool(ckpt))
 optimizer = torch.optim.AdamW(policy.parameters(), lr=learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
 value_optimizer = torch.optim.AdamW(value.parameters(), lr=value_lr, betas=(0.9, 0.95), weight_decay=0.0)
-start = 0
-if resume_note:
-    run.log(resume_note)
+start = run.begin(ckpt, resume_note, iters)
 if ckpt is not None:
-    if ckpt['iter_num'] >= iters:
-        run.log(f"the run in {out_dir} is complete ({ckpt['iter_num']} iterations): nothing to resume")
-        raise SystemExit(0)
     lora.load_trained(policy, ckpt['model'])
     value.gpt.load_state_dict(ckpt['value']['model'])
     value.head.load_state_dict(ckpt['value']['head'])
     optimizer.load_state_dict(ckpt['optimizer'])
     value_optimizer.load_state_dict(ckpt['value_optimizer'])
-    set_rng_state(ckpt['rng'])
-    start = ckpt['iter_num']
     del ckpt
 
 

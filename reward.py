@@ -25,7 +25,7 @@ import configurator
 import lora
 from align import (Run, by_length, collate, encode_prompt, encode_response, fit, fmt, load_policy,
                    read_preferences, read_prompts, reward_checkpoint, reward_loss, sample_responses, special_ids)
-from checkpoint import resume_settings, rng_state, set_rng_state
+from checkpoint import resume_settings, rng_state
 from configurator import check_range
 from device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
 from heads import RewardModel
@@ -111,18 +111,13 @@ decay = [p for p in model.parameters() if p.dim() >= 2]
 no_decay = [p for p in model.parameters() if p.dim() < 2]
 optimizer = torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay},
                                {'params': no_decay, 'weight_decay': 0.0}], lr=learning_rate, betas=(0.9, 0.95))
-start, val_loss, val_acc = 0, float('nan'), float('nan')
-if resume_note:
-    run.log(resume_note)
+val_loss, val_acc = float('nan'), float('nan')
+start = run.begin(ckpt, resume_note, max_iters, complete=ckpt and ckpt.get('done'))  # (done: normalised)
 if ckpt is not None:
-    if ckpt.get('done'):
-        run.log(f"the run in {out_dir} is complete ({ckpt['iter_num']} steps, normalised): nothing to resume")
-        raise SystemExit(0)
     lora.load_trained(model.gpt, ckpt['model'])
     model.head.load_state_dict(ckpt['head'])
     optimizer.load_state_dict(ckpt['optimizer'])
-    set_rng_state(ckpt['rng'])
-    start, val_loss, val_acc = ckpt['iter_num'], ckpt['best_val_loss'], ckpt['val_accuracy']
+    val_loss, val_acc = ckpt['best_val_loss'], ckpt['val_accuracy']
     del ckpt
 
 

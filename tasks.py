@@ -17,7 +17,6 @@ its tokens) and choice_metrics (acc, acc_norm, acc_token), and score() once for 
     metrics = tasks.evaluate(model, task_list, device=device, ctx=ctx)         # {'hellaswag/acc_norm': ...}
 """
 
-import json
 import math
 import os
 import re
@@ -30,7 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from configurator import UserError
-from tokendata import (ROOT, dataset_dir, describe_tokenizer, get_tokenizer, load_meta, read_text,
+from tokendata import (ROOT, dataset_dir, describe_tokenizer, get_tokenizer, json_lines, load_meta, read_text,
                        tokenizer_identity)
 
 TASKS = ('perplexity', 'hellaswag', 'lambada', 'mc')
@@ -92,15 +91,7 @@ def fetch(task, path=''):
 def read_jsonl(path, fields):
     """The records of a jsonl file, each checked for the fields a task reads (one-line errors naming the line)."""
     docs = []
-    # read whole: a file in another encoding is one line, not a traceback half-way (split at \n only: JSON
-    # strings may hold U+2028, which str.splitlines would split at)
-    for n, line in enumerate(read_text(path, 'the task file').split('\n'), 1):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} line {n} is not JSON ({e.msg})") from None
+    for n, doc in json_lines(path, 'the task file'):
         missing = [k for k in fields if not isinstance(doc, dict) or k not in doc]
         if missing:
             raise UserError(f"{path} line {n} lacks {', '.join(missing)}")

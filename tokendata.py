@@ -51,6 +51,18 @@ def read_text(path, what='the file', newline=None):
         raise UserError(f"cannot read {what} {path} ({e.strerror})") from None
 
 
+def json_lines(path, what='the file'):
+    """(line number, value) of each non-blank line of a JSON-lines file; a file in another encoding or a line that
+    is not JSON is one line naming the file and line. Read whole, and split at \n only: JSON strings may hold
+    U+2028, which str.splitlines would split at."""
+    for n, line in enumerate(read_text(path, what).split('\n'), 1):
+        if line.strip():
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path} line {n} is not JSON ({e.msg})") from None
+
+
 # ---------------------------------------------------------------------- dataset metadata
 
 def load_meta(data_dir, prepare=None):

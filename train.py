@@ -32,12 +32,10 @@ $ python train.py config/train_shakespeare_char.py --batch_size=32 --compile=Fal
 
 import atexit
 import collections
-import json
 import math
 import os
 import platform
 import shlex
-import signal
 import statistics
 import sys
 import time

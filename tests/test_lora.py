@@ -14,7 +14,7 @@ import lora
 from configurator import UserError
 from model import GPT, GPTConfig
 
-from conftest import ROOT, load_ckpt, run, tiny
+from conftest import load_ckpt, run, tiny
 
 transformers = pytest.importorskip('transformers')
 peft = pytest.importorskip('peft')

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from bench_reference import RefGPT
 from conftest import assert_same_state, events, load_ckpt, run, run_inprocess, tiny

@@ -12,11 +12,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import ROOT, SHARED, load_ckpt, run, run_inprocess, tiny
 
