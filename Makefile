@@ -2,11 +2,13 @@
 # make test: the test suite (CPU only, no network) without the minute-long runs marked slow; make test-all: all.
 # Both create .venv on first use (torch $(TORCH) first, so pip does not pull a different build).
 # make test-compat: the same suite under the oldest versions the README promises (torch $(TORCH_OLDEST),
-# transformers $(TRANSFORMERS_OLDEST)) in .venv-compat; not run by CI, which stays on the pins.
+# transformers $(TRANSFORMERS_OLDEST), with $(PEFT_OLDEST), a peft of its time) in .venv-compat; not run by CI,
+# which stays on the pins.
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 TORCH_OLDEST ?= torch==2.6.0
 TRANSFORMERS_OLDEST ?= transformers==4.40.0
+PEFT_OLDEST ?= peft==0.11.1
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
@@ -37,7 +39,7 @@ test-all: $(STAMP)
 test-compat:
 	test -x .venv-compat/bin/python || $(PYTHON) -m venv .venv-compat
 	.venv-compat/bin/python -m pip install -q "$(TORCH_OLDEST)"
-	.venv-compat/bin/python -m pip install -q -r requirements.txt "$(TRANSFORMERS_OLDEST)" "$(TORCH_OLDEST)"
+	.venv-compat/bin/python -m pip install -q -r requirements.txt "$(TRANSFORMERS_OLDEST)" "$(TORCH_OLDEST)" "$(PEFT_OLDEST)"
 	.venv-compat/bin/python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 	.venv-compat/bin/python -m pytest -q tests
 
