@@ -31,6 +31,7 @@ $ python train.py config/train_shakespeare_char.py --batch_size=32 --compile=Fal
 """
 
 import atexit
+import gc
 import collections
 import math
 import os
@@ -708,4 +709,10 @@ while True:
         break
 
 if ddp:
+    # every rank leaves together (rank 0 may still be writing the last checkpoint), and DDP's reducer, which holds
+    # the process group, goes while Python is whole: a rank tearing down alone, or the group freed during the
+    # interpreter's exit, aborted now and then ("terminate called without an active exception", 1 run in 15)
+    dist.barrier()
+    del model, raw_model, optimizer
+    gc.collect()
     dist.destroy_process_group()
