@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from torch.torch_version import TorchVersion
 from safetensors.torch import load_file
 
 import hf
@@ -412,7 +413,8 @@ def test_bench_memory_mode():
     assert p.returncode == 1 and 'memory variants are full or lora' in p.stderr
 
 
-@pytest.mark.parametrize('parallelism', [pytest.param('ddp', marks=pytest.mark.slow), 'fsdp'])
+@pytest.mark.parametrize('parallelism', [pytest.param('ddp', marks=pytest.mark.slow), pytest.param('fsdp', marks=(
+    pytest.mark.skipif(TorchVersion(torch.__version__) < (2, 7), reason='FSDP on the CPU needs torch 2.7 or newer')))])
 def test_lora_with_checkpointing_on_two_processes_equals_one(tmp_path, char_data, parallelism):
     """LoRA with activation checkpointing under DDP and FSDP (2 CPU processes, gloo): the same losses and adapters
     as one process with the same global batch."""
