@@ -14,7 +14,7 @@ the same settings give the same tokens (tests/test_generate.py checks them again
 import torch
 from torch.nn import functional as F
 
-from model import KVCache
+from kvcache import KVCache
 
 
 def decode_layout(model):
@@ -42,9 +42,7 @@ def compile_decoder(model):
     decodes 1.3-2.4x faster than eager (~4x transformers' generate) on a 2-core AVX2 EPYC, once the compile is paid
     (~20 s the first time, ~5 s with inductor's cache warm); at the 124M shape, where reading the weights is the
     cost, it is 0.93x (every step also reads the whole static cache). `python bench.py --mode=sample
-    --variants=cache,compile+cache,hf` measures it. Dense attention only (a static cache has no ring for local
-    layers)."""
-    KVCache.check_static(model.config)  # (now, not at the first token)
+    --variants=cache,compile+cache,hf` measures it."""
     cpu = next(model.parameters()).device.type == 'cpu'
     return torch.compile(model, fullgraph=True, dynamic=False, options={'cpp_wrapper': True} if cpu else None)
 

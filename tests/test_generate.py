@@ -7,7 +7,8 @@ import torch
 import hf as hf_io
 from generate import (apply_min_p, apply_repetition_penalty, apply_top_k, apply_top_p, beam_search,
                       check_sampling_args, decode_layout, generate, generate_stream)
-from model import GPT, GPTConfig, KVCache
+from kvcache import KVCache
+from model import GPT, GPTConfig
 
 VOCAB = 101
 
