@@ -119,9 +119,8 @@ class KVCache:
         """The active rows took T more positions (the model calls this after its forward pass)."""
         start, count = self.rows
         self._active(self.pos).add_(T)
-        if not self.static:
-            for i in range(start, start + count):
-                self.lengths[i] += T
+        for i in range(start, start + count):  # (a static cache's shapes never read them; the engine does)
+            self.lengths[i] += T
 
     def set_lengths(self, lengths):
         """After a right-padded prefill of the active rows: row i holds lengths[i] real positions (the rest is
