@@ -204,6 +204,7 @@ class Engine:
                                 generator))
         return self.next_id
 
+    @torch.inference_mode()  # (the cache's tensors are inference tensors)
     def cancel(self, rid):
         """Drop a request, running or waiting (unknown or finished ids are ignored)."""
         self.waiting = deque(r for r in self.waiting if r.rid != rid)
@@ -225,7 +226,7 @@ class Engine:
             old = len(self.rows)
             logits = [self._decode()] if old else []
             new = []
-            while self.waiting and len(self.rows) < self.max_batch:
+            while self.waiting and len(self.rows) + len(new) < self.max_batch:
                 new.append(self.waiting.popleft())
             if new:
                 logits.append(self._prefill(new))
@@ -254,7 +255,8 @@ class Engine:
         windows = [row.tokens[-bs:] for row in new]
         P = max(len(w) for w in windows)
         idx = torch.tensor([w + [0] * (P - len(w)) for w in windows], device=self.device)
-        logits, _ = self.model(idx, kv_cache=self.cache.select(start, len(new)))
+        self.cache.select(start, len(new)).set_lengths([0] * len(new))  # (slots a finished row may have held)
+        logits, _ = self.model(idx, kv_cache=self.cache)
         lengths = [len(w) for w in windows]
         self.cache.set_lengths(lengths)
         for row in new:
