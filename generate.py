@@ -152,7 +152,6 @@ class Row:
     params: SamplingParams
     stop_ids: frozenset
     generator: Optional[torch.Generator]
-    fed: int = 0            # tokens of `tokens` the cache has seen
 
 
 class Engine:
@@ -223,8 +222,7 @@ class Engine:
             self.cache = KVCache(self.model.config, self.max_batch, self.device, self.model.transformer.wte.weight.dtype,
                                  static=self.decoder is not None)
         with autocast_ctx(self.device, self.dtype) if self.dtype else contextlib.nullcontext():
-            old = len(self.rows)
-            logits = [self._decode()] if old else []
+            logits = [self._decode()] if self.rows else []
             new = []
             while self.waiting and len(self.rows) + len(new) < self.max_batch:
                 new.append(self.waiting.popleft())
@@ -259,24 +257,40 @@ class Engine:
         logits, _ = self.model(idx, kv_cache=self.cache)
         lengths = [len(w) for w in windows]
         self.cache.set_lengths(lengths)
-        for row in new:
-            row.fed = len(row.tokens)
         self.rows += new
         return logits[torch.arange(len(new), device=self.device), torch.tensor(lengths, device=self.device) - 1]
 
     def _decode(self):
-        """Feed every running row its newest token, one batched step; a row whose cache is full first refills it
-        with the last block_size - 1 tokens at positions 0.. (learned positions leave no cheaper slide)."""
-        bs = self.model.config.block_size
-        for i, row in enumerate(self.rows):
-            if self.cache.lengths[i] >= bs:
-                self.cache.select(i, 1).set_lengths([0])
-                self.model(torch.tensor([row.tokens[-bs:-1]], device=self.device), kv_cache=self.cache)
-        last = torch.tensor([[row.tokens[-1]] for row in self.rows], device=self.device)
-        logits, _ = (self.decoder or self.model)(last, kv_cache=self.cache.select(0, len(self.rows)))
-        for row in self.rows:
-            row.fed = len(row.tokens)
-        return logits[:, -1]
+        """Feed every running row its newest token. Rows within the context take one batched one-token step; rows
+        past it (kept after the others) recompute their last block_size tokens at positions 0.. together
+        (learned positions leave no cheaper slide)."""
+        bs, n = self.model.config.block_size, len(self.rows)
+        live = self._partition()
+        logits = []
+        if live:
+            last = torch.tensor([[row.tokens[-1]] for row in self.rows[:live]], device=self.device)
+            logits.append((self.decoder or self.model)(last, kv_cache=self.cache.select(0, live))[0][:, -1])
+        if live < n:
+            self.cache.select(live, n - live).set_lengths([0] * (n - live))
+            window = torch.tensor([row.tokens[-bs:] for row in self.rows[live:]], device=self.device)
+            logits.append(self.model(window, kv_cache=self.cache)[0][:, -1])
+        return torch.cat(logits)
+
+    def _partition(self):
+        """Put the rows whose cache is full (past the context) after the others; returns how many are not. A full
+        row's cache is recomputed anyway, so a swap is one row copy: the other row's cache into its slot."""
+        full = self.model.config.block_size
+        i, j = 0, len(self.rows) - 1
+        while True:
+            while i <= j and self.cache.lengths[i] < full:
+                i += 1
+            while j >= i and self.cache.lengths[j] >= full:
+                j -= 1
+            if i >= j:
+                return i
+            self.cache.move_row(j, i)
+            self.cache.lengths[j] = full
+            self.rows[i], self.rows[j] = self.rows[j], self.rows[i]
 
     def _sample(self, logits):
         """Next tokens for all rows: rows that share their settings and the shared random stream in one call
@@ -344,11 +358,11 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     if use_cache:  # the engine, all rows in one batch, sharing the settings and the random stream
         engine = Engine(model, max_batch=idx.size(0), decoder=decoder, generator=generator)
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
-        for row in idx.tolist():
-            engine.add(row, max_new_tokens, params, crop=True)
+        rids = [engine.add(row, max_new_tokens, params, crop=True) for row in idx.tolist()]
     for _ in range(max_new_tokens):
         if use_cache:
-            next_id = torch.tensor([[token] for _, token, _ in engine.step()], device=idx.device)
+            step = {rid: token for rid, token, _ in engine.step()}  # (rows past the context move to the end)
+            next_id = torch.tensor([[step[rid]] for rid in rids], device=idx.device)
         else:
             logits, _ = model(idx[:, -bs:])
             logits = logits[:, -1, :model.config.vocab_size].float()
