@@ -102,8 +102,7 @@ PRESETS = {
     # GPT-3 (Brown et al. 2020, Table 2.1): context 2048, GPT-2 tokenizer. Two rows of the table
     # are inconsistent: XL lists 24 heads of 128 for d_model=2048 (we use 16 heads of 128), and 13B
     # lists d_model=5140, which 40 heads of 128 cannot make (we use 5120). Head count does not
-    # change the parameter count.
-    # GPT-3 alternates dense and locally banded sparse attention; these presets are all dense.
+    # change the parameter count. GPT-3 alternates dense and banded layers; these presets are all dense.
     'gpt3-small':  dict(n_layer=12, n_head=12, n_embd=768, block_size=2048),
     'gpt3-medium': dict(n_layer=24, n_head=16, n_embd=1024, block_size=2048),
     'gpt3-large':  dict(n_layer=24, n_head=16, n_embd=1536, block_size=2048),
@@ -117,8 +116,6 @@ PRESETS = {
     'baby':        dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.2, gelu_approx='none'),
     'baby-mini':   dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, gelu_approx='none'),
 }
-
-# Hugging Face names of OpenAI's released checkpoints, and the preset each corresponds to.
 
 class Dropout(nn.Dropout):
     """nn.Dropout with a cheaper mask on the CPU, where PyTorch's bernoulli draws one 32-bit random number
@@ -199,11 +196,10 @@ class CausalSelfAttention(nn.Module):
             q, k = F.layer_norm(q, (hs,)), F.layer_norm(k, (hs,))  # (one fused CPU kernel; rms_norm is several)
         if rope is not None:  # rotated before caching: a cached key keeps its own position's rotation
             q, k = rotary(q, rope), rotary(k, rope)
-        blocks = 0
         if kv_cache is not None:  # the cache decides which keys the new queries see (kvcache.py)
             k, v, mask, is_causal = kv_cache.update(self.layer_idx, k, v)
         elif self.window and T > 2 * self.window:  # long sequence: O(T * window), not O(T^2)
-            q, k, v, mask, blocks = self.to_blocks(q, k, v)
+            q, k, v, mask = self.to_blocks(q, k, v)
             is_causal = False
         elif self.window:  # a local layer: query at position p sees keys p - window + 1 .. p
             pos = torch.arange(T, device=x.device)
@@ -224,11 +220,9 @@ class CausalSelfAttention(nn.Module):
                 mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             if mask is not None:
                 att = att.masked_fill(~mask, float('-inf'))
-            att = F.softmax(att, dim=-1)
-            att = self.attn_dropout(att)
-            y = att @ v
-        if blocks:
-            y = y.reshape(B, self.n_head, blocks * self.window, hs)[:, :, :T]
+            y = self.attn_dropout(F.softmax(att, dim=-1)) @ v
+        if y.dim() == 5:  # (blocks of queries: back to one sequence)
+            y = y.reshape(B, self.n_head, -1, hs)[:, :, :T]
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -246,7 +240,7 @@ class CausalSelfAttention(nn.Module):
         j, m = torch.arange(W, device=q.device)[:, None], torch.arange(2 * W, device=q.device)[None]
         mask = ((m > j) & (m <= j + W)).expand(n, W, 2 * W).clone()
         mask[0, :, :W] = False
-        return q, k, v, mask, n
+        return q, k, v, mask
 
 
 class MLP(nn.Module):
@@ -394,9 +388,8 @@ class GPT(nn.Module):
                              f"{self.config.block_size} positions")
         if block_size < self.config.block_size:
             self.config.block_size = block_size
-            if 'wpe' not in self.transformer:  # rotary: nothing stored per position
-                return
-            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+            if 'wpe' in self.transformer:  # (rotary: nothing stored per position)
+                self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     # ------------------------------------------------------------------ training helpers
 
@@ -449,10 +442,8 @@ class GPT(nn.Module):
 
 
 if __name__ == '__main__':
-    # the preset table, counted on the meta device so no memory is spent
     print(f"{'preset':<12} {'layers':>6} {'width':>6} {'heads':>5} {'context':>7} {'params':>12}")
     for name in PRESETS:
-        with torch.device('meta'):
-            m = GPT.from_preset(name)
-        c = m.config
+        with torch.device('meta'):  # (counted without memory)
+            c = (m := GPT.from_preset(name)).config
         print(f"{name:<12} {c.n_layer:>6} {c.n_embd:>6} {c.n_head:>5} {c.block_size:>7} {m.num_params() / 1e6:>11.1f}M")
