@@ -324,9 +324,11 @@ class Engine:
 def generate_batch(model, prompts, max_new_tokens, stop_ids=(), max_batch=64, dtype=None, decoder=None,
                    generator=None, **sampling):
     """Decode prompts of any lengths in batches: [(new token ids, finish reason)] in the prompts' order, each
-    row's ids ending with its stop id if it met one. sampling: SamplingParams' fields, for every prompt."""
+    row's ids ending with its stop id if it met one. max_new_tokens: one for all, or a list with one per prompt.
+    sampling: SamplingParams' fields, for every prompt."""
     engine = Engine(model, max_batch=max_batch, dtype=dtype, decoder=decoder, generator=generator)
-    rids = [engine.add(p, max_new_tokens, SamplingParams(**sampling), stop_ids) for p in prompts]
+    budgets = max_new_tokens if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
+    rids = [engine.add(p, n, SamplingParams(**sampling), stop_ids) for p, n in zip(prompts, budgets)]
     out = {rid: [] for rid in rids}
     finish = {}
     while engine.pending():
