@@ -6,8 +6,19 @@ $ python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --n
 $ python sample.py --init_from=path/to/hf_dir --start=FILE:prompt.txt --top_p=0.9
 $ python sample.py --out_dir=out --num_beams=4 --length_penalty=0.8 --num_samples=1
 $ python sample.py --out_dir=../nanoGPT/out-shakespeare-char    # a nanoGPT run, imported as it is (checkpoint.py)
+$ python sample.py --start=FILE:prompts.jsonl --output=results.jsonl --temperature=0   # many prompts, one batch
+$ python sample.py --start=FILE:prompts.txt --per_line=True --quantize=int8      # one prompt per line; int8 weights
 
-A single sample streams to stdout as it is generated; tokens/s is printed to stderr at the end.
+A single sample streams to stdout as it is generated. Several prompts (a .jsonl file: one JSON string or
+{"prompt": ...} per line; or a text file with --per_line=True) and their samples decode together as one batch
+of the decoding engine (generate.Engine), whatever their lengths. --output writes one JSON line per sample:
+prompt, completion, tokens, finish_reason ('stop' or 'length'). Tokens/s is printed to stderr at the end, timed
+from the first token (the prompt's prefill and any compile are reported apart, as time to first token).
+
+Decoding picks its own dtype: dtype='auto' is bfloat16 on GPUs and float32 on CPUs, where a one-token step
+reads every weight once and bf16 autocast would convert them all again at each step (GPT-2 124M: 11-13
+tokens/s bf16 against 43 fp32 on a 2-core AMX Xeon); --quantize=int8 (quantize.py) halves again what a CPU step
+reads.
 """
 
 import codecs
@@ -21,15 +32,18 @@ import configurator
 from checkpoint import load_model
 from configurator import UserError
 from device import autocast_ctx, pick_device, pick_dtype
-from generate import beam_search, check_sampling_args, compile_decoder, decode_layout, generate_stream
-from tokendata import get_tokenizer, read_text
+from generate import (Engine, SamplingParams, beam_search, check_sampling_args, compile_decoder, decode_layout,
+                      generate_stream)
+from tokendata import get_tokenizer, json_lines, read_text
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value
 init_from = 'resume'        # 'resume' (a checkpoint in out_dir), a hub name (gpt2, gpt2-xl, openai-gpt, ...) or an HF dir
 out_dir = 'out'             # the training run to sample from when init_from='resume'
 ckpt_name = 'best.pt'       # 'best.pt' (lowest val loss) or 'ckpt.pt' (latest); falls back to ckpt.pt
-start = '\n'                # the prompt, or FILE:path to read it from a file
+start = '\n'                # the prompt, or FILE:path to read it from a file (FILE:x.jsonl: one prompt per line)
+per_line = False            # with FILE:x.txt, each non-empty line is a prompt (else the whole file is one)
+output = ''                 # write the samples as JSON lines to this file: prompt, completion, tokens, finish_reason
 num_samples = 3             # independent samples (one streams to stdout as it is generated)
 max_new_tokens = 500        # tokens generated per sample
 temperature = 0.8           # 1.0 = the model's distribution, < 1 sharper, 0 = greedy
@@ -44,7 +58,9 @@ stop_at_eos = True          # stop at <|endoftext|> (GPT-2 tokenizer), or a chat
 use_cache = True            # key/value cache: one token per step instead of the whole context
 seed = 1337
 device = 'auto'             # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...
-dtype = 'auto'              # 'auto', 'float32', 'bfloat16', 'float16'
+dtype = 'auto'              # 'auto' (bf16 on GPUs, float32 on CPUs: see above), 'float32', 'bfloat16', 'float16'
+quantize = 'none'           # 'none' or 'int8' (weight-only int8 for every Linear and the head: quantize.py)
+max_batch = 64              # rows decoded together (prompts x num_samples beyond it wait for a free row)
 compile = False             # compile the one-token steps (generate.compile_decoder; not beam search): pays off on long generations
 # -----------------------------------------------------------------------------
 config = configurator.configure(globals(), verbose=False)
@@ -70,19 +86,48 @@ def parse_stops(s):
         raise UserError(f"--stop={s!r} has a bad escape ({e.reason}); write a backslash as \\\\") from None
 
 
+def read_prompts():
+    """--start: one prompt, a text file (whole, or one prompt per line with --per_line), or a JSON-lines file."""
+    if not start.startswith('FILE:'):
+        return [start]
+    path = start[5:]
+    if path.endswith('.jsonl'):
+        prompts = []
+        for n, value in json_lines(path, 'the prompts file'):
+            prompt = value.get('prompt') if isinstance(value, dict) else value
+            if not isinstance(prompt, str):
+                raise UserError(f'{path} line {n}: expected a JSON string or {{"prompt": "..."}}')
+            prompts.append(prompt)
+    else:
+        text = read_text(path, 'the prompt file')
+        prompts = [line for line in text.split('\n') if line.strip()] if per_line else [text]
+    if not prompts:
+        raise UserError(f"{path} holds no prompt")
+    return prompts
+
+
 def main():
     dev = pick_device(device)
-    dt = pick_dtype(dtype, dev)
+    # decoding's own rule, not training's: a CPU step is bound by reading the weights, which bf16 autocast converts
+    # again at every step (see the docstring); GPUs keep their fast half precision
+    dt = 'float32' if dtype == 'auto' and dev == 'cpu' else pick_dtype(dtype, dev)
     try:
         check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
     except ValueError as e:
         raise UserError(e) from None
-    if num_beams < 1 or num_samples < 1 or max_new_tokens < 1:
-        raise UserError("num_beams, num_samples and max_new_tokens must be >= 1")
+    if num_beams < 1 or num_samples < 1 or max_new_tokens < 1 or max_batch < 1:
+        raise UserError("num_beams, num_samples, max_new_tokens and max_batch must be >= 1")
+    if quantize not in ('none', 'int8'):
+        raise UserError(f"quantize must be 'none' or 'int8', got {quantize!r}")
     stops = parse_stops(stop)  # (before the model loads: a mistake costs nothing)
+    prompts = read_prompts()
     torch.manual_seed(seed)
     model, meta, _ = load_model(init_from, out_dir, ckpt_name, dropout=0.0)
-    decode_layout(model.to(dev).eval())  # (only generates: weights laid out for one-token steps)
+    model.to(dev).eval()
+    if quantize == 'int8':
+        from quantize import quantize_int8
+        quantize_int8(model)
+    decode_layout(model)  # (only generates: weights laid out for one-token steps)
     encode, decode, eot = get_tokenizer(meta)
     try:
         decoder = compile_decoder(model) if compile and num_beams == 1 else None
@@ -93,44 +138,87 @@ def main():
     if decoder is not None:  # (the timing printed at the end includes it)
         print("compiling the one-token step at the first token: ~20 s the first time, a few once cached",
               file=sys.stderr)
-
-    prompt = start
-    if prompt.startswith('FILE:'):
-        prompt = read_text(prompt[5:], 'the prompt file')
-    ids = encode(prompt)
-    if not ids:
-        raise UserError("the prompt is empty: pass --start='some text' (or FILE:prompt.txt)")
-    if len(ids) > model.config.block_size:
-        raise UserError(f"the prompt is {len(ids)} tokens, longer than the model's context "
-                        f"({model.config.block_size}); shorten it")
-    if num_beams > 1 and len(ids) + max_new_tokens - 1 > model.config.block_size:
-        raise UserError(f"beam search has no sliding window: the prompt ({len(ids)} tokens) + max_new_tokens "
+    ids = [encode(p) for p in prompts]
+    which = (lambda i: f"prompt {i + 1} of {len(prompts)}") if len(prompts) > 1 else (lambda i: "the prompt")
+    for i, p in enumerate(ids):
+        if not p:
+            raise UserError(f"{which(i)} is empty: pass --start='some text' (or FILE:prompt.txt)")
+        if len(p) > model.config.block_size:
+            raise UserError(f"{which(i)} is {len(p)} tokens, longer than the model's context "
+                            f"({model.config.block_size}); shorten it")
+    if num_beams > 1 and max(map(len, ids)) + max_new_tokens - 1 > model.config.block_size:
+        raise UserError(f"beam search has no sliding window: the prompt ({max(map(len, ids))} tokens) + max_new_tokens "
                         f"({max_new_tokens}) must fit the context ({model.config.block_size}); lower --max_new_tokens")
     eos = ((meta or {}).get('added_tokens') or {}).get('<|end|>', eot) if stop_at_eos else None  # a chat model's end
-    x = torch.tensor(ids, dtype=torch.long, device=dev)[None]
     gen = torch.Generator(device=dev).manual_seed(seed)
 
-    n_tokens, t0 = 0, time.time()
+    results, clock = [], Clock()
     with torch.inference_mode(), autocast_ctx(dev, dt):  # (no autograd bookkeeping at all: cheaper ops)
         if num_beams > 1:
-            out = beam_search(model, x, max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
-                              eos_token_id=eos, use_cache=use_cache)
-            new = out[0, len(ids):].tolist()
-            new = new[:new.index(eos)] if eos in new else new  # the end-of-text token is not text
-            n_tokens += len(new)
-            print(prompt + cut_at_stop(decode(new), stops))
-        else:
-            for s in range(num_samples):
-                stream = generate_stream(model, x, max_new_tokens, temperature=temperature, top_k=top_k,
-                                         top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
+            for prompt, p in zip(prompts, ids):
+                out = beam_search(model, torch.tensor([p], device=dev), max_new_tokens, num_beams=num_beams,
+                                  length_penalty=length_penalty, eos_token_id=eos, use_cache=use_cache)
+                clock.tick()
+                results.append(finished(prompt, out[0, len(p):].tolist(), eos, stops, decode))
+                print(prompt + results[-1]['completion'])
+        elif len(prompts) == 1 and num_samples == 1 or not use_cache:
+            for prompt, p in ((pr, pi) for pr, pi in zip(prompts, ids) for _ in range(num_samples)):
+                stream = generate_stream(model, torch.tensor([p], device=dev), max_new_tokens, temperature=temperature,
+                                         top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
                                          eos_token_id=eos, use_cache=use_cache, generator=gen, decoder=decoder)
-                text = stream_text(stream, decode, prompt, stops, eos, live=(num_samples == 1))
-                n_tokens += text[1]
-                if num_samples > 1:
-                    print(text[0])
-                    print('---------------')
-    elapsed = time.time() - t0
-    print(f"\n{n_tokens} tokens in {elapsed:.2f}s: {n_tokens / elapsed:.1f} tokens/s", file=sys.stderr)
+                live = len(prompts) == 1 and num_samples == 1
+                tokens = stream_tokens(stream, decode, prompt, stops, eos, live, clock)
+                results.append(finished(prompt, tokens, eos, stops, decode))
+                if not live:
+                    print(prompt + results[-1]['completion'] + '\n---------------')
+        else:  # every prompt's samples, one batch of the engine
+            engine = Engine(model, max_batch=max_batch, decoder=decoder, generator=gen)
+            params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
+            rows = {engine.add(p, max_new_tokens, params, stop_ids={eos} if eos is not None else ()): (prompt, [])
+                    for prompt, p in zip(prompts, ids) for _ in range(num_samples)}
+            while engine.pending():
+                for rid, token, _ in engine.step():
+                    rows[rid][1].append(token)
+                clock.tick()
+            for prompt, tokens in rows.values():
+                results.append(finished(prompt, tokens, eos, stops, decode))
+                print(prompt + results[-1]['completion'] + '\n---------------')
+    if output:
+        with open(output, 'w', encoding='utf-8') as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + '\n' for r in results)
+    n_tokens = sum(r['tokens'] for r in results)
+    print(f"\n{clock.report(n_tokens)}" + (f"; wrote {len(results)} samples to {output}" if output else ''),
+          file=sys.stderr)
+
+
+class Clock:
+    """Time to the first token (the prefill, and a compile if any) apart from the tokens/s after it."""
+
+    def __init__(self):
+        self.t0, self.first, self.last, self.steps = time.perf_counter(), None, None, 0
+
+    def tick(self):
+        self.last = time.perf_counter()
+        self.first = self.first or self.last
+        self.steps += 1
+
+    def report(self, n_tokens):
+        if self.first is None:
+            return "no tokens"
+        line = f"{n_tokens} tokens in {self.last - self.t0:.2f}s, first token after {self.first - self.t0:.2f}s"
+        if self.steps > 1 and self.last > self.first:
+            line += f"; then {(n_tokens - n_tokens / self.steps) / (self.last - self.first):.1f} tokens/s"
+        return line
+
+
+def finished(prompt, tokens, eos, stops, decode):
+    """One sample's record: the completion cut at the end token or a stop string, and why it ended."""
+    ended = eos is not None and eos in tokens
+    tokens = tokens[:tokens.index(eos)] if ended else tokens
+    text = decode(tokens)
+    cut = cut_at_stop(text, stops)
+    return dict(prompt=prompt, completion=cut, tokens=len(tokens),
+                finish_reason='stop' if ended or len(cut) < len(text) or any(s in text for s in stops) else 'length')
 
 
 def cut_at_stop(text, stops):
@@ -138,15 +226,18 @@ def cut_at_stop(text, stops):
     return text if cut < 0 else text[:cut]
 
 
-def stream_text(stream, decode, prompt, stops, eos, live):
-    """Consume a token stream, printing text as it becomes final when live. Decodes the whole
-    continuation each step, so multi-byte characters split across BPE tokens print whole."""
+def stream_tokens(stream, decode, prompt, stops, eos, live, clock):
+    """Consume a token stream, printing text as it becomes final when live; returns the tokens up to the end
+    token or the first stop string. Decodes the whole continuation each step, so multi-byte characters split
+    across BPE tokens print whole."""
     if live:
         print(prompt, end='', flush=True)
     new, shown = [], 0
     for tok in stream:
+        clock.tick()
         t = tok[0, 0].item()
         if t == eos:
+            new.append(t)
             break
         new.append(t)
         text = decode(new)
@@ -157,10 +248,9 @@ def stream_text(stream, decode, prompt, stops, eos, live):
             shown = len(text)
         if done:
             break
-    text = cut_at_stop(decode(new), stops)
     if live:
-        print(text[shown:], flush=True)
-    return prompt + text, len(new)
+        print(cut_at_stop(decode([t for t in new if t != eos]), stops)[shown:], flush=True)
+    return new
 
 
 if __name__ == '__main__':

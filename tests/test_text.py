@@ -408,3 +408,42 @@ def test_load_and_sample_mistakes(tmp_path_factory, tmp_path, corpus, shakespear
     p = run('export.py', f'--out_dir={tmp_path / "nano" / "out-shakespeare-char"}', f'--hf_dir={tmp_path / "taken"}',
             check=False)
     assert 'exists' in one_line_error(p) and (tmp_path / 'taken' / 'x').read_text() == 'keep'
+
+
+def test_sample_decodes_a_file_of_prompts_as_one_batch(tmp_path, char_data):
+    """--start=FILE:x.jsonl: prompts of different lengths in one batch, each completion equal to sample.py's greedy
+    output for that prompt alone; --output records them; a stop string ends a row with finish_reason 'stop'."""
+    out = tmp_path / 'out'
+    train_tiny(char_data, out)
+    prompts = ['ROMEO:', 'a', 'What light through yonder window', 'KING']  # (context: 32)
+    (tmp_path / 'p.jsonl').write_text('\n'.join([json.dumps(prompts[0]), json.dumps({'prompt': prompts[1]}), '',
+                                                 json.dumps(prompts[2]), json.dumps({'prompt': prompts[3]})]))
+    alone = [sample_greedy(out, p, 40)[0] for p in prompts]
+    code, stdout, stderr = run_inprocess('sample.py', f'--out_dir={out}', '--device=cpu', '--temperature=0',
+                                         '--max_new_tokens=40', '--num_samples=1', f'--start=FILE:{tmp_path / "p.jsonl"}',
+                                         f'--output={tmp_path / "r.jsonl"}')
+    assert code == 0, stderr
+    records = [json.loads(line) for line in (tmp_path / 'r.jsonl').read_text().splitlines()]
+    assert [r['prompt'] for r in records] == prompts
+    assert [r['prompt'] + r['completion'] for r in records] == alone
+    assert all(r['tokens'] == 40 and r['finish_reason'] == 'length' for r in records)
+    assert 'tokens/s' in stderr and 'first token after' in stderr
+    # a stop string: the text up to it, finish_reason 'stop'; a text file with one prompt per line
+    stop = records[0]['completion'][5:8]
+    (tmp_path / 'p.txt').write_text(prompts[0] + '\n\n' + prompts[3] + '\n')
+    code, stdout, stderr = run_inprocess('sample.py', f'--out_dir={out}', '--device=cpu', '--temperature=0',
+                                         '--max_new_tokens=40', '--num_samples=2', f'--start=FILE:{tmp_path / "p.txt"}',
+                                         '--per_line=True', f'--stop={stop}', f'--output={tmp_path / "s.jsonl"}')
+    assert code == 0, stderr
+    first, _, second, _ = [json.loads(line) for line in (tmp_path / 's.jsonl').read_text().splitlines()]
+    assert first['completion'] == records[0]['completion'][:records[0]['completion'].index(stop)]
+    assert first['finish_reason'] == 'stop'
+    assert second['prompt'] == prompts[3]
+    # mistakes: one line each
+    (tmp_path / 'bad.jsonl').write_text('{"text": 1}\n')
+    code, _, stderr = run_inprocess('sample.py', f'--out_dir={out}', '--device=cpu', f'--start=FILE:{tmp_path / "bad.jsonl"}')
+    assert code == 1 and 'line 1: expected a JSON string' in stderr
+    (tmp_path / 'long.txt').write_text('ok\n' + 'x' * 40 + '\n')
+    code, _, stderr = run_inprocess('sample.py', f'--out_dir={out}', '--device=cpu', f'--start=FILE:{tmp_path / "long.txt"}',
+                                    '--per_line=True')
+    assert code == 1 and "prompt 2 of 2 is 40 tokens, longer than the model's context (32)" in stderr
