@@ -1,0 +1,124 @@
+"""quantize.py: the int8 layer against a plain dequantized matmul, the rounding bound, whole-model logits and
+greedy decoding against fp32, the tied head, kernel vs fallback, and the errors."""
+import pytest
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from generate import generate
+from model import GPT, GPTConfig
+from quantize import Int8Linear, int8_kernel_dtype, quantize_int8, quantize_weight
+
+
+def linear(K=64, N=40, bias=True, seed=0):
+    torch.manual_seed(seed)
+    lin = nn.Linear(K, N, bias=bias)
+    nn.init.normal_(lin.weight, std=0.02)
+    if bias:
+        nn.init.normal_(lin.bias, std=0.02)
+    return lin
+
+
+def test_rounding_within_half_a_step():
+    w = torch.randn(50, 96) * torch.rand(50, 1)  # rows of different ranges
+    w[3] = 0  # an all-zero row
+    q, s = quantize_weight(w)
+    assert q.dtype == torch.int8 and q.abs().max() <= 127
+    assert torch.equal(s.bfloat16().float(), s)  # bf16-exact scales
+    deq = q.float() * s[:, None]
+    assert ((w - deq).abs() <= s[:, None] / 2 * (1 + 1e-6)).all()
+    assert torch.equal(deq[3], torch.zeros(96))
+
+
+@pytest.mark.parametrize('rows', [1, 3, 40])
+def test_layer_computes_the_dequantized_matmul(rows):
+    lin = linear()
+    layer = Int8Linear.from_linear(lin)
+    x = torch.randn(2, rows, 64)
+    y = layer(x)
+    kd = int8_kernel_dtype('cpu', torch.float32) if rows <= 16 else None
+    xr = x if kd is None else x.to(kd).float()  # the activations as the chosen path rounds them
+    ref = F.linear(xr.double(), layer.dequantize(torch.float64), lin.bias.double())
+    assert y.dtype == torch.float32 and y.shape == (2, rows, 40)
+    # fp32 accumulation, and a bf16 kernel's rounding of the matmul's output (before the bias), <= 2^-8 relative
+    rtol = 2 ** -8 if kd == torch.bfloat16 else 1e-5
+    assert ((y.double() - ref).abs() <= rtol * (ref - lin.bias.double()).abs() + 1e-6).all()
+
+
+@pytest.mark.parametrize('kd', [torch.float32, torch.bfloat16])
+def test_kernel_and_fallback_agree(kd):
+    layer = Int8Linear.from_linear(linear(K=128, N=36))
+    x = torch.randn(5, 128)
+    ref = layer.forward_fallback(x.to(kd).float(), torch.float32)
+    got = layer.forward_kernel(x, kd).float()
+    assert torch.allclose(got, ref, rtol=2 ** -8 if kd == torch.bfloat16 else 1e-5, atol=1e-5)
+    # a misaligned view of the activations is copied, not read out of bounds
+    buf = torch.randn(5 * 128 + 1)
+    xm = buf[1:].view(5, 128)
+    assert torch.allclose(layer.forward_kernel(xm, kd).float(), layer.forward_fallback(xm.to(kd).float(), torch.float32),
+                          rtol=2 ** -8 if kd == torch.bfloat16 else 1e-5, atol=1e-5)
+
+
+def test_autocast_computes_in_bf16():
+    layer = Int8Linear.from_linear(linear())
+    x = torch.randn(3, 64)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    assert torch.allclose(y.float(), layer.forward_fallback(x, torch.float32) + layer.bias, rtol=0.02, atol=0.02)
+
+
+def logits_error(model, idx):
+    ref, _ = model(idx)
+    qm = quantize_int8(model)
+    got, _ = qm(idx)
+    d = (got - ref).abs()
+    return d.max().item() / ref.std().item(), d.mean().item() / ref.std().item()
+
+
+@pytest.mark.parametrize('cfg', [
+    dict(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=65),
+    dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=1000),  # GPT-2's shape, smaller
+])
+def test_logits_within_tolerance_of_fp32(cfg):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**cfg)).eval()
+    idx = torch.randint(0, cfg['vocab_size'], (2, 16))
+    with torch.no_grad():
+        mx, mean = logits_error(model, idx)
+    # the module docstring's tolerance: mean |diff| < 3% and max < 15% of the fp32 logits' std
+    assert mean < 0.03 and mx < 0.15, (mx, mean)
+
+
+def test_greedy_agrees_with_fp32():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=128, vocab_size=65)).eval()
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(8)  # peaked logits (tied head): clear winners, as a trained model has
+    idx = torch.randint(0, 65, (4, 4))
+    ref = generate(model, idx, 100, temperature=0)
+    got = generate(quantize_int8(model), idx, 100, temperature=0)
+    agree = (ref[:, 4:] == got[:, 4:]).float().mean().item()
+    assert agree >= 0.9, agree
+
+
+def test_tied_head_quantized_lookup_float():
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=50))
+    wte = model.transformer.wte.weight.detach().clone()
+    quantize_int8(model)
+    assert isinstance(model.lm_head, Int8Linear)
+    assert isinstance(model.transformer.wte, nn.Embedding) and torch.equal(model.transformer.wte.weight, wte)
+    assert ((model.lm_head.dequantize() - wte).abs() <= model.lm_head.scale[:, None] / 2 * (1 + 1e-6)).all()
+    assert not any(isinstance(m, nn.Linear) for m in model.modules())
+    assert 'lm_head.weight_int8' in model.state_dict() and 'lm_head.weight' not in model.state_dict()
+
+
+def test_errors():
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=50))
+    quantize_int8(model)
+    with pytest.raises(ValueError, match='already int8-quantized'):
+        quantize_int8(model)
+    with torch.device('meta'):
+        meta = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=50))
+    with pytest.raises(ValueError, match='meta device'):
+        quantize_int8(meta)
