@@ -34,7 +34,8 @@ loop, bench_reference.py, with torch.optim.AdamW's defaults), 'hf' (transformers
 the same weights, sample mode), or our model with '+'-joined settings over the config's:
 eager|compile, fp32|bf16|fp16, sdpa|explicit, forloop|foreach|fused (AdamW implementation),
 cache|nocache, rowmajor (sample: the weights as trained, without generate.decode_layout; and in sample mode
-compile is generate.compile_decoder, the one-token step on a static cache), dense|local|alternating
+compile is generate.compile_decoder, the one-token step on a static cache), int8 (sample: quantize.quantize_int8),
+cudagraph (sample, CUDA: generate.CUDAGraphDecoder, the step replayed from a CUDA graph), dense|local|alternating
 (attention pattern, band attn_window), e.g.
 --variants=reference,compile+bf16+fused or, for GPT-3's banded attention at long context,
 $ python bench.py --model=baby --n_layer=2 --dropout=0 --block_size=2048 --batch_size=1 --variants=dense,local
@@ -57,7 +58,7 @@ from bench_reference import RefGPT
 from checkpoint import load_model
 from configurator import UserError
 from device import autocast_ctx, cpu_has_fast_bf16, cpu_has_native_bf16, cpu_name, device_peak_flops, pick_device, pick_dtype
-from generate import compile_decoder, decode_layout, generate
+from generate import CUDAGraphDecoder, compile_decoder, decode_layout, generate
 from model import PRESETS, cpu_training_avoids_sdpa
 from tokendata import TokenData, dataset_dir
 
@@ -157,9 +158,9 @@ def parse_variant(name, dev):
         if name == 'hf' and mode != 'sample':
             raise UserError("variant 'hf' is for sample mode")
         return dict(kind=name, dtype='float32', compile=False, attn='sdpa', optim='forloop', cache=True, pattern='',
-                    rowmajor=False)
+                    rowmajor=False, int8=False, cudagraph=False)
     v = dict(kind='ours', dtype=pick_dtype(dtype, dev), compile=compile, attn=attn_impl, optim='', cache=True,
-             pattern='', rowmajor=False)
+             pattern='', rowmajor=False, int8=False, cudagraph=False)
     for word in name.split('+'):
         if word == 'ours':
             pass  # the config as it is
@@ -177,10 +178,16 @@ def parse_variant(name, dev):
             v['cache'] = word == 'cache'
         elif word == 'rowmajor':
             v['rowmajor'] = True  # sample mode: keep the training layout of the weights (no decode_layout)
+        elif word in ('int8', 'cudagraph'):
+            if mode != 'sample':
+                raise UserError(f"variant word {word!r} is for sample mode")
+            if word == 'cudagraph' and not dev.startswith('cuda'):
+                raise UserError("variant word 'cudagraph' needs --device=cuda")
+            v[word] = True  # int8: quantize.quantize_int8; cudagraph: generate.CUDAGraphDecoder
         else:
             raise UserError(f"unknown variant word {word!r} in {name!r}: use reference, hf, or '+'-joined "
                             f"eager|compile, fp32|bf16|fp16, sdpa|explicit, {'|'.join(OPTIMS)}, cache|nocache, "
-                            f"rowmajor, {'|'.join(PATTERNS)}")
+                            f"rowmajor, int8, cudagraph, {'|'.join(PATTERNS)}")
     return v
 
 
@@ -202,6 +209,7 @@ def describe(v, c, dev):
         parts.append(f"AdamW {v['optim'] or 'as train.py'}")
     if mode == 'sample':
         parts.append('KV cache' if v['cache'] else 'no cache')
+        parts += ['int8 weights'] * v['int8'] + ['CUDA graph'] * v['cudagraph']
         if dev.startswith('cpu'):
             parts.append('row-major weights' if v['rowmajor'] else 'decode layout')
     return ', '.join(parts)
@@ -268,11 +276,16 @@ def hf_generate_step(base, dev, prompt):
 
 def sample_step(m, v, ctx, dev, prompt):
     """Greedy generation of max_new_tokens with generate.py, as sample.py runs it."""
+    if v['int8']:
+        from quantize import quantize_int8
+        quantize_int8(m)
     if not v['rowmajor']:
         decode_layout(m)
-    if v['compile'] and not v['cache']:
-        raise UserError("variant 'compile+nocache': the compiled decoder steps on the KV cache; drop nocache")
+    if (v['compile'] or v['cudagraph']) and not v['cache']:
+        raise UserError("variants 'compile'/'cudagraph' step on the KV cache; drop nocache")
     decoder = compile_decoder(m) if v['compile'] else None  # as sample.py
+    if v['cudagraph']:
+        decoder = CUDAGraphDecoder(decoder or m)
     sync = torch.cuda.synchronize if dev.startswith('cuda') else (lambda: None)
 
     def step():

@@ -53,6 +53,54 @@ def compile_decoder(model):
     return torch.compile(model, fullgraph=True, dynamic=False, options={'cpp_wrapper': True} if cpu else None)
 
 
+class CUDAGraphDecoder:
+    """The one-token step captured in a CUDA graph (gpt-fast's idea, with torch's own torch.cuda.CUDAGraph): pass
+    it as a decoder (generate, Engine, sample.py --cuda_graph=True). On a GPU a small model's step is mostly
+    kernel launches from Python; a replayed graph launches them all at once. One graph per batch of rows,
+    captured at its first step on a static cache (every address and shape fixed; positions only on the device),
+    then replayed: the tokens go into the graph's input buffer, the cache's keys and positions advance on the
+    device, and the host's copy of the lengths is advanced here (the captured Python does not run again).
+    Not yet measured on a GPU in this repository (no GPU was lent when it was written): the GPU check runs it."""
+
+    def __init__(self, model):
+        if model.transformer.wte.weight.device.type != 'cuda':
+            raise ValueError("a CUDA graph decoder needs the model on a CUDA device")
+        self.model, self.graphs = model, {}
+
+    def __call__(self, idx, kv_cache):
+        if not kv_cache.static:
+            raise ValueError("a CUDA graph replays fixed addresses: use a static KV cache")
+        key = (id(kv_cache), kv_cache.rows, idx.shape)
+        if key not in self.graphs:
+            self.graphs[key] = self.capture(idx, kv_cache)
+        graph, tokens, logits = self.graphs[key]
+        tokens.copy_(idx)
+        graph.replay()
+        start, count = kv_cache.rows
+        for i in range(start, start + count):
+            kv_cache.lengths[i] += idx.size(1)
+        return logits, None
+
+    def capture(self, idx, cache):
+        """Warm up on a side stream (as CUDA graphs need), then capture; the cache is put back as it was after
+        each, so the step that follows is the real one."""
+        tokens = idx.clone()
+        pos, lengths = cache.pos.clone(), list(cache.lengths)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self.model(tokens, kv_cache=cache)
+                cache.pos.copy_(pos)
+                cache.lengths = list(lengths)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits, _ = self.model(tokens, kv_cache=cache)
+        cache.lengths = list(lengths)  # (capture ran the Python once, launching nothing)
+        return graph, tokens, logits
+
+
 def check_sampling_args(temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=1.0):
     """One clear message per invalid decoding setting."""
     if temperature < 0:

@@ -101,7 +101,10 @@ class Int8Linear(nn.Module):
         return (self.weight_int8.to(dtype) * self.scale.to(dtype)[:, None])
 
     def scale_as(self, dtype):
-        key = (dtype, self.scale.device, self.scale._version, self.scale.data_ptr())
+        # (an inference tensor, made under torch.inference_mode, has no version counter: nothing outside that
+        # mode can change it in place)
+        version = 0 if self.scale.is_inference() else self.scale._version
+        key = (dtype, self.scale.device, version, self.scale.data_ptr())
         s = self._scales.get(dtype)
         if s is None or s[0] != key:
             s = self._scales[dtype] = (key, self.scale.to(dtype).contiguous())

@@ -7,6 +7,7 @@ from torch.nn import functional as F
 
 from generate import generate
 from model import GPT, GPTConfig
+import quantize
 from quantize import Int8Linear, int8_kernel_dtype, quantize_int8, quantize_weight
 
 
@@ -122,3 +123,18 @@ def test_errors():
         meta = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=50))
     with pytest.raises(ValueError, match='meta device'):
         quantize_int8(meta)
+
+
+def test_layers_made_and_run_under_inference_mode():
+    """sample.py decodes under torch.inference_mode, where the kernel probe builds its layer: its tensors are
+    inference tensors (no version counter), and the layer must still take the kernel where this machine has it."""
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        lin = nn.Linear(64, 48)
+        layer = Int8Linear.from_linear(lin)
+        x = torch.randn(2, 64)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.dequantize(), lin.bias), atol=2e-2, rtol=2e-2)
+        quantize._kernel_dtype.cache_clear()
+        got = quantize.int8_kernel_dtype('cpu', torch.float32)
+    quantize._kernel_dtype.cache_clear()
+    assert got == quantize.int8_kernel_dtype('cpu', torch.float32)
