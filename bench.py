@@ -57,7 +57,8 @@ import hf
 from bench_reference import RefGPT
 from checkpoint import load_model
 from configurator import UserError
-from device import autocast_ctx, cpu_has_fast_bf16, cpu_has_native_bf16, cpu_name, device_peak_flops, pick_device, pick_dtype
+from device import (autocast_ctx, cpu_has_fast_bf16, cpu_has_native_bf16, cpu_name, device_peak_flops, pick_device,
+                    pick_dtype, shut_down)
 from generate import CUDAGraphDecoder, compile_decoder, decode_layout, generate
 from model import PRESETS, cpu_training_avoids_sdpa
 from tokendata import TokenData, dataset_dir
@@ -786,4 +787,7 @@ def memory_one(dev, name):
 
 
 if __name__ == '__main__':
-    main()  # a UserError prints one line and exits 1 (configurator.py)
+    try:
+        main()  # a UserError prints one line and exits 1 (configurator.py)
+    finally:
+        shut_down()

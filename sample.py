@@ -31,7 +31,7 @@ import torch
 import configurator
 from checkpoint import load_model
 from configurator import UserError
-from device import autocast_ctx, pick_device, pick_dtype
+from device import autocast_ctx, pick_device, pick_dtype, shut_down
 from generate import (Engine, SamplingParams, beam_search, check_sampling_args, compile_decoder, decode_layout,
                       generate_stream)
 from tokendata import get_tokenizer, json_lines, read_text
@@ -254,4 +254,7 @@ def stream_tokens(stream, decode, prompt, stops, eos, live, clock):
 
 
 if __name__ == '__main__':
-    main()  # a UserError prints one line and exits 1 (configurator.py)
+    try:
+        main()  # a UserError prints one line and exits 1 (configurator.py)
+    finally:
+        shut_down()
