@@ -31,8 +31,8 @@ import torch
 import configurator
 from checkpoint import load_model
 from configurator import UserError
-from device import autocast_ctx, pick_device, pick_dtype, shut_down
-from generate import (Engine, SamplingParams, beam_search, check_sampling_args, compile_decoder, decode_layout,
+from device import autocast_ctx, decode_dtype, pick_device, shut_down
+from generate import (CUDAGraphDecoder, Engine, SamplingParams, beam_search, check_sampling_args, compile_decoder, decode_layout,
                       generate_stream)
 from tokendata import get_tokenizer, json_lines, read_text
 
@@ -61,6 +61,7 @@ device = 'auto'             # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...
 dtype = 'auto'              # 'auto' (bf16 on GPUs, float32 on CPUs: see above), 'float32', 'bfloat16', 'float16'
 quantize = 'none'           # 'none' or 'int8' (weight-only int8 for every Linear and the head: quantize.py)
 max_batch = 64              # rows decoded together (prompts x num_samples beyond it wait for a free row)
+cuda_graph = False          # CUDA: replay the one-token step from a CUDA graph (generate.CUDAGraphDecoder; not yet measured)
 compile = False             # compile the one-token steps (generate.compile_decoder; not beam search): pays off on long generations
 # -----------------------------------------------------------------------------
 config = configurator.configure(globals(), verbose=False)
@@ -108,9 +109,7 @@ def read_prompts():
 
 def main():
     dev = pick_device(device)
-    # decoding's own rule, not training's: a CPU step is bound by reading the weights, which bf16 autocast converts
-    # again at every step (see the docstring); GPUs keep their fast half precision
-    dt = 'float32' if dtype == 'auto' and dev == 'cpu' else pick_dtype(dtype, dev)
+    dt = decode_dtype(dtype, dev)
     try:
         check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
     except ValueError as e:
@@ -133,8 +132,13 @@ def main():
         decoder = compile_decoder(model) if compile and num_beams == 1 else None
     except ValueError as e:
         raise UserError(f"{e}: sample without --compile") from None
-    if decoder is not None and not use_cache:
-        raise UserError("--compile=True compiles the cached one-token step: drop --use_cache=False")
+    if (decoder is not None or cuda_graph) and not use_cache:
+        raise UserError("--compile/--cuda_graph run the cached one-token step: drop --use_cache=False")
+    if cuda_graph and num_beams == 1:
+        try:
+            decoder = CUDAGraphDecoder(decoder or model)
+        except ValueError as e:
+            raise UserError(f"--cuda_graph=True: {e} (--device=cuda)") from None
     if decoder is not None:  # (the timing printed at the end includes it)
         print("compiling the one-token step at the first token: ~20 s the first time, a few once cached",
               file=sys.stderr)
