@@ -572,19 +572,11 @@ def fit(prompt, response, block_size):
 
 @torch.no_grad()
 def sample_responses(model, prompts, max_new_tokens, end_id, temperature=1.0, generator=None):
-    """Responses of the policy to prompts of one length (the KV-cache sampler's rows share positions), each up to
-    and including its first <|end|>, at most max_new_tokens (and the context) long."""
-    from generate import generate
-    P = len(prompts[0])
-    n = min(max_new_tokens, model.config.block_size - P)
-    idx = torch.tensor(prompts, device=model.transformer.wte.weight.device)
-    out = generate(model, idx, n, temperature=temperature, eos_token_id=end_id, generator=generator)[:, P:].tolist()
-    return [r[:r.index(end_id) + 1] if end_id in r else r for r in out]
-
-
-def by_length(prompts):
-    """{length: [indices of the prompts of that length]}, for sampling them in batches."""
-    groups = {}
-    for i, p in enumerate(prompts):
-        groups.setdefault(len(p), []).append(i)
-    return groups
+    """Responses of the policy to prompts (of any lengths: one batch of generate.Engine), each up to and including
+    its first <|end|>, at most max_new_tokens (and the context) long."""
+    from generate import generate_batch
+    bs = model.config.block_size
+    budget = [max(1, min(max_new_tokens, bs - len(p))) for p in prompts]
+    out = generate_batch(model, prompts, budget, stop_ids={end_id}, max_batch=len(prompts), generator=generator,
+                         temperature=temperature)
+    return [tokens for tokens, _ in out]

@@ -11,10 +11,16 @@ Sampling filters follow transformers' logits processors (repetition penalty, top
 the same settings give the same tokens (tests/test_generate.py checks them against transformers).
 """
 
+import contextlib
+from collections import deque
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 from torch.nn import functional as F
 
-from model import KVCache
+from device import autocast_ctx
+from kvcache import KVCache
 
 
 def decode_layout(model):
@@ -42,9 +48,7 @@ def compile_decoder(model):
     decodes 1.3-2.4x faster than eager (~4x transformers' generate) on a 2-core AVX2 EPYC, once the compile is paid
     (~20 s the first time, ~5 s with inductor's cache warm); at the 124M shape, where reading the weights is the
     cost, it is 0.93x (every step also reads the whole static cache). `python bench.py --mode=sample
-    --variants=cache,compile+cache,hf` measures it. Dense attention only (a static cache has no ring for local
-    layers)."""
-    KVCache.check_static(model.config)  # (now, not at the first token)
+    --variants=cache,compile+cache,hf` measures it."""
     cpu = next(model.parameters()).device.type == 'cpu'
     return torch.compile(model, fullgraph=True, dynamic=False, options={'cpp_wrapper': True} if cpu else None)
 
@@ -118,17 +122,232 @@ def sample_next(logits, prev_ids, temperature=1.0, top_k=None, top_p=None, min_p
 
 
 
+# ----------------------------------------------------------------------------- the decoding engine
+
+@dataclass
+class SamplingParams:
+    """How one request picks its tokens. seed: its own random stream (the same tokens alone or in any batch);
+    None draws from the engine's shared stream."""
+    temperature: float = 1.0
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    min_p: Optional[float] = None
+    repetition_penalty: float = 1.0
+    seed: Optional[int] = None
+
+    def check(self):
+        check_sampling_args(self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty)
+
+    def shared(self):
+        """The settings rows can be sampled with together (one call over their batch)."""
+        return (self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty)
+
+
+@dataclass
+class Row:
+    rid: int
+    tokens: list            # prompt + generated ids
+    n_prompt: int
+    max_new: int
+    params: SamplingParams
+    stop_ids: frozenset
+    generator: Optional[torch.Generator]
+
+
+class Engine:
+    """Continuous batching: requests come and go, and every step decodes one token for each running request in
+    one batch. A request is a row of a KV cache with a length per row (kvcache.py): waiting requests join at the
+    next step (their prompts prefilled together, right-padded), a finished or cancelled one leaves at once (the
+    last row moves into its slot), so finished rows cost nothing. Rows longer than the context slide their
+    window, as generate_stream does. sample.py, eval.py, the RL rollouts, bench.py and serve.py decode with it.
+
+        engine = Engine(model, max_batch=16)
+        rid = engine.add(prompt_ids, max_new_tokens, SamplingParams(temperature=0.8), stop_ids={eot})
+        while engine.pending():
+            for rid, token, finish in engine.step(): ...   # finish: None, 'stop' (a stop id) or 'length'
+
+    Not thread-safe: one thread drives it. decoder: compile_decoder(model), run for the one-token steps on a
+    static cache. generator: the shared random stream of requests without a seed."""
+
+    def __init__(self, model, max_batch=16, dtype=None, decoder=None, generator=None):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.model, self.max_batch, self.decoder = model, max_batch, decoder
+        self.device = model.transformer.wte.weight.device
+        self.dtype = dtype
+        self.generator = generator
+        self.cache = None
+        self.rows, self.waiting = [], deque()  # rows[i] decodes in cache slot i
+        self.next_id = 0
+
+    def add(self, prompt, max_new_tokens, params=None, stop_ids=(), crop=False):
+        """Queue a request; returns its id. One clear ValueError for a request that cannot run. A prompt longer
+        than the context is refused, or with crop=True decoded from its last block_size tokens."""
+        params = params or SamplingParams()
+        params.check()
+        prompt = [int(t) for t in prompt]
+        bs = self.model.config.block_size
+        if not prompt:
+            raise ValueError("the prompt is empty: give at least one token")
+        if len(prompt) > bs and not crop:
+            raise ValueError(f"the prompt is {len(prompt)} tokens, longer than the model's context ({bs}); shorten it")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if prompt and not 0 <= min(prompt) <= max(prompt) < self.model.config.vocab_size:
+            raise ValueError(f"token id out of range: ids must be in [0, {self.model.config.vocab_size})")
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        self.next_id += 1
+        self.waiting.append(Row(self.next_id, prompt, len(prompt), max_new_tokens, params, frozenset(stop_ids),
+                                generator))
+        return self.next_id
+
+    @torch.inference_mode()  # (the cache's tensors are inference tensors)
+    def cancel(self, rid):
+        """Drop a request, running or waiting (unknown or finished ids are ignored)."""
+        self.waiting = deque(r for r in self.waiting if r.rid != rid)
+        for i, row in enumerate(self.rows):
+            if row.rid == rid:
+                self._free(i)
+                return
+
+    def pending(self):
+        return len(self.rows) + len(self.waiting)
+
+    @torch.inference_mode()
+    def step(self):
+        """One token for every running request; admits waiting ones. Returns [(rid, token, finish)]."""
+        if self.cache is None and self.waiting:
+            self.cache = KVCache(self.model.config, self.max_batch, self.device, self.model.transformer.wte.weight.dtype,
+                                 static=self.decoder is not None)
+        with autocast_ctx(self.device, self.dtype) if self.dtype else contextlib.nullcontext():
+            logits = [self._decode()] if self.rows else []
+            new = []
+            while self.waiting and len(self.rows) + len(new) < self.max_batch:
+                new.append(self.waiting.popleft())
+            if new:
+                logits.append(self._prefill(new))
+        if not logits:
+            return []
+        logits = torch.cat(logits)[:, :self.model.config.vocab_size].float()
+        tokens = self._sample(logits).tolist()
+        events, done = [], []
+        for i, (row, token) in enumerate(zip(self.rows, tokens)):
+            row.tokens.append(token)
+            finish = ('stop' if token in row.stop_ids else
+                      'length' if len(row.tokens) - row.n_prompt >= row.max_new else None)
+            events.append((row.rid, token, finish))
+            if finish:
+                done.append(i)
+        for i in reversed(done):
+            self._free(i)
+        return events
+
+    def _prefill(self, new):
+        """Prefill new rows in the free slots after the running ones: their prompts right-padded into one batch
+        (every prompt at positions 0.., its padding after it, hidden by causal attention, then forgotten).
+        Prompts longer than the context keep their last block_size - 1 tokens in the cache, as a slid window.
+        Returns the logits of each prompt's last token."""
+        start, bs = len(self.rows), self.model.config.block_size
+        windows = [row.tokens[-bs:] for row in new]
+        P = max(len(w) for w in windows)
+        idx = torch.tensor([w + [0] * (P - len(w)) for w in windows], device=self.device)
+        self.cache.select(start, len(new)).set_lengths([0] * len(new))  # (slots a finished row may have held)
+        logits, _ = self.model(idx, kv_cache=self.cache)
+        lengths = [len(w) for w in windows]
+        self.cache.set_lengths(lengths)
+        self.rows += new
+        return logits[torch.arange(len(new), device=self.device), torch.tensor(lengths, device=self.device) - 1]
+
+    def _decode(self):
+        """Feed every running row its newest token. Rows within the context take one batched one-token step; rows
+        past it (kept after the others) recompute their last block_size tokens at positions 0.. together
+        (learned positions leave no cheaper slide)."""
+        bs, n = self.model.config.block_size, len(self.rows)
+        live = self._partition()
+        logits = []
+        if live:
+            last = torch.tensor([[row.tokens[-1]] for row in self.rows[:live]], device=self.device)
+            logits.append((self.decoder or self.model)(last, kv_cache=self.cache.select(0, live))[0][:, -1])
+        if live < n:
+            self.cache.select(live, n - live).set_lengths([0] * (n - live))
+            window = torch.tensor([row.tokens[-bs:] for row in self.rows[live:]], device=self.device)
+            logits.append(self.model(window, kv_cache=self.cache)[0][:, -1])
+        return torch.cat(logits)
+
+    def _partition(self):
+        """Put the rows whose cache is full (past the context) after the others; returns how many are not. A full
+        row's cache is recomputed anyway, so a swap is one row copy: the other row's cache into its slot."""
+        full = self.model.config.block_size
+        i, j = 0, len(self.rows) - 1
+        while True:
+            while i <= j and self.cache.lengths[i] < full:
+                i += 1
+            while j >= i and self.cache.lengths[j] >= full:
+                j -= 1
+            if i >= j:
+                return i
+            self.cache.move_row(j, i)
+            self.cache.lengths[j] = full
+            self.rows[i], self.rows[j] = self.rows[j], self.rows[i]
+
+    def _sample(self, logits):
+        """Next tokens for all rows: rows that share their settings and the shared random stream in one call
+        (what a batch of samples of one prompt is), rows with their own stream one at a time."""
+        out = torch.empty(len(self.rows), dtype=torch.long, device=self.device)
+        groups = {}
+        for i, row in enumerate(self.rows):
+            key = (('own', i) if row.generator is not None else
+                   row.params.shared() + ((len(row.tokens),) if row.params.repetition_penalty != 1.0 else ()))
+            groups.setdefault(key, []).append(i)  # (the penalty reads earlier tokens: a group stacks equal lengths)
+        for key, idx in groups.items():
+            p = self.rows[idx[0]].params
+            prev = None
+            if p.repetition_penalty != 1.0:
+                prev = torch.tensor([self.rows[i].tokens for i in idx], device=self.device)
+            gen = self.rows[idx[0]].generator or self.generator
+            sel = torch.tensor(idx, device=self.device)
+            out[sel] = sample_next(logits[sel], prev, p.temperature, p.top_k, p.top_p, p.min_p,
+                                   p.repetition_penalty, gen)[:, 0]
+        return out
+
+    def _free(self, i):
+        """Row i leaves; the last running row moves into its slot."""
+        last = len(self.rows) - 1
+        if i != last:
+            self.cache.move_row(last, i)
+            self.rows[i] = self.rows[last]
+        self.rows.pop()
+
+
+def generate_batch(model, prompts, max_new_tokens, stop_ids=(), max_batch=64, dtype=None, decoder=None,
+                   generator=None, **sampling):
+    """Decode prompts of any lengths in batches: [(new token ids, finish reason)] in the prompts' order, each
+    row's ids ending with its stop id if it met one. max_new_tokens: one for all, or a list with one per prompt.
+    sampling: SamplingParams' fields, for every prompt."""
+    engine = Engine(model, max_batch=max_batch, dtype=dtype, decoder=decoder, generator=generator)
+    budgets = max_new_tokens if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
+    rids = [engine.add(p, n, SamplingParams(**sampling), stop_ids) for p, n in zip(prompts, budgets)]
+    out = {rid: [] for rid in rids}
+    finish = {}
+    while engine.pending():
+        for rid, token, why in engine.step():
+            out[rid].append(token)
+            if why:
+                finish[rid] = why
+    return [(out[rid], finish[rid]) for rid in rids]
+
+
 @torch.no_grad()
 def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, min_p=None,
                     repetition_penalty=1.0, eos_token_id=None, use_cache=True, generator=None, decoder=None):
-    """Yield (B, 1) next tokens one at a time, for streaming. idx: (B, T) prompts of equal length
-    (batch several samples of one prompt, or prompts of equal token length).
+    """Yield (B, 1) next tokens one at a time, for streaming. idx: (B, T) prompts of equal length (several
+    samples of one prompt; prompts of different lengths go through Engine or generate_batch).
 
-    With use_cache the prompt is prefilled once and each step feeds one token. When the context
-    would exceed block_size, generation continues on a sliding window of the last block_size
-    tokens; with learned absolute positions that means recomputing the window every step (exactly
-    what the no-cache path does), so it is correct but as slow as no cache.
-    decoder: compile_decoder(model), run for the one-token steps on a static cache.
+    With use_cache the engine decodes the rows (one token per step on the KV cache; past block_size it slides
+    the window). use_cache=False recomputes the whole context every step: the reference the cache is tested
+    against. decoder: compile_decoder(model), run for the one-token steps on a static cache.
     temperature=0 is greedy. Rows that produced eos_token_id keep emitting it; the stream stops
     early once every row has."""
     check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
@@ -137,22 +356,19 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     if decoder is not None and not use_cache:
         raise ValueError("a compiled decoder steps on the KV cache: use_cache must be True")
     bs = model.config.block_size
-    cache, filled, next_id = None, 0, None
     finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+    if use_cache:  # the engine, all rows in one batch, sharing the settings and the random stream
+        engine = Engine(model, max_batch=idx.size(0), decoder=decoder, generator=generator)
+        params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
+        rids = [engine.add(row, max_new_tokens, params, crop=True) for row in idx.tolist()]
     for _ in range(max_new_tokens):
-        if use_cache and cache is not None and filled < bs:
-            # (the token just sampled, (B, 1) with the same strides every step: a compiled step never recompiles)
-            logits, _ = (model if decoder is None else decoder)(next_id, kv_cache=cache)
-            filled += 1
-        elif use_cache:  # first step, or the window slid: (re)fill the cache
-            cache = KVCache(model.config, idx.size(0), idx.device, model.transformer.wte.weight.dtype,
-                            static=decoder is not None)
-            logits, _ = model(idx[:, -bs:], kv_cache=cache)
-            filled = min(idx.size(1), bs)
+        if use_cache:
+            step = {rid: token for rid, token, _ in engine.step()}  # (rows past the context move to the end)
+            next_id = torch.tensor([[step[rid]] for rid in rids], device=idx.device)
         else:
             logits, _ = model(idx[:, -bs:])
-        logits = logits[:, -1, :model.config.vocab_size].float()
-        next_id = sample_next(logits, idx, temperature, top_k, top_p, min_p, repetition_penalty, generator)
+            logits = logits[:, -1, :model.config.vocab_size].float()
+            next_id = sample_next(logits, idx, temperature, top_k, top_p, min_p, repetition_penalty, generator)
         if eos_token_id is not None:
             next_id = torch.where(finished[:, None], torch.full_like(next_id, eos_token_id), next_id)
             finished |= next_id[:, 0] == eos_token_id
@@ -161,11 +377,13 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
         if eos_token_id is not None and bool(finished.all()):
             return
 
+
 @torch.no_grad()
 def generate(model, idx, max_new_tokens, **kwargs):
     """Extend idx (B, T) by up to max_new_tokens tokens; see generate_stream for the options."""
     out = [idx] + list(generate_stream(model, idx, max_new_tokens, **kwargs))
     return torch.cat(out, dim=1)
+
 
 @torch.no_grad()
 def beam_search(model, idx, max_new_tokens, num_beams, length_penalty=1.0, eos_token_id=None,

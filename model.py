@@ -1,7 +1,7 @@
 """
 The GPT network: GPT-1, the four GPT-2 sizes, the GPT-3 table, and small CPU models. Only the model:
-loading OpenAI's weights and exporting to transformers live in hf.py, decoding in generate.py,
-checkpoints in checkpoint.py. Only torch is imported here.
+loading OpenAI's weights and exporting to transformers live in hf.py, decoding in generate.py, the KV cache
+and its attention policy in kvcache.py, checkpoints in checkpoint.py. Only torch is imported here.
 
     from model import GPT, GPTConfig
     model = GPT.from_preset('gpt2')                    # 124M, random init
@@ -102,8 +102,7 @@ PRESETS = {
     # GPT-3 (Brown et al. 2020, Table 2.1): context 2048, GPT-2 tokenizer. Two rows of the table
     # are inconsistent: XL lists 24 heads of 128 for d_model=2048 (we use 16 heads of 128), and 13B
     # lists d_model=5140, which 40 heads of 128 cannot make (we use 5120). Head count does not
-    # change the parameter count.
-    # GPT-3 alternates dense and locally banded sparse attention; these presets are all dense.
+    # change the parameter count. GPT-3 alternates dense and banded layers; these presets are all dense.
     'gpt3-small':  dict(n_layer=12, n_head=12, n_embd=768, block_size=2048),
     'gpt3-medium': dict(n_layer=24, n_head=16, n_embd=1024, block_size=2048),
     'gpt3-large':  dict(n_layer=24, n_head=16, n_embd=1536, block_size=2048),
@@ -117,45 +116,6 @@ PRESETS = {
     'baby':        dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.2, gelu_approx='none'),
     'baby-mini':   dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, gelu_approx='none'),
 }
-
-# Hugging Face names of OpenAI's released checkpoints, and the preset each corresponds to.
-
-class KVCache:
-    """Preallocated keys/values for incremental decoding: per layer, (B, n_head, length, head_dim), where
-    length is block_size for dense layers and attn_window for local ones (a ring: position p in slot
-    p % attn_window, since a local layer never looks further back).
-
-    `pos` is the number of positions already filled; every layer appends at the same offset. One tensor
-    per layer, not one for all: torch.compile then updates each in place (writes into slices of a shared
-    tensor made inductor copy the whole cache at every step, slower than eager decoding on CPU).
-
-    static=True (dense layers only): `pos` is a 0-d tensor, advanced in place, and attention reads the whole
-    buffer under a mask of the filled positions, so every one-token step has the same shapes and no Python
-    number changes between steps: a compiled decode step (generate.compile_decoder) is built once for the
-    whole generation, where a growing cache would recompile or run with dynamic shapes.
-    """
-
-    def __init__(self, config, batch_size, device, dtype, static=False):
-        if static:
-            self.check_static(config)
-        def buffer(layer):
-            length = min(config.attn_window, config.block_size) if config.is_local(layer) else config.block_size
-            return torch.zeros(batch_size, config.n_head, length, config.n_embd // config.n_head, device=device,
-                               dtype=dtype)
-        self.k = [buffer(i) for i in range(config.n_layer)]
-        self.v = [buffer(i) for i in range(config.n_layer)]
-        self.pos = torch.zeros((), dtype=torch.long, device=device) if static else 0
-
-    @staticmethod
-    def check_static(config):
-        if any(config.is_local(i) for i in range(config.n_layer)):
-            raise ValueError("a static KV cache is for dense attention; this model has local (banded) layers")
-
-    def reorder(self, index):
-        # beam search: keep the cache rows of the surviving beams
-        self.k = [k.index_select(0, index) for k in self.k]
-        self.v = [v.index_select(0, index) for v in self.v]
-
 
 class Dropout(nn.Dropout):
     """nn.Dropout with a cheaper mask on the CPU, where PyTorch's bernoulli draws one 32-bit random number
@@ -200,12 +160,14 @@ def rotary(x, cis):
     return torch.view_as_real(xc * cis).flatten(-2).to(x.dtype)
 
 
-def rotary_angles(config, past, T, device):
-    """exp(1j * angle) for positions past .. past + T - 1, (T, head_dim/2) complex64."""
+def rotary_angles(config, positions):
+    """exp(1j * angle) for the given positions: (T,) -> (T, head_dim/2), or one row per sequence
+    (B, T) -> (B, 1, T, head_dim/2) (a KV cache's rows of different lengths), complex64."""
     hs = config.n_embd // config.n_head
-    inv_freq = config.rope_base ** -(torch.arange(0, hs, 2, device=device, dtype=torch.float32) / hs)
-    angles = (past + torch.arange(T, device=device)).float()[:, None] * inv_freq  # (past: an int, or a static cache's tensor)
-    return torch.polar(torch.ones_like(angles), angles)
+    inv_freq = config.rope_base ** -(torch.arange(0, hs, 2, device=positions.device, dtype=torch.float32) / hs)
+    angles = positions.float()[..., None] * inv_freq
+    cis = torch.polar(torch.ones_like(angles), angles)
+    return cis if positions.dim() == 1 else cis[:, None]
 
 
 class CausalSelfAttention(nn.Module):
@@ -234,36 +196,16 @@ class CausalSelfAttention(nn.Module):
             q, k = F.layer_norm(q, (hs,)), F.layer_norm(k, (hs,))  # (one fused CPU kernel; rms_norm is several)
         if rope is not None:  # rotated before caching: a cached key keeps its own position's rotation
             q, k = rotary(q, rope), rotary(k, rope)
-        past = 0 if kv_cache is None else kv_cache.pos
-        blocks = 0
-        if self.window and kv_cache is None and T > 2 * self.window:  # long sequence: O(T * window), not O(T^2)
-            q, k, v, mask, blocks = self.to_blocks(q, k, v)
+        if kv_cache is not None:  # the cache decides which keys the new queries see (kvcache.py)
+            k, v, mask, is_causal = kv_cache.update(self.layer_idx, k, v)
+        elif self.window and T > 2 * self.window:  # long sequence: O(T * window), not O(T^2)
+            q, k, v, mask = self.to_blocks(q, k, v)
             is_causal = False
         elif self.window:  # a local layer: query at position p sees keys p - window + 1 .. p
-            k, v, key_pos = self.ring_cache(kv_cache, k, v, past) if kv_cache is not None else (k, v, None)
-            q_pos = torch.arange(past, past + T, device=x.device)[:, None]
-            key_pos = q_pos.T if key_pos is None else key_pos[None]
-            mask, is_causal = (key_pos <= q_pos) & (key_pos > q_pos - self.window), False
-        elif isinstance(past, torch.Tensor):  # a static cache: the whole buffer, masked to the filled positions
-            at = past + torch.arange(T, device=x.device)
-            cache_k, cache_v = kv_cache.k[self.layer_idx], kv_cache.v[self.layer_idx]
-            cache_k.index_copy_(2, at, k.to(cache_k.dtype))  # (under autocast k is bf16: cast, as copy_ does)
-            cache_v.index_copy_(2, at, v.to(cache_v.dtype))
-            k, v = cache_k, cache_v
-            mask, is_causal = torch.arange(k.size(2), device=x.device) <= at[:, None], False
-        else:  # dense: query i (absolute position past+i) may attend to keys 0..past+i
-            if kv_cache is not None:  # (narrow: one op where [:, :, a:b] takes three, per token and layer)
-                cache_k, cache_v = kv_cache.k[self.layer_idx], kv_cache.v[self.layer_idx]
-                cache_k.narrow(2, past, T).copy_(k)
-                cache_v.narrow(2, past, T).copy_(v)
-                k, v = cache_k.narrow(2, 0, past + T), cache_v.narrow(2, 0, past + T)
-            if past == 0:
-                mask, is_causal = None, True            # plain causal attention
-            elif T == 1:
-                mask, is_causal = None, False           # one new token sees the whole cache
-            else:                                       # a chunk appended to a cache
-                mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-                is_causal = False
+            pos = torch.arange(T, device=x.device)
+            mask, is_causal = (pos <= pos[:, None]) & (pos > pos[:, None] - self.window), False
+        else:
+            mask, is_causal = None, True
         dropout_p = self.dropout if self.training else 0.0
         use_sdpa = self.attn_impl == 'sdpa'
         if (use_sdpa and q.device.type == 'cpu' and torch.is_grad_enabled()
@@ -278,11 +220,9 @@ class CausalSelfAttention(nn.Module):
                 mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             if mask is not None:
                 att = att.masked_fill(~mask, float('-inf'))
-            att = F.softmax(att, dim=-1)
-            att = self.attn_dropout(att)
-            y = att @ v
-        if blocks:
-            y = y.reshape(B, self.n_head, blocks * self.window, hs)[:, :, :T]
+            y = self.attn_dropout(F.softmax(att, dim=-1)) @ v
+        if y.dim() == 5:  # (blocks of queries: back to one sequence)
+            y = y.reshape(B, self.n_head, -1, hs)[:, :, :T]
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -300,22 +240,7 @@ class CausalSelfAttention(nn.Module):
         j, m = torch.arange(W, device=q.device)[:, None], torch.arange(2 * W, device=q.device)[None]
         mask = ((m > j) & (m <= j + W)).expand(n, W, 2 * W).clone()
         mask[0, :, :W] = False
-        return q, k, v, mask, n
-
-    def ring_cache(self, kv_cache, k, v, past):
-        """A local layer's cache: the ring's keys/values followed by the new ones, with the absolute position
-        of each (-window for a slot not yet filled, which every query masks out); then the newest window of
-        them written into the ring."""
-        ring_k, ring_v = kv_cache.k[self.layer_idx], kv_cache.v[self.layer_idx]
-        W, T = ring_k.size(2), k.size(2)
-        slot = torch.arange(W, device=k.device)
-        held = past - 1 - (past - 1 - slot) % W  # the position in each slot: the latest p < past with p % W == s
-        key_pos = torch.cat((torch.where(held >= 0, held, -self.window), torch.arange(past, past + T, device=k.device)))
-        keys, values = torch.cat((ring_k, k), dim=2), torch.cat((ring_v, v), dim=2)
-        newest = torch.arange(max(past, past + T - W), past + T, device=k.device)
-        ring_k[:, :, newest % W] = k[:, :, newest - past]
-        ring_v[:, :, newest % W] = v[:, :, newest - past]
-        return keys, values, key_pos
+        return q, k, v, mask
 
 
 class MLP(nn.Module):
@@ -411,10 +336,10 @@ class GPT(nn.Module):
         hidden states (B, T, n_embd), after the last LayerNorm: what task, reward and value heads read.
         With kv_cache, the keys and values of idx are appended to the cache and attend to what it holds."""
         B, T = idx.size()
-        past = kv_cache.pos if kv_cache is not None else 0
-        static = isinstance(past, torch.Tensor)  # (a static cache: its caller keeps within block_size)
-        if not static and past + T > self.config.block_size:
-            raise ValueError(f"sequence of length {past + T} is longer than the model's context "
+        # where the new tokens sit: after what the cache holds (an int shared by every row, or one row each)
+        pos = kv_cache.positions(T) if kv_cache is not None else 0
+        if kv_cache is None and T > self.config.block_size:
+            raise ValueError(f"sequence of length {T} is longer than the model's context "
                              f"(block_size={self.config.block_size}); crop it or use a longer-context model")
         # A clear message instead of an index error. Skipped on CUDA, where checking would force a
         # host sync every step (the data loader checks token ids there), and under torch.compile.
@@ -426,12 +351,10 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)
         rope = None
         if self.config.pos_emb == 'learned':
-            if static:
-                x = x + self.transformer.wpe(past + torch.arange(T, device=idx.device))
-            else:
-                x = x + self.transformer.wpe.weight.narrow(0, past, T)  # rows past..past+T-1, as wpe(arange) reads
+            # (narrow: rows pos..pos+T-1, as wpe(arange) reads, in one op)
+            x = x + (self.transformer.wpe.weight.narrow(0, pos, T) if isinstance(pos, int) else self.transformer.wpe(pos))
         else:
-            rope = rotary_angles(self.config, past, T, idx.device)
+            rope = rotary_angles(self.config, torch.arange(pos, pos + T, device=idx.device) if isinstance(pos, int) else pos)
         x = self.transformer.drop(x)
         checkpointed = self.grad_checkpoint and self.training and torch.is_grad_enabled() and kv_cache is None
         for block in self.transformer.h:
@@ -440,7 +363,7 @@ class GPT(nn.Module):
             else:
                 x = block(x, kv_cache, rope)
         if kv_cache is not None:
-            kv_cache.pos += T
+            kv_cache.advance(T)
         if not self.config.post_norm:
             x = self.transformer.ln_f(x)
         logits = self.lm_head(x)
@@ -465,9 +388,8 @@ class GPT(nn.Module):
                              f"{self.config.block_size} positions")
         if block_size < self.config.block_size:
             self.config.block_size = block_size
-            if 'wpe' not in self.transformer:  # rotary: nothing stored per position
-                return
-            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+            if 'wpe' in self.transformer:  # (rotary: nothing stored per position)
+                self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     # ------------------------------------------------------------------ training helpers
 
@@ -520,10 +442,8 @@ class GPT(nn.Module):
 
 
 if __name__ == '__main__':
-    # the preset table, counted on the meta device so no memory is spent
     print(f"{'preset':<12} {'layers':>6} {'width':>6} {'heads':>5} {'context':>7} {'params':>12}")
     for name in PRESETS:
-        with torch.device('meta'):
-            m = GPT.from_preset(name)
-        c = m.config
+        with torch.device('meta'):  # (counted without memory)
+            c = (m := GPT.from_preset(name)).config
         print(f"{name:<12} {c.n_layer:>6} {c.n_embd:>6} {c.n_head:>5} {c.block_size:>7} {m.num_params() / 1e6:>11.1f}M")

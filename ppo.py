@@ -31,7 +31,7 @@ import torch
 
 import configurator
 import lora
-from align import (Run, by_length, collate, encode_prompt, entropy, fmt, gae, kl_penalty, load_policy,
+from align import (Run, collate, encode_prompt, entropy, fmt, gae, kl_penalty, load_policy,
                    load_reward_model, policy_checkpoint, ppo_policy_loss, ppo_value_loss, read_prompts,
                    response_logprobs, sample_responses, score_rollouts, special_ids, whiten_moments)
 from checkpoint import resume_settings, rng_state
@@ -47,7 +47,7 @@ out_dir = 'out-ppo'                 # ckpt.pt (the policy, a plain GPT checkpoin
 prompts = ''                        # the prompts: a .jsonl file or hf:name[:config[:split]] with a 'prompt' field
 iters = 50                          # PPO iterations (rollouts, then ppo_epochs of updates)
 batch_size = 64                     # rollouts per iteration, summed over processes
-micro_batch = 16                    # rollouts sampled together (prompts of one length) and trained on together
+micro_batch = 16                    # rollouts sampled together (one batch of the decoding engine) and trained on together
 minibatches = 2                     # optimizer steps per PPO epoch; the micro-batches are shuffled into them
 ppo_epochs = 4                      # passes over each iteration's rollouts
 max_new_tokens = 32                 # the longest response (it ends at <|end|>)
@@ -111,9 +111,6 @@ encode, decode, _ = get_tokenizer(meta)
 END = special_ids(meta)[2]
 block = policy.config.block_size
 prompt_ids = [encode_prompt(encode, meta, p)[-(block - 1):] for p in read_prompts(prompts)]
-buckets = by_length(prompt_ids)  # a micro-batch's prompts share a length: the sampler's rows share positions
-lengths = sorted(buckets)
-weights = torch.tensor([len(buckets[n]) for n in lengths], dtype=torch.float)
 ptx = None
 if ptx_coef:
     ptx_dir, ptx_prepare = dataset_dir(ptx_dataset, ptx_data_dir)
@@ -151,10 +148,9 @@ if ckpt is not None:
 @torch.no_grad()
 def rollout(it, j):
     """Global micro-batch j of iteration it, a function of (seed, it, j) whichever rank makes it: micro_batch
-    prompts of one length, the policy's responses, and what PPO needs of them."""
+    prompts (of any lengths: the engine decodes them in one batch), the policy's responses, and what PPO needs of them."""
     g = torch.Generator().manual_seed(seed_from(seed, 'prompts', it, j))
-    bucket = buckets[lengths[torch.multinomial(weights, 1, generator=g).item()]]
-    batch = [prompt_ids[bucket[i]] for i in torch.randint(len(bucket), (micro_batch,), generator=g).tolist()]
+    batch = [prompt_ids[i] for i in torch.randint(len(prompt_ids), (micro_batch,), generator=g).tolist()]
     policy.eval()
     with ctx:
         responses = sample_responses(policy, batch, max_new_tokens, END, temperature,

@@ -23,7 +23,7 @@ import torch
 
 import configurator
 import lora
-from align import (Run, by_length, collate, encode_prompt, encode_response, fit, fmt, load_policy,
+from align import (Run, collate, encode_prompt, encode_response, fit, fmt, load_policy,
                    read_preferences, read_prompts, reward_checkpoint, reward_loss, sample_responses, special_ids)
 from checkpoint import resume_settings, rng_state
 from configurator import check_range
@@ -187,16 +187,15 @@ if norm_prompts:
     model.eval()
     prompts = [encode_prompt(encode, meta, p) for p in read_prompts(train_data)[:norm_prompts]]
     total = torch.zeros(2)
-    for length, ids in sorted(by_length(prompts).items()):
-        ids = ids[run.rank::run.world]
-        for i in range(0, len(ids), 64):
-            batch = [prompts[j] for j in ids[i:i + 64]]
-            g = torch.Generator(device).manual_seed(seed_from(seed, 'normalise', length, i, run.rank))
-            with ctx:
-                responses = sample_responses(policy, batch, max_new_tokens, special_ids(meta)[2], temperature, g)
-            with torch.no_grad():
-                scores, _ = scores_of([(p, [r]) for p, r in zip(batch, responses)])
-            total += torch.tensor([scores.float().sum().item(), len(batch)])
+    mine = prompts[run.rank::run.world]
+    for i in range(0, len(mine), 64):  # (prompts of any lengths in one batch of the decoding engine)
+        batch = mine[i:i + 64]
+        g = torch.Generator(device).manual_seed(seed_from(seed, 'normalise', i, run.rank))
+        with ctx:
+            responses = sample_responses(policy, batch, max_new_tokens, special_ids(meta)[2], temperature, g)
+        with torch.no_grad():
+            scores, _ = scores_of([(p, [r]) for p, r in zip(batch, responses)])
+        total += torch.tensor([scores.float().sum().item(), len(batch)])
     total = run.sum(total)
     shift = total[0].item() / total[1].item()
     with torch.no_grad():

@@ -11,7 +11,8 @@ from torch.nn import functional as F
 
 import hf
 from generate import generate
-from model import GPT, GPTConfig, KVCache
+from kvcache import KVCache
+from model import GPT, GPTConfig
 
 
 def reference_attention(x, attn, window):
@@ -57,7 +58,7 @@ def test_alternating_pattern_is_dense_then_local():
     m = GPT(cfg)
     assert [b.attn.window for b in m.transformer.h] == [0, 5, 0, 5]
     cache = KVCache(cfg, 2, 'cpu', torch.float32)
-    assert [k.size(2) for k in cache.k] == [32, 5, 32, 5]  # local layers keep only their window
+    assert cache.window == [0, 5, 0, 5]  # the cache shows the local layers' queries only their window
     # FLOPs: the local layers attend to 5 keys, the dense ones to the whole context
     dense = GPT(GPTConfig(**{**cfg.__dict__, 'attn_pattern': 'dense', 'attn_window': 0}))
     per_key = 12 * cfg.n_head * (cfg.n_embd // cfg.n_head)
@@ -66,8 +67,8 @@ def test_alternating_pattern_is_dense_then_local():
 
 @pytest.mark.parametrize('impl', ['sdpa', 'explicit'])
 @pytest.mark.parametrize('pattern, window', [('local', 4), ('alternating', 7), ('alternating', 64)])
-def test_cache_with_a_ring_gives_the_full_forward(impl, pattern, window):
-    # prefill, chunks and single tokens, past the point where the rings wrap several times
+def test_cache_of_local_layers_gives_the_full_forward(impl, pattern, window):
+    # prefill, chunks and single tokens, many windows long
     torch.manual_seed(0)
     m = GPT(GPTConfig(n_layer=4, n_head=4, n_embd=32, block_size=64, vocab_size=50, attn_impl=impl,
                       attn_pattern=pattern, attn_window=window)).eval()

@@ -19,7 +19,8 @@ from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Lla
 import hf as hf_io
 from conftest import ROOT
 from generate import generate
-from model import GPT, PRESETS, Dropout, GPTConfig, KVCache
+from kvcache import KVCache
+from model import GPT, PRESETS, Dropout, GPTConfig
 
 ATOL = 1e-5
 
@@ -436,7 +437,7 @@ def test_kv_cache_chunked_prefill(impl):
         a, _ = model(x[:, :7], kv_cache=cache)      # first chunk: plain causal
         b, _ = model(x[:, 7:19], kv_cache=cache)    # second chunk: attends to the cache and itself
         c, _ = model(x[:, 19:], kv_cache=cache)     # one token
-    assert cache.pos == 20
+    assert cache.lengths == [20, 20] and cache.pos.tolist() == [20, 20]
     torch.testing.assert_close(torch.cat((a, b, c), dim=1), full, atol=ATOL, rtol=0)
     with torch.no_grad():  # a further token would pass block_size=23 only after 3 more
         model(x[:, :3], kv_cache=cache)
@@ -458,13 +459,25 @@ def test_static_kv_cache_matches_one_pass(impl, pos_emb):
                  model(x[:, 19:], kv_cache=static)[0]]
         model(x, kv_cache=grown)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=ATOL, rtol=0)
-    assert isinstance(static.pos, torch.Tensor) and static.pos.item() == 20
+    assert static.pos.tolist() == [20, 20]
     for a, b in zip(static.k + static.v, grown.k + grown.v):
         torch.testing.assert_close(a[:, :, :20], b[:, :, :20], atol=ATOL, rtol=0)
         assert torch.count_nonzero(a[:, :, 20:]) == 0
-    with pytest.raises(ValueError, match="dense attention"):
-        KVCache(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=10, attn_window=4,
-                          attn_pattern='alternating'), 1, 'cpu', torch.float32, static=True)
+
+
+@pytest.mark.parametrize('static', [True, False])
+def test_kv_cache_of_banded_layers_matches_one_pass(static):
+    # GPT-3's alternating dense and local layers: the cache shows a local layer's queries only their window,
+    # in chunks and one token at a time, as the uncached pass's band mask does
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=24, vocab_size=10, attn_window=4,
+                          attn_pattern='alternating')).eval()
+    x = torch.randint(0, 10, (2, 20))
+    with torch.no_grad():
+        full, _ = model(x)
+        cache = KVCache(model.config, 2, 'cpu', torch.float32, static=static)
+        steps = [model(x[:, :7], kv_cache=cache)[0]] + [model(x[:, t:t + 1], kv_cache=cache)[0] for t in range(7, 20)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=ATOL, rtol=0)
 
 
 # ---------------------------------------------------------------------- 8: initialisation

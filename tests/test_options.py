@@ -79,7 +79,7 @@ def test_rotary_is_a_rotation_of_each_pair_by_position_times_frequency():
     c = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=12, vocab_size=10, pos_emb='rope', rope_base=100.0)
     d, past, T = 8, 3, 5
     x = torch.randn(2, 2, T, d)
-    got = rotary(x, rotary_angles(c, past, T, 'cpu'))
+    got = rotary(x, rotary_angles(c, torch.arange(past, past + T)))
     want = torch.empty_like(x, dtype=torch.float64)
     for t in range(T):
         for i in range(d // 2):
@@ -87,7 +87,7 @@ def test_rotary_is_a_rotation_of_each_pair_by_position_times_frequency():
             rot = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=torch.float64)
             want[..., t, 2 * i:2 * i + 2] = x[..., t, 2 * i:2 * i + 2].double() @ rot.T
     torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-6)  # (angles in fp32, as the model has them)
-    assert rotary(x.bfloat16(), rotary_angles(c, past, T, 'cpu')).dtype == torch.bfloat16  # autocast's dtype kept
+    assert rotary(x.bfloat16(), rotary_angles(c, torch.arange(past, past + T))).dtype == torch.bfloat16  # autocast's dtype kept
 
 
 def test_rotary_scores_depend_on_relative_position_only():
@@ -95,7 +95,7 @@ def test_rotary_scores_depend_on_relative_position_only():
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
 
     def score(p, s):
-        return (rotary(q, rotary_angles(c, p, 1, 'cpu')) * rotary(k, rotary_angles(c, s, 1, 'cpu'))).sum()
+        return (rotary(q, rotary_angles(c, torch.tensor([p]))) * rotary(k, rotary_angles(c, torch.tensor([s])))).sum()
 
     torch.testing.assert_close(score(7, 3), score(40, 36), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(score(7, 3), score(7, 5))
@@ -103,7 +103,7 @@ def test_rotary_scores_depend_on_relative_position_only():
 
 @pytest.mark.parametrize('kw', [dict(pos_emb='rope'), dict(pos_emb='rope', qk_norm=True, mlp_act='relu2')])
 def test_rotary_model_decodes_with_the_cache_as_in_one_pass(kw):
-    from model import KVCache
+    from kvcache import KVCache
     torch.manual_seed(0)
     m = GPT(GPTConfig(**CFG, **kw)).eval()
     assert 'wpe' not in m.transformer and m.num_params(non_embedding=True) == m.num_params()

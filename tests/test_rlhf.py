@@ -223,13 +223,9 @@ def test_ppo_with_a_huge_kl_coefficient_stays_at_the_sft_policy(models, tmp_path
     # penalty pulls the policy back, while without it the policy keeps leaving the SFT policy. Measured exactly,
     # over the vocabulary (the logged per-iteration KL is a sampled estimate from 8 responses: too noisy for a
     # threshold, it put the two runs 4.03 against 4.90 under torch 2.6 while the exact KLs were 0.06 and 0.40).
+    # (Not the distance of the weights: Adam's steps are about the learning rate whatever the loss's scale, so
+    # both runs move their weights alike, 28.8 against 29.1 before rollouts were batched across lengths.)
     assert kl_to(held, models / 'sft') < 0.5 * kl_to(free, models / 'sft')
-    sft = load_ckpt(models / 'sft' / 'ckpt.pt')['model']
-
-    def moved(out):
-        m = load_ckpt(out / 'ckpt.pt')['model']
-        return sum((m[k].float() - sft[k].float()).norm().item() for k in sft)
-    assert moved(held) < moved(free)
 
 
 def test_ppo_and_dpo_on_two_processes_equal_one(models, tmp_path, char_data):

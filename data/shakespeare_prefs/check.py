@@ -30,11 +30,9 @@ def main():
         encode, decode, _ = get_tokenizer(meta)
         end = align.special_ids(meta)[2]
         prompts = [align.encode_prompt(encode, meta, p) for p in align.read_prompts(args.prompts)]
-        texts = []
-        for length, ids in sorted(align.by_length(prompts).items()):
-            g = torch.Generator().manual_seed(seed_from(args.seed, 'check', length))
-            responses = align.sample_responses(model, [prompts[i] for i in ids], args.max_new_tokens, end, 1.0, g)
-            texts += [decode([t for t in r if t != end]) for r in responses]
+        g = torch.Generator().manual_seed(seed_from(args.seed, 'check'))
+        responses = align.sample_responses(model, prompts, args.max_new_tokens, end, 1.0, g)  # (one batch)
+        texts = [decode([t for t in r if t != end]) for r in responses]
         letters = sum(c.isalpha() for t in texts for c in t)
         es = sum(c in 'eE' for t in texts for c in t)
         print(f"{out_dir}: e share {es / max(1, letters):.4f} of {letters:,} letters in {len(texts)} responses, "
