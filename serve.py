@@ -804,7 +804,7 @@ def main():
     decode_layout(model.to(dev).eval())  # (only generates: weights laid out for one-token steps)
     name = model_name or (Path(out_dir).resolve().name if init_from == 'resume' else Path(init_from).name)
     server = Server(model, meta, name)
-    server.engine = Engine(model, max_batch=max_batch, dtype=None if dt == 'float32' else getattr(torch, dt))
+    server.engine = Engine(model, max_batch=max_batch, dtype=dt)  # (a dtype name, as device.autocast_ctx takes it)
     server.page = PAGE.read_text(encoding='utf-8')
     if max_tokens_limit > server.block_size:
         print(f"note: max_tokens_limit={max_tokens_limit} is beyond the model's context; requests are limited by the "
