@@ -263,14 +263,16 @@ def test_chat_page_in_headless_chromium(chat_server, tmp_path):
     if not chromium:
         pytest.skip("no chromium on PATH (Debian: apt-get install chromium; or set CHROMIUM)")
     want = chat_server.client().chat.completions.create(
-        model='chat', messages=[{'role': 'user', 'content': 'Now'}], max_tokens=40, temperature=0).choices[0]
+        model='chat', messages=[{'role': 'user', 'content': 'Now'}], max_tokens=40, temperature=1, seed=5).choices[0]
+    assert want.message.content.strip()  # (a sampled answer: text to see, not only blanks)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=['--no-sandbox'])
         page = browser.new_page()
         page.goto(chat_server.url + '/')
         page.wait_for_function("document.getElementById('model').textContent === 'chat'")
-        page.fill('#temperature', '0')
+        page.fill('#temperature', '1')
         page.fill('#max_tokens', '40')
+        page.fill('#seed', '5')
         # count the answer's updates: streamed text appears in several steps, not at once
         page.evaluate("""window.updates = 0; new MutationObserver(() => window.updates++)
                          .observe(document.getElementById('log'), {subtree: true, characterData: true, childList: true})""")
