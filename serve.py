@@ -272,10 +272,10 @@ class Request:
         t = time.perf_counter()
         out = sum(len(c.tokens) for c in self.choices)
         ttft = f"{self.t_first - self.t0:.3f}s" if self.t_first else '-'
-        finishes = ','.join(sorted({c.finish or 'cancelled' for c in self.choices})) or '-'
+        finishes = ','.join(sorted({c.finish or '-' for c in self.choices}))
         print(f"{self.id} {self.kind}: {self.prompt_tokens} tokens in, {out} out, first token {ttft}, "
-              f"{out / max(t - self.t0, 1e-9):.1f} tokens/s, {t - self.t0:.2f}s, {status}", flush=True)
-        return finishes
+              f"{out / max(t - self.t0, 1e-9):.1f} tokens/s, {t - self.t0:.2f}s, finish {finishes}, {status}",
+              flush=True)
 
 
 # ----------------------------------------------------------------------------- validating requests
@@ -323,8 +323,7 @@ def sampling(body):
     for key in ('presence_penalty', 'frequency_penalty'):
         if field(body, key, 'number', 0) != 0:
             raise ApiError(400, f"'{key}' is not supported by this server (use repetition_penalty)", param=key)
-    if field(body, 'logprobs', 'int' if isinstance(body.get('logprobs'), int) and
-             not isinstance(body.get('logprobs'), bool) else 'bool', False) not in (False, 0) or body.get('top_logprobs'):
+    if body.get('logprobs') not in (None, False, 0) or body.get('top_logprobs'):
         raise ApiError(400, "logprobs are not supported by this server", param='logprobs')
     if field(body, 'best_of', 'int', 1, low=1) != 1:
         raise ApiError(400, "'best_of' is not supported by this server (use n)", param='best_of')
