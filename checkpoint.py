@@ -14,7 +14,7 @@ torch.load(weights_only=True): a file from someone else cannot run code. Layout:
     config        the resolved training config (plain values)
     data_meta     the dataset's meta.json (tokenizer, vocabulary; a trained BPE's tokenizer.json in
                   tokenizer_json): all that decoding the run's tokens needs
-    rng           torch CPU/CUDA, numpy and python RNG states
+    rng           torch CPU/CUDA (the GPU's of each rank), numpy and python RNG states (rng_state)
 A karpathy/nanoGPT ckpt.pt is converted to this layout as it loads (import_nanogpt; imported_from='nanoGPT').
 """
 
@@ -269,26 +269,47 @@ def lora_model_from_checkpoint(ckpt, **overrides):
     return model
 
 
-def rng_state():
+def rng_state(device=None):
+    """This process's RNG states: torch's CPU generator, numpy, python, and the CUDA generator of the device it
+    trains on (device, e.g. 'cuda:1': that GPU's, which is not the current one unless torch.cuda.set_device made
+    it so; None: the current GPU's; a CPU or MPS device: none). Under torch.distributed on GPUs every rank's
+    CUDA state is gathered too ('cuda_ranks', in rank order), so every rank must call this; a resume on the
+    same number of GPUs then gives each device its own back (set_rng_state)."""
     np_state = np.random.get_state()
+    cuda, cuda_ranks = None, None
+    if torch.cuda.is_available() and (device is None or str(device).startswith('cuda')):
+        cuda = torch.cuda.get_rng_state(device or 'cuda')
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and device is not None:
+            mine = cuda.to(device)  # (NCCL gathers device tensors)
+            gathered = [torch.empty_like(mine) for _ in range(torch.distributed.get_world_size())]
+            torch.distributed.all_gather(gathered, mine)
+            cuda_ranks = [t.cpu() for t in gathered]
     return {
         'torch': torch.get_rng_state(),
-        # this process's GPU only: a run may resume on another number of GPUs (dropout masks are reseeded at
-        # every micro-step, so nothing depends on it; it is kept for code that draws from it)
-        'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        # the CUDA generator of this process's GPU (dropout masks are reseeded at every micro-step, so train.py's
+        # steps do not depend on it; it is kept for code that draws from it)
+        'cuda': cuda,
+        'cuda_ranks': cuda_ranks,
         # numpy's state holds an ndarray; stored as a tensor to stay weights_only-loadable
         'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
         'python': random.getstate(),
     }
 
 
-def set_rng_state(state):
+def set_rng_state(state, device=None):
+    """Restore rng_state's states; the CUDA one to the GPU this process trains on (device as for rng_state). Under
+    torch.distributed each rank takes its own rank's CUDA state when the checkpoint has one per rank of a run on
+    as many GPUs, else the saving process's."""
     torch.set_rng_state(state['torch'])
     cuda = state.get('cuda')
     if isinstance(cuda, list):  # older checkpoints: one state per GPU the saving process could see
         cuda = cuda[0] if cuda else None
-    if cuda is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(cuda)
+    ranks = state.get('cuda_ranks')
+    if ranks and torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and len(ranks) == torch.distributed.get_world_size():
+        cuda = ranks[torch.distributed.get_rank()]
+    if cuda is not None and torch.cuda.is_available() and (device is None or str(device).startswith('cuda')):
+        torch.cuda.set_rng_state(cuda, device or 'cuda')
     name, keys, *rest = state['numpy']
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state['python']))

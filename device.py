@@ -197,11 +197,36 @@ def autocast_ctx(device, dtype):
     return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, dtype))
 
 
-def setup_torch(seed, device):
+def setup_torch(seed, device, deterministic=False):
+    """The seed, TF32 on GPUs, and deterministic=True: the same weights from the same command on the same
+    machine and software, which a GPU does not give by default. Call it before the first CUDA matmul."""
+    if deterministic:
+        use_deterministic()
     torch.manual_seed(seed)
     if device.startswith('cuda'):
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls/convs: ~free speed on Ampere+
         torch.backends.cudnn.allow_tf32 = True
+
+
+# cuBLAS is deterministic on one stream, but with several streams (autograd's backward runs on its own) it
+# shares workspace between them unless this fixes the workspace per stream. Read when cuBLAS creates its
+# handle, so it is set before the first CUDA matmul; ':4096:8' (8 buffers of 4 MiB) is NVIDIA's and PyTorch's
+# advice, ':16:8' the smaller alternative. A user's own setting is kept.
+CUBLAS_WORKSPACE = ':4096:8'
+
+
+def use_deterministic():
+    """Where a GPU kernel can give different bits from run to run, take the deterministic one, and fail
+    loudly (RuntimeError naming the op) where none exists rather than train irreproducibly. On a GPU that
+    means: atomics-free backward kernels (embedding, index_add, scatter_add), flash and memory-efficient
+    attention's deterministic backward (cuDNN attention has none, so SDPA leaves it out), cuBLAS on a fixed
+    workspace, cuDNN without benchmarking, and inductor without autotuning whose choice varies between runs.
+    The cost is a little speed (README: GPU training). On a CPU, where PyTorch's kernels are deterministic
+    already, the weights are those of a run without it (tests/test_gpu_check.py checks it)."""
+    os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def describe(device, dtype):
@@ -250,22 +275,37 @@ def measure_matmul_flops(device='cpu', dtype=torch.float32, n=1024, seconds=0.2)
     return _measured_peak[key]
 
 
+def gpu_data_sheet(name, dtype):
+    """(the table's name for the GPU, its data-sheet peak FLOP/s in dtype) for a GPU name such as
+    'NVIDIA H200', or None if the table does not know it."""
+    for key in sorted(GPU_PEAK_FLOPS, key=len, reverse=True):  # most specific name first
+        if key in name:
+            half, tf32 = GPU_PEAK_FLOPS[key]
+            if dtype in (torch.bfloat16, torch.float16):
+                return key, half
+            return key, tf32 if tf32 is not None else GPU_FP32_FLOPS[key]
+    return None
+
+
 def device_peak_flops(device='cpu', dtype=torch.float32, override=0.0):
     """Peak FLOP/s of the dtype doing the math, for MFU: a user-given figure, else the data sheet of a
     known GPU, else a measured matmul (CPUs, unknown GPUs)."""
+    return peak_flops_and_source(device, dtype, override)[0]
+
+
+def peak_flops_and_source(device='cpu', dtype=torch.float32, override=0.0):
+    """device_peak_flops, and where the figure comes from, for the log line that says what MFU is against."""
     if override:
-        return override
+        return override, 'given by peak_flops'
     if str(device).startswith('cuda') and torch.cuda.is_available():
         name = torch.cuda.get_device_name(device)
-        for key in sorted(GPU_PEAK_FLOPS, key=len, reverse=True):  # most specific name first
-            if key in name:
-                half, tf32 = GPU_PEAK_FLOPS[key]
-                if dtype in (torch.bfloat16, torch.float16):
-                    return half
-                return tf32 if tf32 is not None else GPU_FP32_FLOPS[key]
+        sheet = gpu_data_sheet(name, dtype)
+        if sheet:
+            return sheet[1], f"{name}: data sheet of the {sheet[0]}, dense {str(dtype).replace('torch.', '')}"
+        return measure_matmul_flops(device, dtype), f"{name}: not in device.py's table, a measured matmul"
     if str(device) == 'cpu' and dtype == torch.bfloat16 and not cpu_has_native_bf16():
         dtype = torch.float32  # emulated bf16 runs on the fp32 units: that is the peak it is measured against
-    return measure_matmul_flops(device, dtype)
+    return measure_matmul_flops(device, dtype), 'a measured matmul'
 
 
 if __name__ == '__main__':

@@ -12,11 +12,18 @@ sqrt(max(1, rows/cols)) learning-rate scale), with two differences that matter o
   torch.optim.Muon always uses bfloat16, whose matmuls run at ~1 GFLOP/s on a CPU without AVX512_BF16/AMX,
   which made one step of a 0.8M-parameter model take seconds;
 - matrices of the same shape are orthogonalised together, one batched matmul per iteration.
+Two more for GPUs:
+- under torch.distributed (train.py's DDP, where every rank holds the same averaged gradients) each rank
+  orthogonalises its share of each shape's matrices and the updates are all-gathered, as modded-nanogpt splits
+  the Newton-Schulz work, instead of every rank doing all of it;
+- a non-finite step can be skipped on the device (found_inf, as the fused AdamW kernel reads it), so that
+  finding out costs a GPU no host sync.
 """
 
 import math
 
 import torch
+import torch.distributed as dist
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic (torch.optim.Muon's defaults)
 
@@ -37,21 +44,52 @@ def newton_schulz(G, steps=5, dtype=torch.float32, eps=1e-7):
     return (X if wide else X.mT).reshape(G.shape).to(G.dtype)
 
 
+def split_newton_schulz(G, steps=5, dtype=torch.float32):
+    """newton_schulz of a stack of matrices (n, m, k) with the work split over the processes of torch.distributed:
+    rank r orthogonalises matrices r*c .. r*c + c - 1 (c = n / world, rounded up; the stack is padded with zero
+    matrices, which stay zero), then every rank gathers all of them. The same result as newton_schulz(G) on one
+    process, given the same G on every rank."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    n = G.size(0)
+    c = -(-n // world)
+    if c * world > n:
+        G = torch.cat((G, G.new_zeros(c * world - n, *G.shape[1:])))
+    mine = newton_schulz(G[rank * c:(rank + 1) * c], steps, dtype).contiguous()
+    shares = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(shares, mine)
+    return torch.cat(shares)[:n]
+
+
 class Muon(torch.optim.Optimizer):
-    """Muon for 2-D parameters. ns_dtype: the Newton-Schulz dtype (float32, or bfloat16 where it is fast)."""
+    """Muon for 2-D parameters. ns_dtype: the Newton-Schulz dtype (float32, or bfloat16 where it is fast).
+    split: share the Newton-Schulz work among the processes of torch.distributed (split_newton_schulz); None
+    splits whenever a process group of more than one is initialised, which assumes, as under DDP, that every
+    rank holds the same gradients. Setting self.found_inf (a 0-d tensor, nonzero for a step to skip) before
+    step() skips the whole update on the device: momentum and weights stay as they were."""
 
     def __init__(self, params, lr=0.02, weight_decay=0.0, momentum=0.95, nesterov=True, ns_steps=5,
-                 ns_dtype=torch.float32):
+                 ns_dtype=torch.float32, split=None):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
                                       ns_steps=ns_steps))
         self.ns_dtype = ns_dtype
+        self.split = split
         for group in self.param_groups:
             for p in group['params']:
                 if p.dim() != 2:
                     raise ValueError(f"Muon is for matrices; got a parameter of shape {tuple(p.shape)}")
 
+    def splits(self):
+        if self.split is not None:
+            return self.split
+        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
     @torch.no_grad()
     def step(self):
+        found_inf = getattr(self, 'found_inf', None)
+        keep = None if found_inf is None else found_inf == 0
+        # (with keep, every new value is computed as without it and then chosen by torch.where: the same bits for
+        # a finite step, and nothing changed for a skipped one, NaN gradients included)
+        orthogonalise = split_newton_schulz if self.splits() else newton_schulz
         for group in self.param_groups:
             lr, wd, mu = group['lr'], group['weight_decay'], group['momentum']
             by_shape = {}
@@ -59,20 +97,26 @@ class Muon(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 buf = self.state[p].setdefault('momentum_buffer', torch.zeros_like(p))
-                buf.mul_(mu).add_(p.grad)
+                if keep is None:
+                    buf.mul_(mu).add_(p.grad)
+                else:
+                    buf.copy_(torch.where(keep, (buf * mu).add_(p.grad), buf))
                 by_shape.setdefault(p.shape, []).append((p, p.grad.add(buf, alpha=mu) if group['nesterov'] else buf))
             for shape, items in by_shape.items():
-                updates = newton_schulz(torch.stack([u for _, u in items]), group['ns_steps'], self.ns_dtype)
+                updates = orthogonalise(torch.stack([u for _, u in items]), group['ns_steps'], self.ns_dtype)
                 scale = lr * math.sqrt(max(1.0, shape[0] / shape[1]))
                 for (p, _), update in zip(items, updates):
-                    p.mul_(1 - lr * wd)
-                    p.add_(update, alpha=-scale)
+                    if keep is None:
+                        p.mul_(1 - lr * wd)
+                        p.add_(update, alpha=-scale)
+                    else:
+                        p.copy_(torch.where(keep, (p * (1 - lr * wd)).add_(update, alpha=-scale), p))
 
 
 class MuonAdamW:
     """Muon and AdamW (GPT.configure_optimizers) behind one optimizer's interface: param_groups (Muon's first),
-    step, zero_grad, state_dict and load_state_dict."""
-    defaults = {}  # (not the fused AdamW: train.py then skips a non-finite step on the host)
+    defaults (AdamW's), step, zero_grad, state_dict and load_state_dict. self.found_inf, when set, goes to both:
+    with a fused AdamW the whole step can then be skipped on the device (train.py does so on GPUs)."""
 
     def __init__(self, muon, adamw):
         self.muon, self.adamw = muon, adamw
@@ -81,9 +125,18 @@ class MuonAdamW:
     def param_groups(self):
         return self.muon.param_groups + self.adamw.param_groups
 
+    @property
+    def defaults(self):
+        return self.adamw.defaults
+
     def step(self):
-        self.muon.step()
-        self.adamw.step()
+        found_inf = getattr(self, 'found_inf', None)
+        for opt in (self.muon, self.adamw):
+            if found_inf is not None:
+                opt.found_inf = found_inf
+            opt.step()
+            if found_inf is not None:
+                del opt.found_inf
 
     def zero_grad(self, set_to_none=True):
         self.muon.zero_grad(set_to_none=set_to_none)

@@ -53,7 +53,7 @@ from checkpoint import (RUN_FILES, StopSignal, append_record, check_resume_data,
                         gather_full_state, link_checkpoint, load_model, load_optimizer_state, lock_out_dir, make_room,
                         resume_settings, rng_state, save_checkpoint, set_rng_state)
 from configurator import UserError, check_choice, check_range
-from device import autocast_ctx, describe, device_peak_flops, pick_device, pick_dtype, setup_torch
+from device import autocast_ctx, describe, peak_flops_and_source, pick_device, pick_dtype, setup_torch
 from tasks import evaluate, load_tasks
 from tokendata import TokenData, dataset_dir, load_meta, seed_from
 
@@ -139,6 +139,7 @@ compile = 'auto'                # torch.compile the model: True, False, or 'auto
 backend = 'auto'                # distributed backend: 'auto' (nccl on CUDA, gloo on CPU), 'nccl', 'gloo'
 parallelism = 'ddp'             # under torchrun: 'ddp' (replicate) or 'fsdp' (shard, for models too big for one device)
 seed = 1337
+deterministic = False           # the same weights from the same command (and after a resume) on a GPU too; a bit slower
 peak_flops = 0.0                # device peak FLOP/s for MFU; 0 looks it up (GPUs) or measures a matmul (CPU)
 max_time = 0.0                  # stop after this many seconds of training (0 = no limit), then evaluate and save
 # -----------------------------------------------------------------------------
@@ -162,6 +163,9 @@ for k in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'min_lr', 'weight_decay
 schedule_in_tokens = lr_decay_tokens > 0
 if decay_on_clock and not max_time:
     raise UserError("decay_on_clock=True decays the learning rate over the time budget: set --max_time (seconds)")
+if deterministic and decay_on_clock:
+    raise UserError("deterministic=True promises the same weights from the same command, but decay_on_clock=True "
+                    "makes the learning rate follow the clock: drop one of them")
 if warmup_tokens and not schedule_in_tokens:
     raise UserError("warmup_tokens needs lr_decay_tokens: a schedule in tokens sets both (or neither, for iterations)")
 both = [k for k in ('warmup_iters', 'lr_decay_iters') if k in given]
@@ -237,7 +241,9 @@ else:
     log_compile = ''
 if device_type != 'cuda':
     compile = compile and device_type == 'cpu'  # inductor has no MPS backend worth using yet
-setup_torch(seed, device)  # the same initial weights on every rank (FSDP shards them as they are)
+# the same initial weights on every rank (FSDP shards them as they are); deterministic=True: the same steps in every
+# run, which before this matmul or any other cuBLAS work happens (device.use_deterministic)
+setup_torch(seed, device, deterministic)
 # FSDP casts the parameters itself (MixedPrecisionPolicy below), so it needs no autocast
 ctx = autocast_ctx(device, 'float32' if fsdp else dtype)
 
@@ -360,7 +366,9 @@ scaler = (ShardedGradScaler if fsdp else torch.amp.GradScaler)(device_type, enab
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, verbose=master_process,
                                        fused=device_type in ('cuda', 'cpu'), muon_lr=muon_lr if optim == 'muon' else 0,
                                        muon_momentum=muon_momentum, muon_dtype=getattr(torch, dtype))
-fused_adamw = bool(optimizer.defaults.get('fused'))  # can skip a step on the device (see the loop)
+# a non-finite step is skipped on the device, with no host sync (see the loop): by the fused AdamW kernel, and with
+# Muon by masked updates (optim.py) on GPUs; on a CPU, where the sync costs nothing, Muon's step is checked on the host
+skip_on_device = bool(optimizer.defaults.get('fused')) and (optim == 'adamw' or device_type == 'cuda')
 if ckpt is not None:
     load_optimizer_state(model, optimizer, ckpt['optimizer'])  # each rank keeps its shard under FSDP
     if ckpt.get('scaler'):
@@ -372,7 +380,10 @@ if compile:
 if ddp and not fsdp:
     from torch.nn.parallel import DistributedDataParallel as DDP
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
-peak = device_peak_flops(device, getattr(torch, dtype), override=peak_flops) if master_process else 1.0
+peak, peak_source = (peak_flops_and_source(device, getattr(torch, dtype), override=peak_flops) if master_process
+                      else (1.0, ''))
+log(f"MFU is against {peak / 1e12:,.4g} TFLOP/s ({peak_source})" + (
+    "; deterministic=True: deterministic kernels (device.use_deterministic)" if deterministic else ''))
 
 
 def all_mean(t):
@@ -457,6 +468,7 @@ def save(path_best=False):
         model_sd, optim_sd = gather_full_state(raw_model, optimizer)
     else:
         model_sd, optim_sd = raw_model.state_dict(), optimizer.state_dict()
+    rng = rng_state(device)  # (on every rank: each GPU's CUDA generator is gathered)
     if not master_process:
         return
     if lora.is_lora(raw_model):  # only what was trained, and the base's name (rebuilt by checkpoint.load_model)
@@ -464,7 +476,7 @@ def save(path_best=False):
     state = dict(format=checkpoint.CHECKPOINT_FORMAT, kind='lm', model=model_sd, optimizer=optim_sd,
                  scaler=scaler.state_dict() if scaler.is_enabled() else None, model_args=model_args,
                  iter_num=iter_num, tokens_seen=tokens_seen, best_val_loss=best_val_loss, config=config, data_meta=data.meta,
-                 rng=rng_state(), is_best=path_best, train_seconds=seconds_before + time.time() - t_start,
+                 rng=rng, is_best=path_best, train_seconds=seconds_before + time.time() - t_start,
                  lora=getattr(raw_model, 'lora_settings', None))
     path = os.path.join(out_dir, 'ckpt.pt')
     save_checkpoint(state, path)
@@ -521,7 +533,7 @@ stop_signal = StopSignal(announce=master_process)
 # ----------------------------------------------------------------------------- training loop
 resumed_iter = None  # the iteration ckpt.pt on disk already holds, when resuming
 if ckpt is not None:
-    set_rng_state(ckpt['rng'])  # numpy, python (and torch, though dropout is reseeded at each micro-step)
+    set_rng_state(ckpt['rng'], device)  # numpy, python, torch's and this GPU's (dropout is reseeded per micro-step)
     resumed_iter = iter_num
     del ckpt
 mine = my_share(micro_steps(tokens_seen))
@@ -624,11 +636,11 @@ while True:
         bad |= ~torch.isfinite(norm.full_tensor() if hasattr(norm, 'full_tensor') else norm)  # (FSDP: a DTensor)
     if scaler.is_enabled():
         scaler.step(optimizer)
-    elif fused_adamw:
+    elif skip_on_device:
         optimizer.found_inf = bad.float()
         optimizer.step()
         del optimizer.found_inf
-    elif not bad.item():  # (the other AdamW kernels cannot skip on the device: this one syncs)
+    elif not bad.item():  # (the other kernels cannot skip on the device: this one syncs)
         optimizer.step()
     scaler.update()
     optimizer.zero_grad(set_to_none=True)

@@ -34,6 +34,16 @@ if WORKERS > 1:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked cuda need a GPU: without one they are skipped, each with the reason (pytest -m cuda -rs)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False here")
+    for item in items:
+        if item.get_closest_marker('cuda'):
+            item.add_marker(skip)
+
+
 def tiny(**overrides):
     """train.py arguments for a tiny CPU model (2 layers, 2 heads, 32 wide, context 32, eager), plus overrides."""
     args = dict(device='cpu', compile=False, n_layer=2, n_head=2, n_embd=32, block_size=32, pad_vocab_multiple=1,
