@@ -41,7 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # -----------------------------------------------------------------------------
 # config: overridden by --key=value
 out = 'gpu_check.json'      # the results as JSON
-nanogpt = '../nanoGPT'      # a nanoGPT checkout to compare with (relative to this repository); skipped if absent
+nanogpt = '../nanoGPT'      # a nanoGPT checkout to compare with (relative to this repository); '' or absent: none
 shakespeare = '../shared/data/tinyshakespeare/input.txt'  # Tiny Shakespeare text for offline preparation
 data_dir = ''               # prepared char data ('' = data/shakespeare_char, prepared here if it lacks train.bin)
 deadline = 450.0            # seconds for the whole check: steps that no longer fit are skipped
@@ -75,6 +75,11 @@ def run_command(cmd, cwd, limit, env=None):
         except subprocess.TimeoutExpired:
             timed_out = True
             kill_group(p)
+        else:  # what the command left running in its group (a stray worker) would disturb the next step's timing
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         seconds = time.perf_counter() - t0
         f.seek(0)
         return dict(rc=p.returncode, seconds=seconds, timed_out=timed_out, output=f.read())
@@ -188,6 +193,14 @@ def python():
     return sys.executable
 
 
+def nanogpt_dir(script):
+    """The nanoGPT checkout if it holds script, else None."""
+    if not nanogpt:
+        return None
+    d = os.path.abspath(os.path.join(HERE, nanogpt))
+    return d if os.path.isfile(os.path.join(d, script)) else None
+
+
 def char_data(clock):
     """The prepared char data directory, preparing it if it lacks train.bin."""
     d = os.path.abspath(data_dir) if data_dir else os.path.join(HERE, 'data', 'shakespeare_char')
@@ -226,8 +239,8 @@ def step_throughput(clock, work):
     ours_variant = 'eager+fp32+fused' if smoke else 'compile+bf16+fused'
     size = ['--batch_size=2', '--iters=3', '--warmup=1', '--rounds=1'] if smoke else \
         ['--batch_size=12', '--block_size=1024', '--iters=20', '--warmup=3', '--rounds=2']
-    ng = os.path.abspath(os.path.join(HERE, nanogpt))
-    have_nanogpt = os.path.isfile(os.path.join(ng, 'bench.py'))
+    ng = nanogpt_dir('bench.py')
+    have_nanogpt = ng is not None
     variants = ours_variant if have_nanogpt else f'reference,{ours_variant}'
     r = call(clock, 'throughput', 'bench.py (ours)',
              [python(), 'bench.py', *bench_args(), *size, f'--variants={variants}'])
@@ -236,10 +249,10 @@ def step_throughput(clock, work):
         raise StepFailed('failed', f"bench.py printed no figures for {ours_variant}", r)
     ours = rows[ours_variant]
     if have_nanogpt:
-        cmd = [python(), 'bench.py', '--real_data=False']
+        # (its model is fixed at GPT-2 124M, bias=False; only these settings are its to change)
+        cmd = [python(), 'bench.py', '--real_data=False', '--batch_size=12', '--block_size=1024']
         if smoke:
-            cmd += ['--device=cpu', '--compile=False', '--dtype=float32', '--batch_size=2', '--block_size=64',
-                    '--n_layer=1', '--n_head=2', '--n_embd=32']
+            cmd += ['--device=cpu', '--compile=False', '--dtype=float32', '--batch_size=2', '--block_size=64']
         r2 = call(clock, 'throughput', "nanoGPT's bench.py", cmd, cwd=ng)
         theirs = parse_nanogpt_bench(r2['output'], 2 * 64 if smoke else 12 * 1024)
         if theirs is None:
@@ -382,11 +395,11 @@ def step_speedrun(clock, work):
                f"(target {target_loss}: " + (f"reached at iter {ours['reached_at_iter']}" if reached else 'NOT reached')
                + ')')
     result = dict(ours=ours, target=target_loss, nanogpt=None)
-    ng = os.path.abspath(os.path.join(HERE, nanogpt))
-    if os.path.isfile(os.path.join(ng, 'train.py')) and clock.left() < 60:
+    ng = nanogpt_dir('train.py')
+    if ng and clock.left() < 60:
         result['nanogpt'] = dict(status='skipped', error=f"{clock.left():.0f}s left before the deadline")
         summary += f"; nanoGPT skipped: {clock.left():.0f}s left before the deadline"
-    elif os.path.isfile(os.path.join(ng, 'train.py')):
+    elif ng:
         try:
             result['nanogpt'] = nanogpt_speedrun(clock, ng, work)
         except StepFailed as e:  # ours is measured: keep it, and say what happened to nanoGPT's
@@ -396,7 +409,7 @@ def step_speedrun(clock, work):
             n = result['nanogpt']
             summary += f"; nanoGPT {n['wall_s']:.0f}s wall, val {n['final_val']:.4f} (best {n['best_val']:.4f})"
     else:
-        summary += f"; no nanoGPT checkout at {ng}"
+        summary += f"; no nanoGPT checkout at {nanogpt!r}"
     return dict(summary=summary, **result)
 
 
@@ -411,7 +424,7 @@ def nanogpt_speedrun(clock, ng, work):
              limit=limit_for('prepare'))
     cmd = [python(), 'train.py', 'config/train_shakespeare_char.py', f'--out_dir={os.path.join(work, "nanogpt")}']
     if smoke:
-        cmd += ['--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=32',
+        cmd += ['--device=cpu', '--compile=False', '--dtype=float32', '--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=32',
                 '--batch_size=4', '--max_iters=20', '--lr_decay_iters=20', '--eval_interval=10', '--eval_iters=2']
     r = call(clock, 'speedrun', "nanoGPT's train.py", cmd, cwd=ng, limit=limit_for('speedrun') * (1 if smoke else 2))
     evals = parse_eval_lines(r['output'])

@@ -18,7 +18,9 @@ STEPS = ['cuda_tests', 'throughput', 'decode', 'determinism', 'speedrun']
 
 def check(tmp_path, char_data, *args):
     out = tmp_path / 'results.json'
-    p = run('gpu_check.py', '--smoke=True', f'--out={out}', f'--data_dir={char_data}', *args, timeout=300)
+    # (--nanogpt='': a nanoGPT checkout beside this one would be compared too, on the CPU, minutes of its 124M model)
+    p = run('gpu_check.py', '--smoke=True', f'--out={out}', f'--data_dir={char_data}', '--nanogpt=', *args,
+            timeout=300)
     return p.stdout, json.loads(out.read_text())
 
 
@@ -119,3 +121,38 @@ def test_parsers_read_the_outputs_they_are_written_for():
     assert gpu_check.parse_eval_lines(log) == [(0, 4.2823), (250, 2.0)]
     assert gpu_check.parse_pytest("....s\n2 failed, 5 passed, 1 skipped in 40.1s\n") == dict(
         passed=5, failed=2, skipped=1, errors=0, deselected=0)
+
+
+FAKE_NANOGPT = {
+    # stand-ins that print what nanoGPT's scripts print, and note how they were called
+    'bench.py': ("import sys\nopen('bench_argv.txt', 'w').write(' '.join(sys.argv[1:]))\n"
+                 "print('19/20 loss: 10.0')\nprint('time per iteration: 100.0000ms, MFU: 1.00%')\n"),
+    'train.py': ("import sys\nopen('train_argv.txt', 'w').write(' '.join(sys.argv[1:]))\n"
+                 "print('step 0: train loss 4.2000, val loss 4.1000')\n"
+                 "print('step 250: train loss 1.5000, val loss 1.4600')\n"
+                 "print('step 500: train loss 1.4000, val loss 1.4800')\n"),
+    'data/shakespeare_char/prepare.py': (
+        "import os\nd = os.path.dirname(__file__)\n"
+        "assert os.path.getsize(os.path.join(d, 'input.txt')) > 0  # (offline: only a local copy will do)\n"
+        "open(os.path.join(d, 'train.bin'), 'wb').write(b'00')\n"),
+}
+
+
+def test_a_nanogpt_checkout_is_compared_against(tmp_path, char_data, shakespeare_text):
+    ng = tmp_path / 'nanoGPT'
+    for name, text in FAKE_NANOGPT.items():
+        (ng / name).parent.mkdir(parents=True, exist_ok=True)
+        (ng / name).write_text(text)
+    out = tmp_path / 'results.json'
+    run('gpu_check.py', '--smoke=True', f'--out={out}', f'--data_dir={char_data}', f'--nanogpt={ng}',
+        f'--shakespeare={shakespeare_text}', '--steps=throughput,speedrun', timeout=300)
+    rows = {r['step']: r for r in json.loads(out.read_text())['steps']}
+    assert rows['throughput']['status'] == 'ok' and rows['speedrun']['status'] == 'ok', rows
+    t = rows['throughput']
+    assert t['reference']['ms'] == 100.0 and t['reference']['tok_s'] == pytest.approx(2 * 64 / 0.1)  # (smoke's batch)
+    assert t['ratio'] == pytest.approx(t['ours']['tok_s'] / t['reference']['tok_s']) and t['target'] == 1.3
+    assert '--real_data=False' in (ng / 'bench_argv.txt').read_text()
+    n = rows['speedrun']['nanogpt']
+    assert (n['status'], n['final_val'], n['best_val'], n['iters']) == ('ok', 1.48, 1.46, 500)
+    assert (ng / 'train_argv.txt').read_text().startswith('config/train_shakespeare_char.py')
+    assert (ng / 'data' / 'shakespeare_char' / 'train.bin').exists()  # its data was prepared from our text first
