@@ -68,7 +68,7 @@ def run_command(cmd, cwd, limit, env=None):
     with tempfile.TemporaryFile('w+', encoding='utf-8', errors='replace') as f:
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-                             env={**os.environ, 'PYTHONUNBUFFERED': '1', **(env or {})})
+                             env=child_env(env))
         timed_out = False
         try:
             p.wait(timeout=max(limit, 0.1))
@@ -83,6 +83,12 @@ def run_command(cmd, cwd, limit, env=None):
         seconds = time.perf_counter() - t0
         f.seek(0)
         return dict(rc=p.returncode, seconds=seconds, timed_out=timed_out, output=f.read())
+
+
+def child_env(extra=None):
+    """The commands' environment: unbuffered output (the end of it is what a killed command leaves), and under
+    --smoke no GPU at all, so that the pipeline is the CPU's on a GPU machine too (the cuda tests skip)."""
+    return {**os.environ, 'PYTHONUNBUFFERED': '1', **({'CUDA_VISIBLE_DEVICES': ''} if smoke else {}), **(extra or {})}
 
 
 def kill_group(p, grace=5.0):
@@ -302,7 +308,7 @@ def tiny_run_args(data, device):
     else:
         size = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=32, max_iters=300,
                     eval_interval=150, eval_iters=10, warmup_iters=30, lr_decay_iters=300)
-    args = dict(device=device, compile=False, dtype='float32' if smoke else 'bfloat16', dropout=0.1,
+    args = dict(device=device, compile=False, dtype='float32' if smoke else 'auto', dropout=0.1,
                 learning_rate=3e-3, always_save_checkpoint=True, plot=False, wandb_log=False, log_interval=1,
                 gradient_accumulation_steps=1, dataset='shakespeare_char', data_dir=data, **size)
     return [f'--{k}={v}' for k, v in args.items()]
@@ -324,7 +330,7 @@ def kill_after_first_checkpoint(clock, cmd, out_dir, first_ckpt):
     limit = min(limit_for('determinism'), clock.left())
     with tempfile.TemporaryFile('w+', encoding='utf-8', errors='replace') as f:
         p = subprocess.Popen(cmd, cwd=HERE, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-                             env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+                             env=child_env())
         t0 = time.perf_counter()
         killed = False
         while p.poll() is None and time.perf_counter() - t0 < limit:
@@ -448,7 +454,8 @@ def run_step(name, clock, work):
         row = dict(step=name, status=e.status, summary=e.what, tail=tail(e.result.get('output', '')),
                    **getattr(e, 'counts', {}))
     except Exception as e:  # anything else (a missing checkpoint, a parse surprise): a row, not a crash
-        row = dict(step=name, status='error', summary=f"{type(e).__name__}: {e}", tail='')
+        import traceback
+        row = dict(step=name, status='error', summary=f"{type(e).__name__}: {e}", tail=tail(traceback.format_exc()))
     row['seconds'] = round(time.perf_counter() - t0, 1)
     if name == 'cuda_tests' and row['status'] == 'ok' and row.get('failed'):
         row['status'] = 'failed'
@@ -476,6 +483,8 @@ def main():
         k, _, v = kv.partition('=')
         if k not in LIMITS or not re.fullmatch(r'\d+(\.\d+)?', v):
             raise UserError(f"limits: {kv!r} is not step=seconds with a step among {', '.join(LIMITS)}")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):  # (found now, not after 8 minutes of work)
+        raise UserError(f"out: the folder of {out!r} does not exist")
     clock = Clock(deadline)
     import torch  # (after the config checks: a typo answers at once)
     if smoke:
