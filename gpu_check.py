@@ -16,9 +16,11 @@ gets SIGTERM, then SIGKILL 5 s later; a step that no longer fits before --deadli
                cudagraph at batch 32; tokens/s each
   determinism  a small eager char model: two runs with deterministic=True, two without, and a deterministic run
                SIGKILLed after its first checkpoint and resumed; the max abs weight difference of each pair
-  speedrun     train.py config/train_shakespeare_char_gpu_speedrun.py: wall time and val loss (target 1.4697),
-               then nanoGPT's train.py config/train_shakespeare_char.py in the checkout when there is one
-The run order puts nanoGPT's long speedrun last, so that a tight deadline drops it first.
+  speedrun     train.py config/train_shakespeare_char_gpu_speedrun.py: wall time and val loss (target 1.4697)
+  nanogpt_speedrun  nanoGPT's train.py config/train_shakespeare_char.py in the checkout (when there is one), its
+               data prepared first: wall time and val loss beside ours
+They run in the order cuda_tests, throughput, speedrun, decode, determinism, nanogpt_speedrun: nanoGPT's long run
+last, so that a tight deadline drops it first (--steps=speedrun,nanogpt_speedrun --deadline=600 runs the pair alone).
 Char data: data/shakespeare_char (or --data_dir) is prepared when it lacks train.bin, from --shakespeare when
 that file exists (offline), else downloaded.
 """
@@ -46,16 +48,17 @@ shakespeare = '../shared/data/tinyshakespeare/input.txt'  # Tiny Shakespeare tex
 data_dir = ''               # prepared char data ('' = data/shakespeare_char, prepared here if it lacks train.bin)
 deadline = 450.0            # seconds for the whole check: steps that no longer fit are skipped
 smoke = False               # the same pipeline on the CPU with tiny settings (tests/test_gpu_check.py)
-steps = ''                  # comma-separated steps to run ('' = all): cuda_tests,throughput,decode,determinism,speedrun
+steps = ''                  # comma-separated steps to run ('' = all, see STEPS), e.g. 'speedrun,nanogpt_speedrun'
 limits = ''                 # per-command time limits in seconds overriding the built-in ones, e.g. 'decode=60'
 target_speedup = 1.3        # throughput: ours over nanoGPT's tokens/s
 target_loss = 1.4697        # speedrun: nanoGPT's GPU result on character-level Shakespeare
 # -----------------------------------------------------------------------------
 
-STEPS = ('cuda_tests', 'throughput', 'decode', 'determinism', 'speedrun')
+# in the order they run: ours first, nanoGPT's long speedrun last, so that a tight deadline drops it first
+STEPS = ('cuda_tests', 'throughput', 'speedrun', 'decode', 'determinism', 'nanogpt_speedrun')
 # seconds per command on a GPU (a compile of GPT-2 takes ~1 minute of them) and on the CPU (--smoke)
 LIMITS = {'cuda_tests': (150, 60), 'throughput': (180, 60), 'decode': (150, 60), 'determinism': (150, 60),
-          'speedrun': (150, 60), 'prepare': (60, 30)}
+          'speedrun': (150, 60), 'nanogpt_speedrun': (300, 60), 'prepare': (60, 30)}
 TAIL = 12  # lines of output kept for a step that did not pass
 
 
@@ -400,27 +403,16 @@ def step_speedrun(clock, work):
     summary = (f"ours {ours['wall_s']:.0f}s wall, val {ours['final_val']:.4f} at {ours['iters']} "
                f"(target {target_loss}: " + (f"reached at iter {ours['reached_at_iter']}" if reached else 'NOT reached')
                + ')')
-    result = dict(ours=ours, target=target_loss, nanogpt=None)
+    MEASURED['speedrun'] = ours
+    return dict(summary=summary, ours=ours, target=target_loss)
+
+
+def step_nanogpt_speedrun(clock, work):
+    """nanoGPT's own GPU recipe in its checkout (its data prepared first, from our text when offline), beside
+    ours: a step of its own, last, since it is the longest (5000 iterations) and only a comparison."""
     ng = nanogpt_dir('train.py')
-    if ng and clock.left() < 60:
-        result['nanogpt'] = dict(status='skipped', error=f"{clock.left():.0f}s left before the deadline")
-        summary += f"; nanoGPT skipped: {clock.left():.0f}s left before the deadline"
-    elif ng:
-        try:
-            result['nanogpt'] = nanogpt_speedrun(clock, ng, work)
-        except StepFailed as e:  # ours is measured: keep it, and say what happened to nanoGPT's
-            result['nanogpt'] = dict(status=e.status, error=e.what, tail=tail(e.result.get('output', '')))
-            summary += f"; nanoGPT {e.status}: {e.what}"
-        else:
-            n = result['nanogpt']
-            summary += f"; nanoGPT {n['wall_s']:.0f}s wall, val {n['final_val']:.4f} (best {n['best_val']:.4f})"
-    else:
-        summary += f"; no nanoGPT checkout at {nanogpt!r}"
-    return dict(summary=summary, **result)
-
-
-def nanogpt_speedrun(clock, ng, work):
-    """nanoGPT's own GPU recipe in its checkout (its data prepared first, from our text when offline)."""
+    if not ng:
+        raise StepFailed('skipped', f"no nanoGPT checkout (train.py) at {nanogpt!r}", dict(output=''))
     nd = os.path.join(ng, 'data', 'shakespeare_char')
     if not os.path.exists(os.path.join(nd, 'train.bin')):
         text = os.path.join(HERE, shakespeare)
@@ -430,18 +422,24 @@ def nanogpt_speedrun(clock, ng, work):
              limit=limit_for('prepare'))
     cmd = [python(), 'train.py', 'config/train_shakespeare_char.py', f'--out_dir={os.path.join(work, "nanogpt")}']
     if smoke:
-        cmd += ['--device=cpu', '--compile=False', '--dtype=float32', '--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=32',
-                '--batch_size=4', '--max_iters=20', '--lr_decay_iters=20', '--eval_interval=10', '--eval_iters=2']
-    r = call(clock, 'speedrun', "nanoGPT's train.py", cmd, cwd=ng, limit=limit_for('speedrun') * (1 if smoke else 2))
+        cmd += ['--device=cpu', '--compile=False', '--dtype=float32', '--n_layer=1', '--n_head=2', '--n_embd=32',
+                '--block_size=32', '--batch_size=4', '--max_iters=20', '--lr_decay_iters=20', '--eval_interval=10',
+                '--eval_iters=2']
+    r = call(clock, 'nanogpt_speedrun', "nanoGPT's train.py", cmd, cwd=ng)
     evals = parse_eval_lines(r['output'])
     if not evals:
         raise StepFailed('failed', "nanoGPT's train.py printed no 'step N: ... val loss' line", r)
-    return dict(status='ok', wall_s=r['seconds'], final_val=evals[-1][1], best_val=min(v for _, v in evals),
-                iters=evals[-1][0])
+    theirs = dict(wall_s=r['seconds'], final_val=evals[-1][1], best_val=min(v for _, v in evals), iters=evals[-1][0])
+    ours = MEASURED.get('speedrun')
+    return dict(summary=f"nanoGPT {theirs['wall_s']:.0f}s wall, val {theirs['final_val']:.4f} at {theirs['iters']} "
+                        f"(best {theirs['best_val']:.4f})"
+                        + (f"; ours/nanoGPT wall time {ours['wall_s'] / theirs['wall_s']:.2f}" if ours else ''),
+                checkout=ng, **theirs, wall_ratio=ours['wall_s'] / theirs['wall_s'] if ours else None)
 
 
-RUNNERS = {'cuda_tests': step_cuda_tests, 'throughput': step_throughput, 'decode': step_decode,
-           'determinism': step_determinism, 'speedrun': step_speedrun}
+RUNNERS = {'cuda_tests': step_cuda_tests, 'throughput': step_throughput, 'speedrun': step_speedrun,
+           'decode': step_decode, 'determinism': step_determinism, 'nanogpt_speedrun': step_nanogpt_speedrun}
+MEASURED = {}  # figures a later step compares with (ours speedrun's wall time)
 
 
 # ----------------------------------------------------------------------------- main
@@ -479,6 +477,7 @@ def main():
     bad = [s for s in chosen if s not in STEPS]
     if bad:
         raise UserError(f"unknown step {bad[0]!r}: choose from {', '.join(STEPS)}")
+    chosen = [s for s in STEPS if s in chosen]  # (in STEPS' order: nanoGPT's speedrun is compared with ours)
     for kv in (kv for kv in limits.split(',') if kv.strip()):
         k, _, v = kv.partition('=')
         if k not in LIMITS or not re.fullmatch(r'\d+(\.\d+)?', v):

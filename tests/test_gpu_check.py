@@ -13,7 +13,7 @@ from conftest import ROOT, run
 
 import gpu_check
 
-STEPS = ['cuda_tests', 'throughput', 'decode', 'determinism', 'speedrun']
+STEPS = ['cuda_tests', 'throughput', 'speedrun', 'decode', 'determinism', 'nanogpt_speedrun']
 
 
 def check(tmp_path, char_data, *args):
@@ -34,9 +34,11 @@ def test_smoke_runs_every_step_and_prints_one_table(tmp_path, char_data):
     stdout, doc = check(tmp_path, char_data)
     rows = {r['step']: r for r in doc['steps']}
     assert list(rows) == STEPS
-    assert all(r['status'] == 'ok' for r in rows.values()), [(r['step'], r['summary'], r.get('tail')) for r in
-                                                              doc['steps'] if r['status'] != 'ok']
-    assert table_rows(stdout) == {s: 'ok' for s in STEPS}  # the table shows what the JSON holds
+    expected = {s: 'ok' for s in STEPS[:-1]} | {'nanogpt_speedrun': 'skipped'}  # (--nanogpt='': none)
+    assert {s: r['status'] for s, r in rows.items()} == expected, [(r['step'], r['summary'], r.get('tail'))
+                                                                  for r in doc['steps']]
+    assert 'no nanoGPT checkout' in rows['nanogpt_speedrun']['summary']
+    assert table_rows(stdout) == expected  # the table shows what the JSON holds
     tests = rows['cuda_tests']
     assert tests['skipped'] > 0 and tests['passed'] == tests['failed'] == 0  # (no GPU: skipped, with their reason)
     t = rows['throughput']
@@ -92,7 +94,8 @@ def test_a_timeout_kills_the_whole_process_group(tmp_path):
 
 
 def test_a_command_that_ignores_sigterm_gets_sigkill():
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
+    code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); "
+            "time.sleep(600)")
     r = gpu_check.run_command([sys.executable, '-c', code], ROOT, limit=2)
     assert r['timed_out'] and r['rc'] == -9 and 'up' in r['output']
 
@@ -145,14 +148,15 @@ def test_a_nanogpt_checkout_is_compared_against(tmp_path, char_data, shakespeare
         (ng / name).write_text(text)
     out = tmp_path / 'results.json'
     run('gpu_check.py', '--smoke=True', f'--out={out}', f'--data_dir={char_data}', f'--nanogpt={ng}',
-        f'--shakespeare={shakespeare_text}', '--steps=throughput,speedrun', timeout=300)
+        f'--shakespeare={shakespeare_text}', '--steps=throughput,speedrun,nanogpt_speedrun', timeout=300)
     rows = {r['step']: r for r in json.loads(out.read_text())['steps']}
-    assert rows['throughput']['status'] == 'ok' and rows['speedrun']['status'] == 'ok', rows
+    assert [r['status'] for r in rows.values()] == ['ok'] * 3, rows
     t = rows['throughput']
     assert t['reference']['ms'] == 100.0 and t['reference']['tok_s'] == pytest.approx(2 * 64 / 0.1)  # (smoke's batch)
     assert t['ratio'] == pytest.approx(t['ours']['tok_s'] / t['reference']['tok_s']) and t['target'] == 1.3
     assert '--real_data=False' in (ng / 'bench_argv.txt').read_text()
-    n = rows['speedrun']['nanogpt']
-    assert (n['status'], n['final_val'], n['best_val'], n['iters']) == ('ok', 1.48, 1.46, 500)
+    n = rows['nanogpt_speedrun']
+    assert (n['final_val'], n['best_val'], n['iters']) == (1.48, 1.46, 500)
+    assert n['wall_ratio'] == pytest.approx(rows['speedrun']['ours']['wall_s'] / n['wall_s'])
     assert (ng / 'train_argv.txt').read_text().startswith('config/train_shakespeare_char.py')
     assert (ng / 'data' / 'shakespeare_char' / 'train.bin').exists()  # its data was prepared from our text first
