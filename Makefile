@@ -13,7 +13,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-test.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test test-all test-compat bench clean
+.PHONY: setup demo test test-all test-compat bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,11 @@ test-compat:
 
 bench: $(STAMP)
 	$(BIN)/python bench.py
+
+# make gpu-check: on one NVIDIA GPU, in under 8 minutes, the cuda tests, training and decoding speed, determinism and
+# the GPU speedrun, as one table (and gpu_check.json); against nanoGPT where ../nanoGPT is checked out
+gpu-check: $(STAMP)
+	$(BIN)/python gpu_check.py
 
 clean:
 	rm -rf out-* __pycache__ .pytest_cache
