@@ -476,9 +476,18 @@ class Run:
             return 0
         if (complete if complete is not None else ckpt['iter_num'] >= total):
             self.log(f"the run in {self.out_dir} is complete ({ckpt['iter_num']} of {total} steps): nothing to resume")
+            self.close()
             raise SystemExit(0)
         checkpoint.set_rng_state(ckpt['rng'])
         return ckpt['iter_num']
+
+    def close(self):
+        """Every rank leaves together, then the process group goes while Python is whole: rank 0 may still be
+        writing the last checkpoint, and a rank tearing its group down alone at exit aborted now and then (SIGABRT,
+        as train.py saw; once in a CI run of ppo.py on 2 processes)."""
+        if self.ddp and self.dist.is_initialized():
+            self.dist.barrier()
+            self.dist.destroy_process_group()
 
     def stop_if_signalled(self, save, done, total, unit='step'):
         """After a step: if SIGTERM or Ctrl-C reached any process (every rank agrees, so all stop after the same
@@ -487,6 +496,7 @@ class Run:
             save(done)
             self.log(f"stopped by signal after {unit} {done} of {total}, checkpoint saved; continue with "
                      f"`python {os.path.basename(sys.argv[0])} --resume=True --out_dir={self.out_dir}`")
+            self.close()
             raise SystemExit(0)
 
     def share(self, m):

@@ -184,3 +184,4 @@ for step in range(start, max_iters + 1):
     run.record(event='train', iter=step, **stats)
     run.stop_if_signalled(lambda done: save(done, val_loss), step + 1, max_iters)
 run.log(f"saved the policy to {os.path.join(out_dir, 'ckpt.pt')}")
+run.close()

@@ -229,3 +229,4 @@ for it in range(start, iters):
         save(it + 1)
 save(iters)
 run.log(f"saved the policy to {os.path.join(out_dir, 'ckpt.pt')}")
+run.close()

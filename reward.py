@@ -205,3 +205,4 @@ if norm_prompts:
     run.record(event='normalise', prompts=int(total[1]), mean_reward_before=shift)
 save(max_iters, done=True, shift=shift)
 run.log(f"saved the reward model to {os.path.join(out_dir, 'ckpt.pt')} (held-out pairwise accuracy {val_acc:.4f})")
+run.close()
