@@ -234,12 +234,14 @@ def test_sort_training_learns_to_sort(tmp_path):
 
 
 def test_adder_training_improves_exact_match(tmp_path):
-    data, out = train_demo(tmp_path, 'adder', 'train_adder.py', '--max_iters=600', '--lr_decay_iters=600',
-                           '--eval_interval=600')
+    # (exact match climbs steeply mid-run, at an iteration that moves with the CPU's float rounding: after 600
+    # iterations 0.82 on an Intel Xeon, 0.476 on an AMD EPYC with AVX-512; after 1000, 1.0 on the EPYC)
+    data, out = train_demo(tmp_path, 'adder', 'train_adder.py', '--max_iters=1000', '--lr_decay_iters=1000',
+                           '--eval_interval=1000')
     tokens, mask = demos.load_examples(str(data), 'val')
     before, _ = demos.exact_match(untrained(out), tokens, mask)
     after, _ = demos.exact_match(trained(out), tokens, mask)
-    assert before < 0.05 and after > 0.5, (before, after)  # 0.82 when written
+    assert before < 0.05 and after > 0.5, (before, after)
 
 
 def test_igpt_training_beats_unigram_entropy_and_draws_completions(tmp_path):
