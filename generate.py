@@ -214,16 +214,28 @@ class Engine:
         while engine.pending():
             for rid, token, finish in engine.step(): ...   # finish: None, 'stop' (a stop id) or 'length'
 
-    Not thread-safe: one thread drives it. decoder: compile_decoder(model), run for the one-token steps on a
-    static cache. generator: the shared random stream of requests without a seed."""
+    Not thread-safe: one thread drives it. decoder: compile_decoder(model) or CUDAGraphDecoder(model), run for
+    the one-token steps on a static cache. generator: the shared random stream of requests without a seed.
 
-    def __init__(self, model, max_batch=16, dtype=None, decoder=None, generator=None):
+    sync_every: one-token steps the device may take before the host reads their tokens (None: SYNC_EVERY for
+    the device). Reading a token waits for the device to finish, and a GPU then idles while the host prepares
+    the next step; with sync_every=k a step() feeds each sampled token straight back on the device for up to k
+    steps (sampling included), reads them all at once and returns up to k events per request, in order. A row
+    that stops inside such a chunk wastes at most k - 1 of its batch's steps; waiting requests join at the
+    chunk's end (no chunk while a slot is free for them). Greedy tokens are the same for any k."""
+
+    SYNC_EVERY = {'cuda': 8}  # (elsewhere 1: a CPU's result is ready when the op returns, so a read costs nothing)
+
+    def __init__(self, model, max_batch=16, dtype=None, decoder=None, generator=None, sync_every=None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if sync_every is not None and sync_every < 1:
+            raise ValueError(f"sync_every must be >= 1, got {sync_every}")
         self.model, self.max_batch, self.decoder = model, max_batch, decoder
         self.device = model.transformer.wte.weight.device
         self.dtype = dtype
         self.generator = generator
+        self.sync_every = sync_every or self.SYNC_EVERY.get(self.device.type, 1)
         self.cache = None
         self.rows, self.waiting = [], deque()  # rows[i] decodes in cache slot i
         self.next_id = 0
@@ -265,10 +277,14 @@ class Engine:
 
     @torch.inference_mode()
     def step(self):
-        """One token for every running request; admits waiting ones. Returns [(rid, token, finish)]."""
+        """One token for every running request (up to sync_every of them: see the class); admits waiting ones.
+        Returns [(rid, token, finish)], a request's events in order."""
         if self.cache is None and self.waiting:
             self.cache = KVCache(self.model.config, self.max_batch, self.device, self.model.transformer.wte.weight.dtype,
                                  static=self.decoder is not None)
+        k = self._chunk()
+        if k > 1:
+            return self._decode_chunk(k)
         with autocast_ctx(self.device, self.dtype) if self.dtype else contextlib.nullcontext():
             logits = [self._decode()] if self.rows else []
             new = []
@@ -279,16 +295,48 @@ class Engine:
         if not logits:
             return []
         logits = torch.cat(logits)[:, :self.model.config.vocab_size].float()
-        tokens = self._sample(logits).tolist()
-        events, done = [], []
-        for i, (row, token) in enumerate(zip(self.rows, tokens)):
-            row.tokens.append(token)
-            finish = ('stop' if token in row.stop_ids else
-                      'length' if len(row.tokens) - row.n_prompt >= row.max_new else None)
-            events.append((row.rid, token, finish))
-            if finish:
-                done.append(i)
-        for i in reversed(done):
+        return self._finish(self._sample(logits, self._groups())[:, None].tolist())
+
+    def _chunk(self):
+        """How many one-token steps the next step() takes before the host reads their tokens: up to sync_every,
+        while no request waits for a free slot and every row stays within the context (a row past it slides its
+        window, which only the host can arrange), no more than the longest remaining budget."""
+        n = len(self.rows)
+        if self.sync_every == 1 or not n or (self.waiting and n < self.max_batch):
+            return 1
+        room = self.model.config.block_size - max(self.cache.lengths[:n])
+        budget = max(row.max_new - (len(row.tokens) - row.n_prompt) for row in self.rows)
+        return max(1, min(self.sync_every, room, budget))
+
+    def _decode_chunk(self, k):
+        """k one-token steps of every running row, each sampled token fed back on the device; one read."""
+        n, V = len(self.rows), self.model.config.vocab_size
+        groups = self._groups()
+        tokens = torch.tensor([[row.tokens[-1]] for row in self.rows], device=self.device)
+        steps = []
+        with autocast_ctx(self.device, self.dtype) if self.dtype else contextlib.nullcontext():
+            for _ in range(k):
+                logits = (self.decoder or self.model)(tokens, kv_cache=self.cache.select(0, n))[0][:, -1]
+                tokens = self._sample(logits[:, :V].float(), groups, steps)[:, None]
+                steps.append(tokens)
+        return self._finish(torch.cat(steps, dim=1).tolist())
+
+    def _finish(self, tokens):
+        """Hand each row its new tokens (tokens[i]: row i's, in order) up to its first stop; free finished rows.
+        Returns the events, step by step."""
+        events, done = [], set()
+        for j in range(len(tokens[0]) if tokens else 0):
+            for i, row in enumerate(self.rows):
+                if i in done:
+                    continue  # (stopped earlier in the chunk: the rest of its tokens are dropped)
+                token = tokens[i][j]
+                row.tokens.append(token)
+                finish = ('stop' if token in row.stop_ids else
+                          'length' if len(row.tokens) - row.n_prompt >= row.max_new else None)
+                events.append((row.rid, token, finish))
+                if finish:
+                    done.add(i)
+        for i in sorted(done, reverse=True):
             self._free(i)
         return events
 
@@ -340,24 +388,39 @@ class Engine:
             self.cache.lengths[j] = full
             self.rows[i], self.rows[j] = self.rows[j], self.rows[i]
 
-    def _sample(self, logits):
-        """Next tokens for all rows: rows that share their settings and the shared random stream in one call
-        (what a batch of samples of one prompt is), rows with their own stream one at a time."""
-        out = torch.empty(len(self.rows), dtype=torch.long, device=self.device)
+    def _groups(self):
+        """The rows that sample in one call: those that share their settings and the shared random stream (what a
+        batch of samples of one prompt is); a row with its own stream alone. [(rows as an index tensor, or None
+        for all of them, params, generator, the penalty's earlier tokens or None)]"""
         groups = {}
         for i, row in enumerate(self.rows):
             key = (('own', i) if row.generator is not None else
                    row.params.shared() + ((len(row.tokens),) if row.params.repetition_penalty != 1.0 else ()))
             groups.setdefault(key, []).append(i)  # (the penalty reads earlier tokens: a group stacks equal lengths)
-        for key, idx in groups.items():
+        out = []
+        for idx in groups.values():
             p = self.rows[idx[0]].params
             prev = None
             if p.repetition_penalty != 1.0:
                 prev = torch.tensor([self.rows[i].tokens for i in idx], device=self.device)
-            gen = self.rows[idx[0]].generator or self.generator
-            sel = torch.tensor(idx, device=self.device)
-            out[sel] = sample_next(logits[sel], prev, p.temperature, p.top_k, p.top_p, p.min_p,
-                                   p.repetition_penalty, gen)[:, 0]
+            sel = None if len(idx) == len(self.rows) else torch.tensor(idx, device=self.device)
+            out.append((sel, p, self.rows[idx[0]].generator or self.generator, prev))
+        return out
+
+    def _sample(self, logits, groups, steps=()):
+        """Next token (rows,) of every row, by groups (_groups). steps: the (rows, 1) tokens sampled since the
+        groups were made (a chunk's), which the repetition penalty counts as earlier tokens too."""
+        out = None
+        for sel, p, gen, prev in groups:
+            if prev is not None and steps:
+                prev = torch.cat([prev] + [s if sel is None else s[sel] for s in steps], dim=1)
+            token = sample_next(logits if sel is None else logits[sel], prev, p.temperature, p.top_k, p.top_p,
+                                p.min_p, p.repetition_penalty, gen)[:, 0]
+            if sel is None:
+                return token
+            if out is None:
+                out = torch.empty(logits.size(0), dtype=torch.long, device=logits.device)
+            out[sel] = token
         return out
 
     def _free(self, i):
@@ -370,11 +433,12 @@ class Engine:
 
 
 def generate_batch(model, prompts, max_new_tokens, stop_ids=(), max_batch=64, dtype=None, decoder=None,
-                   generator=None, **sampling):
+                   generator=None, sync_every=None, **sampling):
     """Decode prompts of any lengths in batches: [(new token ids, finish reason)] in the prompts' order, each
     row's ids ending with its stop id if it met one. max_new_tokens: one for all, or a list with one per prompt.
     sampling: SamplingParams' fields, for every prompt."""
-    engine = Engine(model, max_batch=max_batch, dtype=dtype, decoder=decoder, generator=generator)
+    engine = Engine(model, max_batch=max_batch, dtype=dtype, decoder=decoder, generator=generator,
+                    sync_every=sync_every)
     budgets = max_new_tokens if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
     rids = [engine.add(p, n, SamplingParams(**sampling), stop_ids) for p, n in zip(prompts, budgets)]
     out = {rid: [] for rid in rids}
@@ -389,13 +453,15 @@ def generate_batch(model, prompts, max_new_tokens, stop_ids=(), max_batch=64, dt
 
 @torch.no_grad()
 def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, min_p=None,
-                    repetition_penalty=1.0, eos_token_id=None, use_cache=True, generator=None, decoder=None):
+                    repetition_penalty=1.0, eos_token_id=None, use_cache=True, generator=None, decoder=None,
+                    sync_every=None):
     """Yield (B, 1) next tokens one at a time, for streaming. idx: (B, T) prompts of equal length (several
     samples of one prompt; prompts of different lengths go through Engine or generate_batch).
 
     With use_cache the engine decodes the rows (one token per step on the KV cache; past block_size it slides
     the window). use_cache=False recomputes the whole context every step: the reference the cache is tested
-    against. decoder: compile_decoder(model), run for the one-token steps on a static cache.
+    against. decoder: compile_decoder(model), run for the one-token steps on a static cache. sync_every: the
+    Engine's (tokens decoded on the device between reads; they are yielded one at a time all the same).
     temperature=0 is greedy. Rows that produced eos_token_id keep emitting it; the stream stops
     early once every row has."""
     check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
@@ -406,13 +472,16 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     bs = model.config.block_size
     finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
     if use_cache:  # the engine, all rows in one batch, sharing the settings and the random stream
-        engine = Engine(model, max_batch=idx.size(0), decoder=decoder, generator=generator)
+        engine = Engine(model, max_batch=idx.size(0), decoder=decoder, generator=generator, sync_every=sync_every)
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
         rids = [engine.add(row, max_new_tokens, params, crop=True) for row in idx.tolist()]
+        queued = {rid: deque() for rid in rids}  # (a step may bring several tokens of each row)
     for _ in range(max_new_tokens):
         if use_cache:
-            step = {rid: token for rid, token, _ in engine.step()}  # (rows past the context move to the end)
-            next_id = torch.tensor([[step[rid]] for rid in rids], device=idx.device)
+            while not all(queued.values()):
+                for rid, token, _ in engine.step():  # (rows past the context move to the end: keyed by id)
+                    queued[rid].append(token)
+            next_id = torch.tensor([[queued[rid].popleft()] for rid in rids], device=idx.device)
         else:
             logits, _ = model(idx[:, -bs:])
             logits = logits[:, -1, :model.config.vocab_size].float()

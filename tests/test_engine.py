@@ -49,15 +49,16 @@ def ragged_prompts(lengths, seed=1):
     return [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in lengths]
 
 
+@pytest.mark.parametrize('sync_every', [1, 5])
 @pytest.mark.parametrize('kw', [dict(), dict(pos_emb='rope'), dict(attn_pattern='alternating', attn_window=5),
                                 dict(attn_impl='explicit', post_norm=True)])
-def test_ragged_batch_equals_each_prompt_alone(kw):
+def test_ragged_batch_equals_each_prompt_alone(kw, sync_every):
     model = random_gpt(**kw)
     prompts = ragged_prompts([1, 7, 48, 3, 30, 12])  # 1 .. block_size
     # an end token that row 1 meets early: that row stops, the others go on (and past the context)
     greedy = alone(model, prompts[1], 20)
     stop = next(t for i, t in enumerate(greedy) if i >= 4 and t not in greedy[:i])
-    got = generate_batch(model, prompts, 20, stop_ids={stop}, temperature=0)
+    got = generate_batch(model, prompts, 20, stop_ids={stop}, temperature=0, sync_every=sync_every)
     for p, (tokens, finish) in zip(prompts, got):
         want = alone(model, p, 20, stop)
         assert tokens == want
@@ -116,6 +117,43 @@ def test_seeded_requests_sample_the_same_tokens_alone_and_batched():
     assert run(range(4), 2) == batched  # two slots: rows wait, then join
 
 
+def test_chunked_steps_give_the_tokens_of_one_step_at_a_time():
+    """sync_every=4 (several steps on the device per read of the host) against sync_every=1: the same tokens and
+    finish reasons per request, greedy and with per-request seeds (penalty included), with requests waiting for
+    slots, stopping inside a chunk, and sliding past the context; steps do bring several tokens of a request."""
+    model = random_gpt()
+    prompts = ragged_prompts([5, 9, 2, 17, 11, 4, 45], seed=3)
+    budget = [12, 3, 20, 7, 15, 9, 10]  # the last one reaches the context's end (48) and slides past it
+    settings = [dict(temperature=0), dict(temperature=0), dict(temperature=1.0, seed=1),
+                dict(temperature=0.8, top_k=20, seed=2), dict(temperature=0), dict(temperature=1.0, top_p=0.9, seed=3),
+                dict(temperature=1.0, min_p=0.1, repetition_penalty=1.3, seed=4)]
+    stop = alone(model, prompts[0], 12)[6]  # request 0 stops at its 7th token at the latest: inside a chunk
+
+    def run(sync_every):
+        engine = Engine(model, max_batch=3, sync_every=sync_every)
+        rids = {engine.add(p, n, SamplingParams(**s), stop_ids={stop}): i
+                for i, (p, n, s) in enumerate(zip(prompts, budget, settings))}
+        out, finish, most = {i: [] for i in rids.values()}, {}, 0
+        while engine.pending():
+            events = engine.step()
+            for rid, token, why in events:
+                assert rids[rid] not in finish  # nothing after a request's last token
+                out[rids[rid]].append(token)
+                if why:
+                    finish[rids[rid]] = why
+            most = max([most] + [sum(r == rid for r, _, _ in events) for rid in rids])
+        return out, finish, most
+
+    one, one_finish, one_most = run(1)
+    four, four_finish, four_most = run(4)
+    assert one_most == 1 and four_most == 4
+    assert four == one and four_finish == one_finish
+    assert one_finish[0] == 'stop' and one[0][-1] == stop and len(one[0]) <= 7
+    assert one[0] == alone(model, prompts[0], 12, stop)
+    assert one[1] == alone(model, prompts[1], 3, stop) and one[4] == alone(model, prompts[4], 15, stop)
+    assert len(set(map(tuple, one.values()))) == len(one)
+
+
 def test_engine_rejects_bad_requests():
     model = random_gpt()
     engine = Engine(model, max_batch=2)
@@ -130,6 +168,8 @@ def test_engine_rejects_bad_requests():
     with pytest.raises(ValueError, match='out of range'):
         engine.add([VOCAB], 5)
     assert engine.pending() == 0 and engine.step() == []
+    with pytest.raises(ValueError, match='sync_every'):
+        Engine(model, sync_every=0)
 
 
 def test_cache_rows_of_different_lengths_give_each_rows_forward():
