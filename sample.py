@@ -162,7 +162,7 @@ def main():
             for prompt, p in zip(prompts, ids):
                 out = beam_search(model, torch.tensor([p], device=dev), max_new_tokens, num_beams=num_beams,
                                   length_penalty=length_penalty, eos_token_id=eos, use_cache=use_cache)
-                clock.tick()
+                clock.tick(out.size(1) - len(p))
                 results.append(finished(prompt, out[0, len(p):].tolist(), eos, stops, decode))
                 print(prompt + results[-1]['completion'])
         elif len(prompts) == 1 and num_samples == 1 or not use_cache:
@@ -181,9 +181,10 @@ def main():
             rows = {engine.add(p, max_new_tokens, params, stop_ids={eos} if eos is not None else ()): (prompt, [])
                     for prompt, p in zip(prompts, ids) for _ in range(num_samples)}
             while engine.pending():
-                for rid, token, _ in engine.step():
+                events = engine.step()
+                for rid, token, _ in events:
                     rows[rid][1].append(token)
-                clock.tick()
+                clock.tick(len(events))
             for prompt, tokens in rows.values():
                 results.append(finished(prompt, tokens, eos, stops, decode))
                 print(prompt + results[-1]['completion'] + '\n---------------')
@@ -199,19 +200,22 @@ class Clock:
     """Time to the first token (the prefill, and a compile if any) apart from the tokens/s after it."""
 
     def __init__(self):
-        self.t0, self.first, self.last, self.steps = time.perf_counter(), None, None, 0
+        self.t0, self.first, self.last = time.perf_counter(), None, None
+        self.tokens = self.first_tokens = 0  # decoded in all, and by the first tick
 
-    def tick(self):
+    def tick(self, tokens=1):
+        """tokens: how many the step just finished brought (an engine step: one per row, or a chunk of each)."""
         self.last = time.perf_counter()
-        self.first = self.first or self.last
-        self.steps += 1
+        self.tokens += tokens
+        if self.first is None:
+            self.first, self.first_tokens = self.last, tokens
 
     def report(self, n_tokens):
         if self.first is None:
             return "no tokens"
         line = f"{n_tokens} tokens in {self.last - self.t0:.2f}s, first token after {self.first - self.t0:.2f}s"
-        if self.steps > 1 and self.last > self.first:
-            line += f"; then {(n_tokens - n_tokens / self.steps) / (self.last - self.first):.1f} tokens/s"
+        if self.tokens > self.first_tokens and self.last > self.first:
+            line += f"; then {(self.tokens - self.first_tokens) / (self.last - self.first):.1f} tokens/s"
         return line
 
 
