@@ -33,8 +33,8 @@ or pick them with --variants=a,b,... where a variant is 'reference' (a plain nan
 loop, bench_reference.py, with torch.optim.AdamW's defaults), 'hf' (transformers' GPT2LMHeadModel.generate on
 the same weights, sample mode), or our model with '+'-joined settings over the config's:
 eager|compile, fp32|bf16|fp16, sdpa|explicit, forloop|foreach|fused (AdamW implementation),
-cache|nocache, rowmajor (sample: the weights as trained, without generate.decode_layout; and in sample mode
-compile is generate.compile_decoder, the one-token step on a static cache), int8 (sample: quantize.quantize_int8),
+cache|nocache, rowmajor|colmajor (sample: the weights as trained, without generate.decode_layout, or laid out
+column-major by it instead of packed for oneDNN; and in sample mode compile is generate.compile_decoder, the one-token step on a static cache), int8 (sample: quantize.quantize_int8),
 cudagraph (sample, CUDA: generate.CUDAGraphDecoder, the step replayed from a CUDA graph), dense|local|alternating
 (attention pattern, band attn_window), e.g.
 --variants=reference,compile+bf16+fused or, for GPT-3's banded attention at long context,
@@ -57,9 +57,9 @@ import hf
 from bench_reference import RefGPT
 from checkpoint import load_model
 from configurator import UserError
-from device import (autocast_ctx, cpu_has_fast_bf16, cpu_has_native_bf16, cpu_name, device_peak_flops, pick_device,
-                    pick_dtype, shut_down)
-from generate import CUDAGraphDecoder, compile_decoder, decode_layout, generate
+from device import (autocast_ctx, cpu_has_fast_bf16, cpu_has_native_bf16, cpu_name, decode_dtype, device_peak_flops,
+                    pick_device, pick_dtype, shut_down)
+from generate import CUDAGraphDecoder, compile_decoder, decode_layout, generate, packing_pays
 from model import PRESETS, cpu_training_avoids_sdpa
 from tokendata import TokenData, dataset_dir
 
@@ -159,9 +159,9 @@ def parse_variant(name, dev):
         if name == 'hf' and mode != 'sample':
             raise UserError("variant 'hf' is for sample mode")
         return dict(kind=name, dtype='float32', compile=False, attn='sdpa', optim='forloop', cache=True, pattern='',
-                    rowmajor=False, int8=False, cudagraph=False)
-    v = dict(kind='ours', dtype=pick_dtype(dtype, dev), compile=compile, attn=attn_impl, optim='', cache=True,
-             pattern='', rowmajor=False, int8=False, cudagraph=False)
+                    layout='', int8=False, cudagraph=False)
+    v = dict(kind='ours', dtype=(decode_dtype if mode == 'sample' else pick_dtype)(dtype, dev), compile=compile, attn=attn_impl, optim='', cache=True,
+             pattern='', layout='', int8=False, cudagraph=False)
     for word in name.split('+'):
         if word == 'ours':
             pass  # the config as it is
@@ -177,8 +177,8 @@ def parse_variant(name, dev):
             v['optim'] = word
         elif word in ('cache', 'nocache'):
             v['cache'] = word == 'cache'
-        elif word == 'rowmajor':
-            v['rowmajor'] = True  # sample mode: keep the training layout of the weights (no decode_layout)
+        elif word in ('rowmajor', 'colmajor'):
+            v['layout'] = word  # sample mode: the training layout of the weights (no decode_layout), or column-major
         elif word in ('int8', 'cudagraph'):
             if mode != 'sample':
                 raise UserError(f"variant word {word!r} is for sample mode")
@@ -188,7 +188,7 @@ def parse_variant(name, dev):
         else:
             raise UserError(f"unknown variant word {word!r} in {name!r}: use reference, hf, or '+'-joined "
                             f"eager|compile, fp32|bf16|fp16, sdpa|explicit, {'|'.join(OPTIMS)}, cache|nocache, "
-                            f"rowmajor, int8, cudagraph, {'|'.join(PATTERNS)}")
+                            f"rowmajor|colmajor, int8, cudagraph, {'|'.join(PATTERNS)}")
     return v
 
 
@@ -212,7 +212,9 @@ def describe(v, c, dev):
         parts.append('KV cache' if v['cache'] else 'no cache')
         parts += ['int8 weights'] * v['int8'] + ['CUDA graph'] * v['cudagraph']
         if dev.startswith('cpu'):
-            parts.append('row-major weights' if v['rowmajor'] else 'decode layout')
+            parts.append({'rowmajor': 'row-major weights', 'colmajor': 'column-major weights'}.get(
+                v['layout'], 'oneDNN-packed weights' if packs(v) and not v['int8'] and packing_pays() else
+                'decode layout'))
     return ', '.join(parts)
 
 
@@ -275,13 +277,19 @@ def hf_generate_step(base, dev, prompt):
     return step, max_new_tokens * prompt.size(0)
 
 
+def packs(v):
+    """Does sample mode ask decode_layout to pack this variant's weights for oneDNN? (As sample.py: not when
+    compiled, which traces no oneDNN tensors, nor for bf16/fp16, which the packed float32 weights do not serve.)"""
+    return not v['layout'] and not v['compile'] and v['dtype'] == 'float32'
+
+
 def sample_step(m, v, ctx, dev, prompt):
     """Greedy generation of max_new_tokens with generate.py, as sample.py runs it."""
     if v['int8']:
         from quantize import quantize_int8
         quantize_int8(m)
-    if not v['rowmajor']:
-        decode_layout(m)
+    if v['layout'] != 'rowmajor':  # (compiled: column-major, which torch.compile traces)
+        decode_layout(m, pack=packs(v))
     if (v['compile'] or v['cudagraph']) and not v['cache']:
         raise UserError("variants 'compile'/'cudagraph' step on the KV cache; drop nocache")
     decoder = compile_decoder(m) if v['compile'] else None  # as sample.py

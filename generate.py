@@ -12,6 +12,8 @@ the same settings give the same tokens (tests/test_generate.py checks them again
 """
 
 import contextlib
+import functools
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Optional
@@ -23,21 +25,90 @@ from device import autocast_ctx
 from kvcache import KVCache
 
 
-def decode_layout(model):
-    """Store every Linear weight of a model used only for generation column-major (the memory of its
-    transpose; the same (out, in) tensor and values): a one-token step is one matrix-vector product per
-    layer, and the CPU's BLAS (MKL here) streams an (in, out) row-major matrix through x @ W faster than an
-    (out, in) one: GPT-2 124M decodes 1.17x faster, 51.6 against 60.2 ms per token on a 2-core AVX2 EPYC; the
-    4-layer model, whose steps are op overhead more than weights, 1.00-1.09x (`python bench.py --mode=sample
-    --model=gpt2 --variants=cache,cache+rowmajor,hf`). transformers' GPT-2 Conv1D keeps its weights this way.
-    Only on the CPU, where it was measured; tied weights stay tied (each Parameter keeps its identity).
-    Returns the model."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and module.weight.device.type == 'cpu':
-            w = module.weight
-            if w.is_contiguous():  # (not yet laid out: calling it twice changes nothing)
-                w.data = w.data.t().contiguous().t()
+def decode_layout(model, pack=True):
+    """Lay out a model used only for generation (sample.py, serve.py, bench.py) for its decoding steps on the
+    CPU, where a step is a few rows of activations against every weight, and how the BLAS reads the weights
+    sets the speed. Returns the model.
+
+    pack=True (where oneDNN pays on this machine: packing_pays): every float32 nn.Linear becomes a PackedLinear,
+    its weight reordered once into oneDNN's blocked layout for this CPU (the layout torch.compile's CPU backend
+    gives frozen weights): GPT-2 124M on a 2-core AMD EPYC (AVX-512), fp32, 22 against 33 ms a token at batch 1
+    and 31 against 83-91 ms a step at batch 8, where MKL runs a skinny matrix product at a quarter of the
+    memory's speed (`python bench.py --mode=sample --model=gpt2 --variants=fp32,fp32+colmajor`). Logits equal
+    the Linear's within float rounding. The packed weight replaces the Parameter (no second copy); a tied head
+    gets its own packed copy (the embedding keeps the original), so the model no longer trains or saves as
+    before: pack after loading, for decoding only.
+    Otherwise (pack=False, e.g. for torch.compile, which does not trace oneDNN's opaque tensors, or where oneDNN
+    loses): every Linear weight is stored column-major (the memory of its transpose; the same (out, in)
+    Parameter and values), which MKL streams through x @ W faster at batch 1 (1.17x at 124M on a 2-core AVX2
+    EPYC); tied weights stay tied. Only CPU weights are touched, and calling it twice changes nothing."""
+    pack = pack and packing_pays()
+    for parent in list(model.modules()):
+        for name, module in list(parent.named_children()):
+            if not isinstance(module, torch.nn.Linear) or module.weight.device.type != 'cpu':
+                continue
+            if pack and type(module) is torch.nn.Linear and module.weight.dtype == torch.float32:
+                setattr(parent, name, PackedLinear(module))  # (not a LoRA layer: merge it first, lora.strip)
+            elif module.weight.is_contiguous():
+                module.weight.data = module.weight.data.t().contiguous().t()
     return model
+
+
+class PackedLinear(torch.nn.Module):
+    """A float32 Linear for decoding on the CPU, its weight in oneDNN's blocked layout (decode_layout). Float32
+    activations go through oneDNN's matmul on the packed weight; anything else (bf16 autocast, another dtype)
+    through F.linear on the weight unpacked for the call (correct, slow)."""
+
+    def __init__(self, linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, oneDNN"
+
+    def forward(self, x):
+        if x.dtype == torch.float32 and not torch.is_autocast_enabled('cpu'):
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, 'none', [], '')
+        return F.linear(x, self.packed.to_dense().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def packing_pays():
+    """Does this CPU decode faster on oneDNN-packed weights than on column-major ones? Tried once per process
+    on 8 layers of GPT-2's MLP shape (768 -> 3072, 75 MB: out of the caches, as a model's weights are), one row
+    of activations: the packed result must equal F.linear's within float rounding and take at most 0.9x its
+    time. False where this torch has no oneDNN (~60 ms)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    g = torch.Generator().manual_seed(0)
+    layers = [torch.nn.Linear(768, 3072, bias=False) for _ in range(8)]
+    for lin in layers:
+        torch.nn.init.normal_(lin.weight, std=0.02, generator=g)
+    x = torch.randn(1, 768, generator=g)
+    try:
+        packed = [PackedLinear(lin) for lin in layers]
+        ref = F.linear(x, layers[0].weight)
+        if not torch.allclose(packed[0](x), ref, rtol=1e-4, atol=1e-5):
+            return False
+    except (RuntimeError, AttributeError, NotImplementedError):  # (no such op in this build)
+        return False
+    for lin in layers:
+        lin.weight.data = lin.weight.data.t().contiguous().t()
+
+    def best(mods):
+        with torch.inference_mode():
+            for m in mods:
+                m(x)
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for m in mods:
+                    m(x)
+                times.append(time.perf_counter() - t0)
+        return min(times)
+    return best(packed) <= 0.9 * best(layers)
 
 
 def compile_decoder(model):

@@ -126,7 +126,8 @@ def main():
     if quantize == 'int8':
         from quantize import quantize_int8
         quantize_int8(model)
-    decode_layout(model)  # (only generates: weights laid out for one-token steps)
+    # (only generates: weights laid out for one-token steps; column-major where compile traces them, or bf16)
+    decode_layout(model, pack=not compile and dt == 'float32')
     encode, decode, eot = get_tokenizer(meta)
     try:
         decoder = compile_decoder(model) if compile and num_beams == 1 else None

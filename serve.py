@@ -804,10 +804,11 @@ def main():
     sock = open_socket(host, port)
     model, meta, _ = load_model(init_from, out_dir, ckpt_name, dropout=0.0)
     model.to(dev).eval()
+    n_params = sum(p.numel() for p in model.parameters())
     if quantize == 'int8':  # (as sample.py --quantize=int8)
         from quantize import quantize_int8
         quantize_int8(model)
-    decode_layout(model)  # (only generates: weights laid out for one-token steps)
+    decode_layout(model, pack=dt == 'float32')  # (only generates: weights laid out for one-token steps)
     name = model_name or (Path(out_dir).resolve().name if init_from == 'resume' else Path(init_from).name)
     server = Server(model, meta, name)
     server.engine = Engine(model, max_batch=max_batch, dtype=dt)  # (a dtype name, as device.autocast_ctx takes it)
@@ -818,7 +819,7 @@ def main():
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://{'[' + bound_host + ']' if ':' in bound_host else bound_host}:{bound_port}"
     keyed = bool(api_key or os.environ.get(KEY_VARIABLE))
-    print(f"serving {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, context "
+    print(f"serving {name} ({n_params / 1e6:.2f}M parameters, context "
           f"{server.block_size}, {'chat and completions' if server.chat else 'completions only (no chat tokens)'}; "
           f"{dev}, {dt}; batch {max_batch}) at {url}", flush=True)
     if host in ('127.0.0.1', 'localhost', '::1'):

@@ -7,6 +7,8 @@ import torch
 import hf as hf_io
 from generate import (apply_min_p, apply_repetition_penalty, apply_top_k, apply_top_p, beam_search,
                       check_sampling_args, decode_layout, generate, generate_stream)
+import generate as generate_mod
+from generate import PackedLinear
 from kvcache import KVCache
 from model import GPT, GPTConfig
 
@@ -89,13 +91,13 @@ def test_bf16_cache_matches_no_cache():
     assert torch.equal(fast[:, :26], slow[:, :26])
 
 
-def test_decode_layout_keeps_the_model():
-    """decode_layout changes where each Linear weight's numbers sit in memory, nothing else: the same
+def test_decode_layout_column_major_keeps_the_model():
+    """decode_layout(pack=False) changes where each Linear weight's numbers sit in memory, nothing else: the same
     Parameters (tying kept), values and state_dict, logits equal to the row-major model's, greedy tokens alike."""
     model = random_gpt(block_size=64)
     ref = random_gpt(block_size=64)
     params = dict(model.named_parameters())
-    decode_layout(model)
+    decode_layout(model, pack=False)
     assert dict(model.named_parameters()).keys() == params.keys()
     assert all(p is params[n] for n, p in model.named_parameters())
     assert model.lm_head.weight is model.transformer.wte.weight
@@ -109,6 +111,33 @@ def test_decode_layout_keeps_the_model():
     fast = generate(model, x, 100, temperature=0)
     assert torch.equal(fast, generate(ref, x, 100, temperature=0))
     assert torch.equal(fast, generate(model, x, 100, temperature=0, use_cache=False))
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+@pytest.mark.parametrize('bias', [False, True])
+def test_decode_layout_packed_for_onednn_computes_the_same_model(monkeypatch, bias):
+    """decode_layout(pack=True) puts every float32 Linear's weight into oneDNN's layout (the probe's verdict set
+    aside, so the path runs on every machine): logits of the unpacked model within float rounding, at one row, a
+    batch and a prefill, greedy tokens alike; the embedding keeps the tied matrix; bf16 autocast still works;
+    a second call changes nothing."""
+    monkeypatch.setattr(generate_mod, 'packing_pays', lambda: True)
+    model, ref = random_gpt(block_size=64, bias=bias), random_gpt(block_size=64, bias=bias)
+    wte = model.transformer.wte.weight
+    decode_layout(model)
+    decode_layout(model)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    assert not linears and len(packed) == 4 * 2 + 1  # c_attn, c_proj, c_fc, mlp c_proj per block; the head
+    assert model.transformer.wte.weight is wte and torch.equal(wte, ref.transformer.wte.weight)
+    with torch.no_grad():
+        for x in (prompt(B=1, T=1), prompt(B=3, T=1), prompt(B=2, T=40)):
+            got, want = model(x)[0], ref(x)[0]  # (another summation order: float32 rounding of the largest logit)
+            assert (got - want).abs().max() <= 1e-6 * want.abs().max() * 64 ** 0.5, (got - want).abs().max()
+        x = prompt(B=2, T=20)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            got, want = model(x)[0].float(), ref(x)[0].float()
+        assert (got - want).abs().max() <= 0.02 * want.abs().max()  # both bf16 matmuls: rounding apart
+    assert torch.equal(generate(model, x, 100, temperature=0), generate(ref, x, 100, temperature=0))
 
 
 def test_a_decoder_steps_on_a_static_cache():
