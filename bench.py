@@ -212,9 +212,9 @@ def describe(v, c, dev):
         parts.append('KV cache' if v['cache'] else 'no cache')
         parts += ['int8 weights'] * v['int8'] + ['CUDA graph'] * v['cudagraph']
         if dev.startswith('cpu'):
+            packed = packs(v) and not v['int8'] and packing_pays(1 if batch_size <= 1 else 8)
             parts.append({'rowmajor': 'row-major weights', 'colmajor': 'column-major weights'}.get(
-                v['layout'], 'oneDNN-packed weights' if packs(v) and not v['int8'] and packing_pays() else
-                'decode layout'))
+                v['layout'], 'oneDNN-packed weights' if packed else 'decode layout'))
     return ', '.join(parts)
 
 
@@ -289,7 +289,7 @@ def sample_step(m, v, ctx, dev, prompt):
         from quantize import quantize_int8
         quantize_int8(m)
     if v['layout'] != 'rowmajor':  # (compiled: column-major, which torch.compile traces)
-        decode_layout(m, pack=packs(v))
+        decode_layout(m, pack=packs(v), rows=prompt.size(0))
     if (v['compile'] or v['cudagraph']) and not v['cache']:
         raise UserError("variants 'compile'/'cudagraph' step on the KV cache; drop nocache")
     decoder = compile_decoder(m) if v['compile'] else None  # as sample.py

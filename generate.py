@@ -25,24 +25,26 @@ from device import autocast_ctx
 from kvcache import KVCache
 
 
-def decode_layout(model, pack=True):
+def decode_layout(model, pack=True, rows=1):
     """Lay out a model used only for generation (sample.py, serve.py, bench.py) for its decoding steps on the
     CPU, where a step is a few rows of activations against every weight, and how the BLAS reads the weights
-    sets the speed. Returns the model.
+    sets the speed. rows: how many rows its steps will decode together (1: one prompt; a batch). Returns the
+    model.
 
-    pack=True (where oneDNN pays on this machine: packing_pays): every float32 nn.Linear becomes a PackedLinear,
-    its weight reordered once into oneDNN's blocked layout for this CPU (the layout torch.compile's CPU backend
-    gives frozen weights): GPT-2 124M on a 2-core AMD EPYC (AVX-512), fp32, 22 against 33 ms a token at batch 1
-    and 31 against 83-91 ms a step at batch 8, where MKL runs a skinny matrix product at a quarter of the
-    memory's speed (`python bench.py --mode=sample --model=gpt2 --variants=fp32,fp32+colmajor`). Logits equal
-    the Linear's within float rounding. The packed weight replaces the Parameter (no second copy); a tied head
-    gets its own packed copy (the embedding keeps the original), so the model no longer trains or saves as
-    before: pack after loading, for decoding only.
+    pack=True, where oneDNN pays on this machine at that many rows (packing_pays): every float32 nn.Linear
+    becomes a PackedLinear, its weight reordered once into oneDNN's blocked layout for this CPU (the layout
+    torch.compile's CPU backend gives frozen weights). GPT-2 124M on a 2-core AMD EPYC (AVX-512), fp32, two
+    threads: 24.7 against 32.0 ms a token at batch 1, 33 against 94 ms a step at batch 8, where MKL runs a skinny
+    matrix product far below the memory's speed (`python bench.py --mode=sample --model=gpt2 --threads=2
+    --variants=fp32,fp32+colmajor`); one thread: 38 against 34 ms at batch 1 (oneDNN loses), 51-62 against
+    95-98 ms at batch 8. Logits equal the Linear's within float rounding. The packed weight replaces the
+    Parameter (no second copy); a tied head gets its own packed copy (the embedding keeps the original), so the
+    model no longer trains or saves as before: pack after loading, for decoding only.
     Otherwise (pack=False, e.g. for torch.compile, which does not trace oneDNN's opaque tensors, or where oneDNN
     loses): every Linear weight is stored column-major (the memory of its transpose; the same (out, in)
     Parameter and values), which MKL streams through x @ W faster at batch 1 (1.17x at 124M on a 2-core AVX2
     EPYC); tied weights stay tied. Only CPU weights are touched, and calling it twice changes nothing."""
-    pack = pack and packing_pays()
+    pack = pack and packing_pays(1 if rows <= 1 else 8)
     for parent in list(model.modules()):
         for name, module in list(parent.named_children()):
             if not isinstance(module, torch.nn.Linear) or module.weight.device.type != 'cpu':
@@ -75,18 +77,18 @@ class PackedLinear(torch.nn.Module):
 
 
 @functools.lru_cache(maxsize=None)
-def packing_pays():
-    """Does this CPU decode faster on oneDNN-packed weights than on column-major ones? Tried once per process
-    on 8 layers of GPT-2's MLP shape (768 -> 3072, 75 MB: out of the caches, as a model's weights are), one row
-    of activations: the packed result must equal F.linear's within float rounding and take at most 0.9x its
-    time. False where this torch has no oneDNN (~60 ms)."""
+def packing_pays(rows=1):
+    """Does this CPU decode `rows` rows at a time faster on oneDNN-packed weights than on column-major ones?
+    Tried once per process and row count on 8 layers of GPT-2's MLP shape (768 -> 3072, 75 MB: out of the
+    caches, as a model's weights are): the packed result must equal F.linear's within float rounding and take
+    at most 0.9x its time. False where this torch has no oneDNN (~0.3 s)."""
     if not torch.backends.mkldnn.is_available():
         return False
     g = torch.Generator().manual_seed(0)
     layers = [torch.nn.Linear(768, 3072, bias=False) for _ in range(8)]
     for lin in layers:
         torch.nn.init.normal_(lin.weight, std=0.02, generator=g)
-    x = torch.randn(1, 768, generator=g)
+    x = torch.randn(rows, 768, generator=g)
     try:
         packed = [PackedLinear(lin) for lin in layers]
         ref = F.linear(x, layers[0].weight)

@@ -126,8 +126,10 @@ def main():
     if quantize == 'int8':
         from quantize import quantize_int8
         quantize_int8(model)
-    # (only generates: weights laid out for one-token steps; column-major where compile traces them, or bf16)
-    decode_layout(model, pack=not compile and dt == 'float32')
+    # (only generates: weights laid out for its steps, for one row or a batch; column-major where compile traces
+    # them, or for bf16)
+    rows = 1 if use_cache and num_beams == 1 and len(prompts) * num_samples == 1 else max(2, num_beams)
+    decode_layout(model, pack=not compile and dt == 'float32', rows=rows)
     encode, decode, eot = get_tokenizer(meta)
     try:
         decoder = compile_decoder(model) if compile and num_beams == 1 else None

@@ -808,7 +808,7 @@ def main():
     if quantize == 'int8':  # (as sample.py --quantize=int8)
         from quantize import quantize_int8
         quantize_int8(model)
-    decode_layout(model, pack=dt == 'float32')  # (only generates: weights laid out for one-token steps)
+    decode_layout(model, pack=dt == 'float32', rows=max_batch)  # (only generates: laid out for batched steps)
     name = model_name or (Path(out_dir).resolve().name if init_from == 'resume' else Path(init_from).name)
     server = Server(model, meta, name)
     server.engine = Engine(model, max_batch=max_batch, dtype=dt)  # (a dtype name, as device.autocast_ctx takes it)

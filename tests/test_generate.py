@@ -91,13 +91,16 @@ def test_bf16_cache_matches_no_cache():
     assert torch.equal(fast[:, :26], slow[:, :26])
 
 
-def test_decode_layout_column_major_keeps_the_model():
-    """decode_layout(pack=False) changes where each Linear weight's numbers sit in memory, nothing else: the same
-    Parameters (tying kept), values and state_dict, logits equal to the row-major model's, greedy tokens alike."""
+@pytest.mark.parametrize('how', ['pack=False', 'oneDNN loses here'])
+def test_decode_layout_column_major_keeps_the_model(monkeypatch, how):
+    """decode_layout(pack=False), or where the probe finds oneDNN slower, changes where each Linear weight's
+    numbers sit in memory, nothing else: the same Parameters (tying kept), values and state_dict, logits equal
+    to the row-major model's, greedy tokens alike."""
     model = random_gpt(block_size=64)
     ref = random_gpt(block_size=64)
     params = dict(model.named_parameters())
-    decode_layout(model, pack=False)
+    monkeypatch.setattr(generate_mod, 'packing_pays', lambda rows=1: how == 'pack=False')
+    decode_layout(model, pack=how != 'pack=False', rows=8)
     assert dict(model.named_parameters()).keys() == params.keys()
     assert all(p is params[n] for n, p in model.named_parameters())
     assert model.lm_head.weight is model.transformer.wte.weight
@@ -120,7 +123,7 @@ def test_decode_layout_packed_for_onednn_computes_the_same_model(monkeypatch, bi
     aside, so the path runs on every machine): logits of the unpacked model within float rounding, at one row, a
     batch and a prefill, greedy tokens alike; the embedding keeps the tied matrix; bf16 autocast still works;
     a second call changes nothing."""
-    monkeypatch.setattr(generate_mod, 'packing_pays', lambda: True)
+    monkeypatch.setattr(generate_mod, 'packing_pays', lambda rows=1: True)
     model, ref = random_gpt(block_size=64, bias=bias), random_gpt(block_size=64, bias=bias)
     wte = model.transformer.wte.weight
     decode_layout(model)
