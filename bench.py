@@ -34,7 +34,8 @@ loop, bench_reference.py, with torch.optim.AdamW's defaults), 'hf' (transformers
 the same weights, sample mode), or our model with '+'-joined settings over the config's:
 eager|compile, fp32|bf16|fp16, sdpa|explicit, forloop|foreach|fused (AdamW implementation),
 cache|nocache, rowmajor|colmajor (sample: the weights as trained, without generate.decode_layout, or laid out
-column-major by it instead of packed for oneDNN; and in sample mode compile is generate.compile_decoder, the one-token step on a static cache), int8 (sample: quantize.quantize_int8),
+column-major by it instead of packed for oneDNN; and in sample mode compile is generate.compile_decoder, the
+one-token step on a static cache), int8 (sample: quantize.quantize_int8),
 cudagraph (sample, CUDA: generate.CUDAGraphDecoder, the step replayed from a CUDA graph), dense|local|alternating
 (attention pattern, band attn_window), e.g.
 --variants=reference,compile+bf16+fused or, for GPT-3's banded attention at long context,
@@ -160,8 +161,9 @@ def parse_variant(name, dev):
             raise UserError("variant 'hf' is for sample mode")
         return dict(kind=name, dtype='float32', compile=False, attn='sdpa', optim='forloop', cache=True, pattern='',
                     layout='', int8=False, cudagraph=False)
-    v = dict(kind='ours', dtype=(decode_dtype if mode == 'sample' else pick_dtype)(dtype, dev), compile=compile, attn=attn_impl, optim='', cache=True,
-             pattern='', layout='', int8=False, cudagraph=False)
+    dt = (decode_dtype if mode == 'sample' else pick_dtype)(dtype, dev)  # (decoding's own rule: float32 on CPUs)
+    v = dict(kind='ours', dtype=dt, compile=compile, attn=attn_impl, optim='', cache=True, pattern='', layout='',
+             int8=False, cudagraph=False)
     for word in name.split('+'):
         if word == 'ours':
             pass  # the config as it is
