@@ -101,14 +101,15 @@ class Int8Linear(nn.Module):
         return (self.weight_int8.to(dtype) * self.scale.to(dtype)[:, None])
 
     def scale_as(self, dtype):
-        # (an inference tensor, made under torch.inference_mode, has no version counter: nothing outside that
-        # mode can change it in place)
-        version = 0 if self.scale.is_inference() else self.scale._version
-        key = (dtype, self.scale.device, version, self.scale.data_ptr())
+        # Remade when the buffer is another tensor (.to(), a device move) or was changed in place (load_state_dict
+        # bumps its version). (An inference tensor, made under torch.inference_mode, has no version counter:
+        # nothing outside that mode can change it in place.)
+        src = self.scale
+        version = 0 if src.is_inference() else src._version
         s = self._scales.get(dtype)
-        if s is None or s[0] != key:
-            s = self._scales[dtype] = (key, self.scale.to(dtype).contiguous())
-        return s[1]
+        if s is None or s[0] is not src or s[1] != version:
+            s = self._scales[dtype] = (src, version, src.to(dtype).contiguous())
+        return s[2]
 
     def kernel_fits(self, x2):
         """Can torch._weight_int8pack_mm run on these (M, K) activations without reading out of bounds?"""
@@ -136,10 +137,9 @@ class Int8Linear(nn.Module):
                 and not torch.compiler.is_compiling()):  # (compiled: alignment is not promised; fallback)
             kd = int8_kernel_dtype(x.device, dtype)
         y = self.forward_kernel(x2, kd) if kd is not None else self.forward_fallback(x2, dtype)
-        y = y.to(dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(dtype)
-        return y.view(*x.shape[:-1], self.out_features)
+        if self.bias is not None:  # (bf16 kernel output + fp32 bias: the add promotes, one op instead of two)
+            y = torch.add(y, self.bias if self.bias.dtype == dtype else self.bias.to(dtype))
+        return y.to(dtype).view(*x.shape[:-1], self.out_features)
 
 
 def _sync(device):

@@ -46,6 +46,15 @@ def test_layer_computes_the_dequantized_matmul(rows):
     assert ((y.double() - ref).abs() <= rtol * (ref - lin.bias.double()).abs() + 1e-6).all()
 
 
+def test_new_weights_loaded_into_a_used_layer_are_the_ones_it_computes_with():
+    """The kernel's scales are cached per dtype: loading another layer's state (in place) must replace them."""
+    a, b = Int8Linear.from_linear(linear(seed=0)), Int8Linear.from_linear(linear(seed=1))
+    x = torch.randn(1, 64)
+    before = a(x)
+    a.load_state_dict(b.state_dict())
+    assert not torch.equal(a(x), before) and torch.equal(a(x), b(x))
+
+
 @pytest.mark.parametrize('kd', [torch.float32, torch.bfloat16])
 def test_kernel_and_fallback_agree(kd):
     layer = Int8Linear.from_linear(linear(K=128, N=36))
