@@ -168,3 +168,39 @@ def test_greedy_decoding_on_the_gpu_is_the_argmax_of_full_forwards():
     # and the same tokens as on the CPU (fp32 both: a flipped near-tie would show as a late departure)
     cpu = generate(m.cpu(), prompt.cpu(), 30, temperature=0)
     assert torch.equal(out.cpu(), cpu)
+
+
+def test_engine_with_cuda_graphs_and_chunked_reads_gives_the_tokens_of_one_step_at_a_time():
+    """On the GPU the engine reads tokens every 8 steps (Engine.SYNC_EVERY) and CUDAGraphDecoder replays the
+    one-token step: ragged prompts, an end token inside a chunk, more requests than slots, greedy and seeded rows,
+    against the eager model read at every step."""
+    from generate import CUDAGraphDecoder, Engine, SamplingParams
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=65)).cuda().eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.5)  # (varied tokens with clear margins, as tests/test_engine.py's models)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(65, (n,), generator=g).tolist() for n in (3, 17, 1, 40, 9)]
+    settings = [dict(temperature=0), dict(temperature=0), dict(temperature=1.0, seed=1),
+                dict(temperature=0.8, top_p=0.9, seed=2), dict(temperature=0)]
+
+    def run(decoder, sync_every, stop=None):
+        engine = Engine(m, max_batch=3, decoder=decoder, sync_every=sync_every)
+        rids = {engine.add(p, 20, SamplingParams(**s), stop_ids={stop} if stop is not None else ()): i
+                for i, (p, s) in enumerate(zip(prompts, settings))}
+        out = {i: [] for i in rids.values()}
+        while engine.pending():
+            for rid, token, _ in engine.step():
+                out[rids[rid]].append(token)
+        return out
+
+    assert Engine(m).sync_every == 8
+    plain = run(None, 1)
+    stop = plain[0][5]  # request 0 ends at its 6th token at the latest: inside a chunk of 8
+    plain = run(None, 1, stop)
+    assert run(None, None, stop) == plain
+    assert run(CUDAGraphDecoder(m), None, stop) == plain
+    assert plain[0][-1] == stop and len(plain[0]) <= 6
