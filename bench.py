@@ -214,7 +214,7 @@ def describe(v, c, dev):
         parts.append('KV cache' if v['cache'] else 'no cache')
         parts += ['int8 weights'] * v['int8'] + ['CUDA graph'] * v['cudagraph']
         if dev.startswith('cpu'):
-            packed = packs(v) and not v['int8'] and packing_pays(1 if batch_size <= 1 else 8)
+            packed = packs(v) and not v['int8'] and packing_pays(batch_size)
             parts.append({'rowmajor': 'row-major weights', 'colmajor': 'column-major weights'}.get(
                 v['layout'], 'oneDNN-packed weights' if packed else 'decode layout'))
     return ', '.join(parts)

@@ -44,7 +44,7 @@ def decode_layout(model, pack=True, rows=1):
     loses): every Linear weight is stored column-major (the memory of its transpose; the same (out, in)
     Parameter and values), which MKL streams through x @ W faster at batch 1 (1.17x at 124M on a 2-core AVX2
     EPYC); tied weights stay tied. Only CPU weights are touched, and calling it twice changes nothing."""
-    pack = pack and packing_pays(1 if rows <= 1 else 8)
+    pack = pack and packing_pays(rows)
     for parent in list(model.modules()):
         for name, module in list(parent.named_children()):
             if not isinstance(module, torch.nn.Linear) or module.weight.device.type != 'cpu':
@@ -76,12 +76,17 @@ class PackedLinear(torch.nn.Module):
         return F.linear(x, self.packed.to_dense().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
-@functools.lru_cache(maxsize=None)
 def packing_pays(rows=1):
     """Does this CPU decode `rows` rows at a time faster on oneDNN-packed weights than on column-major ones?
-    Tried once per process and row count on 8 layers of GPT-2's MLP shape (768 -> 3072, 75 MB: out of the
-    caches, as a model's weights are): the packed result must equal F.linear's within float rounding and take
-    at most 0.9x its time. False where this torch has no oneDNN (~0.3 s)."""
+    Tried once per process for one row and for a batch (8 rows stand for any rows > 1), on 8 layers of GPT-2's
+    MLP shape (768 -> 3072, 75 MB: out of the caches, as a model's weights are): the packed result must equal
+    F.linear's within float rounding and take at most 0.9x its time. False where this torch has no oneDNN
+    (~0.3 s)."""
+    return _packing_pays(1 if rows <= 1 else 8)
+
+
+@functools.lru_cache(maxsize=None)
+def _packing_pays(rows):
     if not torch.backends.mkldnn.is_available():
         return False
     g = torch.Generator().manual_seed(0)
@@ -96,8 +101,7 @@ def packing_pays(rows=1):
             return False
     except (RuntimeError, AttributeError, NotImplementedError):  # (no such op in this build)
         return False
-    for lin in layers:
-        lin.weight.data = lin.weight.data.t().contiguous().t()
+    decode_layout(torch.nn.Sequential(*layers), pack=False)  # (column-major: what decoding would use instead)
 
     def best(mods):
         with torch.inference_mode():
