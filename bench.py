@@ -212,7 +212,11 @@ def describe(v, c, dev):
         parts.append(f"AdamW {v['optim'] or 'as train.py'}")
     if mode == 'sample':
         parts.append('KV cache' if v['cache'] else 'no cache')
-        parts += ['int8 weights'] * v['int8'] + ['CUDA graph'] * v['cudagraph']
+        if v['int8']:  # (which kernel its one-token steps take here: quantize.py)
+            from quantize import gemv_pays
+            one_row = dev.startswith('cpu') and batch_size <= 1 and not v['compile'] and gemv_pays()
+            parts.append('int8 weights' + ' (compiled one-row kernel)' * one_row)
+        parts += ['CUDA graph'] * v['cudagraph']
         if dev.startswith('cpu'):
             packed = packs(v) and not v['int8'] and packing_pays(batch_size)
             parts.append({'rowmajor': 'row-major weights', 'colmajor': 'column-major weights'}.get(

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from device import autocast_ctx
 from kvcache import KVCache
+from quantize import prepare_one_row
 
 
 def decode_layout(model, pack=True, rows=1):
@@ -43,7 +44,9 @@ def decode_layout(model, pack=True, rows=1):
     Otherwise (pack=False, e.g. for torch.compile, which does not trace oneDNN's opaque tensors, or where oneDNN
     loses): every Linear weight is stored column-major (the memory of its transpose; the same (out, in)
     Parameter and values), which MKL streams through x @ W faster at batch 1 (1.17x at 124M on a 2-core AVX2
-    EPYC); tied weights stay tied. Only CPU weights are touched, and calling it twice changes nothing."""
+    EPYC); tied weights stay tied. Only CPU weights are touched, and calling it twice changes nothing.
+    Int8 layers (quantize.py) keep their layout; their one-row kernel is chosen and compiled here, at load time."""
+    prepare_one_row(model)
     pack = pack and packing_pays(rows)
     for parent in list(model.modules()):
         for name, module in list(parent.named_children()):

@@ -17,26 +17,34 @@ State-dict names are weight_int8 and scale, not weight: a float checkpoint loade
 on the names instead of being truncated to int8. Quantize after loading. Quantizing twice, a model on the
 meta device, or a LoRA model (merge it first: lora.strip) raises ValueError with one line.
 
-Kernels (int8_kernel_dtype decides per machine, by trying and timing, once per process):
-- CPU: torch._weight_int8pack_mm(x (M, K), w_int8 (N, K), scales (N,)), torch 2.6 and 2.13 alike. x and scales
-  must have the same dtype (float32, bfloat16 or float16). On x86 only bfloat16 is vectorized (AVX2/AVX-512);
-  float32 and float16 run a scalar loop ~3-4x slower than an fp32 matmul. Its bf16 path loads 16 (AVX-512) or 8
-  (AVX2) values at a time with aligned loads: K must be a multiple of 16 and x's rows 32-byte aligned, or it
-  reads garbage (NaN) or segfaults (checked here: never called otherwise). Its time grows with rows (4-row tiles,
-  no reuse), so it wins only for few rows. An fp32 model on such a CPU rounds the activations to bf16 for the
-  kernel, accumulates in fp32, and gets the output rounded to bf16 (relative error <= 2^-8, below int8's).
-- CUDA/MPS: the same op where this torch has it and it computes the right thing; else the fallback.
-- Fallback everywhere else: dequantize to the activations' dtype and F.linear (correct, no faster than float).
+Kernels (each decided on this machine, by trying and timing, once per process):
+- One row on the CPU (a one-token step of one prompt, as sample.py decodes): gemv_kernel, one loop compiled by
+  inductor that converts each int8 weight as it reads it and accumulates in float32 (float32 activations: no
+  rounding besides the weights'), where gemv_pays finds it faster than the kernel below. It is bound by reading
+  the weights from memory (~26 GB/s on 2 threads of an AMD EPYC, against ~13-15 G weights/s for
+  torch._weight_int8pack_mm on weights streamed from memory; the latter is faster, ~38 G/s, only on weights
+  already in the cache). Compiling it costs ~4 s once per process with inductor's cache warm (~10 s cold).
+- Up to KERNEL_MAX_ROWS rows (batched decoding; one row elsewhere): torch._weight_int8pack_mm(x (M, K), w_int8
+  (N, K), scales (N,)), torch 2.6 and 2.13 alike (int8_kernel_dtype). x and scales must have the same dtype
+  (float32, bfloat16 or float16). On x86 only bfloat16 is vectorized (AVX2/AVX-512); float32 and float16 run a
+  scalar loop ~3-4x slower than an fp32 matmul. Its bf16 path loads 16 (AVX-512) or 8 (AVX2) values at a time
+  with aligned loads: K must be a multiple of 16 and x's rows 32-byte aligned, or it reads garbage (NaN) or
+  segfaults (checked here: never called otherwise). Its time grows with rows (4-row tiles, no reuse). An fp32
+  model on such a CPU rounds the activations to bf16 for it, accumulates in fp32, and gets the output rounded to
+  bf16 (relative error <= 2^-8, below int8's). CUDA/MPS: the same op where this torch has it and it computes
+  the right thing.
+- Otherwise (prefill, or no kernel): dequantize to the activations' dtype and F.linear (correct, no faster than
+  float).
 Under autocast the layer computes in the autocast dtype, as nn.Linear would.
 
-Measured (Intel Xeon (Sapphire Rapids: avx512f, avx512_bf16, amx), 2 threads, torch 2.13, one matmul, batch 1):
-c_attn 768->2304: fp32 0.16 ms, int8 bf16 kernel 0.06 ms; head 768->50257: fp32 3.7 ms, int8 1.35 ms; the fp32
-int8 kernel 0.58 ms and 15.3 ms (scalar); those weights sit in the cache. The whole GPT-2 124M (random init,
-KV cache, one-token steps after an 8-token prompt, median of 3 x 20 steps, same machine): batch 1 fp32 (with
-generate.decode_layout) 19.9 ms/step, int8 12.3 ms/step, 1.63x; batch 8 38.4 against 29.4 ms, 1.30x. The
-kernel is 84% of an int8 step (9.5 ms, ~13 G int8 weights/s on 2 threads): it converts and scales every
-weight in the inner loop, so it is bound by those instructions, not by reading 1 byte per weight. Logits of
-that model against fp32: max |diff| 0.065, mean 0.011 (logits' std 0.55).
+Measured (GPT-2 124M, random init, KV cache, greedy, `python bench.py --mode=sample --model=gpt2 --device=cpu
+--max_new_tokens=50 --iters=3 --warmup=1 --threads=2 --variants=fp32,int8`, AMD EPYC (avx512f, avx512_bf16,
+no AMX), 2 threads, torch 2.13): int8 112-123 against 38-42 tokens/s for fp32 on oneDNN-packed weights (2.7-2.9x
+in three runs; 1 thread 74 against 30, 2.5x); with torch._weight_int8pack_mm for the one row instead, 74-79
+tokens/s (1.7-1.9x). Greedy tokens identical to fp32's over 200 tokens; logits within 0.065 (max) and 0.010
+(mean) of fp32's (std 0.555). At 8 rows
+(torch._weight_int8pack_mm) int8 is slower than packed fp32 (165 against 241 tokens/s): its time grows with
+rows while oneDNN reuses each weight for all of them.
 
 Tolerance (tests/test_quantize.py): per-channel int8 rounds each weight by at most scale/2, an RMS error of
 step/sqrt(12) ~ 0.7% of a Gaussian row's std (absmax ~3.2 std over 768 values); with bf16 activations a
@@ -47,6 +55,7 @@ with peaked logits.
 
 import functools
 import time
+import warnings
 
 import torch
 import torch.nn as nn
@@ -128,10 +137,19 @@ class Int8Linear(nn.Module):
     def forward_fallback(self, x2, dtype):
         return F.linear(x2.to(dtype), self.dequantize(dtype))
 
+    def forward_row(self, x1):
+        """One row (1, K) -> (1, N) float32 through the compiled one-row kernel (gemv_kernel), bias included."""
+        kernel = gemv_kernel(self.in_features, self.out_features, self.bias is not None)
+        args = (x1.float().contiguous(), self.weight_int8, self.scale.float())  # (float32: what it was built for)
+        return kernel(*args, self.bias.float()) if self.bias is not None else kernel(*args)
+
     def forward(self, x):
         dev = x.device.type
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         x2 = x.reshape(-1, self.in_features)
+        if x2.size(0) == 1 and dev == 'cpu' and not x.requires_grad and not torch.compiler.is_compiling() \
+                and self.weight_int8.is_contiguous() and gemv_pays():
+            return self.forward_row(x2).to(dtype).view(*x.shape[:-1], self.out_features)
         kd = None
         if (x2.size(0) <= KERNEL_MAX_ROWS and self.in_features % 16 == 0
                 and not torch.compiler.is_compiling()):  # (compiled: alignment is not promised; fallback)
@@ -207,6 +225,80 @@ def int8_kernel_dtype(device, dtype):
 
 def int8_kernel_available(device, dtype):
     return int8_kernel_dtype(device, dtype) is not None
+
+
+def _gemv(x, w, s, *bias):
+    """One row of activations against an int8 weight: (1, K) float32, (N, K) int8, (N,) scales -> (1, N) float32.
+    Written as a product and a sum over K so that inductor emits one loop that converts each weight as it reads it
+    (vectorized, threaded over N, accumulating in float32), instead of a dequantized copy and a matmul."""
+    y = (x * w.float()).sum(-1) * s
+    return (y + bias[0] if bias else y)[None]
+
+
+@functools.lru_cache(maxsize=None)
+def gemv_kernel(K, N, bias):
+    """_gemv compiled by inductor for one (K, N) shape (~0.1 s with inductor's cache warm, ~1 s cold, plus ~4-10 s
+    to start inductor once per process). Traced with make_fx and compiled directly, not through torch.compile:
+    no guards to check on each call (a call costs ~6 us against ~25), and no recompile limit to fall off into
+    eager (which would materialize every weight in float) when a model has many shapes. The compiled function
+    asserts the shapes and strides it was built for."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    example = [torch.zeros(1, K), torch.zeros(N, K, dtype=torch.int8), torch.zeros(N)] + [torch.zeros(N)] * bias
+    with torch.inference_mode(False), torch.no_grad():
+        return torch._inductor.compile(make_fx(_gemv)(*example), example)
+
+
+def gemv_pays():
+    """Does one-row decoding on this CPU run faster through gemv_kernel than through torch._weight_int8pack_mm
+    (or the fallback)? Tried once per process at the first one-row call (int8 layers of GPT-2's MLP shape,
+    768 -> 3072, 75 MB in all: out of the caches, as a model's weights are): the compiled kernel must match the
+    dequantized matmul and take at most 0.9x the time. False, with a warning, where inductor cannot compile here
+    (no C++ compiler).
+
+    Why it wins: torch._weight_int8pack_mm runs at ~38 G weights/s on weights in the cache but ~13-15 G/s on
+    weights streamed from memory (its reads do not keep the memory busy), while the compiled loop streams them
+    at ~26 G/s; a one-token step reads every weight from memory. GPT-2 124M's 49 layers, one row, 2 threads,
+    AMD EPYC (AVX-512): 4.7-5.4 against 8.4-10.2 ms."""
+    return _gemv_pays(torch.get_num_threads())
+
+
+@functools.lru_cache(maxsize=None)
+def _gemv_pays(threads):
+    g = torch.Generator().manual_seed(0)
+    layers = []
+    for _ in range(32):
+        layer = Int8Linear(768, 3072, bias=False)
+        layer.weight_int8.copy_(torch.randint(-127, 128, (3072, 768), dtype=torch.int8, generator=g))
+        layer.scale.copy_(torch.rand(3072, generator=g) / 1000)
+        layers.append(layer)
+    x = torch.randn(1, 768, generator=g)
+    try:
+        got = layers[0].forward_row(x)
+    except Exception as e:  # (inductor's failures are many kinds: no compiler, a broken toolchain, ...)
+        warnings.warn(f"quantize: one-row int8 decoding uses torch._weight_int8pack_mm, inductor could not compile "
+                      f"its own kernel here ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})")
+        return False
+    ref = F.linear(x.double(), layers[0].dequantize(torch.float64))
+    if not torch.allclose(got.double(), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item()):
+        return False
+    kd = int8_kernel_dtype(x.device, torch.float32)
+    other = (lambda m: m.forward_kernel(x, kd)) if kd is not None else (lambda m: m.forward_fallback(x, torch.float32))
+
+    def each(step):  # one one-row pass over all the layers
+        return lambda: [step(m) for m in layers]
+    with torch.no_grad():
+        compiled, current = (_best_time(each(s), x.device, reps=2) for s in (lambda m: m.forward_row(x), other))
+    return compiled <= 0.9 * current
+
+
+def prepare_one_row(model):
+    """Settle now, not at the first token, what a one-row step of this model's CPU int8 layers will run: probe
+    gemv_pays and, where it pays, compile gemv_kernel for each layer shape. generate.decode_layout calls it
+    (sample.py, serve.py, bench.py): any decoding reaches one row, at least when the other rows have finished."""
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear) and m.weight_int8.device.type == 'cpu']
+    if layers and gemv_pays():
+        for m in layers:
+            gemv_kernel(m.in_features, m.out_features, m.bias is not None)
 
 
 def quantize_int8(model):

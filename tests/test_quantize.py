@@ -147,3 +147,65 @@ def test_layers_made_and_run_under_inference_mode():
         got = quantize.int8_kernel_dtype('cpu', torch.float32)
     quantize._kernel_dtype.cache_clear()
     assert got == quantize.int8_kernel_dtype('cpu', torch.float32)
+
+
+@pytest.mark.parametrize('K,N,bias', [(64, 40, True), (40, 37, False)])  # (40: not a multiple of the vector width)
+def test_one_row_kernel_computes_the_dequantized_matmul(K, N, bias, monkeypatch):
+    """The inductor-compiled one-row kernel (quantize.gemv_kernel) against a float64 matmul on the dequantized
+    weight: float32 activations and accumulation, so float32 rounding only. layer(x) routes one row to it where
+    the probe says it pays; forced here, so every machine tests it."""
+    monkeypatch.setattr(quantize, 'gemv_pays', lambda: True)
+    lin = linear(K=K, N=N, bias=bias)
+    layer = Int8Linear.from_linear(lin)
+    x = torch.randn(1, 1, K)
+    ref = F.linear(x.double(), layer.dequantize(torch.float64), lin.bias.double() if bias else None)
+    for mode in (torch.no_grad, torch.inference_mode):  # (generate runs under one, sample.py under the other)
+        with mode():
+            y = layer(x)
+        assert y.dtype == torch.float32 and y.shape == (1, 1, N)
+        torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-6)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16
+    half = Int8Linear.from_linear(lin).to(torch.bfloat16)  # (scale and bias now bf16: the kernel is built for fp32)
+    ref16 = F.linear(x.double(), half.dequantize(torch.float64), half.bias.double() if bias else None)
+    torch.testing.assert_close(half(x.bfloat16()).double(), ref16, rtol=2 ** -7, atol=1e-3)
+
+
+def test_one_row_decoding_is_the_float_model_on_the_dequantized_weights(monkeypatch):
+    """Greedy decoding of one prompt through the compiled one-row kernel gives the tokens of the float model whose
+    Linear weights are the int8 weights dequantized (an independent reference: nn.Linear, float64), and its
+    logits within float32 rounding."""
+    monkeypatch.setattr(quantize, 'gemv_pays', lambda: True)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=65)).eval()
+    qm = quantize_int8(model)
+    ref = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=65)).double().eval()
+    ref.transformer.load_state_dict(qm.transformer.state_dict(), strict=False)  # (embeddings, norms, biases)
+    for name, m in qm.named_modules():
+        if isinstance(m, Int8Linear):
+            target = ref.get_submodule(name)
+            target.weight = nn.Parameter(m.dequantize(torch.float64))
+            if m.bias is not None:
+                target.bias = nn.Parameter(m.bias.double())
+    idx = torch.randint(0, 65, (1, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(qm(idx[:, :1])[0].double(), ref(idx[:, :1])[0], rtol=1e-4, atol=1e-4)
+        got, want = generate(qm, idx, 40, temperature=0), generate(ref, idx, 40, temperature=0)
+    assert torch.equal(got, want)
+
+
+def test_without_a_compiler_one_row_falls_back_with_a_warning(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("no C++ compiler found\nmore detail")
+    monkeypatch.setattr(quantize, 'gemv_kernel', broken)
+    quantize._gemv_pays.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match='could not compile.*no C\\+\\+ compiler found'):
+            assert quantize.gemv_pays() is False
+        lin = linear()
+        layer = Int8Linear.from_linear(lin)
+        x = torch.randn(1, 64)
+        with torch.no_grad():  # (one row: the torch._weight_int8pack_mm path, which this machine was probed for)
+            torch.testing.assert_close(layer(x), F.linear(x, layer.dequantize(), lin.bias), atol=2e-2, rtol=2e-2)
+    finally:
+        quantize._gemv_pays.cache_clear()
