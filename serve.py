@@ -805,9 +805,10 @@ def main():
     model, meta, _ = load_model(init_from, out_dir, ckpt_name, dropout=0.0)
     model.to(dev).eval()
     n_params = sum(p.numel() for p in model.parameters())
+    int8_layers = 0
     if quantize == 'int8':  # (as sample.py --quantize=int8)
-        from quantize import quantize_int8
-        quantize_int8(model)
+        from quantize import Int8Linear, quantize_int8
+        int8_layers = sum(isinstance(m, Int8Linear) for m in quantize_int8(model).modules())
     decode_layout(model, pack=dt == 'float32', rows=max_batch)  # (only generates: laid out for batched steps)
     name = model_name or (Path(out_dir).resolve().name if init_from == 'resume' else Path(init_from).name)
     server = Server(model, meta, name)
@@ -821,7 +822,8 @@ def main():
     keyed = bool(api_key or os.environ.get(KEY_VARIABLE))
     print(f"serving {name} ({n_params / 1e6:.2f}M parameters, context "
           f"{server.block_size}, {'chat and completions' if server.chat else 'completions only (no chat tokens)'}; "
-          f"{dev}, {dt}; batch {max_batch}) at {url}", flush=True)
+          f"{dev}, {dt}{f', int8 weights in {int8_layers} layers' if int8_layers else ''}; batch {max_batch}) "
+          f"at {url}", flush=True)
     if host in ('127.0.0.1', 'localhost', '::1'):
         print(f"listening on {host} only: this machine can connect, others cannot (--host=0.0.0.0 opens it; "
               f"set --api_key then)", flush=True)

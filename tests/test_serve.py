@@ -102,10 +102,10 @@ def chat_server(models, tmp_path_factory):
     s.stop()
 
 
-def sample_py(out_dir, start, n):
+def sample_py(out_dir, start, n, *args):
     """sample.py's greedy continuation of start (it prints prompt + completion)."""
     p = run('sample.py', f'--out_dir={out_dir}', '--device=cpu', f'--start={start}', '--num_samples=1',
-            '--temperature=0', f'--max_new_tokens={n}', env={'OMP_NUM_THREADS': '1'})
+            '--temperature=0', f'--max_new_tokens={n}', *args, env={'OMP_NUM_THREADS': '1'})
     assert p.stdout.startswith(start) and p.stdout.endswith('\n')
     return p.stdout[len(start):-1]
 
@@ -239,9 +239,14 @@ def test_queue_limit_api_key_and_disconnect(models, tmp_path):
         s.stop()
 
 
-def test_sigterm_during_a_stream_finishes_it_and_exits_cleanly(models, tmp_path):
-    s = Server(tmp_path, f'--out_dir={models / "base"}')
+def test_int8_server_equals_sample_py_and_sigterm_during_a_stream_finishes_it(models, tmp_path):
+    # int8 weights at batch 1 (the CPU's one-row steps run an inductor-compiled kernel, whose compile workers
+    # must not keep the process alive at exit)
+    s = Server(tmp_path, f'--out_dir={models / "base"}', '--quantize=int8', '--max_batch=1')
     try:
+        n_layer = load_model('resume', str(models / 'base'), 'ckpt.pt')[0].config.n_layer
+        assert f'int8 weights in {4 * n_layer + 1} layers' in s.log()  # (4 a block, and the head)
+        want = sample_py(models / 'base', 'ROMEO:', 200, '--quantize=int8')
         stream = s.client().completions.create(model='base', prompt='ROMEO:', max_tokens=200, temperature=0,
                                                stream=True)
         it = iter(stream)
@@ -249,7 +254,7 @@ def test_sigterm_during_a_stream_finishes_it_and_exits_cleanly(models, tmp_path)
         s.p.send_signal(signal.SIGTERM)
         chunks = list(it)
         text += ''.join(c.choices[0].text for c in chunks)
-        assert chunks[-1].choices[0].finish_reason == 'length' and len(text) == 200
+        assert chunks[-1].choices[0].finish_reason == 'length' and text == want
         assert s.p.wait(timeout=60) == 0
         assert 'shutting down (SIGTERM)' in s.log() and 'stopped' in s.log()
     finally:
