@@ -254,7 +254,7 @@ def test_int8_server_equals_sample_py_and_sigterm_during_a_stream_finishes_it(mo
         s.p.send_signal(signal.SIGTERM)
         chunks = list(it)
         text += ''.join(c.choices[0].text for c in chunks)
-        assert chunks[-1].choices[0].finish_reason == 'length' and text == want
+        assert chunks[-1].choices[0].finish_reason == 'length' and len(text) == 200 and text == want
         assert s.p.wait(timeout=60) == 0
         assert 'shutting down (SIGTERM)' in s.log() and 'stopped' in s.log()
     finally:
