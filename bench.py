@@ -300,7 +300,7 @@ def sample_step(m, v, ctx, dev, prompt):
         raise UserError("variants 'compile'/'cudagraph' step on the KV cache; drop nocache")
     decoder = compile_decoder(m) if v['compile'] else None  # as sample.py
     if v['cudagraph']:
-        decoder = CUDAGraphDecoder(decoder or m)
+        decoder = CUDAGraphDecoder(m if decoder is None else decoder)
     sync = torch.cuda.synchronize if dev.startswith('cuda') else (lambda: None)
 
     def step():

@@ -120,17 +120,42 @@ def _packing_pays(rows):
     return best(packed) <= 0.9 * best(layers)
 
 
-def compile_decoder(model):
+def compile_decoder(model, backend='inductor'):
     """The model compiled for one-token decoding steps: pass it as generate(..., decoder=...). Those steps then
-    run on a static KV cache (model.KVCache), so the graph is built once, for every position and every prompt of
+    run on a static KV cache (kvcache.KVCache), so the graph is built once, for every position and every prompt of
     the generation (the prompt itself is prefilled by the eager model); on the CPU inductor's C++ wrapper
     launches the kernels without Python in between. Worth it where Python is the cost: a 4-layer 128-wide model
     decodes 1.3-2.4x faster than eager (~4x transformers' generate) on a 2-core AVX2 EPYC, once the compile is paid
     (~20 s the first time, ~5 s with inductor's cache warm); at the 124M shape, where reading the weights is the
     cost, it is 0.93x (every step also reads the whole static cache). `python bench.py --mode=sample
-    --variants=cache,compile+cache,hf` measures it."""
-    cpu = next(model.parameters()).device.type == 'cpu'
-    return torch.compile(model, fullgraph=True, dynamic=False, options={'cpp_wrapper': True} if cpu else None)
+    --variants=cache,compile+cache,hf` measures it. backend='eager': dynamo's tracing and guards alone (tests)."""
+    return CompiledDecoder(model, backend)
+
+
+class CompiledDecoder:
+    """compile_decoder's decoder: the model under torch.compile(fullgraph=True, dynamic=False), stepping on a
+    static cache whose host lengths it counts itself, outside the graph (counted inside, each step's lengths
+    would be guards of the graph, and every position a new compile). Each number of rows stepped together gets
+    its own graph: the Engine's batch shrinks as ragged rows pass the context, so up to one per slot of the
+    cache, past dynamo's default limit of 8 (which fullgraph=True turns into an error)."""
+
+    def __init__(self, model, backend='inductor'):
+        cpu = model.transformer.wte.weight.device.type == 'cpu'
+        self.model = model
+        self.compiled = torch.compile(model, fullgraph=True, dynamic=False, backend=backend,
+                                      options={'cpp_wrapper': True} if cpu and backend == 'inductor' else None)
+
+    def __call__(self, idx, kv_cache):
+        if not kv_cache.static:
+            raise ValueError("a compiled decoder steps on a static KV cache")
+        kv_cache.host_counts = False
+        try:
+            with torch._dynamo.config.patch(recompile_limit=max(8, kv_cache.batch_size + 1)):
+                logits, _ = self.compiled(idx, kv_cache=kv_cache)
+        finally:
+            kv_cache.host_counts = True
+        kv_cache.count(idx.size(1))
+        return logits, None
 
 
 class CUDAGraphDecoder:
@@ -143,7 +168,9 @@ class CUDAGraphDecoder:
     Not yet measured on a GPU in this repository (no GPU was lent when it was written): the GPU check runs it."""
 
     def __init__(self, model):
-        if model.transformer.wte.weight.device.type != 'cuda':
+        """model: the GPT, or compile_decoder's CompiledDecoder of it (captured as it runs)."""
+        base = model.model if isinstance(model, CompiledDecoder) else model
+        if base.transformer.wte.weight.device.type != 'cuda':
             raise ValueError("a CUDA graph decoder needs the model on a CUDA device")
         self.model, self.graphs = model, {}
 
@@ -312,6 +339,8 @@ class Engine:
         if sync_every is not None and sync_every < 1:
             raise ValueError(f"sync_every must be >= 1, got {sync_every}")
         self.model, self.max_batch, self.decoder = model, max_batch, decoder
+        # what runs a one-token step ('is None', not 'or': a compiled module's truth asks the model for its len())
+        self.step_model = model if decoder is None else decoder
         self.device = model.transformer.wte.weight.device
         self.dtype = dtype
         self.generator = generator
@@ -396,7 +425,7 @@ class Engine:
         steps = []
         with autocast_ctx(self.device, self.dtype) if self.dtype else contextlib.nullcontext():
             for _ in range(k):
-                logits = (self.decoder or self.model)(tokens, kv_cache=self.cache.select(0, n))[0][:, -1]
+                logits = self.step_model(tokens, kv_cache=self.cache.select(0, n))[0][:, -1]
                 tokens = self._sample(logits[:, :V].float(), groups, steps)[:, None]
                 steps.append(tokens)
         return self._finish(torch.cat(steps, dim=1).tolist())
@@ -445,7 +474,7 @@ class Engine:
         logits = []
         if live:
             last = torch.tensor([[row.tokens[-1]] for row in self.rows[:live]], device=self.device)
-            logits.append((self.decoder or self.model)(last, kv_cache=self.cache.select(0, live))[0][:, -1])
+            logits.append(self.step_model(last, kv_cache=self.cache.select(0, live))[0][:, -1])
         if live < n:
             self.cache.select(live, n - live).set_lengths([0] * (n - live))
             window = torch.tensor([row.tokens[-bs:] for row in self.rows[live:]], device=self.device)

@@ -46,6 +46,9 @@ class KVCache:
         self.pos = torch.zeros(batch_size, dtype=torch.long, device=device)  # each row's length, on the device
         self.lengths = [0] * batch_size  # the same on the host, so eager steps never read the device
         self.rows = (0, batch_size)      # the slots the next forward pass runs on (select)
+        # advance() counts the host's lengths too; a compiled or captured step turns this off and counts them itself
+        # (count): the Python of such a step does not run again, and a compiled one would guard on every length
+        self.host_counts = True
 
     @property
     def batch_size(self):
@@ -117,9 +120,15 @@ class KVCache:
 
     def advance(self, T):
         """The active rows took T more positions (the model calls this after its forward pass)."""
-        start, count = self.rows
         self._active(self.pos).add_(T)
-        for i in range(start, start + count):  # (a static cache's shapes never read them; the engine does)
+        if self.host_counts:
+            self.count(T)
+
+    def count(self, T):
+        """The host's copy of the active rows' lengths grows by T (a static cache's shapes never read it; the
+        engine does)."""
+        start, count = self.rows
+        for i in range(start, start + count):
             self.lengths[i] += T
 
     def set_lengths(self, lengths):

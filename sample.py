@@ -139,7 +139,7 @@ def main():
         raise UserError("--compile/--cuda_graph run the cached one-token step: drop --use_cache=False")
     if cuda_graph and num_beams == 1:
         try:
-            decoder = CUDAGraphDecoder(decoder or model)
+            decoder = CUDAGraphDecoder(model if decoder is None else decoder)
         except ValueError as e:
             raise UserError(f"--cuda_graph=True: {e} (--device=cuda)") from None
     if decoder is not None:  # (the timing printed at the end includes it)

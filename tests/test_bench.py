@@ -120,7 +120,8 @@ def test_standard_set_leaves_out_emulated_bf16():
     # --compare leaves it out; asked for by name it runs, flagged as slow, its MFU against the fp32 peak
     import device
     out = bench('--compare=True', '--rounds=1', PEAK).stdout
-    bf16_rows = [line for line in out.splitlines() if line.startswith(('eager+bf16', 'compile+bf16'))]
+    bf16_rows = [line for line in out.splitlines()  # (the table's rows, not 'compile+bf16: warm-up and compilation')
+                 if re.match(rf'(eager|compile)\+bf16 +{NUM} ', line)]
     if device.cpu_has_fast_bf16():
         assert len(bf16_rows) == 2, out
     else:

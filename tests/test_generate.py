@@ -184,6 +184,27 @@ def test_a_decoder_steps_on_a_static_cache():
         generate(model, x, 3, decoder=decoder, use_cache=False)
 
 
+def test_the_compiled_decoder_keeps_one_graph_per_batch_and_any_number_of_rows():
+    """compile_decoder traced by dynamo (backend 'eager': its tracing and guards without inductor's minutes;
+    tests/test_compile.py compiles for real): every position of a generation and every prompt length share one
+    graph, and a ragged batch whose rows pass the context one by one (a graph per number of rows stepped, more
+    than dynamo's default limit of 8) decodes to the eager engine's tokens."""
+    from torch._dynamo.utils import counters
+    from generate import compile_decoder, generate_batch
+    model = random_gpt(block_size=32)
+    torch._dynamo.reset()
+    counters.clear()
+    decoder = compile_decoder(model, backend='eager')
+    for T in (3, 9):
+        x = prompt(T=T, seed=T)
+        assert torch.equal(generate(model, x, 20, temperature=0, decoder=decoder), generate(model, x, 20, temperature=0))
+    assert counters['stats']['unique_graphs'] == 1
+    prompts = [prompt(T=2 + 2 * i, seed=i)[0].tolist() for i in range(12)]
+    assert (generate_batch(model, prompts, 36, temperature=0, decoder=decoder)
+            == generate_batch(model, prompts, 36, temperature=0))
+    assert counters['stats']['unique_graphs'] > 8
+
+
 # ---------------------------------------------------------------------- parity with transformers
 
 @pytest.fixture(scope='module')
