@@ -53,12 +53,22 @@ def tiny(**overrides):
 
 # ----------------------------------------------------------------------------- data
 
+def shakespeare_candidates():
+    """Where Tiny Shakespeare may be, first found wins: $TINY_SHAKESPEARE (a GPU machine without ../shared, as
+    gpu_check.py sets it), the offline stand-in in ../shared, and the copy data/shakespeare_char/prepare.py
+    downloads beside itself."""
+    env = os.environ.get("TINY_SHAKESPEARE")
+    return ([Path(env)] if env else []) + [SHARED / "data" / "tinyshakespeare" / "input.txt",
+                                           ROOT / "data" / "shakespeare_char" / "input.txt"]
+
+
 @pytest.fixture(scope="session")
 def shakespeare_text():
-    path = SHARED / "data" / "tinyshakespeare" / "input.txt"
-    if not path.exists():
-        pytest.skip(f"{path} not found (the offline Tiny Shakespeare stand-in)")
-    return path
+    found = [p for p in shakespeare_candidates() if p.is_file()]
+    if not found:
+        pytest.skip(f"Tiny Shakespeare not found at {', '.join(map(str, shakespeare_candidates()))}: set "
+                    f"TINY_SHAKESPEARE to its input.txt, or run data/shakespeare_char/prepare.py once")
+    return found[0]
 
 
 @pytest.fixture(scope="session")

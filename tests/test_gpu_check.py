@@ -41,6 +41,7 @@ def test_smoke_runs_every_step_and_prints_one_table(tmp_path, char_data):
     assert table_rows(stdout) == expected  # the table shows what the JSON holds
     tests = rows['cuda_tests']
     assert tests['skipped'] > 0 and tests['passed'] == tests['failed'] == 0  # (no GPU: skipped, with their reason)
+    assert tests['skips'] == {'needs a CUDA GPU: torch.cuda.is_available() is False here': tests['skipped']}
     t = rows['throughput']
     assert t['ours']['tok_s'] > 0 and t['reference']['tok_s'] > 0
     assert t['ratio'] == pytest.approx(t['ours']['tok_s'] / t['reference']['tok_s'])
@@ -124,6 +125,37 @@ def test_parsers_read_the_outputs_they_are_written_for():
     assert gpu_check.parse_eval_lines(log) == [(0, 4.2823), (250, 2.0)]
     assert gpu_check.parse_pytest("....s\n2 failed, 5 passed, 1 skipped in 40.1s\n") == dict(
         passed=5, failed=2, skipped=1, errors=0, deselected=0)
+
+
+def test_on_a_gpu_the_cuda_tests_get_the_text_and_any_skip_marks_the_step_partial(tmp_path, monkeypatch):
+    # what the step does on a GPU machine without ../shared, up to the pytest command (replaced here by its output)
+    text = tmp_path / 'input.txt'
+    text.write_text('First Citizen:\n')
+    seen = {}
+
+    def fake_call(clock, step, what, cmd, cwd=gpu_check.HERE, env=None, limit=None):
+        seen.update(cmd=cmd, env=env)
+        return dict(rc=0, seconds=1.0, timed_out=False, output=(
+            "....s.\n=== short test summary info ===\n"
+            "SKIPPED [1] tests/test_cuda.py:132: FSDP needs torch 2.7\n5 passed, 1 skipped in 40.1s\n"))
+
+    monkeypatch.setattr(gpu_check, 'call', fake_call)
+    monkeypatch.setattr(gpu_check, 'smoke', False)
+    monkeypatch.setattr(gpu_check, 'shakespeare', str(text))
+    row = gpu_check.run_step('cuda_tests', gpu_check.Clock(60), str(tmp_path))
+    assert seen['env'] == {'TINY_SHAKESPEARE': str(text)}
+    files = [c for c in seen['cmd'] if c.startswith('tests/')]
+    assert 'tests/test_cuda.py' in files and 'tests/test_serve.py' not in files  # (only files with cuda tests)
+    assert (row['status'], row['passed'], row['skipped']) == ('partial', 5, 1)
+    assert row['skips'] == {'FSDP needs torch 2.7': 1} and 'FSDP needs torch 2.7' in row['summary']
+
+
+def test_the_tests_find_tiny_shakespeare_through_its_variable(monkeypatch, tmp_path):
+    import conftest
+    monkeypatch.setenv('TINY_SHAKESPEARE', str(tmp_path / 'input.txt'))
+    assert conftest.shakespeare_candidates()[0] == tmp_path / 'input.txt'
+    monkeypatch.delenv('TINY_SHAKESPEARE')
+    assert conftest.shakespeare_candidates()[0] == conftest.SHARED / 'data' / 'tinyshakespeare' / 'input.txt'
 
 
 FAKE_NANOGPT = {
