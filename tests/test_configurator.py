@@ -216,3 +216,39 @@ def test_auto_keys_also_take_a_bool(tmp_path):
         parse(defaults, [write(tmp_path, 'c.py', "compile = 1\n")])
     with pytest.raises(ConfigError, match="'batch_size' expects int"):
         parse(defaults, ['--batch_size=True'])
+
+
+def script_defaults(script):
+    """A script's config keys and defaults as configure() sees them: its top-level assignments of plain values
+    up to the configure() call, read from the source (importing the scripts would run them)."""
+    import ast
+    tree = ast.parse((ROOT / script).read_text(encoding='utf-8'))
+    defaults = {}
+    for node in tree.body:
+        if 'configurator.configure(' in ast.unparse(node):
+            return defaults
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:  # (constant expressions too: gradient_accumulation_steps = 5 * 8)
+                value = eval(compile(ast.Expression(node.value), script, 'eval'), {'__builtins__': {}}, dict(defaults))
+            except Exception:
+                continue
+            defaults.update(config_keys({node.targets[0].id: value}))
+    raise AssertionError(f"{script} never calls configurator.configure")
+
+
+def test_every_config_file_fits_the_commands_its_header_gives():
+    # each config/*.py names in its header the command that uses it (`$ python train.py config/x.py`, or torchrun,
+    # sometimes after another config file): every key it sets must be one of that script's, with the default's type
+    import re
+    checked = []
+    for cfg in sorted((ROOT / 'config').glob('*.py')):
+        header = [line for line in cfg.read_text(encoding='utf-8').splitlines() if line.startswith('#')]
+        commands = [(script, files.split()) for line in header
+                    for script, files in re.findall(r'(?:python|torchrun(?: --\S+)*) (\w+\.py)((?: config/\S+\.py)+)',
+                                                    line)
+                    if f'config/{cfg.name}' in files.split()]
+        assert commands, f"{cfg.name}: no '$ python (or torchrun) <script>.py config/{cfg.name}' line in its header"
+        for script, files in commands:
+            parse(script_defaults(script), [str(ROOT / f) for f in files])  # raises ConfigError on a stale key
+            checked.append(script)
+    assert {'train.py', 'finetune.py', 'eval.py', 'dpo.py', 'ppo.py', 'reward.py'} <= set(checked)
