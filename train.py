@@ -241,6 +241,11 @@ else:
     log_compile = ''
 if device_type != 'cuda':
     compile = compile and device_type == 'cpu'  # inductor has no MPS backend worth using yet
+if compile and device_type == 'cpu' and TorchVersion(torch.__version__) < (2, 7):
+    # (measured: torch 2.6's C++ inductor gave the tied embedding of a 2-layer GPT-2 a gradient 67% off eager's and
+    # aot_eager's, whose losses then drift; 2.7.0, 2.7.1 and 2.8.0 match eager to 1e-6)
+    raise UserError(f"compile=True on the CPU needs PyTorch 2.7 or newer, found {torch.__version__} (its compiled "
+                    f"backward is wrong for this model): use --compile=False, or upgrade torch")
 # the same initial weights on every rank (FSDP shards them as they are); deterministic=True: the same steps in every
 # run, which before this matmul or any other cuBLAS work happens (device.use_deterministic)
 setup_torch(seed, device, deterministic)

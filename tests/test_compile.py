@@ -3,6 +3,7 @@
 so the runs are short and shared by the tests here."""
 import pytest
 import torch
+from torch.torch_version import TorchVersion
 
 from conftest import events, run, tiny
 
@@ -14,16 +15,21 @@ COMMON = [a for a in tiny(dtype='float32', max_iters=6, eval_interval=3, log_int
           if not a.startswith('--compile=')]
 
 
+# torch 2.6's C++ inductor computes a wrong backward for this model: train.py refuses compile=True on its CPU
+COMPILED_TRAINING = TorchVersion(torch.__version__) >= (2, 7)
+
+
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory, char_data):
     out = {}
-    for compiled in (False, True):
+    for compiled in (False, True) if COMPILED_TRAINING else (False,):
         out[compiled] = tmp_path_factory.mktemp(f'compile_{compiled}')
         p = run('train.py', *COMMON, f'--compile={compiled}', f'--data_dir={char_data}', f'--out_dir={out[compiled]}')
         assert ('compiling the model' in p.stdout) == compiled
     return out
 
 
+@pytest.mark.skipif(not COMPILED_TRAINING, reason='compiled training on the CPU needs torch 2.7 or newer')
 def test_compiled_training_matches_eager(runs):
     eager, compiled = runs[False], runs[True]
     # the compiled graphs (training, then evaluation in no_grad mode) compute the same losses...
@@ -42,11 +48,18 @@ def test_compiled_training_matches_eager(runs):
 def test_compiled_sampling_matches_eager(runs):
     # greedy, beyond the 32-token context: the cached one-token steps run compiled (the prefill and the
     # sliding window's refills, eager)
-    args = [f'--out_dir={runs[True]}', '--device=cpu', '--dtype=float32', '--temperature=0', '--num_samples=1',
+    args = [f'--out_dir={runs[False]}', '--device=cpu', '--dtype=float32', '--temperature=0', '--num_samples=1',
             '--max_new_tokens=48', '--start=ROMEO:']
     eager = run('sample.py', *args, '--compile=False').stdout
     compiled = run('sample.py', *args, '--compile=True').stdout
     assert compiled == eager and len(eager) > 48
+
+
+@pytest.mark.skipif(COMPILED_TRAINING, reason='this torch trains compiled on the CPU (the check is for torch 2.6)')
+def test_compiled_training_on_the_cpu_of_an_old_torch_is_one_line(tmp_path, char_data):
+    p = run('train.py', *COMMON, '--compile=True', f'--data_dir={char_data}', f'--out_dir={tmp_path}', check=False)
+    assert p.returncode != 0 and 'Traceback' not in p.stderr, p.stderr[-2000:]
+    assert 'error: compile=True on the CPU needs PyTorch 2.7 or newer' in p.stderr, p.stderr[-2000:]
 
 
 def test_compiled_decoder_is_one_graph_for_every_position_and_prompt():
