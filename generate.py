@@ -186,9 +186,7 @@ class CUDAGraphDecoder:
         graph, tokens, logits = self.graphs[key]
         tokens.copy_(idx)
         graph.replay()
-        start, count = kv_cache.rows
-        for i in range(start, start + count):
-            kv_cache.lengths[i] += idx.size(1)
+        kv_cache.count(idx.size(1))
         return logits, None
 
     def capture(self, idx, cache):

@@ -46,8 +46,8 @@ class KVCache:
         self.pos = torch.zeros(batch_size, dtype=torch.long, device=device)  # each row's length, on the device
         self.lengths = [0] * batch_size  # the same on the host, so eager steps never read the device
         self.rows = (0, batch_size)      # the slots the next forward pass runs on (select)
-        # advance() counts the host's lengths too; a compiled or captured step turns this off and counts them itself
-        # (count): the Python of such a step does not run again, and a compiled one would guard on every length
+        # advance() counts the host's lengths too; generate.CompiledDecoder turns this off and counts them itself
+        # (count), since a compiled step would guard on every length (CUDAGraphDecoder counts after each replay)
         self.host_counts = True
 
     @property
