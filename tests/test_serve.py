@@ -278,8 +278,11 @@ def test_chat_page_in_headless_chromium(chat_server, tmp_path):
         page.fill('#temperature', '1')
         page.fill('#max_tokens', '40')
         page.fill('#seed', '5')
-        # count the answer's updates: streamed text appears in several steps, not at once
-        page.evaluate("""window.updates = 0; new MutationObserver(() => window.updates++)
+        # count the answer's updates: streamed text appears in several steps, not at once (the answer's own records,
+        # not the callbacks: events that reach the page in one network read are applied in one task, one callback)
+        page.evaluate("""window.updates = 0; new MutationObserver((records) => window.updates += records.filter(
+                               r => (r.target.nodeType === 1 ? r.target : r.target.parentElement)
+                                    ?.matches('.msg.assistant .text')).length)
                          .observe(document.getElementById('log'), {subtree: true, characterData: true, childList: true})""")
         page.fill('#input', 'Now')
         page.click('#send')
