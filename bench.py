@@ -54,15 +54,16 @@ import time
 import torch
 
 import configurator
-import hf
-from bench_reference import RefGPT
-from checkpoint import load_model
-from configurator import UserError
-from device import (autocast_ctx, cpu_has_fast_bf16, cpu_has_native_bf16, cpu_name, decode_dtype, device_peak_flops,
-                    pick_device, pick_dtype, shut_down)
-from generate import CUDAGraphDecoder, compile_decoder, decode_layout, generate, packing_pays
+from gpt import hf
+from gpt.device import (autocast_ctx, cpu_has_fast_bf16, cpu_has_native_bf16, cpu_name, decode_dtype, device_peak_flops,
+                        pick_device, pick_dtype, shut_down)
+from gpt.engine import generate
+from gpt.errors import UserError
+from gpt.fastpath import CUDAGraphDecoder, compile_decoder, decode_layout, packing_pays
+from gpt.loading import load_model
+from gpt.tokendata import TokenData, dataset_dir
 from model import PRESETS, cpu_training_avoids_sdpa
-from tokendata import TokenData, dataset_dir
+from tools.bench_reference import RefGPT
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value
@@ -213,7 +214,7 @@ def describe(v, c, dev):
     if mode == 'sample':
         parts.append('KV cache' if v['cache'] else 'no cache')
         if v['int8']:  # (which kernel its one-token steps take here: quantize.py)
-            from quantize import gemv_pays
+            from gpt.quantize import gemv_pays
             one_row = dev.startswith('cpu') and batch_size <= 1 and not v['compile'] and gemv_pays()
             parts.append('int8 weights' + ' (compiled one-row kernel)' * one_row)
         parts += ['CUDA graph'] * v['cudagraph']
@@ -292,7 +293,7 @@ def packs(v):
 def sample_step(m, v, ctx, dev, prompt):
     """Greedy generation of max_new_tokens with generate.py, as sample.py runs it."""
     if v['int8']:
-        from quantize import quantize_int8
+        from gpt.quantize import quantize_int8
         quantize_int8(m)
     if v['layout'] != 'rowmajor':  # (compiled: column-major, which torch.compile traces)
         decode_layout(m, pack=packs(v), rows=prompt.size(0))
@@ -514,7 +515,8 @@ def eval_bench(dev):
     example's choices per padded forward pass, as llm.c and build-nanogpt score HellaSwag. Both pick the choice
     with the best summed and per-token log-likelihood; the picks must agree. float32, no autocast."""
     import transformers
-    from tasks import load_tasks, score
+
+    from gpt.tasks import load_tasks, score
     if threads:
         torch.set_num_threads(threads)
     names = [s.strip() for s in (variants or STANDARD['eval']).split(',') if s.strip()]
@@ -596,7 +598,8 @@ def compare_outputs(names, outputs):
 
 def write_traces(names, steps, dev):
     """A chrome trace per variant in out_dir, and the top operators by CPU time."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.startswith('cuda') else [])
     for n in names:
         with torch_profile(activities=acts, record_shapes=True) as prof:
@@ -624,7 +627,8 @@ def speedrun_bench():
         raise UserError(f"no train.bin in {data}: run python data/shakespeare_char/prepare.py")
     nanogpt = os.path.join(here, '..', 'nanoGPT') if reference == 'auto' else reference
     if reference == 'builtin' or (reference == 'auto' and not os.path.exists(os.path.join(nanogpt, 'train.py'))):
-        ref = ([sys.executable, 'bench_reference.py', f'--data_dir={data}'], here, 'bench_reference.py (nanoGPT recipe)')
+        ref = ([sys.executable, 'tools/bench_reference.py', f'--data_dir={data}'], here,
+               'tools/bench_reference.py (nanoGPT recipe)')
     else:
         if not os.path.exists(os.path.join(nanogpt, 'data', 'shakespeare_char', 'train.bin')):
             raise UserError(f"nanoGPT at {nanogpt} has no data/shakespeare_char/train.bin: run its "
@@ -718,6 +722,7 @@ def load_copy(path):
     """The loader hf.from_pretrained replaced, for comparison: transformers' model, then a randomly initialised
     GPT, then a copy of every tensor (two copies of the weights at the peak)."""
     from transformers import AutoConfig, AutoModelForCausalLM
+
     from model import GPT
     theirs = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict()
     m = GPT(hf.config_from_hf(AutoConfig.from_pretrained(path)))
@@ -754,7 +759,8 @@ def reset_peak_rss():
 def memory_one(dev, name):
     """One variant of memory_bench, in this (fresh) process: prints one JSON line."""
     import json
-    import lora
+
+    from gpt import lora
     parts = set(name.split('+'))
     cuda = dev.startswith('cuda')
     start = torch.cuda.memory_allocated(dev) / 2 ** 20 if cuda else peak_memory_mb(dev)

@@ -21,11 +21,11 @@ import torch
 from torch.nn import functional as F
 
 import configurator
-from checkpoint import load_model
-from configurator import UserError
-from device import pick_device
-from generate import generate
-from tokendata import dataset_dir, load_meta
+from gpt.device import pick_device
+from gpt.engine import generate
+from gpt.errors import UserError
+from gpt.loading import load_model
+from gpt.tokendata import dataset_dir, load_meta
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value

@@ -23,13 +23,15 @@ import time
 import torch
 
 import configurator
-import lora
-from align import (Run, collate, dpo_loss, encode_prompt, encode_response, fit, fmt, load_policy, policy_checkpoint,
-                   read_preferences, response_logprobs)
-from checkpoint import resume_settings, rng_state
-from configurator import check_range
-from device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
-from tokendata import get_tokenizer, seed_from
+from gpt import errors, lora
+from gpt.chat import encode_prompt, encode_response
+from gpt.checkpoint import rng_state
+from gpt.device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
+from gpt.errors import check_range
+from gpt.prefs import collate, fit, read_preferences
+from gpt.rl import dpo_loss, load_policy, policy_checkpoint, response_logprobs
+from gpt.run import Run, fmt, resume_settings
+from gpt.tokendata import get_tokenizer, seed_from
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value
@@ -71,7 +73,7 @@ for k in ('warmup_iters', 'weight_decay', 'grad_clip', 'max_val'):
 check_range('learning_rate', learning_rate, low=0, low_open=True)
 check_range('beta', beta, low=0, low_open=True)
 if not train_data or not val_data:
-    raise configurator.UserError("pass --train_data=... and --val_data=... (chosen/rejected pairs or ranked groups)")
+    raise errors.UserError("pass --train_data=... and --val_data=... (chosen/rejected pairs or ranked groups)")
 device = pick_device(device)
 dtype = pick_dtype(dtype, device)
 setup_torch(seed, device)
@@ -96,7 +98,7 @@ def encode_pairs(groups):
 train_pairs = encode_pairs(read_preferences(train_data))
 val_pairs = encode_pairs(read_preferences(val_data))[:max_val or None]
 if batch_size > len(train_pairs):  # (a step draws its pairs with replacement: it would repeat them)
-    raise configurator.UserError(f"batch_size ({batch_size}) is larger than the {len(train_pairs)} training pairs in "
+    raise errors.UserError(f"batch_size ({batch_size}) is larger than the {len(train_pairs)} training pairs in "
                                  f"{train_data}: lower --batch_size")
 # joins the process group once the settings and data have been checked on every rank
 run = Run(out_dir, device, divide={'batch_size': batch_size}, new_run=not resume)

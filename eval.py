@@ -25,10 +25,11 @@ import time
 import torch
 
 import configurator
-from checkpoint import load_model
-from configurator import UserError
-from device import autocast_ctx, describe, pick_device, pick_dtype
-from tasks import load_tasks, score
+from gpt import errors
+from gpt.device import autocast_ctx, describe, pick_device, pick_dtype
+from gpt.errors import UserError
+from gpt.loading import load_model
+from gpt.tasks import load_tasks, score
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value
@@ -86,7 +87,7 @@ def main():
         if dev.startswith('cuda'):
             torch.cuda.set_device(dev)
         dist.init_process_group(backend='nccl' if dev.startswith('cuda') else 'gloo')
-        configurator.exit_on_user_error()  # (torch's hook, installed just now, would prefix the line with [rankN])
+        errors.exit_on_user_error()  # (torch's hook, installed just now, would prefix the line with [rankN])
         world = dist.get_world_size()
     model.to(dev).eval()
     if compile:

@@ -23,12 +23,10 @@ import os
 import shutil
 
 import configurator
-import hf
-import lora
-from checkpoint import load_model
-from configurator import UserError, check_range
-import tokendata
-from tokendata import get_tokenizer
+from gpt import hf, lora, tokendata
+from gpt.errors import UserError, check_range
+from gpt.loading import load_model
+from gpt.tokendata import get_tokenizer
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value (module-level strings and numbers are config keys,

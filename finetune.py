@@ -37,14 +37,14 @@ from dataclasses import asdict
 import torch
 
 import configurator
-import checkpoint
-import lora
-from checkpoint import (StopSignal, check_kind, load_checkpoint, load_model, model_from_checkpoint, resume_settings,
-                        rng_state, save_checkpoint, set_rng_state)
-from configurator import UserError, check_choice, check_range
-from device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
-from heads import FIELDS, SPECIAL_TOKENS, TASKS, TaskModel, add_tokens, collate, transform
-from tokendata import get_tokenizer, read_text, seed_from
+from gpt import checkpoint, lora, run
+from gpt.checkpoint import check_kind, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from gpt.device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
+from gpt.errors import UserError, check_choice, check_range
+from gpt.heads import FIELDS, SPECIAL_TOKENS, TASKS, TaskModel, add_tokens, collate, transform
+from gpt.loading import load_model, model_from_checkpoint
+from gpt.run import StopSignal, resume_settings
+from gpt.tokendata import get_tokenizer, read_text, seed_from
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value
@@ -284,7 +284,7 @@ def load_finetuned(path, ckpt=None):
 # ----------------------------------------------------------------------------- export, predict
 
 if export:
-    import hf
+    from gpt import hf
     if os.path.exists(export) and not (os.path.isdir(export) and (not os.listdir(export) or os.path.isfile(
             os.path.join(export, 'config.json')))):  # an earlier export is rewritten; nothing else (the run itself)
         raise UserError(f"--export={export} exists and is not an exported model (a folder with config.json): "
@@ -374,11 +374,11 @@ if ckpt is not None:
     step, best = ckpt['iter_num'], ckpt['best_metric']
     del ckpt
 os.makedirs(out_dir, exist_ok=True)
-checkpoint.lock_out_dir(out_dir)  # a second run into it stops; a new run moves an old one aside (checkpoint.py)
-moved = '' if resume else checkpoint.make_room(out_dir, overwrite=False)
+run.lock_out_dir(out_dir)  # a second run into it stops; a new run moves an old one aside (checkpoint.py)
+moved = '' if resume else run.make_room(out_dir, overwrite=False)
 if moved:
     log(moved)
-checkpoint.append_record(os.path.join(out_dir, 'log.jsonl'),
+run.append_record(os.path.join(out_dir, 'log.jsonl'),
                          dict(event='start', script='finetune.py', config=config, step=step))
 stop = StopSignal()
 
@@ -416,7 +416,7 @@ while step < total:
     if (eval_interval and step % eval_interval == 0) or step % steps_per_epoch == 0 or step == total:
         metric, value, val_loss = evaluate(model, val_ex, val_labels)
         log(f"step {step}: val {metric} {value:.4f}, val loss {val_loss:.4f}")
-        checkpoint.append_record(os.path.join(out_dir, 'log.jsonl'), dict(
+        run.append_record(os.path.join(out_dir, 'log.jsonl'), dict(
             event='eval', step=step, epoch=epoch + 1, metric=metric, value=value, val_loss=val_loss,
             seconds=time.time() - t0))
         save(os.path.join(out_dir, 'ckpt.pt'), model, optimizer, step, max(best, value), meta, classes, specials)

@@ -421,7 +421,7 @@ class GPT(nn.Module):
         adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, fused=fused or None)
         if not hidden:
             return adamw
-        from optim import Muon, MuonAdamW  # (imported here: model.py alone needs torch alone)
+        from gpt.optim import Muon, MuonAdamW  # (imported here: model.py alone needs torch alone)
         muon = Muon([{'params': hidden, 'lr_scale': muon_lr / learning_rate}], lr=muon_lr,
                     weight_decay=weight_decay, momentum=muon_momentum, ns_dtype=muon_dtype)
         return MuonAdamW(muon, adamw)

@@ -30,14 +30,16 @@ import time
 import torch
 
 import configurator
-import lora
-from align import (Run, collate, encode_prompt, entropy, fmt, gae, kl_penalty, load_policy,
-                   load_reward_model, policy_checkpoint, ppo_policy_loss, ppo_value_loss, read_prompts,
-                   response_logprobs, sample_responses, score_rollouts, special_ids, whiten_moments)
-from checkpoint import resume_settings, rng_state
-from configurator import UserError, check_range
-from device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
-from tokendata import TokenData, check_same_tokenizer, dataset_dir, get_tokenizer, seed_from
+from gpt import lora
+from gpt.chat import encode_prompt, special_ids
+from gpt.checkpoint import rng_state
+from gpt.device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
+from gpt.errors import UserError, check_range
+from gpt.prefs import collate, read_prompts
+from gpt.rl import (entropy, gae, kl_penalty, load_policy, load_reward_model, policy_checkpoint, ppo_policy_loss,
+                    ppo_value_loss, response_logprobs, sample_responses, score_rollouts, whiten_moments)
+from gpt.run import Run, fmt, resume_settings
+from gpt.tokendata import TokenData, check_same_tokenizer, dataset_dir, get_tokenizer, seed_from
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value

@@ -22,14 +22,16 @@ import time
 import torch
 
 import configurator
-import lora
-from align import (Run, collate, encode_prompt, encode_response, fit, fmt, load_policy,
-                   read_preferences, read_prompts, reward_checkpoint, reward_loss, sample_responses, special_ids)
-from checkpoint import resume_settings, rng_state
-from configurator import check_range
-from device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
-from heads import RewardModel
-from tokendata import get_tokenizer, seed_from
+from gpt import errors, lora
+from gpt.chat import encode_prompt, encode_response, special_ids
+from gpt.checkpoint import rng_state
+from gpt.device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
+from gpt.errors import check_range
+from gpt.heads import RewardModel
+from gpt.prefs import collate, fit, read_preferences, read_prompts
+from gpt.rl import load_policy, reward_checkpoint, reward_loss, sample_responses
+from gpt.run import Run, fmt, resume_settings
+from gpt.tokendata import get_tokenizer, seed_from
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value
@@ -72,7 +74,7 @@ for k in ('warmup_iters', 'weight_decay', 'grad_clip', 'max_val', 'norm_prompts'
     check_range(k, config[k], low=0)
 check_range('learning_rate', learning_rate, low=0, low_open=True)
 if not train_data or not val_data:
-    raise configurator.UserError("pass --train_data=... and --val_data=... (ranked groups or chosen/rejected pairs)")
+    raise errors.UserError("pass --train_data=... and --val_data=... (ranked groups or chosen/rejected pairs)")
 device = pick_device(device)
 dtype = pick_dtype(dtype, device)
 setup_torch(seed, device)
@@ -94,7 +96,7 @@ def encode_groups(groups):
 train_groups = encode_groups(read_preferences(train_data))
 val_groups = encode_groups(read_preferences(val_data))[:max_val or None]
 if batch_size > len(train_groups):  # (a step draws its groups with replacement: it would repeat them)
-    raise configurator.UserError(f"batch_size ({batch_size}) is larger than the {len(train_groups)} training groups in "
+    raise errors.UserError(f"batch_size ({batch_size}) is larger than the {len(train_groups)} training groups in "
                                  f"{train_data}: lower --batch_size")
 # joins the process group once the settings and data have been checked on every rank
 run = Run(out_dir, device, divide={'batch_size': batch_size}, new_run=not resume)

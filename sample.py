@@ -29,12 +29,13 @@ import time
 import torch
 
 import configurator
-from checkpoint import load_model
-from configurator import UserError
-from device import autocast_ctx, decode_dtype, pick_device, shut_down
-from generate import (CUDAGraphDecoder, Engine, SamplingParams, beam_search, check_sampling_args, compile_decoder, decode_layout,
-                      generate_stream)
-from tokendata import get_tokenizer, json_lines, read_text
+from gpt.device import autocast_ctx, decode_dtype, pick_device, shut_down
+from gpt.engine import Engine, beam_search, generate_stream
+from gpt.errors import UserError
+from gpt.fastpath import CUDAGraphDecoder, compile_decoder, decode_layout
+from gpt.loading import load_model
+from gpt.sampling import SamplingParams, check_sampling_args
+from gpt.tokendata import get_tokenizer, json_lines, read_text
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value
@@ -124,7 +125,7 @@ def main():
     model, meta, _ = load_model(init_from, out_dir, ckpt_name, dropout=0.0)
     model.to(dev).eval()
     if quantize == 'int8':
-        from quantize import quantize_int8
+        from gpt.quantize import quantize_int8
         quantize_int8(model)
     # (only generates: weights laid out for its steps, for one row or a batch; column-major where compile traces
     # them, or for bf16)

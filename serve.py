@@ -51,13 +51,15 @@ from pathlib import Path
 
 import torch
 
-import align
 import configurator
-from checkpoint import load_model
-from configurator import UserError
-from device import decode_dtype, pick_device
-from generate import Engine, SamplingParams, decode_layout
-from tokendata import get_tokenizer
+from gpt import chat, errors
+from gpt.device import decode_dtype, pick_device
+from gpt.engine import Engine
+from gpt.errors import UserError
+from gpt.fastpath import decode_layout
+from gpt.loading import load_model
+from gpt.sampling import SamplingParams
+from gpt.tokendata import get_tokenizer
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value
@@ -455,8 +457,8 @@ class Server:
         self.model, self.meta, self.name = model, meta, name
         self.encode_raw, self.decode, eot = get_tokenizer(meta)
         added = (meta or {}).get('added_tokens') or {}
-        self.chat = all(t in added for t in align.SPECIAL_TOKENS)
-        end = added.get(align.END, eot)  # as sample.py: a chat model ends at <|end|>, others at <|endoftext|>
+        self.chat = all(t in added for t in chat.SPECIAL_TOKENS)
+        end = added.get(chat.END, eot)  # as sample.py: a chat model ends at <|end|>, others at <|endoftext|>
         self.stop_ids = () if end is None else (int(end),)
         self.block_size = model.config.block_size
         self.vocab_size = model.config.vocab_size
@@ -654,13 +656,13 @@ async def generation(request, kind):
     if kind == 'chat':
         if not server.chat:
             raise ApiError(400, f"this model was not trained to chat (its tokenizer has no chat tokens "
-                                f"{', '.join(align.SPECIAL_TOKENS)}): use POST /v1/completions, or serve an SFT run "
+                                f"{', '.join(chat.SPECIAL_TOKENS)}): use POST /v1/completions, or serve an SFT run "
                                 f"(python train.py config/sft_shakespeare.py)", param='messages')
         turns = chat_turns(body.get('messages'))
         for i, (_, text) in enumerate(turns):
             server.encode(text)  # (a 400 naming the characters before align's template sees them)
-        ids, _ = align.encode_chat(server.encode, server.meta, turns)
-        prompts = [ids + [align.special_ids(server.meta)[1]]]  # ... <|user|>text<|assistant|>
+        ids, _ = chat.encode_chat(server.encode, server.meta, turns)
+        prompts = [ids + [chat.special_ids(server.meta)[1]]]  # ... <|user|>text<|assistant|>
         max_new = fit(prompts, body, 'max_completion_tokens' if body.get('max_completion_tokens') is not None
                       else 'max_tokens')
     else:
@@ -790,11 +792,11 @@ def main():
     Uvicorn = uvicorn_server()
     config = configurator.configure(globals(), verbose=False)
     for key in ('max_batch', 'max_n'):
-        configurator.check_range(key, config[key], 1)
+        errors.check_range(key, config[key], 1)
     for key in ('max_waiting', 'max_tokens_limit', 'port'):
-        configurator.check_range(key, config[key], 0)
-    configurator.check_range('max_body', max_body, 1024)
-    configurator.check_range('shutdown_timeout', shutdown_timeout, 0)
+        errors.check_range(key, config[key], 0)
+    errors.check_range('max_body', max_body, 1024)
+    errors.check_range('shutdown_timeout', shutdown_timeout, 0)
     if quantize not in ('none', 'int8'):
         raise UserError(f"quantize must be 'none' or 'int8', got {quantize!r}")
     if not PAGE.is_file():
@@ -807,7 +809,7 @@ def main():
     n_params = sum(p.numel() for p in model.parameters())
     int8_layers = 0
     if quantize == 'int8':  # (as sample.py --quantize=int8)
-        from quantize import Int8Linear, quantize_int8
+        from gpt.quantize import Int8Linear, quantize_int8
         int8_layers = sum(isinstance(m, Int8Linear) for m in quantize_int8(model).modules())
     decode_layout(model, pack=dt == 'float32', rows=max_batch)  # (only generates: laid out for batched steps)
     name = model_name or (Path(out_dir).resolve().name if init_from == 'resume' else Path(init_from).name)

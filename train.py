@@ -31,8 +31,8 @@ $ python train.py config/train_shakespeare_char.py --batch_size=32 --compile=Fal
 """
 
 import atexit
-import gc
 import collections
+import gc
 import math
 import os
 import platform
@@ -46,16 +46,16 @@ from dataclasses import asdict
 import torch
 from torch.torch_version import TorchVersion
 
-import checkpoint
 import configurator
-import lora
-from checkpoint import (RUN_FILES, StopSignal, append_record, check_resume_data, check_same_tokenizer,
-                        gather_full_state, link_checkpoint, load_model, load_optimizer_state, lock_out_dir, make_room,
-                        resume_settings, rng_state, save_checkpoint, set_rng_state)
-from configurator import UserError, check_choice, check_range
-from device import autocast_ctx, describe, peak_flops_and_source, pick_device, pick_dtype, setup_torch
-from tasks import evaluate, load_tasks
-from tokendata import TokenData, dataset_dir, load_meta, seed_from
+from gpt import checkpoint, errors, lora
+from gpt.checkpoint import (gather_full_state, link_checkpoint, load_optimizer_state, rng_state, save_checkpoint,
+                            set_rng_state)
+from gpt.device import autocast_ctx, describe, peak_flops_and_source, pick_device, pick_dtype, setup_torch
+from gpt.errors import UserError, check_choice, check_range
+from gpt.loading import load_model
+from gpt.run import RUN_FILES, StopSignal, append_record, check_resume_data, lock_out_dir, make_room, resume_settings
+from gpt.tasks import evaluate, load_tasks
+from gpt.tokendata import TokenData, check_same_tokenizer, dataset_dir, load_meta, seed_from
 
 # -----------------------------------------------------------------------------
 # config: defaults train GPT-2 124M on OpenWebText; overridden by a config file, then --key=value
@@ -296,7 +296,7 @@ model, model_meta, ckpt = load_model(
 if init_from not in ('scratch', 'resume') and any(os.path.exists(os.path.join(init_from, n)) for n in RUN_FILES):
     check_same_tokenizer(model_meta, meta, init_from, data_dir)  # another run of ours: its tokens must be these
 if init_from not in ('scratch', 'resume') and meta.get('added_tokens') and model.config.vocab_size < meta['vocab_size']:
-    from align import grow_vocab  # SFT data (align.py) adds the chat tokens: they get new embedding rows
+    from gpt.chat import grow_vocab  # SFT data (align.py) adds the chat tokens: they get new embedding rows
     model = grow_vocab(model, meta)
     log(f"added {', '.join(meta['added_tokens'])} to the vocabulary: {model.config.vocab_size} ids")
 lora_note = lora.setup(model, init_from, lora_rank, lora_alpha, lora_dropout, lora_targets,  # (new tokens' rows:
@@ -345,7 +345,7 @@ if ddp:
     if backend == 'auto':
         backend = 'nccl' if device.startswith('cuda') else 'gloo'
     dist.init_process_group(backend=backend)
-    configurator.exit_on_user_error()  # (torch's hook, installed just now, would prefix the line with [rankN])
+    errors.exit_on_user_error()  # (torch's hook, installed just now, would prefix the line with [rankN])
     # leave the group cleanly however the script ends (normal exit, a UserError or another exception)
     atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
 model_args = asdict(model.config)
@@ -476,7 +476,7 @@ def save(path_best=False):
     rng = rng_state(device)  # (on every rank: each GPU's CUDA generator is gathered)
     if not master_process:
         return
-    if lora.is_lora(raw_model):  # only what was trained, and the base's name (rebuilt by checkpoint.load_model)
+    if lora.is_lora(raw_model):  # only what was trained, and the base's name (rebuilt by loading.load_model)
         model_sd = lora.trained_state(raw_model, model_sd)
     state = dict(format=checkpoint.CHECKPOINT_FORMAT, kind='lm', model=model_sd, optimizer=optim_sd,
                  scaler=scaler.state_dict() if scaler.is_enabled() else None, model_args=model_args,

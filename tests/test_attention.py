@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import hf
-from generate import generate
-from kvcache import KVCache
+from gpt import hf
+from gpt.engine import generate
+from gpt.kvcache import KVCache
 from model import GPT, GPTConfig
 
 

@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=16', '--iters=2', '--warmup=1']
@@ -118,7 +117,7 @@ def test_user_errors_are_one_line(args, message):
 def test_standard_set_leaves_out_emulated_bf16():
     # without AMX, bf16 is emulated (~100x slower than fp32) and train.py's dtype 'auto' never picks it, so
     # --compare leaves it out; asked for by name it runs, flagged as slow, its MFU against the fp32 peak
-    import device
+    from gpt import device
     out = bench('--compare=True', '--rounds=1', PEAK).stdout
     bf16_rows = [line for line in out.splitlines()  # (the table's rows, not 'compile+bf16: warm-up and compilation')
                  if re.match(rf'(eager|compile)\+bf16 +{NUM} ', line)]

@@ -3,9 +3,8 @@
 so the runs are short and shared by the tests here."""
 import pytest
 import torch
-from torch.torch_version import TorchVersion
-
 from conftest import events, run, tiny
+from torch.torch_version import TorchVersion
 
 pytestmark = pytest.mark.slow  # compiling takes most of a minute per run
 
@@ -66,7 +65,9 @@ def test_compiled_decoder_is_one_graph_for_every_position_and_prompt():
     # a static cache gives every one-token step the same shapes: one compile serves the positions of a
     # generation and the next prompts of any length; a new batch size adds a graph, and the tokens stay eager's
     from torch._dynamo.utils import counters
-    from generate import compile_decoder, generate
+
+    from gpt.engine import generate
+    from gpt.fastpath import compile_decoder
     from model import GPT, GPTConfig
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=48, vocab_size=50)).eval()

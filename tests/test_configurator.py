@@ -5,10 +5,10 @@ import sys
 import textwrap
 
 import pytest
+from conftest import ROOT
 
 import configurator
 from configurator import ConfigError, config_keys, parse
-from conftest import ROOT
 
 DEFAULTS = {'out_dir': 'out', 'batch_size': 12, 'learning_rate': 6e-4,
             'compile': True, 'start': '\n'}

@@ -13,7 +13,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT, assert_same_state, events, interrupt, load_ckpt, run, tiny, train_losses
 
 pytestmark = pytest.mark.cuda
@@ -63,7 +62,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(deterministic_runs)
 
 
 def test_cuda_rng_state_is_saved_and_restored_for_the_gpu_in_use():
-    import checkpoint
+    from gpt import checkpoint
+
     # the last GPU, which is not the current device on a machine with several: its generator must be the one
     # saved and restored, not the current device's
     dev = f'cuda:{torch.cuda.device_count() - 1}'
@@ -109,7 +109,7 @@ def test_float16_grad_scaler_state_survives_a_resume(tmp_path, char_data):
 
 
 def test_bf16_autocast_forward_and_backward():
-    from device import autocast_ctx
+    from gpt.device import autocast_ctx
     from model import GPT, GPTConfig
     torch.manual_seed(0)
     m = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=65, pad_vocab_multiple=64)).cuda()
@@ -151,7 +151,7 @@ def test_fsdp_mixed_precision_in_one_process(tmp_path, char_data):
 
 
 def test_greedy_decoding_on_the_gpu_is_the_argmax_of_full_forwards():
-    from generate import generate
+    from gpt.engine import generate
     from model import GPT, GPTConfig
     torch.manual_seed(0)
     m = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=65)).cuda().eval()
@@ -174,7 +174,9 @@ def test_engine_with_cuda_graphs_and_chunked_reads_gives_the_tokens_of_one_step_
     """On the GPU the engine reads tokens every 8 steps (Engine.SYNC_EVERY) and CUDAGraphDecoder replays the
     one-token step: ragged prompts, an end token inside a chunk, more requests than slots, greedy and seeded rows,
     against the eager model read at every step."""
-    from generate import CUDAGraphDecoder, Engine, SamplingParams
+    from gpt.engine import Engine
+    from gpt.fastpath import CUDAGraphDecoder
+    from gpt.sampling import SamplingParams
     from model import GPT, GPTConfig
     torch.manual_seed(0)
     m = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=65)).cuda().eval()

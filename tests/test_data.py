@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import prepare_utils  # noqa: E402
 import pytest
-
-from conftest import ROOT as REPO, SHARED
+from conftest import ROOT as REPO
+from conftest import SHARED
 
 SHAKESPEARE = SHARED / "data" / "tinyshakespeare" / "input.txt"
 TIKTOKEN_CACHE = SHARED / "tiktoken_cache"
@@ -23,7 +24,6 @@ needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f"offli
 needs_tiktoken = pytest.mark.skipif(not TIKTOKEN_CACHE.is_dir(), reason=f"offline tiktoken cache not found at {TIKTOKEN_CACHE}")
 
 sys.path.insert(0, str(REPO / "data"))  # to import data/prepare_utils.py
-import prepare_utils  # noqa: E402
 
 
 def run(script, *args, env=None):

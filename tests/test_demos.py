@@ -7,21 +7,20 @@ each demo that must improve its own metric (exact match, bits per pixel), checke
 import importlib.util
 import json
 import math
+import sys
 
 import numpy as np
+import prepare_utils  # noqa: E402
 import pytest
 import torch
+from conftest import ROOT, load_ckpt, run, run_inprocess
 from torch.nn import functional as F
 
-from conftest import ROOT, load_ckpt, run, run_inprocess
-
 import demos
+from gpt.tokendata import TokenData
 from model import GPT, GPTConfig
-from tokendata import TokenData
 
-import sys
 sys.path.insert(0, str(ROOT / "data"))
-import prepare_utils  # noqa: E402
 
 
 def load_script(name):
@@ -194,7 +193,7 @@ def test_zero_init_head_and_untied_embeddings():
     assert m.lm_head.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match='tie_embeddings=False'):
         GPTConfig(**cfg, zero_init_head=True)
-    import hf
+    from gpt import hf
     with pytest.raises(ValueError, match='tie'):
         hf.save_pretrained(m, '/nonexistent/never-written')
 
@@ -218,7 +217,7 @@ def untrained(out):
 
 
 def trained(out):
-    from checkpoint import load_model
+    from gpt.loading import load_model
     return load_model('resume', str(out), 'best.pt')[0].eval()
 
 

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-import device
-from configurator import UserError
+from gpt import device
+from gpt.errors import UserError
 
 
 def test_cpu_peak_is_measured_and_override_wins():

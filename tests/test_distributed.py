@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.torch_version import TorchVersion
-
 from conftest import ROOT, assert_same_state, events, load_ckpt, tiny
+from torch.torch_version import TorchVersion
 
 TOL = 1e-5
 

@@ -4,9 +4,10 @@ every step (no cache at all), and transformers' batched generate with left paddi
 import pytest
 import torch
 
-import hf as hf_io
-from generate import Engine, SamplingParams, generate_batch
-from kvcache import KVCache
+from gpt import hf as hf_io
+from gpt.engine import Engine, generate_batch
+from gpt.kvcache import KVCache
+from gpt.sampling import SamplingParams
 from model import GPT, GPTConfig
 
 VOCAB = 101

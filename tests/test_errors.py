@@ -16,11 +16,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-import checkpoint
-import model
-from configurator import UserError
 from conftest import ROOT, run_inprocess, tiny
+
+import model
+from gpt import loading
+from gpt.errors import UserError
 
 TINY = tiny(batch_size=4, gradient_accumulation_steps=2, eval_iters=2, log_interval=1, dropout=0.1, plot=False,
             peak_flops=1e12, learning_rate=1e-3, warmup_iters=4, lr_decay_iters=24, min_lr=1e-4)
@@ -132,7 +132,7 @@ def test_block_size_larger_than_the_validation_split(tmp_path, char_data):
 def test_split_of_exactly_one_window_trains_and_its_last_window_is_drawn(tmp_path, char_data):
     # a split of block_size + 1 tokens holds one window, starting at 0; a longer one has its last window
     # (start len - block_size - 1) among the windows the loader draws
-    from tokendata import TokenData
+    from gpt.tokendata import TokenData
     data = data_copy(char_data, tmp_path / 'data')
     ids = np.fromfile(data / 'val.bin', dtype=np.uint16)
     ids[:33].tofile(data / 'val.bin')
@@ -243,7 +243,7 @@ def test_checkpoint_with_pickled_code_is_refused_everywhere(tmp_path, char_data,
     msg = fails('sample.py', f'--out_dir={evil_dir}', '--device=cpu', '--max_new_tokens=5')  # sample.py
     assert 'refusing to load' in msg and not target.exists()
     with pytest.raises(UserError, match='refusing to load'):  # the loader bench.py uses
-        checkpoint.load_model('resume', str(evil_dir))
+        loading.load_model('resume', str(evil_dir))
     assert not target.exists()
     assert snapshot(evil_dir) == before
 

@@ -14,7 +14,6 @@ from dataclasses import asdict
 
 import pytest
 import torch
-
 from conftest import ROOT, SHARED, run_inprocess
 
 transformers = pytest.importorskip('transformers')
@@ -163,14 +162,14 @@ def eval_json(tmp_path, *args, name='r.json'):
 # ----------------------------------------------------------------------------- tests
 
 def test_hellaswag_preprocessing_is_the_harness_one():
-    from tasks import hellaswag_preprocess
+    from gpt.tasks import hellaswag_preprocess
     text = 'Home and Garden: [header] How to keep a tidy garden [title] Pull weeds every week. [step] Weeds  grow fast. '
     assert hellaswag_preprocess(text) == 'Home and Garden: How to keep a tidy garden. Pull weeds every week. Weeds grow fast.'
 
 
 def test_hellaswag_matches_transformers(tmp_path, hf_dir, hf_model, hf_tok, hellaswag_file):
-    from checkpoint import load_model
-    from tasks import choice_picks, load_tasks, score
+    from gpt.loading import load_model
+    from gpt.tasks import choice_picks, load_tasks, score
     ref = ref_hellaswag(hf_model, hf_tok)
     model, meta, _ = load_model(str(hf_dir))
     task, = load_tasks(['hellaswag'], meta, model.config.block_size, data={'hellaswag': str(hellaswag_file)})
@@ -233,8 +232,8 @@ def test_perplexity_matches_the_hf_guide(tmp_path, hf_dir, hf_model, hf_tok, sha
 def test_evaluate_for_train_py(tmp_path, hf_dir, hellaswag_file, lambada_file):
     """tasks.evaluate, as train.py calls it on its model mid-training (train mode, dropout on): eval.py's numbers
     under 'task/metric' keys, and the model is left in train mode."""
-    from checkpoint import load_model
-    from tasks import evaluate, load_tasks
+    from gpt.loading import load_model
+    from gpt.tasks import evaluate, load_tasks
     model, meta, _ = load_model(str(hf_dir), dropout=0.5)
     model.train()
     task_list = load_tasks(['hellaswag', 'lambada'], meta, model.config.block_size, limit=4,
@@ -267,7 +266,7 @@ def test_perplexity_on_a_dataset_equals_its_joined_text(tmp_path, hf_dir, shakes
 @pytest.fixture(scope='module')
 def char_ckpt(tmp_path_factory, char_data):
     """A random character-level model saved as train.py saves a checkpoint, with the dataset's metadata."""
-    from checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from gpt.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
     from model import GPT, GPTConfig
     meta = json.loads((char_data / 'meta.json').read_text())
     torch.manual_seed(0)
@@ -329,7 +328,7 @@ def assert_error(code, err, *words):
 
 
 def test_errors(tmp_path, monkeypatch, hf_dir, char_ckpt, hellaswag_file):
-    import tasks
+    from gpt import tasks
     monkeypatch.setattr(tasks, 'CACHE_DIR', str(tmp_path / 'cache'))  # no downloaded copy; conftest sets offline mode
     base = (f'--init_from={hf_dir}', '--device=cpu', '--progress=False', f'--results_file={tmp_path / "r.json"}')
     assert_error(*run_inprocess('eval.py', *base, '--tasks=hellaswag,winogrande')[::2], 'unknown task winogrande')
@@ -388,8 +387,8 @@ def test_agrees_with_lm_eval_harness(tmp_path, hf_dir, hf_tok, hellaswag_file, l
     """lm-evaluation-harness (`lm_eval --model hf`) on the same model directory and files: every log-likelihood
     within a relative 1e-5 (float32 sums) and the same metrics. It tokenizes with transformers, eval.py with tiktoken.
     LM_EVAL_PYTHON=/path/to/venv/bin/python pytest tests/test_eval.py -k harness"""
-    from checkpoint import load_model
-    from tasks import load_tasks, score
+    from gpt.loading import load_model
+    from gpt.tasks import load_tasks, score
     include = tmp_path / 'harness_tasks'
     include.mkdir()
     for name, text in HARNESS_TASKS.items():

@@ -5,9 +5,9 @@ import json
 
 import pytest
 import torch
-
 from conftest import assert_same_state, events, interrupt, load_ckpt, run, run_inprocess, tiny
-from heads import TaskModel, add_tokens, collate, transform
+
+from gpt.heads import TaskModel, add_tokens, collate, transform
 from model import GPT, GPTConfig
 
 S, D, E = 100, 101, 102  # start, delim, extract
@@ -92,7 +92,7 @@ def test_objective_is_task_loss_plus_weighted_lm_loss(task):
 
 def test_multiple_choice_head_matches_transformers_double_heads(tmp_path):
     transformers = pytest.importorskip('transformers')
-    import hf
+    from gpt import hf
     torch.manual_seed(0)
     theirs = transformers.OpenAIGPTDoubleHeadsModel(transformers.OpenAIGPTConfig(
         n_layer=2, n_head=2, n_embd=32, n_positions=24, vocab_size=60)).eval()
@@ -120,7 +120,7 @@ def test_exported_head_matches_transformers(tmp_path, task, post_norm):
     """Classification and entailment export as GPT2/OpenAIGPTForSequenceClassification (their bias-free score
     layer, ours folded into the final LayerNorm); multiple choice on a GPT-2 network as GPT2DoubleHeadsModel."""
     transformers = pytest.importorskip('transformers')
-    import hf
+    from gpt import hf
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=100, post_norm=post_norm,
                         gelu_approx='tanh' if post_norm else 'none'))
@@ -267,7 +267,7 @@ def test_finetuned_classifier_exports_and_similarity_is_refused(tmp_path, pretra
     """--export from the command line: the transformers classifier gives new text the probabilities --predict
     gives it; a similarity model (no transformers class) is refused in one line with a non-zero exit."""
     transformers = pytest.importorskip('transformers')
-    from tokendata import get_tokenizer
+    from gpt.tokendata import get_tokenizer
     texts = ['To be, or not to be', 'Romeo, Romeo!', 'Now is the winter', 'O, woe!', 'Friends, Romans',
              'Is this a dagger', 'All the world', 'Out, damned spot!']
     data = tmp_path / 'd.jsonl'

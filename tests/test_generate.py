@@ -4,12 +4,12 @@ logits processors, seeded sampling, eos stopping, and argument errors. CPU, smal
 import pytest
 import torch
 
-import hf as hf_io
-from generate import (apply_min_p, apply_repetition_penalty, apply_top_k, apply_top_p, beam_search,
-                      check_sampling_args, decode_layout, generate, generate_stream)
-import generate as generate_mod
-from generate import PackedLinear
-from kvcache import KVCache
+from gpt import fastpath
+from gpt import hf as hf_io
+from gpt.engine import beam_search, generate, generate_stream
+from gpt.fastpath import PackedLinear, decode_layout
+from gpt.kvcache import KVCache
+from gpt.sampling import apply_min_p, apply_repetition_penalty, apply_top_k, apply_top_p, check_sampling_args
 from model import GPT, GPTConfig
 
 VOCAB = 101
@@ -99,7 +99,7 @@ def test_decode_layout_column_major_keeps_the_model(monkeypatch, how):
     model = random_gpt(block_size=64)
     ref = random_gpt(block_size=64)
     params = dict(model.named_parameters())
-    monkeypatch.setattr(generate_mod, 'packing_pays', lambda rows=1: how == 'pack=False')
+    monkeypatch.setattr(fastpath, 'packing_pays', lambda rows=1: how == 'pack=False')
     decode_layout(model, pack=how != 'pack=False', rows=8)
     assert dict(model.named_parameters()).keys() == params.keys()
     assert all(p is params[n] for n, p in model.named_parameters())
@@ -125,7 +125,7 @@ def test_decode_layout_packed_for_onednn_computes_the_same_model(monkeypatch, bi
     aside, so the path runs on every machine): logits of the unpacked model within float rounding, at one row, a
     batch and a prefill, greedy tokens alike; the embedding keeps the tied matrix; bf16 autocast still works;
     a second call changes nothing."""
-    monkeypatch.setattr(generate_mod, 'packing_pays', lambda rows=1: True)
+    monkeypatch.setattr(fastpath, 'packing_pays', lambda rows=1: True)
     model, ref = random_gpt(block_size=64, bias=bias), random_gpt(block_size=64, bias=bias)
     wte = model.transformer.wte.weight
     decode_layout(model)
@@ -190,7 +190,9 @@ def test_the_compiled_decoder_keeps_one_graph_per_batch_and_any_number_of_rows()
     graph, and a ragged batch whose rows pass the context one by one (a graph per number of rows stepped, more
     than dynamo's default limit of 8) decodes to the eager engine's tokens."""
     from torch._dynamo.utils import counters
-    from generate import compile_decoder, generate_batch
+
+    from gpt.engine import generate_batch
+    from gpt.fastpath import compile_decoder
     model = random_gpt(block_size=32)
     torch._dynamo.reset()
     counters.clear()

@@ -8,10 +8,9 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, run
 
-import gpu_check
+from tools import gpu_check
 
 STEPS = ['cuda_tests', 'throughput', 'speedrun', 'decode', 'determinism', 'nanogpt_speedrun']
 
@@ -19,7 +18,7 @@ STEPS = ['cuda_tests', 'throughput', 'speedrun', 'decode', 'determinism', 'nanog
 def check(tmp_path, char_data, *args):
     out = tmp_path / 'results.json'
     # (--nanogpt='': a nanoGPT checkout beside this one would be compared too, on the CPU, minutes of its 124M model)
-    p = run('gpu_check.py', '--smoke=True', f'--out={out}', f'--data_dir={char_data}', '--nanogpt=', *args,
+    p = run('tools/gpu_check.py', '--smoke=True', f'--out={out}', f'--data_dir={char_data}', '--nanogpt=', *args,
             timeout=300)
     return p.stdout, json.loads(out.read_text())
 
@@ -103,7 +102,7 @@ def test_a_command_that_ignores_sigterm_gets_sigkill():
 
 def test_unknown_steps_and_bad_limits_are_one_line_errors():
     for arg in ('--steps=decoding', '--limits=decode:5', '--limits=warp=5'):
-        p = subprocess.run([sys.executable, str(ROOT / 'gpu_check.py'), '--smoke=True', arg], capture_output=True,
+        p = subprocess.run([sys.executable, str(ROOT / 'tools' / 'gpu_check.py'), '--smoke=True', arg], capture_output=True,
                            text=True, cwd=ROOT, timeout=60)
         assert p.returncode == 1 and p.stderr.strip().startswith('error:') and len(p.stderr.strip().splitlines()) == 1
 
@@ -179,7 +178,7 @@ def test_a_nanogpt_checkout_is_compared_against(tmp_path, char_data, shakespeare
         (ng / name).parent.mkdir(parents=True, exist_ok=True)
         (ng / name).write_text(text)
     out = tmp_path / 'results.json'
-    run('gpu_check.py', '--smoke=True', f'--out={out}', f'--data_dir={char_data}', f'--nanogpt={ng}',
+    run('tools/gpu_check.py', '--smoke=True', f'--out={out}', f'--data_dir={char_data}', f'--nanogpt={ng}',
         f'--shakespeare={shakespeare_text}', '--steps=throughput,speedrun,nanogpt_speedrun', timeout=300)
     rows = {r['step']: r for r in json.loads(out.read_text())['steps']}
     assert [r['status'] for r in rows.values()] == ['ok'] * 3, rows

@@ -7,15 +7,13 @@ import json
 
 import pytest
 import torch
-from torch.torch_version import TorchVersion
-from safetensors.torch import load_file
-
-import hf
-import lora
-from configurator import UserError
-from model import GPT, GPTConfig
-
 from conftest import load_ckpt, run, tiny
+from safetensors.torch import load_file
+from torch.torch_version import TorchVersion
+
+from gpt import hf, lora
+from gpt.errors import UserError
+from model import GPT, GPTConfig
 
 transformers = pytest.importorskip('transformers')
 peft = pytest.importorskip('peft')
@@ -159,9 +157,9 @@ def test_peft_to_ours(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ours(IDX)[0], pm(IDX).logits, rtol=0, atol=1e-5)
     # the adapter directory as init_from (sample.py, eval.py, train.py): its base, named in adapter_config.json
-    import checkpoint
+    from gpt import loading
     assert json.loads((tmp_path / 'peft' / 'adapter_config.json').read_text())['base_model_name_or_path'] == str(base_dir)
-    direct = checkpoint.load_model(str(tmp_path / 'peft'))[0].eval()
+    direct = loading.load_model(str(tmp_path / 'peft'))[0].eval()
     with torch.no_grad():
         torch.testing.assert_close(direct(IDX)[0], pm(IDX).logits, rtol=0, atol=1e-5)
     # and back out: the same tensors peft wrote
@@ -242,7 +240,7 @@ def lora_run(char_data, base, out, *extra, nproc=1):
 
 
 def test_train_lora_checkpoint_resume_and_export(tmp_path, char_data):
-    import checkpoint
+    from gpt import loading
     base = char_base(tmp_path)
     out = tmp_path / 'run'
     p = lora_run(char_data, base, out, '--max_iters=6', '--grad_checkpoint=True')
@@ -253,7 +251,7 @@ def test_train_lora_checkpoint_resume_and_export(tmp_path, char_data):
     assert ck['lora']['base'] == str(base) and ck['lora']['rank'] == 4
     assert (out / 'ckpt.pt').stat().st_size < 200_000
     # load_model (sample.py, eval.py) rebuilds base + adapters; the base weights are the base's
-    model, _, _ = checkpoint.load_model('resume', str(out), 'ckpt.pt')
+    model, _, _ = loading.load_model('resume', str(out), 'ckpt.pt')
     plain = hf.from_pretrained(str(base), block_size=16)  # (the run's context)
     assert lora.is_lora(model)
     sd, base_sd = model.state_dict(), plain.state_dict()
@@ -346,9 +344,11 @@ def test_finetune_lora_head_resume_and_export(tmp_path, char_data):
 def rlhf_models(tmp_path):
     """A tiny SFT policy (a run's out_dir), a reward model and ranked preference groups."""
     import random
-    from align import chat_meta, policy_checkpoint, reward_checkpoint
-    from checkpoint import save_checkpoint
-    from heads import RewardModel
+
+    from gpt.chat import chat_meta
+    from gpt.checkpoint import save_checkpoint
+    from gpt.heads import RewardModel
+    from gpt.rl import policy_checkpoint, reward_checkpoint
     chars = sorted(set(" \n!',-.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ&$3"))
     meta = chat_meta(dict(tokenizer='char', chars=chars, vocab_size=len(chars)))
     for name in ('sft', 'rm'):
@@ -371,8 +371,10 @@ def test_dpo_and_ppo_with_lora(tmp_path, monkeypatch):
     """DPO and PPO with LoRA: no copy of the model is made for the reference (it is the policy with its adapters
     off, lora.Reference); the checkpoint holds the adapters only and loads as the SFT run plus them."""
     import copy
-    import checkpoint
+
     from conftest import run_inprocess
+
+    from gpt import loading
     d = rlhf_models(tmp_path)
     copies = []
     real_deepcopy = copy.deepcopy
@@ -385,8 +387,8 @@ def test_dpo_and_ppo_with_lora(tmp_path, monkeypatch):
     assert 'GPT' not in copies  # no second policy
     ck = load_ckpt(d / 'dpo' / 'ckpt.pt')
     assert ck['lora']['base'] == str(d / 'sft') and all('.lora_' in k for k in ck['model'])
-    policy = checkpoint.load_model(str(d / 'dpo'))[0]
-    sft = checkpoint.load_model(str(d / 'sft'))[0]
+    policy = loading.load_model(str(d / 'dpo'))[0]
+    sft = loading.load_model(str(d / 'sft'))[0]
     assert lora.is_lora(policy) and any(m.lora_B.abs().sum() > 0 for _, m in lora.adapters(policy))
     ref = lora.Reference(policy)
     with torch.no_grad():
@@ -431,25 +433,25 @@ def test_lora_with_checkpointing_on_two_processes_equals_one(tmp_path, char_data
 def test_a_lora_run_as_the_base_of_another(tmp_path):
     """init_from a LoRA run: its adapters are merged into the new run's base, and the new run's checkpoint rebuilds
     through it (two levels); resuming a full run as LoRA is one line."""
-    import checkpoint
-    from align import policy_checkpoint
-    from checkpoint import save_checkpoint
+    from gpt import loading
+    from gpt.checkpoint import save_checkpoint
+    from gpt.rl import policy_checkpoint
     base = tmp_path / 'base'
     base.mkdir()
     meta = dict(tokenizer='char', chars=[chr(65 + i) for i in range(50)], vocab_size=50)
     save_checkpoint(policy_checkpoint(small_gpt(), meta, {}, 0), str(base / 'ckpt.pt'))
-    first = checkpoint.load_model(str(base))[0]
+    first = loading.load_model(str(base))[0]
     lora.setup(first, str(base), 2, 4, 0.0, 'c_attn')
     randomize_adapters(first)
     (tmp_path / 'one').mkdir()
     save_checkpoint(policy_checkpoint(first, meta, {}, 1), str(tmp_path / 'one' / 'ckpt.pt'))
-    second = checkpoint.load_model(str(tmp_path / 'one'))[0]
+    second = loading.load_model(str(tmp_path / 'one'))[0]
     note = lora.setup(second, str(tmp_path / 'one'), 2, 4, 0.0, 'all')
     assert note.startswith('the adapters of the LoRA run this starts from are merged')
     randomize_adapters(second, seed=2)
     (tmp_path / 'two').mkdir()
     save_checkpoint(policy_checkpoint(second, meta, {}, 2), str(tmp_path / 'two' / 'ckpt.pt'))
-    again = checkpoint.load_model(str(tmp_path / 'two'))[0].eval()
+    again = loading.load_model(str(tmp_path / 'two'))[0].eval()
     with torch.no_grad():
         torch.testing.assert_close(again(IDX)[0], second.eval()(IDX)[0], rtol=0, atol=1e-6)
     with pytest.raises(UserError, match='cannot continue as LoRA'):
@@ -460,7 +462,7 @@ def test_a_lora_run_as_the_base_of_another(tmp_path):
         other.transformer.h[0].attn.c_attn.weight.mul_(1.01)  # same shapes, other weights: the fingerprint differs
     save_checkpoint(policy_checkpoint(other, meta, {}, 0), str(base / 'ckpt.pt'))
     with pytest.raises(UserError, match='is not the model it was trained on'):
-        checkpoint.load_model(str(tmp_path / 'one'))
+        loading.load_model(str(tmp_path / 'one'))
 
 
 def test_frozen_matrices_in_bf16_change_nothing_under_autocast():

@@ -12,14 +12,14 @@ import sys
 import pytest
 import torch
 import transformers
+from conftest import ROOT
 from safetensors.torch import load_file
 from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
                           OpenAIGPTConfig, OpenAIGPTLMHeadModel)
 
-import hf as hf_io
-from conftest import ROOT
-from generate import generate
-from kvcache import KVCache
+from gpt import hf as hf_io
+from gpt.engine import generate
+from gpt.kvcache import KVCache
 from model import GPT, PRESETS, Dropout, GPTConfig
 
 ATOL = 1e-5

@@ -11,10 +11,11 @@ import subprocess
 import sys
 
 import pytest
-
-import scaling_sweep
 from conftest import ROOT
+
 from model import GPT, GPTConfig
+from tools import scaling_sweep
+
 NOTEBOOK = ROOT / 'scaling_laws.ipynb'
 PLOTS = ('chinchilla_parametric.png', 'chinchilla_frontiers.png', 'isoflop.png', 'parametric_fit.png')
 
@@ -48,7 +49,7 @@ def test_plan_matches_budgets_and_model_sizes():
     (['--data_dir=/nonexistent/scaling', '--tiny'], 'has no train.bin'),
 ])
 def test_user_errors_are_one_line(args, message, tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / 'scaling_sweep.py'), f'--work_dir={tmp_path}',
+    r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'scaling_sweep.py'), f'--work_dir={tmp_path}',
                         f'--out={tmp_path / "r.json"}', *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert r.stderr.startswith('error: ') and message in r.stderr and len(r.stderr.strip().splitlines()) == 1

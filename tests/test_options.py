@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-
-from bench_reference import RefGPT
 from conftest import assert_same_state, events, load_ckpt, run, run_inprocess, tiny
+
 from model import GPT, GPTConfig, rotary, rotary_angles
+from tools.bench_reference import RefGPT
 
 CFG = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=40, gelu_approx='none')
 
@@ -103,7 +103,7 @@ def test_rotary_scores_depend_on_relative_position_only():
 
 @pytest.mark.parametrize('kw', [dict(pos_emb='rope'), dict(pos_emb='rope', qk_norm=True, mlp_act='relu2')])
 def test_rotary_model_decodes_with_the_cache_as_in_one_pass(kw):
-    from kvcache import KVCache
+    from gpt.kvcache import KVCache
     torch.manual_seed(0)
     m = GPT(GPTConfig(**CFG, **kw)).eval()
     assert 'wpe' not in m.transformer and m.num_params(non_embedding=True) == m.num_params()
@@ -135,7 +135,7 @@ def test_qk_norm_and_relu2_are_their_formulas():
 def test_newton_schulz_is_the_quintic_applied_to_the_singular_values():
     """Against an SVD: G = U S V^T; five iterations of X <- aX + bX^3 + cX^5 (on X^T X's side) give
     U phi(S / ||G||_F) V^T, phi the scalar quintic iterated five times; for tall and wide matrices, batched."""
-    from optim import NS_COEFFICIENTS, newton_schulz
+    from gpt.optim import NS_COEFFICIENTS, newton_schulz
     a, b, c = NS_COEFFICIENTS
     torch.manual_seed(0)
     for shape in ((3, 12, 20), (2, 24, 8), (1, 16, 16)):
@@ -157,7 +157,7 @@ def test_muon_step_is_nesterov_then_orthogonalised_and_the_rest_is_adamw():
     """Two steps of configure_optimizers(muon_lr=...) recomputed by hand: Muon's momentum buffer, the Nesterov
     direction, newton_schulz, decoupled weight decay and the sqrt(rows/cols) scale on the blocks' matrices;
     exactly torch.optim.AdamW's steps on everything else."""
-    from optim import newton_schulz
+    from gpt.optim import newton_schulz
     torch.manual_seed(0)
     m = GPT(GPTConfig(**CFG))
     opt = m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', verbose=False, muon_lr=0.02, muon_momentum=0.9)

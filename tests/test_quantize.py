@@ -5,10 +5,10 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from generate import generate
+from gpt import quantize
+from gpt.engine import generate
+from gpt.quantize import Int8Linear, int8_kernel_dtype, quantize_int8, quantize_weight
 from model import GPT, GPTConfig
-import quantize
-from quantize import Int8Linear, int8_kernel_dtype, quantize_int8, quantize_weight
 
 
 def linear(K=64, N=40, bias=True, seed=0):

@@ -19,9 +19,9 @@ import time
 
 import pytest
 import torch
-
-import checkpoint
 from conftest import ROOT, assert_same_state, load_ckpt, tiny, train_losses
+
+from gpt import checkpoint
 
 M = 24  # iterations of every run compared with the reference
 TINY = tiny(batch_size=4, gradient_accumulation_steps=2, eval_iters=2, log_interval=1, dropout=0.1, plot=False,

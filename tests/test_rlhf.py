@@ -9,15 +9,16 @@ import signal
 
 import pytest
 import torch
-
-import align
-from align import (chat_meta, dpo_loss, encode_chat, gae, kl_penalty, policy_checkpoint, ppo_policy_loss,
-                   ppo_value_loss, response_logprobs, reward_checkpoint, reward_loss, score_rollouts, whiten_moments)
-from checkpoint import save_checkpoint
 from conftest import events, interrupt, load_ckpt, run, run_inprocess, tiny
-from heads import RewardModel
+
+from gpt import chat, errors, prefs
+from gpt.chat import chat_meta, encode_chat
+from gpt.checkpoint import save_checkpoint
+from gpt.heads import RewardModel
+from gpt.rl import (dpo_loss, gae, kl_penalty, policy_checkpoint, ppo_policy_loss, ppo_value_loss, response_logprobs,
+                    reward_checkpoint, reward_loss, score_rollouts, whiten_moments)
+from gpt.tokendata import TokenData, get_tokenizer
 from model import GPT, GPTConfig
-from tokendata import TokenData, get_tokenizer
 
 TOL = 1e-5
 
@@ -131,7 +132,7 @@ def test_masked_sft_loss_has_zero_gradient_at_prompt_positions(tmp_path):
     rows = [dict(prompt='To be, or', response='not to be'), dict(prompt='O Romeo', response='wherefore')]
     (tmp_path / 'sft.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
     base = dict(tokenizer='char', chars=CHARS, vocab_size=len(CHARS))
-    align.write_chat_examples(tmp_path, {'train': str(tmp_path / 'sft.jsonl'), 'val': str(tmp_path / 'sft.jsonl')},
+    prefs.write_chat_examples(tmp_path, {'train': str(tmp_path / 'sft.jsonl'), 'val': str(tmp_path / 'sft.jsonl')},
                               base, block_size=32)
     data = TokenData(str(tmp_path), 32, 8, 'cpu')
     assert data.meta['added_tokens'] == META['added_tokens']
@@ -200,11 +201,11 @@ def ppo_args(models, out, **overrides):
 def kl_to(out, sft_dir):
     """KL(policy || SFT policy) computed exactly over the vocabulary, averaged over the response positions of 32
     responses the SFT policy samples."""
-    from checkpoint import load_model
-    from generate import generate
+    from gpt.engine import generate
+    from gpt.loading import load_model
     sft, policy = load_model(str(sft_dir))[0].eval(), load_model(str(out))[0].eval()
     encode, _, _ = get_tokenizer(META)
-    prompt = torch.tensor([align.encode_prompt(encode, META, 'Now')] * 32)
+    prompt = torch.tensor([chat.encode_prompt(encode, META, 'Now')] * 32)
     seq = generate(sft, prompt, 12, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         p, q = (torch.log_softmax(m(seq)[0].float(), -1) for m in (policy, sft))
@@ -482,8 +483,8 @@ def test_sft_reward_ppo_dpo_chain_and_sample(tmp_path, char_data, shakespeare_te
 def test_bad_sft_data_is_one_line(tmp_path, row, message):
     bad = tmp_path / 'sft.jsonl'
     bad.write_text(json.dumps(row) + '\n')
-    with pytest.raises(align.UserError) as e:
-        align.write_chat_examples(tmp_path, {'train': str(bad), 'val': str(bad)},
+    with pytest.raises(errors.UserError) as e:
+        prefs.write_chat_examples(tmp_path, {'train': str(bad), 'val': str(bad)},
                                   dict(tokenizer='char', chars=CHARS, vocab_size=len(CHARS)), 32)
     assert message in str(e.value) and '\n' not in str(e.value), str(e.value)
 
@@ -492,6 +493,6 @@ def test_preferences_from_the_hub_reader_equal_the_jsonl_reader(models, tmp_path
     pytest.importorskip('datasets')
     (tmp_path / 'hub').mkdir()  # a local folder of data files: datasets.load_dataset reads it as it reads a hub name
     (tmp_path / 'hub' / 'train.jsonl').write_text((models / 'prefs.jsonl').read_text())
-    assert align.read_preferences(f"hf:{tmp_path / 'hub'}") == align.read_preferences(str(models / 'prefs.jsonl'))
-    with pytest.raises(align.UserError, match="cannot load 'hf:nope-no-such-dataset'"):
-        align.read_rows('hf:nope-no-such-dataset')
+    assert prefs.read_preferences(f"hf:{tmp_path / 'hub'}") == prefs.read_preferences(str(models / 'prefs.jsonl'))
+    with pytest.raises(errors.UserError, match="cannot load 'hf:nope-no-such-dataset'"):
+        prefs.read_rows('hf:nope-no-such-dataset')

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, SHARED, load_ckpt, run, run_inprocess, tiny
 
 TINY = tiny(batch_size=4, gradient_accumulation_steps=1, eval_iters=2, log_interval=1, plot=False,
@@ -54,14 +53,13 @@ def run_copy(tmp_path, lm_run):
 
 @pytest.fixture(scope='module')
 def reward_run(tmp_path_factory, lm_run):
-    """A reward model's out_dir as reward.py writes it (align.reward_checkpoint: kind 'reward', a scalar head)."""
-    import align
-    import checkpoint
-    from heads import RewardModel
+    """A reward model's out_dir as reward.py writes it (rl.reward_checkpoint: kind 'reward', a scalar head)."""
+    from gpt import checkpoint, loading, rl
+    from gpt.heads import RewardModel
     out = tmp_path_factory.mktemp('rm')
     ckpt = load_ckpt(lm_run / 'ckpt.pt')
-    rm = RewardModel(checkpoint.model_from_checkpoint(ckpt))
-    checkpoint.save_checkpoint(align.reward_checkpoint(rm, ckpt['data_meta'], {}, 3), str(out / 'ckpt.pt'))
+    rm = RewardModel(loading.model_from_checkpoint(ckpt))
+    checkpoint.save_checkpoint(rl.reward_checkpoint(rm, ckpt['data_meta'], {}, 3), str(out / 'ckpt.pt'))
     return out
 
 
@@ -238,7 +236,7 @@ def test_a_reward_model_is_no_policy(tmp_path, script, args, reward_run):
 
 
 def test_old_checkpoints_without_a_kind(tmp_path, lm_run):
-    import checkpoint
+    from gpt import checkpoint
     ckpt = load_ckpt(lm_run / 'ckpt.pt')
     assert ckpt['kind'] == 'lm'
     del ckpt['kind']
@@ -360,7 +358,7 @@ def test_finetune_predict_on_a_malformed_file(tmp_path, task_run, name, content,
 # ----------------------------------------------------------------------------- the machine and the README
 
 def test_threads_respect_the_user_and_the_load(monkeypatch, tmp_path):
-    import device
+    from gpt import device
     monkeypatch.setenv('OMP_NUM_THREADS', '3')
     assert device.cpu_threads() is None  # the user's choice stands (torch reads it)
     monkeypatch.delenv('OMP_NUM_THREADS')
@@ -444,13 +442,12 @@ def test_shakespeare_char_over_a_bpe_dataset_leaves_no_stale_tokenizer(tmp_path,
 
 
 def test_ppo_pretraining_data_of_another_tokenizer(tmp_path, lm_run, char_data):
-    import align
-    import checkpoint
-    from heads import RewardModel
-    policy, meta = align.load_policy(str(lm_run))  # the policy as ppo.py reads it, with the chat tokens
+    from gpt import checkpoint, rl
+    from gpt.heads import RewardModel
+    policy, meta = rl.load_policy(str(lm_run))  # the policy as ppo.py reads it, with the chat tokens
     rm = tmp_path / 'rm'
     rm.mkdir()
-    checkpoint.save_checkpoint(align.reward_checkpoint(RewardModel(policy), meta, {}, 1), str(rm / 'ckpt.pt'))
+    checkpoint.save_checkpoint(rl.reward_checkpoint(RewardModel(policy), meta, {}, 1), str(rm / 'ckpt.pt'))
     prompts = tmp_path / 'p.jsonl'
     prompts.write_text('{"prompt": "ROMEO"}\n')
     other = Path(shutil.copytree(char_data, tmp_path / 'other'))  # the same size, other characters
@@ -489,8 +486,8 @@ def test_finetune_export_never_writes_into_its_run(task_run):
 
 
 def test_dpo_rerun_keeps_the_old_run_aside(tmp_path):
-    """reward.py, ppo.py and dpo.py share align.Run: a run already in out_dir is kept, untouched, beside it."""
-    from align import Run
+    """reward.py, ppo.py and dpo.py share run.Run: a run already in out_dir is kept, untouched, beside it."""
+    from gpt.run import Run
     out = tmp_path / 'dpo'
     out.mkdir()
     (out / 'ckpt.pt').write_bytes(b'an earlier policy')
@@ -498,5 +495,5 @@ def test_dpo_rerun_keeps_the_old_run_aside(tmp_path):
     Run(str(out), 'cpu', new_run=True)  # (as reward.py, ppo.py and dpo.py pass new_run=not resume)
     aside = list(tmp_path.glob('dpo.old-*'))
     assert len(aside) == 1 and snapshot(aside[0]) == moved(before, out, aside[0]) and not list(out.iterdir())
-    import checkpoint
-    checkpoint.release_out_dirs()
+    from gpt import run
+    run.release_out_dirs()

@@ -4,7 +4,6 @@ micro-batches, the same on 2 processes as on 1, and exactly resumable mid-ramp."
 import math
 
 import pytest
-
 from conftest import assert_same_state, events, load_ckpt, run, run_inprocess, tiny
 
 # micro-batch 2 x 32 = 64 tokens; full batch 8 micro-batches = 512 tokens; the ramp starts at 2 micro-batches

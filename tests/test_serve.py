@@ -14,13 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-
-import align
-from checkpoint import load_model, save_checkpoint
 from conftest import ROOT, run, tiny
-from device import autocast_ctx, pick_dtype
-from generate import generate
-from tokendata import get_tokenizer
+
+from gpt import chat, rl
+from gpt.checkpoint import save_checkpoint
+from gpt.device import autocast_ctx, pick_dtype
+from gpt.engine import generate
+from gpt.loading import load_model
+from gpt.tokendata import get_tokenizer
 
 openai = pytest.importorskip('openai', reason="the openai client is a test requirement (requirements-test.txt)")
 httpx = pytest.importorskip('httpx')
@@ -35,11 +36,11 @@ def models(tmp_path_factory, char_data):
                           learning_rate=1e-2, warmup_iters=5, lr_decay_iters=30),
         f'--data_dir={char_data}', f'--out_dir={d / "base"}')
     model, meta, _ = load_model('resume', str(d / 'base'), 'best.pt')
-    meta = align.chat_meta(meta)
+    meta = chat.chat_meta(meta)
     torch.manual_seed(0)
-    chat = align.grow_vocab(model, meta)
+    chat_model = chat.grow_vocab(model, meta)
     (d / 'chat').mkdir()
-    save_checkpoint(align.policy_checkpoint(chat, meta, {}, 0), str(d / 'chat' / 'ckpt.pt'))
+    save_checkpoint(rl.policy_checkpoint(chat_model, meta, {}, 0), str(d / 'chat' / 'ckpt.pt'))
     return d
 
 

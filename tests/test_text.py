@@ -13,7 +13,6 @@ import types
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, SHARED, events, load_ckpt, run, run_inprocess, tiny
 
 PREPARE = 'data/text/prepare.py'
@@ -41,7 +40,7 @@ def prepared(tmp_path_factory, corpus, tokenizer, *extra):
 
 
 def meta_and_ids(d):
-    import tokendata
+    from gpt import tokendata
     meta = tokendata.load_meta(str(d))
     ids = np.concatenate([np.fromfile(d / f'{s}.bin', dtype=meta['dtype']) for s in ('train', 'val')])
     return meta, ids
@@ -52,7 +51,7 @@ def meta_and_ids(d):
 @pytest.mark.parametrize('tokenizer', ['bpe', 'gpt2', 'char'])
 def test_prepare_bins_decode_to_the_corpus(tmp_path_factory, corpus, tokenizer):
     """The bins hold every document, in order, each followed by <|endoftext|> (not for char), exactly."""
-    import tokendata
+    from gpt import tokendata
     d = prepared(tmp_path_factory, corpus, tokenizer, '--vocab_size=600')
     meta, ids = meta_and_ids(d)
     _, decode, eot = tokendata.get_tokenizer(meta)
@@ -73,7 +72,7 @@ def test_prepare_reads_a_dataset(tmp_path):
     out = tmp_path / 'out'
     run(PREPARE, '--dataset', ds, '--text_column=body', '--tokenizer=gpt2', '--out_dir', out, '--num_proc=1',
         env={'HF_DATASETS_CACHE': str(tmp_path / 'cache'), 'HF_DATASETS_OFFLINE': '1'})
-    import tokendata
+    from gpt import tokendata
     meta, ids = meta_and_ids(out)
     assert tokendata.get_tokenizer(meta)[1](ids.tolist()) == f'{docs[0]}{EOT}{docs[2]}{EOT}'
     assert (ids == 50256).sum() == 2  # the separators only: the text's '<|endoftext|>' is plain text
@@ -83,7 +82,7 @@ def test_prepare_reads_a_dataset(tmp_path):
 
 
 def test_trained_bpe_round_trips_any_text(tmp_path_factory, corpus):
-    import tokendata
+    from gpt import tokendata
     meta, _ = meta_and_ids(prepared(tmp_path_factory, corpus, 'bpe', '--vocab_size=600'))
     encode, decode, eot = tokendata.get_tokenizer(meta)
     ordinary, _, _ = tokendata.get_tokenizer(meta, ordinary=True)
@@ -106,7 +105,7 @@ def load_prepare_module():
 
 def test_pieces_encode_as_the_whole_text(tmp_path_factory, corpus):
     """The cuts that let several processes encode one document never change its tokens."""
-    import tokendata
+    from gpt import tokendata
     prepare = load_prepare_module()
     # line ends with trailing spaces, blank lines and indents, where a careless cut changes the tokens
     seps = ['\n', '  \n', '\n\n', ' \n\n ', '\n ', '\t\n']
@@ -138,7 +137,7 @@ def test_uint32_bins_train_and_sample(tmp_path):
     meta = json.loads((data / 'meta.json').read_text(encoding='utf-8'))
     assert meta['vocab_size'] == len(alphabet) > 65_536 and meta['dtype'] == 'uint32'
     assert (data / 'train.bin').stat().st_size == 4 * meta['train_tokens']
-    import tokendata
+    from gpt import tokendata
     batch = tokendata.TokenData(str(data), 16, 8, 'cpu').batch('train', 0)[0]
     assert int(batch.max()) > 65_535  # read back as uint32, not as pairs of uint16 halves
     out = tmp_path / 'out'
@@ -183,7 +182,7 @@ def hf_greedy(hf_dir, prompt, n=24):
 
 @pytest.mark.parametrize('tokenizer', ['char', 'gpt2', 'bpe'])
 def test_export_generates_as_sample_py(tmp_path_factory, tmp_path, corpus, tokenizer):
-    import tokendata
+    from gpt import tokendata
     data = prepared(tmp_path_factory, corpus, tokenizer, '--vocab_size=600')
     out, hf_dir = tmp_path / 'out', tmp_path / 'hf'
     train_tiny(data, out)
@@ -213,7 +212,7 @@ def nanogpt_run(root, text, iters=3):
     `python train.py config/train_shakespeare_char.py`, written as nanoGPT writes them: meta.pkl by
     pickle.dump, the raw model wrapped by torch.compile (keys '_orig_mod.'), its two-group AdamW,
     best_val_loss a tensor, the config a dict of the script's globals. Returns the nanoGPT model."""
-    from bench_reference import RefGPT  # a nanoGPT-style model with nanoGPT's names, independent of ours
+    from tools.bench_reference import RefGPT  # a nanoGPT-style model with nanoGPT's names, independent of ours
     chars = sorted(set(text))
     stoi, itos = {ch: i for i, ch in enumerate(chars)}, {i: ch for i, ch in enumerate(chars)}
     data = root / 'data' / 'shakespeare_char'
@@ -270,8 +269,8 @@ def test_nanogpt_run_samples_resumes_and_exports(tmp_path, shakespeare_text, mon
     assert any(k.startswith('_orig_mod.') for k in torch.load(ckpt_path, weights_only=True)['model'])
     monkeypatch.chdir(tmp_path)  # as in a nanoGPT checkout: data/shakespeare_char/meta.pkl
     # the same function: our model's logits are the nanoGPT model's (exact GELU, its eps, its weights)
-    import checkpoint
-    model, meta, ckpt = checkpoint.load_model('resume', 'out-shakespeare-char', 'ckpt.pt')
+    from gpt import checkpoint, loading
+    model, meta, ckpt = loading.load_model('resume', 'out-shakespeare-char', 'ckpt.pt')
     x = torch.from_numpy(np.frombuffer(text[:32].encode(), dtype=np.uint8).astype(np.int64) % 10)[None]
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0], ref(x, x)[0], rtol=0, atol=1e-5)
@@ -305,9 +304,9 @@ def test_nanogpt_run_samples_resumes_and_exports(tmp_path, shakespeare_text, mon
 def test_nanogpt_gpt2_run_keeps_to_the_real_vocabulary(tmp_path, monkeypatch):
     """nanoGPT's GPT-2 runs have 50,304 rows for 50,257 ids and no meta.pkl: they import as GPT-2 BPE
     with the pad rows kept but never sampled, even where a pad row has the highest logit."""
-    from bench_reference import RefGPT
-    import checkpoint
-    from generate import generate
+    from gpt import loading
+    from gpt.engine import generate
+    from tools.bench_reference import RefGPT
     model_args = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, bias=True, vocab_size=50304, dropout=0.0)
     torch.manual_seed(0)
     ref = RefGPT(types.SimpleNamespace(**model_args, gelu_approx='none', layer_norm_eps=1e-5, d_ff=64,
@@ -323,7 +322,7 @@ def test_nanogpt_gpt2_run_keeps_to_the_real_vocabulary(tmp_path, monkeypatch):
                 'model_args': model_args, 'iter_num': 0, 'best_val_loss': torch.tensor(1e9),
                 'config': {'dataset': 'openwebtext'}}, out / 'ckpt.pt')
     monkeypatch.chdir(tmp_path)
-    model, meta, _ = checkpoint.load_model('resume', str(out), 'ckpt.pt')
+    model, meta, _ = loading.load_model('resume', str(out), 'ckpt.pt')
     assert meta['tokenizer'] == 'gpt2' and model.config.vocab_size == 50257
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0], ref(x, x)[0], rtol=0, atol=1e-5)  # all 50,304 rows kept
@@ -358,8 +357,10 @@ def test_prepare_mistakes(tmp_path):
 
 def test_load_and_sample_mistakes(tmp_path_factory, tmp_path, corpus, shakespeare_text, monkeypatch):
     import shutil
-    import tokendata
-    from configurator import UserError
+
+    from gpt import tokendata
+    from gpt.errors import UserError
+
     # a tokenizer.json that is not the one the bins were made with
     d = tmp_path / 'bpe'
     shutil.copytree(prepared(tmp_path_factory, corpus, 'bpe', '--vocab_size=600'), d)
@@ -391,7 +392,7 @@ def test_load_and_sample_mistakes(tmp_path_factory, tmp_path, corpus, shakespear
         tokendata.read_meta_pkl(str(evil / 'meta.pkl'))
     assert not (tmp_path / 'pwned').exists()
     # export refuses a model transformers' GPT-2/GPT-1 classes cannot express, and writes nothing
-    import checkpoint
+    from gpt import checkpoint
     from model import GPT, GPTConfig
     post_norm = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=5, post_norm=True,
                               gelu_approx='none'))

@@ -7,7 +7,6 @@ import re
 import numpy as np
 import pytest
 import torch
-
 from conftest import events, run, run_inprocess, tiny
 
 TINY = tiny(n_embd=64, batch_size=16, gradient_accumulation_steps=1, eval_iters=10, log_interval=10, dropout=0.0,
@@ -117,7 +116,8 @@ def test_beam_search_output_ends_at_end_of_text(tmp_path, monkeypatch):
     # returns a fixed hypothesis, so the test is about what sample.py prints.
     transformers = pytest.importorskip('transformers')
     import tiktoken
-    import generate
+
+    from gpt import engine
     enc = tiktoken.get_encoding('gpt2')
     transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64)) \
         .save_pretrained(tmp_path / 'hf')
@@ -126,7 +126,7 @@ def test_beam_search_output_ends_at_end_of_text(tmp_path, monkeypatch):
     def best_hypothesis(model, x, *args, eos_token_id=None, **kwargs):
         assert eos_token_id == enc.eot_token
         return torch.tensor([x[0].tolist() + enc.encode(said) + [eos_token_id] + enc.encode(after)])
-    monkeypatch.setattr(generate, 'beam_search', best_hypothesis)
+    monkeypatch.setattr(engine, 'beam_search', best_hypothesis)
     code, out, err = run_inprocess('sample.py', f'--init_from={tmp_path / "hf"}', '--device=cpu', '--num_beams=2',
                                    f'--start={prompt}', '--max_new_tokens=10')
     assert code == 0, err

@@ -28,8 +28,8 @@ def main():
     parser.add_argument("--tokenizer", default="gpt2", help="'gpt2', or a prepared dataset's folder (its meta.json)")
     parser.add_argument("--block_size", type=int, default=1024, help="the context of the model SFT will train")
     args = parser.parse_args()
-    import align
-    from configurator import UserError
+    from gpt import prefs
+    from gpt.errors import UserError
     if args.tokenizer == 'gpt2':
         meta = dict(tokenizer='gpt2', vocab_size=50257)
     else:
@@ -39,7 +39,7 @@ def main():
         meta = json.loads(path.read_text(encoding='utf-8'))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        align.write_chat_examples(args.out_dir, {'train': args.train, 'val': args.val}, meta, args.block_size,
+        prefs.write_chat_examples(args.out_dir, {'train': args.train, 'val': args.val}, meta, args.block_size,
                                   extra=dict(source=f"{args.train}, {args.val}"))
     except UserError as e:
         raise SystemExit(f"error: {e}") from None

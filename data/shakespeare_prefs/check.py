@@ -13,8 +13,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))  # the repo root
-import align  # noqa: E402
-from tokendata import get_tokenizer, seed_from  # noqa: E402
+from gpt import chat
+from gpt import prefs
+from gpt import rl  # noqa: E402
+from gpt.tokendata import get_tokenizer, seed_from# noqa: E402
 
 
 def main():
@@ -25,13 +27,13 @@ def main():
     parser.add_argument("--seed", type=int, default=1337)
     args = parser.parse_args()
     for out_dir in args.out_dirs:
-        model, meta = align.load_policy(out_dir)
+        model, meta = rl.load_policy(out_dir)
         model.eval()
         encode, decode, _ = get_tokenizer(meta)
-        end = align.special_ids(meta)[2]
-        prompts = [align.encode_prompt(encode, meta, p) for p in align.read_prompts(args.prompts)]
+        end = chat.special_ids(meta)[2]
+        prompts = [chat.encode_prompt(encode, meta, p) for p in prefs.read_prompts(args.prompts)]
         g = torch.Generator().manual_seed(seed_from(args.seed, 'check'))
-        responses = align.sample_responses(model, prompts, args.max_new_tokens, end, 1.0, g)  # (one batch)
+        responses = rl.sample_responses(model, prompts, args.max_new_tokens, end, 1.0, g)  # (one batch)
         texts = [decode([t for t in r if t != end]) for r in responses]
         letters = sum(c.isalpha() for t in texts for c in t)
         es = sum(c in 'eE' for t in texts for c in t)

@@ -94,8 +94,8 @@ def main():
         sft, prefs = make(speech_lines(part), rng, groups)
         write_jsonl(args.out_dir / f"sft_{split}.jsonl", sft)
         write_jsonl(args.out_dir / f"prefs_{split}.jsonl", prefs)
-    import align
-    align.write_chat_examples(args.out_dir, {s: str(args.out_dir / f"sft_{s}.jsonl") for s in ('train', 'val')},
+    from gpt import prefs
+    prefs.write_chat_examples(args.out_dir, {s: str(args.out_dir / f"sft_{s}.jsonl") for s in ('train', 'val')},
                               dict(tokenizer='char', chars=chars, vocab_size=len(chars)), args.block_size,
                               extra=dict(source=source))
 

@@ -32,8 +32,8 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # data/: prepare_utils.py
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))  # the repo root: tokendata.py
 from prepare_utils import atomic_path, get_parser, token_dtype, write_splits  # noqa: E402
-from configurator import UserError  # noqa: E402
-from tokendata import EOT, get_tokenizer  # noqa: E402
+from gpt.errors import UserError# noqa: E402
+from gpt.tokendata import EOT, get_tokenizer# noqa: E402
 
 PIECE_CHARS = 1 << 16  # documents are encoded in pieces of about this many characters (HF tokenizers is
 # ~1.5x slower on megabyte strings than on pieces this size; tiktoken does not mind)

@@ -4,7 +4,7 @@ and lm_head) becomes an Int8Linear holding an int8 weight (out, in) and one symm
 (absmax / 127, rounded up to a bfloat16 value so the bf16 kernel uses it exactly); biases stay in float.
 Activations stay in float: only the weights shrink, 4x against fp32.
 
-    from quantize import quantize_int8
+    from gpt.quantize import quantize_int8
     model = quantize_int8(model)          # in place; then generate(model, idx, n) as usual
 
 When it pays: weight-bound decoding. Every one-token step reads all the weights once for one row of

@@ -3,7 +3,7 @@ LoRA adapters (Hu et al. 2021): the base weights frozen, each chosen linear laye
 learns a low-rank update (alpha / r) * B A, with A (r, in) and B (out, r). B starts at zero, so a fresh adapter
 leaves the model exactly as it was; only A and B (a few MB for gpt2-xl) are trained, held by AdamW and saved.
 
-    import lora
+    from gpt import lora
     lora.apply(model, rank=8, alpha=16, dropout=0.05, targets='c_attn')   # in place; freezes everything else
     lora.trained_state(model)          # what a LoRA run's checkpoint holds (adapters, plus any trainable tensor)
     lora.merge(model); lora.unmerge(model)                # W += (alpha / r) B A, and back
@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from configurator import UserError
+from gpt.errors import UserError
 
 LAYERS = ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj')
 ALIASES = {'c_attn': ('attn.c_attn',), 'c_fc': ('mlp.c_fc',), 'c_proj': ('attn.c_proj', 'mlp.c_proj'),

@@ -14,7 +14,7 @@ import time
 import torch
 from torch.torch_version import TorchVersion
 
-from configurator import UserError
+from gpt.errors import UserError
 
 DTYPES = ('float32', 'bfloat16', 'float16')
 

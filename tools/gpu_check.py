@@ -37,10 +37,11 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root (python tools/...)
 import configurator
-from configurator import UserError
+from gpt.errors import UserError
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo root
 
 # -----------------------------------------------------------------------------
 # config: overridden by --key=value
@@ -346,7 +347,7 @@ def tiny_run_args(data, device):
 
 
 def max_weight_diff(a, b):
-    from checkpoint import load_checkpoint
+    from gpt.checkpoint import load_checkpoint
     sa, sb = load_checkpoint(a)['model'], load_checkpoint(b)['model']
     if sa.keys() != sb.keys():
         raise UserError(f"{a} and {b} hold different weights")
@@ -356,7 +357,8 @@ def max_weight_diff(a, b):
 def kill_after_first_checkpoint(clock, cmd, out_dir, first_ckpt):
     """Start a training run in its own process group and SIGKILL the group a few steps after its first
     checkpoint (as a crash would: no chance to save). Returns the iteration of the checkpoint it left."""
-    from checkpoint import load_checkpoint, read_records
+    from gpt.checkpoint import load_checkpoint
+    from gpt.run import read_records
     log = os.path.join(out_dir, 'log.jsonl')
     limit = min(limit_for('determinism'), clock.left())
     with tempfile.TemporaryFile('w+', encoding='utf-8', errors='replace') as f:
@@ -407,7 +409,7 @@ def step_determinism(clock, work):
 
 
 def read_evals(out_dir):
-    from checkpoint import read_records
+    from gpt.run import read_records
     return [e for e in read_records(os.path.join(out_dir, 'log.jsonl')) if e.get('event') == 'eval']
 
 

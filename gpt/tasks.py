@@ -12,7 +12,7 @@ after this context?". score() answers them all in batches, on every rank under t
 the answers into numbers. So a reader checking how HellaSwag is scored reads load_hellaswag (the text and
 its tokens) and choice_metrics (acc, acc_norm, acc_token), and score() once for all tasks.
 
-    import tasks
+    from gpt import tasks
     task_list = tasks.load_tasks(['hellaswag'], meta, block_size, limit=500)   # once: read and tokenize
     metrics = tasks.evaluate(model, task_list, device=device, ctx=ctx)         # {'hellaswag/acc_norm': ...}
 """
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from configurator import UserError
-from tokendata import (ROOT, dataset_dir, describe_tokenizer, get_tokenizer, json_lines, load_meta, read_text,
-                       tokenizer_identity)
+from gpt.errors import UserError
+from gpt.tokendata import (ROOT, dataset_dir, describe_tokenizer, get_tokenizer, json_lines, load_meta, read_text,
+                           tokenizer_identity)
 
 TASKS = ('perplexity', 'hellaswag', 'lambada', 'mc')
 # the canonical sources: the HellaSwag authors' repository (the file llm.c and build-nanogpt read; the harness

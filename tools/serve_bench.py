@@ -17,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root (python tools/...)
 import configurator
-from device import cpu_name
+from gpt.device import cpu_name
 
 # -----------------------------------------------------------------------------
 url = ''                    # a running server; '' = start serve.py on a free port with the settings below
@@ -87,7 +88,7 @@ def main():
     proc, base = None, url.rstrip('/')
     if not base:
         env = {**os.environ, **({'OMP_NUM_THREADS': str(threads)} if threads else {})}
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name('serve.py')), f'--init_from={init_from}',
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parents[1] / 'serve.py'), f'--init_from={init_from}',
                                  f'--out_dir={out_dir}', f'--device={device}', '--port=0', f'--max_batch={clients}',
                                  f'--max_waiting={max(64, requests)}'], stdout=subprocess.PIPE, text=True, env=env)
         for line in proc.stdout:

@@ -25,7 +25,7 @@ import re
 import numpy as np
 import torch
 
-from configurator import UserError
+from gpt.errors import UserError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TOKEN_DTYPES = {'uint16': 1 << 16, 'uint32': 1 << 32}  # the bins' dtypes and how many ids each can hold

@@ -2,7 +2,7 @@
 Hugging Face interchange: OpenAI's GPT-2 and GPT-1 weights (hub names or local directories written by
 transformers' save_pretrained) into our GPT, and our GPT out to a directory transformers loads.
 
-    import hf
+    from gpt import hf
     model = hf.from_pretrained('gpt2')              # OpenAI's 124M weights (downloads once)
     model = hf.from_pretrained('path/to/hf_dir')    # GPT2LMHeadModel / OpenAIGPTLMHeadModel directories
     hf.save_pretrained(model, 'out/hf')             # transformers.AutoModelForCausalLM.from_pretrained('out/hf')

@@ -31,9 +31,10 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from configurator import UserError, exit_on_user_error
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root (python tools/...)
+from gpt.errors import UserError, exit_on_user_error
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo root
 
 # Candidate shapes (n_layer, n_embd), heads of size 16 (one head of 8 for the smallest), ordered by
 # size: each has ~2x the parameters of the previous one, so 7 consecutive shapes span ~60x in N.
@@ -117,7 +118,7 @@ def final_eval(log_path, iters):
 
 def machine_info():
     import torch
-    from device import cpu_name
+    from gpt.device import cpu_name
     return dict(cpu=cpu_name(), cpu_count=os.cpu_count(), platform=platform.platform(), python=platform.python_version(),
                 torch=torch.__version__, omp_num_threads=os.environ.get('OMP_NUM_THREADS', ''))
 
@@ -205,7 +206,7 @@ def main():
                 history = json.load(f).get('history', [])
         except (OSError, ValueError):
             pass
-    command = ' '.join(['python', 'scaling_sweep.py'] + [shlex.quote(a) for a in sys.argv[1:]])
+    command = ' '.join(['python', 'tools/scaling_sweep.py'] + [shlex.quote(a) for a in sys.argv[1:]])
     this = dict(started=datetime.now(timezone.utc).isoformat(timespec='seconds'), command=command,
                 load_average_at_start=load_average(), trained=[], wall_s=0.0)
     results = dict(command=command,

@@ -3,7 +3,7 @@ The key/value cache for incremental decoding, and its policy: which keys a new q
 asks it one question per layer, `k, v, mask, is_causal = cache.update(layer, k, v)`, and the model reads the
 positions of the new tokens from `cache.positions(T)`; nothing else in the network knows about caching.
 
-    from kvcache import KVCache
+    from gpt.kvcache import KVCache
     cache = KVCache(model.config, batch_size=4, device='cpu', dtype=torch.float32)
     logits, _ = model(prompt, kv_cache=cache)          # prefill: (4, T)
     logits, _ = model(next_tokens, kv_cache=cache)     # then one token per row at a time
