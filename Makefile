@@ -50,7 +50,7 @@ bench: $(STAMP)
 # make gpu-check: on one NVIDIA GPU, in under 8 minutes, the cuda tests, training and decoding speed, determinism and
 # the GPU speedrun, as one table (and gpu_check.json); against nanoGPT where ../nanoGPT is checked out
 gpu-check: $(STAMP)
-	$(BIN)/python gpu_check.py
+	$(BIN)/python tools/gpu_check.py
 
 clean:
 	rm -rf out-* __pycache__ .pytest_cache
