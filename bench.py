@@ -33,10 +33,10 @@ or pick them with --variants=a,b,... where a variant is 'reference' (a plain nan
 loop, bench_reference.py, with torch.optim.AdamW's defaults), 'hf' (transformers' GPT2LMHeadModel.generate on
 the same weights, sample mode), or our model with '+'-joined settings over the config's:
 eager|compile, fp32|bf16|fp16, sdpa|explicit, forloop|foreach|fused (AdamW implementation),
-cache|nocache, rowmajor|colmajor (sample: the weights as trained, without generate.decode_layout, or laid out
-column-major by it instead of packed for oneDNN; and in sample mode compile is generate.compile_decoder, the
+cache|nocache, rowmajor|colmajor (sample: the weights as trained, without fastpath.decode_layout, or laid out
+column-major by it instead of packed for oneDNN; and in sample mode compile is fastpath.compile_decoder, the
 one-token step on a static cache), int8 (sample: quantize.quantize_int8),
-cudagraph (sample, CUDA: generate.CUDAGraphDecoder, the step replayed from a CUDA graph), dense|local|alternating
+cudagraph (sample, CUDA: fastpath.CUDAGraphDecoder, the step replayed from a CUDA graph), dense|local|alternating
 (attention pattern, band attn_window), e.g.
 --variants=reference,compile+bf16+fused or, for GPT-3's banded attention at long context,
 $ python bench.py --model=baby --n_layer=2 --dropout=0 --block_size=2048 --batch_size=1 --variants=dense,local
@@ -55,12 +55,14 @@ import torch
 
 import configurator
 from gpt import hf
+from gpt.decoding import prepare_for_decoding
 from gpt.device import (autocast_ctx, cpu_has_fast_bf16, cpu_has_native_bf16, cpu_name, decode_dtype, device_peak_flops,
                         pick_device, pick_dtype, shut_down)
 from gpt.engine import generate
 from gpt.errors import UserError
-from gpt.fastpath import CUDAGraphDecoder, compile_decoder, decode_layout, packing_pays
+from gpt.fastpath import packing_pays
 from gpt.loading import load_model
+from gpt.optim import configure_optimizers, decay_groups
 from gpt.tokendata import TokenData, dataset_dir
 from model import PRESETS, cpu_training_avoids_sdpa
 from tools.bench_reference import RefGPT
@@ -187,7 +189,7 @@ def parse_variant(name, dev):
                 raise UserError(f"variant word {word!r} is for sample mode")
             if word == 'cudagraph' and not dev.startswith('cuda'):
                 raise UserError("variant word 'cudagraph' needs --device=cuda")
-            v[word] = True  # int8: quantize.quantize_int8; cudagraph: generate.CUDAGraphDecoder
+            v[word] = True  # int8: quantize.quantize_int8; cudagraph: fastpath.CUDAGraphDecoder
         else:
             raise UserError(f"unknown variant word {word!r} in {name!r}: use reference, hf, or '+'-joined "
                             f"eager|compile, fp32|bf16|fp16, sdpa|explicit, {'|'.join(OPTIMS)}, cache|nocache, "
@@ -285,23 +287,18 @@ def hf_generate_step(base, dev, prompt):
 
 
 def packs(v):
-    """Does sample mode ask decode_layout to pack this variant's weights for oneDNN? (As sample.py: not when
-    compiled, which traces no oneDNN tensors, nor for bf16/fp16, which the packed float32 weights do not serve.)"""
+    """Does sample mode ask decode_layout to pack this variant's weights for oneDNN? (decoding.prepare_for_decoding's
+    rule: not when compiled, which traces no oneDNN tensors, nor for bf16/fp16, which packed float32 does not serve.)"""
     return not v['layout'] and not v['compile'] and v['dtype'] == 'float32'
 
 
 def sample_step(m, v, ctx, dev, prompt):
-    """Greedy generation of max_new_tokens with generate.py, as sample.py runs it."""
-    if v['int8']:
-        from gpt.quantize import quantize_int8
-        quantize_int8(m)
-    if v['layout'] != 'rowmajor':  # (compiled: column-major, which torch.compile traces)
-        decode_layout(m, pack=packs(v), rows=prompt.size(0))
+    """Greedy generation of max_new_tokens, set up by the recipe sample.py and serve.py take (gpt/decoding.py)."""
     if (v['compile'] or v['cudagraph']) and not v['cache']:
         raise UserError("variants 'compile'/'cudagraph' step on the KV cache; drop nocache")
-    decoder = compile_decoder(m) if v['compile'] else None  # as sample.py
-    if v['cudagraph']:
-        decoder = CUDAGraphDecoder(m if decoder is None else decoder)
+    decoder, _ = prepare_for_decoding(m, v['dtype'], 'int8' if v['int8'] else 'none', prompt.size(0), v['compile'],
+                                      v['cudagraph'], layout={'rowmajor': 'none', 'colmajor': 'colmajor'}.get(
+                                          v['layout'], 'auto'))
     sync = torch.cuda.synchronize if dev.startswith('cuda') else (lambda: None)
 
     def step():
@@ -316,13 +313,10 @@ def train_step(m, fwd, v, ctx, dev, batch):
     """The hot path of train.py's loop: forward, backward, grad clip, AdamW, one host sync."""
     device_type = torch.device(dev).type
     if v['kind'] == 'reference':
-        decay = [p for p in m.parameters() if p.dim() >= 2]
-        no_decay = [p for p in m.parameters() if p.dim() < 2]
-        opt = torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay},
-                                 {'params': no_decay, 'weight_decay': 0.0}], lr=learning_rate, betas=(0.9, 0.99))
+        opt = torch.optim.AdamW(decay_groups(m.parameters(), weight_decay), lr=learning_rate, betas=(0.9, 0.99))
     else:
         # as train.py: the fused AdamW kernel on CUDA and CPU
-        opt = m.configure_optimizers(weight_decay, learning_rate, (0.9, 0.99), device_type, verbose=False,
+        opt = configure_optimizers(m, weight_decay, learning_rate, (0.9, 0.99), device_type, verbose=False,
                                      fused=device_type in ('cuda', 'cpu'))
         if v['optim']:  # the same groups with the AdamW implementation asked for
             groups = [{'params': g['params'], 'weight_decay': g['weight_decay']} for g in opt.param_groups]
@@ -783,7 +777,7 @@ def memory_one(dev, name):
     reset_peak_rss()  # the steps' peak, not building the model (random fp32 weights, then cast)
     ctx = autocast_ctx(dev, dt)
     device_type = torch.device(dev).type
-    opt = m.configure_optimizers(weight_decay, learning_rate, (0.9, 0.99), device_type, verbose=False,
+    opt = configure_optimizers(m, weight_decay, learning_rate, (0.9, 0.99), device_type, verbose=False,
                                  fused=device_type in ('cuda', 'cpu'))
     B, T = batch_size or 1, block_size or m.config.block_size
     g = torch.Generator().manual_seed(seed)

@@ -21,10 +21,9 @@ import torch
 from torch.nn import functional as F
 
 import configurator
-from gpt.device import pick_device
+from gpt.decoding import load_for_decoding
 from gpt.engine import generate
 from gpt.errors import UserError
-from gpt.loading import load_model
 from gpt.tokendata import dataset_dir, load_meta
 
 # -----------------------------------------------------------------------------
@@ -145,9 +144,8 @@ def show_problem(task, meta, row, start, pred):
 
 
 def main():
-    dev = pick_device(device)
-    model, meta, ckpt = load_model('resume', out_dir, ckpt_name, dropout=0.0)
-    model.to(dev).eval()
+    d = load_for_decoding('resume', out_dir, ckpt_name, device, rows=batch_size)
+    model, ckpt, dev = d.model, d.ckpt, d.device
     folder = data_dir or ckpt['config'].get('data_dir') or dataset_dir(ckpt['config']['dataset'])[0]
     meta = load_meta(folder)
     task = meta.get('task')

@@ -29,11 +29,10 @@ import time
 import torch
 
 import configurator
-from gpt.device import autocast_ctx, decode_dtype, pick_device, shut_down
+from gpt.decoding import check_decoding, load_for_decoding
+from gpt.device import autocast_ctx, shut_down
 from gpt.engine import Engine, beam_search, generate_stream
 from gpt.errors import UserError
-from gpt.fastpath import CUDAGraphDecoder, compile_decoder, decode_layout
-from gpt.loading import load_model
 from gpt.sampling import SamplingParams, check_sampling_args
 from gpt.tokendata import get_tokenizer, json_lines, read_text
 
@@ -109,40 +108,21 @@ def read_prompts():
 
 
 def main():
-    dev = pick_device(device)
-    dt = decode_dtype(dtype, dev)
     try:
         check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
     except ValueError as e:
         raise UserError(e) from None
     if num_beams < 1 or num_samples < 1 or max_new_tokens < 1 or max_batch < 1:
         raise UserError("num_beams, num_samples, max_new_tokens and max_batch must be >= 1")
-    if quantize not in ('none', 'int8'):
-        raise UserError(f"quantize must be 'none' or 'int8', got {quantize!r}")
+    check_decoding(quantize, compile, cuda_graph, use_cache)
     stops = parse_stops(stop)  # (before the model loads: a mistake costs nothing)
     prompts = read_prompts()
     torch.manual_seed(seed)
-    model, meta, _ = load_model(init_from, out_dir, ckpt_name, dropout=0.0)
-    model.to(dev).eval()
-    if quantize == 'int8':
-        from gpt.quantize import quantize_int8
-        quantize_int8(model)
-    # (only generates: weights laid out for its steps, for one row or a batch; column-major where compile traces
-    # them, or for bf16)
     rows = 1 if use_cache and num_beams == 1 and len(prompts) * num_samples == 1 else max(2, num_beams)
-    decode_layout(model, pack=not compile and dt == 'float32', rows=rows)
+    d = load_for_decoding(init_from, out_dir, ckpt_name, device, dtype, quantize, rows,  # (beam search: no decoder)
+                          compile=compile and num_beams == 1, cuda_graph=cuda_graph and num_beams == 1)
+    model, meta, dev, dt, decoder = d.model, d.meta, d.device, d.dtype, d.decoder
     encode, decode, eot = get_tokenizer(meta)
-    try:
-        decoder = compile_decoder(model) if compile and num_beams == 1 else None
-    except ValueError as e:
-        raise UserError(f"{e}: sample without --compile") from None
-    if (decoder is not None or cuda_graph) and not use_cache:
-        raise UserError("--compile/--cuda_graph run the cached one-token step: drop --use_cache=False")
-    if cuda_graph and num_beams == 1:
-        try:
-            decoder = CUDAGraphDecoder(model if decoder is None else decoder)
-        except ValueError as e:
-            raise UserError(f"--cuda_graph=True: {e} (--device=cuda)") from None
     if decoder is not None:  # (the timing printed at the end includes it)
         print("compiling the one-token step at the first token: ~20 s the first time, a few once cached",
               file=sys.stderr)

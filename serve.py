@@ -53,11 +53,9 @@ import torch
 
 import configurator
 from gpt import chat, errors
-from gpt.device import decode_dtype, pick_device
+from gpt.decoding import check_decoding, load_for_decoding
 from gpt.engine import Engine
 from gpt.errors import UserError
-from gpt.fastpath import decode_layout
-from gpt.loading import load_model
 from gpt.sampling import SamplingParams
 from gpt.tokendata import get_tokenizer
 
@@ -797,21 +795,12 @@ def main():
         errors.check_range(key, config[key], 0)
     errors.check_range('max_body', max_body, 1024)
     errors.check_range('shutdown_timeout', shutdown_timeout, 0)
-    if quantize not in ('none', 'int8'):
-        raise UserError(f"quantize must be 'none' or 'int8', got {quantize!r}")
+    check_decoding(quantize)
     if not PAGE.is_file():
         raise UserError(f"{PAGE} is missing (the chat page): restore it from the repository")
-    dev = pick_device(device)
-    dt = decode_dtype(dtype, dev)  # (decoding's rule: float32 on CPUs)
     sock = open_socket(host, port)
-    model, meta, _ = load_model(init_from, out_dir, ckpt_name, dropout=0.0)
-    model.to(dev).eval()
-    n_params = sum(p.numel() for p in model.parameters())
-    int8_layers = 0
-    if quantize == 'int8':  # (as sample.py --quantize=int8)
-        from gpt.quantize import Int8Linear, quantize_int8
-        int8_layers = sum(isinstance(m, Int8Linear) for m in quantize_int8(model).modules())
-    decode_layout(model, pack=dt == 'float32', rows=max_batch)  # (only generates: laid out for batched steps)
+    d = load_for_decoding(init_from, out_dir, ckpt_name, device, dtype, quantize, rows=max_batch)
+    model, meta, dev, dt, int8_layers, n_params = d.model, d.meta, d.device, d.dtype, d.int8_layers, d.n_params
     name = model_name or (Path(out_dir).resolve().name if init_from == 'resume' else Path(init_from).name)
     server = Server(model, meta, name)
     server.engine = Engine(model, max_batch=max_batch, dtype=dt)  # (a dtype name, as device.autocast_ctx takes it)
