@@ -28,6 +28,7 @@ from gpt.chat import encode_prompt, encode_response
 from gpt.checkpoint import rng_state
 from gpt.device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
 from gpt.errors import check_range
+from gpt.optim import configure_optimizers
 from gpt.prefs import collate, fit, read_preferences
 from gpt.rl import dpo_loss, load_policy, policy_checkpoint, response_logprobs
 from gpt.run import Run, fmt, resume_settings
@@ -111,7 +112,7 @@ run.log(f"{describe(device, dtype)}, {run.world} process(es); policy and referen
 if wandb_log:
     run.start_wandb(wandb_project, wandb_run_name, config)
 run.record(event='start', config=config, world_size=run.world, resume=bool(ckpt))
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (0.9, 0.95), device, verbose=False)
+optimizer = configure_optimizers(model, weight_decay, learning_rate, (0.9, 0.95), device, verbose=False)
 start = run.begin(ckpt, resume_note, max_iters)
 if ckpt is not None:
     lora.load_trained(model, ckpt['model'])

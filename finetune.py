@@ -41,8 +41,10 @@ from gpt import checkpoint, lora, run
 from gpt.checkpoint import check_kind, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from gpt.device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
 from gpt.errors import UserError, check_choice, check_range
-from gpt.heads import FIELDS, SPECIAL_TOKENS, TASKS, TaskModel, add_tokens, collate, transform
+from gpt.chat import add_tokens
+from gpt.heads import FIELDS, SPECIAL_TOKENS, TASKS, TaskModel, collate, transform
 from gpt.loading import load_model, model_from_checkpoint
+from gpt.optim import decay_groups
 from gpt.run import StopSignal, resume_settings
 from gpt.tokendata import get_tokenizer, read_text, seed_from
 
@@ -356,11 +358,8 @@ log(f"{describe(device, dtype)}; {task}: {len(train_ex)} training and {len(val_e
     + (f", {num_labels} classes" if classes else '') + f"; {cut:.0%} cut to the context of {max_len} tokens"
     + (f"; majority-class accuracy {majority:.4f}" if task != 'similarity' else ''))
 
-decay = [p for p in model.parameters() if p.dim() >= 2 and p.requires_grad]  # (LoRA: the frozen base is left out)
-no_decay = [p for p in model.parameters() if p.dim() < 2 and p.requires_grad]
 model.gpt.grad_checkpoint = grad_checkpoint
-optimizer = torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay},
-                               {'params': no_decay, 'weight_decay': 0.0}], lr=learning_rate)
+optimizer = torch.optim.AdamW(decay_groups(model.parameters(), weight_decay), lr=learning_rate)
 steps_per_epoch = math.ceil(len(train_ex) / batch_size)
 total = epochs * steps_per_epoch
 warmup = max(1, round(warmup_frac * total))

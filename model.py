@@ -393,39 +393,6 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------ training helpers
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, eps=1e-8, verbose=True,
-                             fused=None, muon_lr=0.0, muon_momentum=0.95, muon_dtype=torch.float32):
-        """AdamW with weight decay on matrices only (GPT-3): embeddings and Linear weights decay;
-        biases, LayerNorm gains and all other 1-D tensors do not. fused: the single-kernel update
-        (None: on CUDA; train.py also asks for it on CPU, where it is several times faster than the
-        default per-tensor loop and equal to it up to rounding: `python bench.py --variants=forloop,fused`).
-
-        muon_lr > 0: the transformer blocks' weight matrices go to Muon instead (optim.py: Nesterov momentum,
-        then the update orthogonalised by Newton-Schulz iterations in muon_dtype), at that learning rate and
-        with the same decoupled weight decay; the embeddings, the head and the 1-D tensors stay on AdamW. Each
-        group's 'lr_scale' is its learning rate relative to learning_rate, which train.py's schedule multiplies."""
-        params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        hidden = [p for n, p in params if muon_lr and p.dim() == 2 and n.startswith('transformer.h.')]
-        decay = [p for n, p in params if p.dim() >= 2 and not any(p is q for q in hidden)]
-        no_decay = [p for n, p in params if p.dim() < 2]
-        groups = [{'params': decay, 'weight_decay': weight_decay},
-                  {'params': no_decay, 'weight_decay': 0.0}]
-        if verbose:
-            print(f"optimizer: {len(decay)} decayed tensors ({sum(p.numel() for p in decay):,} parameters), "
-                  f"{len(no_decay)} non-decayed tensors ({sum(p.numel() for p in no_decay):,} parameters)"
-                  + (f", Muon on {len(hidden)} matrices ({sum(p.numel() for p in hidden):,} parameters)"
-                     if hidden else ''))
-        if fused is None:  # the fused kernel does the whole update in one launch on CUDA
-            fused = device_type == 'cuda'
-        # (fused=False would also turn off the foreach kernels: None keeps torch's default)
-        adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, fused=fused or None)
-        if not hidden:
-            return adamw
-        from gpt.optim import Muon, MuonAdamW  # (imported here: model.py alone needs torch alone)
-        muon = Muon([{'params': hidden, 'lr_scale': muon_lr / learning_rate}], lr=muon_lr,
-                    weight_decay=weight_decay, momentum=muon_momentum, ns_dtype=muon_dtype)
-        return MuonAdamW(muon, adamw)
-
     def flops_per_token(self, seq_len=None):
         """Training FLOPs per token (forward + backward), PaLM appendix B:
         6N for the weight matmuls plus 12 * L * H * Q * T for attention scores and values

@@ -28,6 +28,7 @@ from gpt.checkpoint import rng_state
 from gpt.device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
 from gpt.errors import check_range
 from gpt.heads import RewardModel
+from gpt.optim import decay_groups
 from gpt.prefs import collate, fit, read_preferences, read_prompts
 from gpt.rl import load_policy, reward_checkpoint, reward_loss, sample_responses
 from gpt.run import Run, fmt, resume_settings
@@ -109,10 +110,7 @@ run.log(f"{describe(device, dtype)}, {run.world} process(es); reward model from 
 if wandb_log:
     run.start_wandb(wandb_project, wandb_run_name, config)
 run.record(event='start', config=config, world_size=run.world, resume=bool(ckpt))
-decay = [p for p in model.parameters() if p.dim() >= 2]
-no_decay = [p for p in model.parameters() if p.dim() < 2]
-optimizer = torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay},
-                               {'params': no_decay, 'weight_decay': 0.0}], lr=learning_rate, betas=(0.9, 0.95))
+optimizer = torch.optim.AdamW(decay_groups(model.parameters(), weight_decay), lr=learning_rate, betas=(0.9, 0.95))
 val_loss, val_acc = float('nan'), float('nan')
 start = run.begin(ckpt, resume_note, max_iters, complete=ckpt and ckpt.get('done'))  # (done: normalised)
 if ckpt is not None:

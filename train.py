@@ -53,6 +53,7 @@ from gpt.checkpoint import (gather_full_state, link_checkpoint, load_optimizer_s
 from gpt.device import autocast_ctx, describe, peak_flops_and_source, pick_device, pick_dtype, setup_torch
 from gpt.errors import UserError, check_choice, check_range
 from gpt.loading import load_model
+from gpt.optim import configure_optimizers
 from gpt.run import RUN_FILES, StopSignal, append_record, check_resume_data, lock_out_dir, make_room, resume_settings
 from gpt.tasks import evaluate, load_tasks
 from gpt.tokendata import TokenData, check_same_tokenizer, dataset_dir, load_meta, seed_from
@@ -368,7 +369,7 @@ if fsdp:
 # (under FSDP each rank sees only its shard of the gradients, so the inf check is all-reduced)
 scaler = (ShardedGradScaler if fsdp else torch.amp.GradScaler)(device_type, enabled=(dtype == 'float16'))
 # the fused AdamW kernel: one pass over all parameters, on CUDA and on CPU (bench.py --variants=forloop,fused)
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, verbose=master_process,
+optimizer = configure_optimizers(model, weight_decay, learning_rate, (beta1, beta2), device_type, verbose=master_process,
                                        fused=device_type in ('cuda', 'cpu'), muon_lr=muon_lr if optim == 'muon' else 0,
                                        muon_momentum=muon_momentum, muon_dtype=getattr(torch, dtype))
 # a non-finite step is skipped on the device, with no host sync (see the loop): by the fused AdamW kernel, and with

@@ -1,5 +1,5 @@
 """
-Optimizers for GPT.configure_optimizers: GPT-3's AdamW groups, and Muon for the transformer blocks' weight
+The optimizer every trainer builds (configure_optimizers): GPT-3's AdamW groups (decay_groups), and Muon for the transformer blocks' weight
 matrices (Jordan et al. 2024, "Muon: an optimizer for hidden layers"; as modded-nanogpt and nanochat train
 them) with AdamW for the rest.
 
@@ -114,7 +114,7 @@ class Muon(torch.optim.Optimizer):
 
 
 class MuonAdamW:
-    """Muon and AdamW (GPT.configure_optimizers) behind one optimizer's interface: param_groups (Muon's first),
+    """Muon and AdamW (configure_optimizers) behind one optimizer's interface: param_groups (Muon's first),
     defaults (AdamW's), step, zero_grad, state_dict and load_state_dict. self.found_inf, when set, goes to both:
     with a fused AdamW the whole step can then be skipped on the device (train.py does so on GPUs)."""
 
@@ -151,3 +151,41 @@ class MuonAdamW:
                              "(resume it with the optimizer it had)")
         self.muon.load_state_dict(state['muon'])
         self.adamw.load_state_dict(state['adamw'])
+
+
+def decay_groups(params, weight_decay):
+    """GPT-3's AdamW parameter groups: weight decay on matrices (embeddings, Linear weights), none on biases,
+    LayerNorm gains and other 1-D tensors. Frozen parameters (a LoRA base) are left out."""
+    params = [p for p in params if p.requires_grad]
+    return [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+            {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+
+
+def configure_optimizers(model, weight_decay, learning_rate, betas, device_type, eps=1e-8, verbose=True,
+                         fused=None, muon_lr=0.0, muon_momentum=0.95, muon_dtype=torch.float32):
+    """AdamW on decay_groups(model) (GPT-3). fused: the single-kernel update (None: on CUDA; train.py also asks for
+    it on CPU, where it is several times faster than the default per-tensor loop and equal to it up to rounding:
+    `python bench.py --variants=forloop,fused`).
+
+    muon_lr > 0: the transformer blocks' weight matrices go to Muon instead (Nesterov momentum, then the update
+    orthogonalised by Newton-Schulz iterations in muon_dtype), at that learning rate and with the same decoupled
+    weight decay; the embeddings, the head and the 1-D tensors stay on AdamW. Each group's 'lr_scale' is its
+    learning rate relative to learning_rate, which train.py's schedule multiplies."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    hidden = [p for n, p in params if muon_lr and p.dim() == 2 and n.startswith('transformer.h.')]
+    groups = decay_groups([p for _, p in params if not any(p is q for q in hidden)], weight_decay)
+    if verbose:
+        decay, no_decay = groups[0]['params'], groups[1]['params']
+        print(f"optimizer: {len(decay)} decayed tensors ({sum(p.numel() for p in decay):,} parameters), "
+              f"{len(no_decay)} non-decayed tensors ({sum(p.numel() for p in no_decay):,} parameters)"
+              + (f", Muon on {len(hidden)} matrices ({sum(p.numel() for p in hidden):,} parameters)"
+                 if hidden else ''))
+    if fused is None:  # the fused kernel does the whole update in one launch on CUDA
+        fused = device_type == 'cuda'
+    # (fused=False would also turn off the foreach kernels: None keeps torch's default)
+    adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, fused=fused or None)
+    if not hidden:
+        return adamw
+    muon = Muon([{'params': hidden, 'lr_scale': muon_lr / learning_rate}], lr=muon_lr,
+                weight_decay=weight_decay, momentum=muon_momentum, ns_dtype=muon_dtype)
+    return MuonAdamW(muon, adamw)

@@ -20,6 +20,7 @@ from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Lla
 from gpt import hf as hf_io
 from gpt.engine import generate
 from gpt.kvcache import KVCache
+from gpt.optim import configure_optimizers
 from model import GPT, PRESETS, Dropout, GPTConfig
 
 ATOL = 1e-5
@@ -255,7 +256,7 @@ def test_configure_optimizers_groups_and_step():
     model = GPT(GPTConfig(n_layer=L, n_head=4, n_embd=d, block_size=T, vocab_size=V))
     named = dict(model.named_parameters())  # tied lm_head.weight appears once, as transformer.wte.weight
     assert 'lm_head.weight' not in named
-    opt = model.configure_optimizers(weight_decay=0.1, learning_rate=3e-3, betas=(0.85, 0.97),
+    opt = configure_optimizers(model, weight_decay=0.1, learning_rate=3e-3, betas=(0.85, 0.97),
                                      device_type='cpu', eps=1e-6, verbose=False)
     decay, no_decay = opt.param_groups
     name_of = {id(p): n for n, p in named.items()}
@@ -309,7 +310,7 @@ def test_configure_optimizers_groups_and_step():
 def test_configure_optimizers_no_bias():
     L, d = 2, 32
     model = GPT(GPTConfig(n_layer=L, n_head=4, n_embd=d, block_size=16, vocab_size=50, bias=False))
-    decay, no_decay = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', verbose=False).param_groups
+    decay, no_decay = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.95), 'cpu', verbose=False).param_groups
     assert len(no_decay['params']) == 2 * L + 1  # LayerNorm gains only
     assert sum(p.numel() for p in no_decay['params']) == (2 * L + 1) * d
 
@@ -551,7 +552,7 @@ def test_model_py_imports_torch_alone():
     # the network stands on its own: no transformers, tokenizers or the repo's other modules come with it
     code = ("import sys, model; print(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'transformers', 'safetensors', 'tiktoken', 'datasets', 'hf', 'generate', 'checkpoint', 'device', "
-            "'tokendata', 'configurator'}))")
+            "'tokendata', 'configurator', 'gpt'}))")
     p = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == '[]'

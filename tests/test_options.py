@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import assert_same_state, events, load_ckpt, run, run_inprocess, tiny
 
+from gpt.optim import configure_optimizers
 from model import GPT, GPTConfig, rotary, rotary_angles
 from tools.bench_reference import RefGPT
 
@@ -50,7 +51,7 @@ def test_defaults_are_gpt2_bit_for_bit():
     ref_params = dict(ref.named_parameters())
     for name, p in ours.named_parameters():
         assert torch.equal(p.grad, ref_params[name].grad), name
-    opt = ours.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', verbose=False)
+    opt = configure_optimizers(ours, 0.1, 1e-3, (0.9, 0.95), 'cpu', verbose=False)
     ref_opt = torch.optim.AdamW([{'params': [ref_params[n] for n, p in ours.named_parameters() if p.dim() >= 2],
                                   'weight_decay': 0.1},
                                  {'params': [ref_params[n] for n, p in ours.named_parameters() if p.dim() < 2],
@@ -70,7 +71,7 @@ def test_options_at_their_defaults_change_nothing():
     assert_equal_tensors(a.state_dict(), b.state_dict())
     x, y = batch()
     assert torch.equal(a(x, y)[1], b(x, y)[1])
-    assert type(a.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', verbose=False, muon_lr=0)) is torch.optim.AdamW
+    assert type(configure_optimizers(a, 0.1, 1e-3, (0.9, 0.95), 'cpu', verbose=False, muon_lr=0)) is torch.optim.AdamW
 
 
 def test_rotary_is_a_rotation_of_each_pair_by_position_times_frequency():
@@ -160,7 +161,7 @@ def test_muon_step_is_nesterov_then_orthogonalised_and_the_rest_is_adamw():
     from gpt.optim import newton_schulz
     torch.manual_seed(0)
     m = GPT(GPTConfig(**CFG))
-    opt = m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', verbose=False, muon_lr=0.02, muon_momentum=0.9)
+    opt = configure_optimizers(m, 0.1, 1e-3, (0.9, 0.95), 'cpu', verbose=False, muon_lr=0.02, muon_momentum=0.9)
     ref = GPT(m.config)
     ref.load_state_dict(m.state_dict())
     named, ref_named = dict(m.named_parameters()), dict(ref.named_parameters())
@@ -202,16 +203,16 @@ def test_muon_step_is_nesterov_then_orthogonalised_and_the_rest_is_adamw():
 def test_muon_state_round_trips():
     torch.manual_seed(0)
     m = GPT(GPTConfig(**CFG))
-    opt = m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', verbose=False, muon_lr=0.02)
+    opt = configure_optimizers(m, 0.1, 1e-3, (0.9, 0.95), 'cpu', verbose=False, muon_lr=0.02)
     x, y = batch()
     m(x, y)[1].backward()
     opt.step()
     state = opt.state_dict()
     assert set(state) == {'muon', 'adamw'} and state['muon']['state']
-    fresh = m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', verbose=False, muon_lr=0.02)
+    fresh = configure_optimizers(m, 0.1, 1e-3, (0.9, 0.95), 'cpu', verbose=False, muon_lr=0.02)
     fresh.load_state_dict(state)
     assert_equal_tensors(fresh.state_dict(), state)
-    adamw_only = m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', verbose=False)
+    adamw_only = configure_optimizers(m, 0.1, 1e-3, (0.9, 0.95), 'cpu', verbose=False)
     with pytest.raises(ValueError, match="did not use Muon"):
         fresh.load_state_dict(adamw_only.state_dict())
 
