@@ -1,37 +1,25 @@
 """
-InstructGPT's three steps (Ouyang et al. 2022) and DPO (Rafailov et al. 2023) on our GPTs: the chat template
-and its tokens, preference data, the losses as plain functions on tensors, and the set-up the scripts share.
+The chat template of InstructGPT's steps (SFT, reward model, PPO, DPO: gpt/prefs.py and gpt/rl.py, run by train.py,
+reward.py, ppo.py and dpo.py) and its tokens, and the one way a vocabulary grows (add_tokens, grow_vocab).
 
-    python train.py config/sft_shakespeare.py       # 1. SFT: train.py on masked examples (loss on responses only)
-    python reward.py config/reward_shakespeare.py   # 2. a reward model from rankings of K responses per prompt
-    python ppo.py config/ppo_shakespeare.py         # 3. PPO(-ptx) against it, KL-penalised to the SFT policy
-    python dpo.py config/dpo_shakespeare.py         # or DPO straight from the preferences
-
-Chat template. Three tokens are added after the tokenizer's own ids (vocab_size, +1, +2; their embedding rows
-drawn from N(0, 0.02) by heads.add_tokens, every other weight kept):
+Three tokens are added after the tokenizer's own ids (vocab_size, +1, +2; their embedding rows drawn from
+N(0, 0.02) by add_tokens, every other weight kept):
 
     <|user|>{user text}<|assistant|>{assistant text}<|end|>        (repeated for more turns)
 
 The SFT loss is on the assistant's text and its <|end|> only. A policy is prompted with
 `<|user|>{prompt}<|assistant|>` and its response ends at <|end|>. The ids are kept in the dataset's and the
-checkpoints' metadata (added_tokens), so sample.py (which stops at <|end|>), eval.py and export.py encode and
-decode them (`python sample.py --out_dir=out-sft-shakespeare --start="<|user|>To be<|assistant|>"`).
-
-Data, one JSON object a line: a local .jsonl file, or a hub dataset as hf:name[:config[:split]].
-    SFT          {"prompt": "...", "response": "..."}, or {"messages": [{"role": "user", "content": "..."},
-                 {"role": "assistant", "content": "..."}, ...]} (roles alternate, starting with the user)
-    preferences  {"prompt": "...", "chosen": "...", "rejected": "..."}          a pair (K = 2)
-                 {"prompt": "...", "responses": ["best", ..., "worst"]}        a ranking of K >= 2, best first
-                 {"prompt": "...", "responses": [...], "scores": [...]}        ranked by score, higher is better
-A missing field, fewer than two responses, or a tie (equal scores, the same text twice) is a one-line error
-naming the file and line. SFT examples are written in the masked-example format (tokendata.py) by
-write_chat_examples: one conversation a row, padded at the end, so no example attends to another.
+checkpoints' metadata (added_tokens), so sample.py (which stops at <|end|>), serve.py, eval.py and export.py
+encode and decode them (`python sample.py --out_dir=out-sft-shakespeare --start="<|user|>To be<|assistant|>"`).
+GPT-1's task tokens (finetune.py, gpt/heads.py) grow the vocabulary the same way.
 """
 
+from dataclasses import replace
 
+import torch
 
 from gpt.errors import UserError
-from gpt.heads import add_tokens
+from model import GPT
 
 SPECIAL_TOKENS = ('<|user|>', '<|assistant|>', '<|end|>')
 USER, ASSISTANT, END = SPECIAL_TOKENS
@@ -59,8 +47,23 @@ def special_ids(meta):
     return tuple(int(added[t]) for t in SPECIAL_TOKENS)
 
 
+def add_tokens(model, n):
+    """A copy of model with n more vocabulary entries: the new embedding rows drawn from N(0, 0.02) as GPT-1's
+    fine-tuning code does, every other weight kept. Returns (model, the new ids)."""
+    c = model.config
+    bigger = GPT(replace(c, vocab_size=c.vocab_size + n))
+    sd = model.state_dict()
+    with torch.no_grad():
+        for name, p in bigger.state_dict().items():
+            if name in ('transformer.wte.weight', 'lm_head.weight'):
+                p[:c.vocab_size].copy_(sd[name][:c.vocab_size])  # (lm_head is tied to wte: copied twice, alike)
+            else:
+                p.copy_(sd[name])
+    return bigger, list(range(c.vocab_size, c.vocab_size + n))
+
+
 def grow_vocab(model, meta):
-    """The model with embedding rows for the ids meta's added tokens need (heads.add_tokens), or as it is
+    """The model with embedding rows for the ids meta's added tokens need (add_tokens), or as it is
     when it has them."""
     v, want = model.config.vocab_size, meta['vocab_size']
     if v == want:

@@ -14,32 +14,14 @@ modelling loss on the same sequences.
 Also the scalar head of InstructGPT's reward model and PPO's value function (RewardModel; align.py has the rest).
 """
 
-from dataclasses import replace
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from model import GPT
-
 TASKS = ('classification', 'entailment', 'similarity', 'multiple_choice')
 SPECIAL_TOKENS = ('<|start|>', '<|delim|>', '<|extract|>')
 FIELDS = {'classification': 1, 'entailment': 2, 'similarity': 2}  # multiple_choice: a context and >= 2 answers
-
-
-def add_tokens(model, n):
-    """A copy of model with n more vocabulary entries: the new embedding rows drawn from N(0, 0.02) as GPT-1's
-    fine-tuning code does, every other weight kept. Returns (model, the new ids)."""
-    c = model.config
-    bigger = GPT(replace(c, vocab_size=c.vocab_size + n))
-    sd = model.state_dict()
-    with torch.no_grad():
-        for name, p in bigger.state_dict().items():
-            if name in ('transformer.wte.weight', 'lm_head.weight'):
-                p[:c.vocab_size].copy_(sd[name][:c.vocab_size])  # (lm_head is tied to wte: copied twice, alike)
-            else:
-                p.copy_(sd[name])
-    return bigger, list(range(c.vocab_size, c.vocab_size + n))
 
 
 def transform(task, fields, specials, max_len):

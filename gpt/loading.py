@@ -1,21 +1,7 @@
 """
-Checkpoints: written atomically, loaded safely, and the one loader (load_model) that every script uses
-to get a model by init_from: scratch, resume, a hub name or a Hugging Face directory.
-
-A checkpoint is a torch.save'd dict of tensors and plain data only, so it loads with
-torch.load(weights_only=True): a file from someone else cannot run code. Layout:
-    format        CHECKPOINT_FORMAT
-    kind          'lm' (a language model), 'reward' (reward.py) or 'finetune' (finetune.py's task model): every
-                  script refuses the wrong kind in one line (check_kind; absent in older files: 'lm')
-    model_args    GPTConfig fields
-    model         state dict (HF GPT-2 names)
-    optimizer     AdamW state dict;  scaler: GradScaler state dict (float16 runs)
-    iter_num      the next iteration to run;  best_val_loss;  is_best: this state is best.pt's
-    config        the resolved training config (plain values)
-    data_meta     the dataset's meta.json (tokenizer, vocabulary; a trained BPE's tokenizer.json in
-                  tokenizer_json): all that decoding the run's tokens needs
-    rng           torch CPU/CUDA (the GPU's of each rank), numpy and python RNG states (rng_state)
-A karpathy/nanoGPT ckpt.pt is converted to this layout as it loads (import_nanogpt; imported_from='nanoGPT').
+The one loader every script uses to get a model by init_from (load_model): 'scratch', 'resume' (out_dir's
+checkpoint), another run's out_dir, a hub name (gpt2, gpt2-xl, openai-gpt, ...), a Hugging Face directory, or a
+peft adapter directory; a LoRA run's checkpoint is rebuilt on its base. Reading the files is gpt/checkpoint.py's job.
 """
 
 import json
@@ -57,7 +43,7 @@ def lora_model_from_checkpoint(ckpt, **overrides):
     as init_from loads it (a hub name, an HF directory or another run), grown and cropped as the run had it, and
     the adapters put on and filled. One line if the base is missing or is no longer the one the run trained on."""
     from gpt import lora
-    from gpt.heads import add_tokens
+    from gpt.chat import add_tokens
     spec, args = ckpt['lora'], ckpt['model_args']
     free = {k: v for k, v in overrides.items() if k in ('dropout', 'attn_impl')}
     free.setdefault('dropout', args.get('dropout', 0.0))

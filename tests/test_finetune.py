@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import assert_same_state, events, interrupt, load_ckpt, run, run_inprocess, tiny
 
-from gpt.heads import TaskModel, add_tokens, collate, transform
+from gpt.chat import add_tokens
+from gpt.heads import TaskModel, collate, transform
 from model import GPT, GPTConfig
 
 S, D, E = 100, 101, 102  # start, delim, extract
