@@ -1,6 +1,6 @@
 """
-Checkpoints: written atomically, loaded safely, and the one loader (load_model) that every script uses
-to get a model by init_from: scratch, resume, a hub name or a Hugging Face directory.
+Checkpoint files: written atomically, loaded safely, their kinds, a nanoGPT checkpoint imported as it loads, and
+the RNG and optimizer state a resume restores. Making a model from one is gpt/loading.py's job.
 
 A checkpoint is a torch.save'd dict of tensors and plain data only, so it loads with
 torch.load(weights_only=True): a file from someone else cannot run code. Layout:

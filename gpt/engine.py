@@ -1,14 +1,12 @@
 """
-Decoding: functions that take a GPT and extend token ids with it. sample.py, bench.py, eval.py and the
-fine-tuning scripts call them; the model itself only knows a forward pass and its KV cache.
+Decoding: functions that take a GPT and extend token ids with it, and Engine, the continuous-batching loop that
+sample.py, serve.py and the RL trainers run prompts through. The model itself only knows a forward pass and its
+KV cache (gpt/kvcache.py); the sampling rules are gpt/sampling.py's.
 
     from gpt.engine import generate, generate_stream, beam_search
     out = generate(model, idx, 100, temperature=0.8, top_k=200)     # (B, T + 100)
     for tok in generate_stream(model, idx, 100): ...                 # (B, 1) at a time
     best = beam_search(model, idx, 40, num_beams=4)                  # as transformers' generate(num_beams=4)
-
-Sampling filters follow transformers' logits processors (repetition penalty, top-k, top-p, min-p), so
-the same settings give the same tokens (tests/test_generate.py checks them against transformers).
 """
 
 import contextlib

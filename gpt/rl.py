@@ -1,31 +1,12 @@
 """
-InstructGPT's three steps (Ouyang et al. 2022) and DPO (Rafailov et al. 2023) on our GPTs: the chat template
-and its tokens, preference data, the losses as plain functions on tensors, and the set-up the scripts share.
+InstructGPT's reward model and PPO (Ouyang et al. 2022) and DPO (Rafailov et al. 2023) as plain functions on
+tensors (log-probs, the losses, GAE, rollouts), and the policy and reward-model loading reward.py, ppo.py and dpo.py
+share. Their training harness (process group, logs, signals) is gpt/run.py's Run.
 
     python train.py config/sft_shakespeare.py       # 1. SFT: train.py on masked examples (loss on responses only)
     python reward.py config/reward_shakespeare.py   # 2. a reward model from rankings of K responses per prompt
     python ppo.py config/ppo_shakespeare.py         # 3. PPO(-ptx) against it, KL-penalised to the SFT policy
     python dpo.py config/dpo_shakespeare.py         # or DPO straight from the preferences
-
-Chat template. Three tokens are added after the tokenizer's own ids (vocab_size, +1, +2; their embedding rows
-drawn from N(0, 0.02) by heads.add_tokens, every other weight kept):
-
-    <|user|>{user text}<|assistant|>{assistant text}<|end|>        (repeated for more turns)
-
-The SFT loss is on the assistant's text and its <|end|> only. A policy is prompted with
-`<|user|>{prompt}<|assistant|>` and its response ends at <|end|>. The ids are kept in the dataset's and the
-checkpoints' metadata (added_tokens), so sample.py (which stops at <|end|>), eval.py and export.py encode and
-decode them (`python sample.py --out_dir=out-sft-shakespeare --start="<|user|>To be<|assistant|>"`).
-
-Data, one JSON object a line: a local .jsonl file, or a hub dataset as hf:name[:config[:split]].
-    SFT          {"prompt": "...", "response": "..."}, or {"messages": [{"role": "user", "content": "..."},
-                 {"role": "assistant", "content": "..."}, ...]} (roles alternate, starting with the user)
-    preferences  {"prompt": "...", "chosen": "...", "rejected": "..."}          a pair (K = 2)
-                 {"prompt": "...", "responses": ["best", ..., "worst"]}        a ranking of K >= 2, best first
-                 {"prompt": "...", "responses": [...], "scores": [...]}        ranked by score, higher is better
-A missing field, fewer than two responses, or a tie (equal scores, the same text twice) is a one-line error
-naming the file and line. SFT examples are written in the masked-example format (tokendata.py) by
-write_chat_examples: one conversation a row, padded at the end, so no example attends to another.
 """
 
 import os

@@ -1,21 +1,8 @@
 """
-Checkpoints: written atomically, loaded safely, and the one loader (load_model) that every script uses
-to get a model by init_from: scratch, resume, a hub name or a Hugging Face directory.
-
-A checkpoint is a torch.save'd dict of tensors and plain data only, so it loads with
-torch.load(weights_only=True): a file from someone else cannot run code. Layout:
-    format        CHECKPOINT_FORMAT
-    kind          'lm' (a language model), 'reward' (reward.py) or 'finetune' (finetune.py's task model): every
-                  script refuses the wrong kind in one line (check_kind; absent in older files: 'lm')
-    model_args    GPTConfig fields
-    model         state dict (HF GPT-2 names)
-    optimizer     AdamW state dict;  scaler: GradScaler state dict (float16 runs)
-    iter_num      the next iteration to run;  best_val_loss;  is_best: this state is best.pt's
-    config        the resolved training config (plain values)
-    data_meta     the dataset's meta.json (tokenizer, vocabulary; a trained BPE's tokenizer.json in
-                  tokenizer_json): all that decoding the run's tokens needs
-    rng           torch CPU/CUDA (the GPU's of each rank), numpy and python RNG states (rng_state)
-A karpathy/nanoGPT ckpt.pt is converted to this layout as it loads (import_nanogpt; imported_from='nanoGPT').
+What every trainer's run shares: its out_dir (one run at a time holds its lock; a new run moves an old one aside,
+never deletes it unasked), resuming (the settings a resume takes from the checkpoint), log.jsonl, the stop signals
+(SIGTERM or Ctrl-C: finish the step, checkpoint, exit 0), and torchrun's process group (join_process_group,
+leave_process_group). Run bundles them for reward.py, ppo.py and dpo.py; train.py uses the parts.
 """
 
 import json

@@ -1,14 +1,7 @@
 """
-Decoding: functions that take a GPT and extend token ids with it. sample.py, bench.py, eval.py and the
-fine-tuning scripts call them; the model itself only knows a forward pass and its KV cache.
-
-    from gpt.engine import generate, generate_stream, beam_search
-    out = generate(model, idx, 100, temperature=0.8, top_k=200)     # (B, T + 100)
-    for tok in generate_stream(model, idx, 100): ...                 # (B, 1) at a time
-    best = beam_search(model, idx, 40, num_beams=4)                  # as transformers' generate(num_beams=4)
-
-Sampling filters follow transformers' logits processors (repetition penalty, top-k, top-p, min-p), so
-the same settings give the same tokens (tests/test_generate.py checks them against transformers).
+Sampling: the logit filters (repetition penalty, top-k, top-p, min-p), a row's sampling parameters, and the
+next-token draw. The filters follow transformers' logits processors, so the same settings give the same tokens
+(tests/test_generate.py checks them against transformers).
 """
 
 from dataclasses import dataclass

@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import prepare_utils  # noqa: E402
 import pytest
 from conftest import ROOT as REPO
 from conftest import SHARED
+
+from gpt import datafiles
 
 SHAKESPEARE = SHARED / "data" / "tinyshakespeare" / "input.txt"
 TIKTOKEN_CACHE = SHARED / "tiktoken_cache"
@@ -23,7 +24,6 @@ BAD_URL = "http://127.0.0.1:9/x"  # discard port: refused at once, never the net
 needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f"offline Tiny Shakespeare not found at {SHAKESPEARE}")
 needs_tiktoken = pytest.mark.skipif(not TIKTOKEN_CACHE.is_dir(), reason=f"offline tiktoken cache not found at {TIKTOKEN_CACHE}")
 
-sys.path.insert(0, str(REPO / "data"))  # to import data/prepare_utils.py
 
 
 def run(script, *args, env=None):
@@ -56,30 +56,30 @@ def enc():
 
 
 # -----------------------------------------------------------------------------
-# prepare_utils
+# gpt/datafiles.py: the writers
 
 def test_write_tokens_array_and_chunks(tmp_path):
     ids = np.arange(1000, dtype=np.int64) * 60
-    prepare_utils.write_tokens(tmp_path / "a.bin", ids, np.uint16, chunk_size=300)
+    datafiles.write_tokens(tmp_path / "a.bin", ids, np.uint16, chunk_size=300)
     assert np.array_equal(np.fromfile(tmp_path / "a.bin", dtype=np.uint16), ids)
     # chunks of different sizes, with the total given up front
     chunks = [ids[:1], ids[1:700], ids[700:700], ids[700:]]
-    prepare_utils.write_tokens(tmp_path / "b.bin", iter(chunks), np.uint16, num_tokens=len(ids))
+    datafiles.write_tokens(tmp_path / "b.bin", iter(chunks), np.uint16, num_tokens=len(ids))
     assert (tmp_path / "b.bin").read_bytes() == (tmp_path / "a.bin").read_bytes()
-    prepare_utils.write_tokens(tmp_path / "empty.bin", [], np.uint16)
+    datafiles.write_tokens(tmp_path / "empty.bin", [], np.uint16)
     assert (tmp_path / "empty.bin").read_bytes() == b""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.bin", "empty.bin"]  # no temp files left
 
 
 def test_write_tokens_rejects_bad_input_and_keeps_old_file(tmp_path):
     path = tmp_path / "a.bin"
-    prepare_utils.write_tokens(path, [1, 2, 3], np.uint16)
+    datafiles.write_tokens(path, [1, 2, 3], np.uint16)
     with pytest.raises(ValueError, match="fit uint16"):
-        prepare_utils.write_tokens(path, np.array([1, 65536]), np.uint16)  # would wrap around to 0
+        datafiles.write_tokens(path, np.array([1, 65536]), np.uint16)  # would wrap around to 0
     with pytest.raises(ValueError, match="expected num_tokens"):
-        prepare_utils.write_tokens(path, iter([np.array([1, 2])]), np.uint16, num_tokens=3)
+        datafiles.write_tokens(path, iter([np.array([1, 2])]), np.uint16, num_tokens=3)
     with pytest.raises(ValueError, match="more than num_tokens"):
-        prepare_utils.write_tokens(path, iter([np.array([1, 2])]), np.uint16, num_tokens=1)
+        datafiles.write_tokens(path, iter([np.array([1, 2])]), np.uint16, num_tokens=1)
     # a failed write leaves the previous file untouched and no temp file behind
     assert np.array_equal(np.fromfile(path, dtype=np.uint16), [1, 2, 3])
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
@@ -87,22 +87,22 @@ def test_write_tokens_rejects_bad_input_and_keeps_old_file(tmp_path):
 
 def test_write_splits_picks_the_dtype_and_refuses_ids_outside_the_vocabulary(tmp_path):
     # GPT-2's ids fit uint16; a 100,000-token vocabulary needs uint32, recorded in meta.json
-    prepare_utils.write_splits(tmp_path, {"train": [0, 50256], "val": [7]}, vocab_size=50257, tokenizer="gpt2")
+    datafiles.write_splits(tmp_path, {"train": [0, 50256], "val": [7]}, vocab_size=50257, tokenizer="gpt2")
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert (meta["dtype"], meta["train_tokens"], meta["val_tokens"]) == ("uint16", 2, 1)
-    prepare_utils.write_splits(tmp_path, {"train": [0, 99999], "val": [70000]}, vocab_size=100000, tokenizer="bpe")
+    datafiles.write_splits(tmp_path, {"train": [0, 99999], "val": [70000]}, vocab_size=100000, tokenizer="bpe")
     assert json.loads((tmp_path / "meta.json").read_text())["dtype"] == "uint32"
     assert np.array_equal(np.fromfile(tmp_path / "train.bin", dtype=np.uint32), [0, 99999])
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     # an id the vocabulary does not have, even one that uint16 could store, is refused before anything is written
     for ids, vocab in (([1, 65536], 50257), ([1, 50257], 50257), ([-1], 65)):
         with pytest.raises(ValueError, match="outside the vocabulary"):
-            prepare_utils.write_splits(tmp_path, {"train": ids, "val": [0]}, vocab_size=vocab, tokenizer="gpt2")
+            datafiles.write_splits(tmp_path, {"train": ids, "val": [0]}, vocab_size=vocab, tokenizer="gpt2")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 def test_write_meta(tmp_path):
-    path = prepare_utils.write_meta(tmp_path, vocab_size=3, chars="\nab", tokenizer="char")
+    path = datafiles.write_meta(tmp_path, vocab_size=3, chars="\nab", tokenizer="char")
     text = path.read_text(encoding="utf-8")
     assert json.loads(text) == {"vocab_size": 3, "chars": "\nab", "tokenizer": "char"}
     assert text == json.dumps(json.loads(text), sort_keys=True, indent=2) + "\n"

@@ -7,20 +7,18 @@ each demo that must improve its own metric (exact match, bits per pixel), checke
 import importlib.util
 import json
 import math
-import sys
 
 import numpy as np
-import prepare_utils  # noqa: E402
 import pytest
 import torch
 from conftest import ROOT, load_ckpt, run, run_inprocess
 from torch.nn import functional as F
 
 import demos
+from gpt import datafiles
 from gpt.tokendata import TokenData
 from model import GPT, GPTConfig
 
-sys.path.insert(0, str(ROOT / "data"))
 
 
 def load_script(name):
@@ -41,7 +39,7 @@ def examples_dir(tmp_path, rows=40, length=10, vocab=50, seed=0):
         mask[:, 0] = 0
         mask[np.arange(rows), rng.integers(1, length, rows)] = 1  # at least one target per row
         splits[split] = (tokens, mask)
-    prepare_utils.write_examples(tmp_path, splits, vocab_size=vocab, tokenizer='char', chars='x' * vocab)
+    datafiles.write_examples(tmp_path, splits, vocab_size=vocab, tokenizer='char', chars='x' * vocab)
     return splits
 
 
@@ -91,7 +89,7 @@ def test_write_examples_refuses_what_the_loader_could_not_train_on(tmp_path):
     for mask, why in [(np.array([[0, 1, 0, 0], [0, 0, 0, 0]]), 'at least one target'),
                       (np.array([[1, 1, 0, 0], [0, 1, 0, 0]]), 'first token')]:
         with pytest.raises(ValueError, match=why):
-            prepare_utils.write_examples(tmp_path, {'train': (t, mask)}, vocab_size=3)
+            datafiles.write_examples(tmp_path, {'train': (t, mask)}, vocab_size=3)
 
 
 def test_examples_too_long_for_the_context_is_one_line_error(tmp_path):

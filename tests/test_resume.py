@@ -37,7 +37,8 @@ RUN = TINY + [f'--max_iters={M}', '--eval_interval=3', '--always_save_checkpoint
 LAUNCHER = r'''
 import io, json, os, runpy, signal, sys, time
 sys.path.insert(0, os.getcwd())
-import torch, checkpoint, configurator, device, model, tokendata
+import torch, configurator, model
+from gpt import checkpoint, device, tokendata
 torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # the first optimizer imports torch._dynamo (slow)
 
 def set_kill_point(kill_at):
