@@ -216,3 +216,24 @@ def assert_same_state(a, b, atol=0.0):
         assert oa['state'][i].keys() == ob['state'][i].keys()
         for k in oa['state'][i]:
             same(oa['state'][i][k], ob['state'][i][k], f'{i} {k}')
+
+
+# ----------------------------------------------------------------------------- reading a script's settings
+
+def script_defaults(script):
+    """A script's config keys and defaults as configure() sees them: its top-level assignments of plain values
+    up to the configure() call, read from the source (importing the scripts would run them)."""
+    import ast
+    from configurator import config_keys
+    tree = ast.parse((ROOT / script).read_text(encoding='utf-8'))
+    defaults = {}
+    for node in tree.body:
+        if 'configurator.configure(' in ast.unparse(node):
+            return defaults
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:  # (constant expressions too: gradient_accumulation_steps = 5 * 8)
+                value = eval(compile(ast.Expression(node.value), script, 'eval'), {'__builtins__': {}}, dict(defaults))
+            except Exception:
+                continue
+            defaults.update(config_keys({node.targets[0].id: value}))
+    raise AssertionError(f"{script} never calls configurator.configure")

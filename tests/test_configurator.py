@@ -5,7 +5,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, script_defaults
 
 import configurator
 from configurator import ConfigError, config_keys, parse
@@ -216,24 +216,6 @@ def test_auto_keys_also_take_a_bool(tmp_path):
         parse(defaults, [write(tmp_path, 'c.py', "compile = 1\n")])
     with pytest.raises(ConfigError, match="'batch_size' expects int"):
         parse(defaults, ['--batch_size=True'])
-
-
-def script_defaults(script):
-    """A script's config keys and defaults as configure() sees them: its top-level assignments of plain values
-    up to the configure() call, read from the source (importing the scripts would run them)."""
-    import ast
-    tree = ast.parse((ROOT / script).read_text(encoding='utf-8'))
-    defaults = {}
-    for node in tree.body:
-        if 'configurator.configure(' in ast.unparse(node):
-            return defaults
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            try:  # (constant expressions too: gradient_accumulation_steps = 5 * 8)
-                value = eval(compile(ast.Expression(node.value), script, 'eval'), {'__builtins__': {}}, dict(defaults))
-            except Exception:
-                continue
-            defaults.update(config_keys({node.targets[0].id: value}))
-    raise AssertionError(f"{script} never calls configurator.configure")
 
 
 def test_every_config_file_fits_the_commands_its_header_gives():
