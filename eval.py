@@ -25,10 +25,10 @@ import time
 import torch
 
 import configurator
-from gpt import errors
+from gpt.decoding import load_for_decoding
 from gpt.device import autocast_ctx, describe, pick_device, pick_dtype
-from gpt.errors import UserError
-from gpt.loading import load_model
+from gpt.errors import Interrupted, UserError, check_output
+from gpt.run import join_process_group, launched_by_torchrun, leave_process_group, rank_device, torchrun_ranks
 from gpt.tasks import load_tasks, score
 
 # -----------------------------------------------------------------------------
@@ -67,29 +67,22 @@ def main():
         raise UserError("batch_size must be >= 1, limit and stride >= 0")
 
     # torchrun: one process per device; every rank loads the model and the tasks, then scores its share
-    ddp = int(os.environ.get('RANK', -1)) != -1
-    rank, local_rank = int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
-    dev = device
-    if ddp and dev in ('auto', 'cuda') and torch.cuda.is_available():
-        dev = f'cuda:{local_rank}'
-    dev = pick_device(dev)
-    dt = pick_dtype(dtype, dev)
+    ddp = launched_by_torchrun()
+    rank, _, world = torchrun_ranks()
+    dev = pick_device(rank_device(device))
+    dt = pick_dtype(dtype, dev)  # (scoring is batched forward passes: training's rule, bf16 where it is fast)
     path = results_file or (os.path.join(out_dir, 'eval.json') if init_from == 'resume'
                             else f"eval_{os.path.basename(os.path.normpath(init_from))}.json")
     read_results(path)  # a file there that is not ours stops the run now, not after the evaluation
+    if results_file:  # (so does one that cannot be written; a missing folder is made. The default's is the run's)
+        check_output(results_file, 'results_file')
 
-    model, meta, _ = load_model(init_from, out_dir, ckpt_name, block_size=block_size, dropout=0.0)
+    # (the weights as trained, no decode layout: scoring runs whole sequences, not one-token steps)
+    d = load_for_decoding(init_from, out_dir, ckpt_name, dev, dt, layout='none', block_size=block_size)
+    model, meta = d.model, d.meta
     task_list = load_tasks(names, meta, model.config.block_size, limit=limit, data=paths, stride=stride, split=split)
-    # join the group only now: a mistake above stops every rank alike, with one message from rank 0
-    world = 1
-    if ddp:
-        import torch.distributed as dist
-        if dev.startswith('cuda'):
-            torch.cuda.set_device(dev)
-        dist.init_process_group(backend='nccl' if dev.startswith('cuda') else 'gloo')
-        errors.exit_on_user_error()  # (torch's hook, installed just now, would prefix the line with [rankN])
-        world = dist.get_world_size()
-    model.to(dev).eval()
+    if ddp:  # joined only now: a mistake above stops every rank alike, with one message from rank 0
+        join_process_group(dev)
     if compile:
         model.forward = torch.compile(model.forward, dynamic=True)
     ctx = autocast_ctx(dev, dt)
@@ -97,25 +90,33 @@ def main():
         print(f"{init_from if init_from != 'resume' else out_dir}: {model.num_params() / 1e6:.2f}M parameters, "
               f"context {model.config.block_size}; {describe(dev, dt)}, {world} process(es)", file=sys.stderr)
 
-    results = {}
-    for task in task_list:
-        t0 = time.time()
-        scores = score(model, task.requests, batch_size, dev, ctx, progress=progress, desc=task.name)
-        seconds = time.time() - t0
-        results[task.name] = task.metrics(scores)
-        n = results[task.name].get('n', len(task.requests))
-        results[task.name].update(seconds=seconds, examples_per_s=n / seconds)
+    results, stopped = {}, ''
+    try:
+        for task in task_list:
+            t0 = time.time()
+            scores = score(model, task.requests, batch_size, dev, ctx, progress=progress, desc=task.name)
+            seconds = time.time() - t0
+            metrics = task.metrics(scores)
+            n = metrics.get('n', len(task.requests))
+            results[task.name] = {**metrics, 'seconds': seconds, 'examples_per_s': n / seconds}
+    except KeyboardInterrupt:  # Ctrl-C: the finished tasks' results are written, the one under way is dropped
+        stopped = f"stopped by Ctrl-C after {len(results)} of {len(task_list)} tasks"
 
-    if rank == 0:
+    if rank == 0 and (results or not stopped):
         print_table(results)
         record = dict(model=init_from if init_from != 'resume' else os.path.join(out_dir, ckpt_name), results=results,
                       config=config, device=describe(dev, dt), world_size=world, torch=torch.__version__,
                       argv=sys.argv, time=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
+        if stopped:  # (the file says these results are those of the tasks finished before Ctrl-C)
+            record['stopped'] = stopped
         kept = write_results(path, record)
-        print(f"results written to {path}" + (f" (beside {kept} earlier evaluation(s), kept in its history)"
-                                               if kept else ''))
-    if ddp:
-        dist.destroy_process_group()
+        if not stopped:
+            print(f"results written to {path}" + (f" (beside {kept} earlier evaluation(s), kept in its history)"
+                                                   if kept else ''))
+    if stopped:  # (one line; the other ranks' process group goes with the process)
+        raise Interrupted(stopped + (f"; wrote the results of {', '.join(results)} to {path}" if results
+                                     else f"; nothing written to {path}"))
+    leave_process_group()
 
 
 def read_results(path):

@@ -30,9 +30,7 @@ Any setting below can be changed by a config file and then by --key=value, e.g.
 $ python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
 """
 
-import atexit
 import collections
-import gc
 import math
 import os
 import platform
@@ -47,14 +45,15 @@ import torch
 from torch.torch_version import TorchVersion
 
 import configurator
-from gpt import checkpoint, errors, lora
+from gpt import checkpoint, lora
 from gpt.checkpoint import (gather_full_state, link_checkpoint, load_optimizer_state, rng_state, save_checkpoint,
                             set_rng_state)
 from gpt.device import autocast_ctx, describe, peak_flops_and_source, pick_device, pick_dtype, setup_torch
 from gpt.errors import UserError, check_choice, check_range
 from gpt.loading import load_model
 from gpt.optim import configure_optimizers
-from gpt.run import RUN_FILES, StopSignal, append_record, check_resume_data, lock_out_dir, make_room, resume_settings
+from gpt.run import (RUN_FILES, StopSignal, append_record, check_resume_data, join_process_group, launched_by_torchrun,
+                     leave_process_group, lock_out_dir, make_room, rank_device, resume_settings, torchrun_ranks)
 from gpt.tasks import evaluate, load_tasks
 from gpt.tokendata import TokenData, check_same_tokenizer, dataset_dir, load_meta, seed_from
 
@@ -201,12 +200,11 @@ if optim == 'muon' and parallelism == 'fsdp':
 
 # ----------------------------------------------------------------------------- distributed set-up
 # torchrun starts one process per device and tells each its place in RANK, LOCAL_RANK, WORLD_SIZE
-ddp = int(os.environ.get('RANK', -1)) != -1  # launched by torchrun (with DDP or FSDP)?
+ddp = launched_by_torchrun()  # (with DDP or FSDP)
 fsdp = ddp and parallelism == 'fsdp'
+rank, local_rank, world_size = torchrun_ranks()
+master_process = rank == 0  # does the printing, logging and checkpointing
 if ddp:
-    import torch.distributed as dist
-    rank, local_rank, world_size = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
-    master_process = rank == 0  # does the printing, logging and checkpointing
     # checked before joining the process group: every rank exits at once, rank 0 prints the message
     if gradient_accumulation_steps % world_size:
         raise UserError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
@@ -216,13 +214,7 @@ if ddp:
         raise UserError(f"batch_ramp_start={batch_ramp_start} tokens is {round(batch_ramp_start / micro_tokens)} "
                         f"micro-batches of {micro_tokens}: fewer than the {world_size} processes, each of which "
                         f"needs one; raise it to {world_size * micro_tokens}")
-    if device == 'auto':
-        device = f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu'
-    elif device == 'cuda':
-        device = f'cuda:{local_rank}'
-else:
-    rank, local_rank, world_size, master_process = 0, 0, 1, True
-device = pick_device(device)
+device = pick_device(rank_device(device))
 dtype = pick_dtype(dtype, device)  # 'auto': bf16 on GPUs, and on CPUs only where bf16 is fast (AMX)
 if optim == 'muon' and dtype == 'float16':
     raise UserError("optim='muon' with float16 loss scaling is not supported; use dtype='bfloat16' or 'float32'")
@@ -335,20 +327,14 @@ eval_task_list = load_tasks(task_names, meta, block_size, limit=eval_tasks_limit
 # a command never loses a result. Done after the settings and data are checked (their mistakes stop the run with
 # nothing moved; nothing above wrote to out_dir)
 if init_from != 'resume' and not eval_only:
-    note = make_room(out_dir, overwrite, act=master_process)
+    note = make_room(out_dir, overwrite, act=master_process, resume_flag='--init_from=resume',
+                     overwrite_flag='--overwrite=True')
     if note:
         log(note)
 # join the process group only now: a mistake in the settings or data above stops every rank alike before it,
 # with one message from rank 0
 if ddp:
-    if device.startswith('cuda'):
-        torch.cuda.set_device(device)
-    if backend == 'auto':
-        backend = 'nccl' if device.startswith('cuda') else 'gloo'
-    dist.init_process_group(backend=backend)
-    errors.exit_on_user_error()  # (torch's hook, installed just now, would prefix the line with [rankN])
-    # leave the group cleanly however the script ends (normal exit, a UserError or another exception)
-    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    dist = join_process_group(device, backend)
 model_args = asdict(model.config)
 log(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_args}")
 if not fsdp:
@@ -727,10 +713,5 @@ while True:
         break
 
 if ddp:
-    # every rank leaves together (rank 0 may still be writing the last checkpoint), and DDP's reducer, which holds
-    # the process group, goes while Python is whole: a rank tearing down alone, or the group freed during the
-    # interpreter's exit, aborted now and then ("terminate called without an active exception", 1 run in 15)
-    dist.barrier()
-    del model, raw_model, optimizer
-    gc.collect()
-    dist.destroy_process_group()
+    del model, raw_model, optimizer  # (DDP's reducer holds the process group: it goes first)
+    leave_process_group()

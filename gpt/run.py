@@ -5,6 +5,7 @@ never deletes it unasked), resuming (the settings a resume takes from the checkp
 leave_process_group). Run bundles them for reward.py, ppo.py and dpo.py; train.py uses the parts.
 """
 
+import gc
 import json
 import math
 import os
@@ -58,12 +59,15 @@ def release_out_dirs():
 RUN_FILES = ('ckpt.pt', 'best.pt')
 
 
-def make_room(out_dir, overwrite, act=True):
+def make_room(out_dir, overwrite, act=True, resume_flag='--resume=True', overwrite_flag=None):
     """Ready out_dir for a new run (not a resume) without losing the run it may hold, and keep the habit of
     rerunning a command: the old run (everything in out_dir) moves, untouched, to a sibling folder named by
     when it was last saved, <out_dir>.old-YYYYmmdd-HHMMSS; with overwrite its checkpoints, log and plot are
     deleted instead (the new log is not appended to the old one's). act=False: only say what would happen (the
-    processes other than the one that writes). Returns a note for the log, or '' when out_dir holds no run."""
+    processes other than the one that writes). Returns a note for the log, or '' when out_dir holds no run.
+    resume_flag, overwrite_flag: the calling script's own settings that continue a run and replace one (None: it
+    has none), named in the hints (as resume_settings' resume_flag): train.py's are --init_from=resume and
+    --overwrite=True, the other trainers' --resume=True."""
     found = [n for n in RUN_FILES if os.path.isfile(os.path.join(out_dir, n))]
     if not found:
         return ''
@@ -88,13 +92,15 @@ def make_room(out_dir, overwrite, act=True):
             for name in sorted(os.listdir(out_dir)):  # a rename each: nothing is copied, nothing rewritten
                 os.rename(os.path.join(out_dir, name), os.path.join(dest, name))
         except OSError as e:
+            replace = f"replace it with {overwrite_flag}, " if overwrite_flag else ''
             raise UserError(f"{out_dir} holds a run ({', '.join(found)}) that could not be moved aside to {dest} "
-                            f"({e.strerror}; what was moved is there): continue it with --init_from=resume, "
-                            f"replace it with --overwrite=True, or choose another --out_dir") from None
+                            f"({e.strerror}; what was moved is there): continue it with {resume_flag}, "
+                            f"{replace}or choose another --out_dir") from None
         fsync_dir(dest)
         fsync_dir(out_dir)
+    replace = f"; {overwrite_flag} replaces a run instead of keeping it" if overwrite_flag else ''
     return (f"note: {out_dir} held a run ({', '.join(found)}); moved it, untouched, to {dest} (to continue it: "
-            f"--init_from=resume --out_dir={dest}; --overwrite=True replaces a run instead of keeping it)")
+            f"{resume_flag} --out_dir={dest}{replace})")
 
 
 def check_resume_data(ckpt, data_meta, data_dir):
@@ -215,6 +221,54 @@ class StopSignal:
         return len(self.received)
 
 
+# ----------------------------------------------------------------------------- torchrun's process group
+
+def torchrun_ranks():
+    """(rank, local_rank, world_size) as torchrun tells each process; (0, 0, 1) for a plain `python` run."""
+    return int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+
+
+def launched_by_torchrun():
+    return int(os.environ.get('RANK', -1)) != -1
+
+
+def rank_device(device):
+    """The device setting as this process reads it: under torchrun 'auto' and 'cuda' mean this rank's own GPU
+    (cuda:LOCAL_RANK; 'auto' without GPUs: the CPU); anything else, and every setting without torchrun, as given."""
+    if not launched_by_torchrun() or device not in ('auto', 'cuda'):
+        return device
+    if device == 'auto' and not torch.cuda.is_available():
+        return 'cpu'
+    return f"cuda:{os.environ['LOCAL_RANK']}"
+
+
+def join_process_group(device, backend='auto'):
+    """Join torchrun's process group (backend 'auto': nccl on CUDA, gloo elsewhere) on this rank's device, and leave
+    it cleanly however the script ends. Join only after every check of the settings and data: a mistake found
+    before stops every rank alike, with one line from rank 0 (errors.report_user_error). Returns torch.distributed."""
+    import atexit
+
+    import torch.distributed as dist
+    if device.startswith('cuda'):
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=('nccl' if device.startswith('cuda') else 'gloo') if backend == 'auto' else backend)
+    exit_on_user_error()  # (torch's hook, installed just now, would prefix the line with [rankN])
+    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    return dist
+
+
+def leave_process_group():
+    """Every rank leaves together (rank 0 may still be writing the last checkpoint), and the group goes while
+    Python is whole: a rank tearing it down alone, or the group freed during the interpreter's exit, aborted now
+    and then ("terminate called without an active exception"; 1 run of train.py in 15, once in a CI run of ppo.py).
+    Drop the models and optimizers first (DDP's reducer holds the group). Without a group: nothing."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        gc.collect()
+        dist.destroy_process_group()
+
+
 # ----------------------------------------------------------------------------- processes and logs
 
 class Run:
@@ -228,22 +282,15 @@ class Run:
         run already in out_dir is moved aside, untouched (make_room); the scripts pass not resume."""
         import torch.distributed as dist
         self.dist = dist
-        self.ddp = int(os.environ.get('RANK', -1)) != -1
-        self.rank = int(os.environ.get('RANK', 0))
-        self.world = int(os.environ.get('WORLD_SIZE', 1))
+        self.ddp = launched_by_torchrun()
+        self.rank, _, self.world = torchrun_ranks()
         self.master = self.rank == 0
         for name, count in (divide or {}).items():
             if count % self.world:
                 raise UserError(f"{name} ({count}) must divide among the {self.world} processes")
-        self.device = device
+        self.device = rank_device(device)
         if self.ddp:
-            if device.startswith('cuda'):
-                self.device = f"cuda:{os.environ['LOCAL_RANK']}"
-                torch.cuda.set_device(self.device)
-            dist.init_process_group(backend='nccl' if self.device.startswith('cuda') else 'gloo')
-            import atexit
-            exit_on_user_error()  # (torch's hook would prefix the line with [rankN])
-            atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+            join_process_group(self.device)
         self.out_dir, self.wandb = out_dir, None
         if self.master:
             try:
@@ -272,12 +319,8 @@ class Run:
         return ckpt['iter_num']
 
     def close(self):
-        """Every rank leaves together, then the process group goes while Python is whole: rank 0 may still be
-        writing the last checkpoint, and a rank tearing its group down alone at exit aborted now and then (SIGABRT,
-        as train.py saw; once in a CI run of ppo.py on 2 processes)."""
-        if self.ddp and self.dist.is_initialized():
-            self.dist.barrier()
-            self.dist.destroy_process_group()
+        """Every rank leaves together (leave_process_group)."""
+        leave_process_group()
 
     def stop_if_signalled(self, save, done, total, unit='step'):
         """After a step: if SIGTERM or Ctrl-C reached any process (every rank agrees, so all stop after the same
