@@ -57,6 +57,7 @@ from gpt.decoding import check_decoding, load_for_decoding
 from gpt.engine import Engine
 from gpt.errors import UserError
 from gpt.sampling import SamplingParams
+from gpt.stops import StopText
 from gpt.tokendata import get_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -112,28 +113,18 @@ class Choice:
         self.request, self.index, self.ids, self.max_new = request, index, ids, max_new
         self.params, self.stop_ids = params, stop_ids
         self.rid = None
-        self.stops, self.decode = stops, decode
-        self.tokens, self.sent, self.finish = [], 0, None
+        self.text = StopText(decode, stops)
+        self.finish = None
+
+    @property
+    def tokens(self):
+        return self.text.tokens
 
     def push(self, token, finish):
-        """Take one generated token; returns the text that became final. Text that could still turn out to be
-        the start of a stop string, or half of a character split across tokens, is held back until it is
-        known; a stop string found ends the choice (finish 'stop') with the text before it."""
-        if finish != 'stop':  # (a stop token is not text)
-            self.tokens.append(token)
-        text = self.decode(self.tokens)
-        cut = min((text.find(s) for s in self.stops if s in text), default=-1)
-        if cut >= 0:
-            text, finish = text[:cut], 'stop'
-        if finish is None:
-            held = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-            end = len(text) - held
-            while end > self.sent and text[end - 1] == '\ufffd':
-                end -= 1
-        else:
-            end = len(text)
-        self.finish = finish
-        delta, self.sent = text[self.sent:end], max(self.sent, end)
+        """Take one generated token; returns the text that became final (stops.StopText holds back what may be
+        the start of a stop string or half a character). A stop string found ends the choice (finish 'stop')."""
+        delta = self.text.push(None if finish == 'stop' else token, final=finish is not None)  # (a stop token: no text)
+        self.finish = 'stop' if self.text.stopped else finish
         return delta
 
 
