@@ -1,11 +1,8 @@
 """
 Train a GPT: from scratch, from OpenAI's GPT-2 weights (finetuning), or resuming a run.
 
-CPU laptop (character-level Shakespeare, a few minutes):
-$ python data/shakespeare_char/prepare.py
-$ python train.py config/train_shakespeare_char_cpu.py
-
-One GPU:
+CPU laptop (character-level Shakespeare, a few minutes), then one GPU:
+$ python data/shakespeare_char/prepare.py && python train.py config/train_shakespeare_char_cpu.py
 $ python train.py config/train_shakespeare_char.py
 
 CPU, 2 processes (gloo; the same steps as one process with --gradient_accumulation_steps=2):
@@ -14,47 +11,42 @@ $ torchrun --standalone --nproc_per_node=2 train.py config/train_shakespeare_cha
 One node, 8 GPUs (DDP; FSDP with --parallelism=fsdp for models that do not fit one GPU):
 $ torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
 
-Two nodes of 8 GPUs: run on each node, with node_rank 0 and 1 and the IP of node 0 (here 10.0.0.1).
-gradient_accumulation_steps must divide by all 16 processes; 48 * 10 batch keeps 491,520 tokens/iter:
-$ torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500 train.py config/train_gpt2.py --gradient_accumulation_steps=48 --batch_size=10
-$ torchrun --nnodes=2 --nproc_per_node=8 --node_rank=1 --master_addr=10.0.0.1 --master_port=29500 train.py config/train_gpt2.py --gradient_accumulation_steps=48 --batch_size=10
-(or the same command on every node with a rendezvous endpoint, --rdzv_backend=c10d --rdzv_endpoint=10.0.0.1:29500
---rdzv_id=JOB, instead of --node_rank/--master_addr/--master_port; if the nodes lack Infiniband, prepend
-NCCL_IB_DISABLE=1. Every node needs the data; to resume, every node needs out_dir/ckpt.pt: use a shared filesystem)
-
-Supervised fine-tuning on conversations (InstructGPT's step 1; align.py: the chat template and its tokens, which
-a pretrained model's vocabulary grows by; the loss is on the responses only):
+Several nodes, and what each needs: docs/training.md. Supervised fine-tuning on conversations (InstructGPT's step 1;
+gpt/chat.py: the chat template and its tokens, which a pretrained model's vocabulary grows by; the loss is on the
+responses only):
 $ python data/shakespeare_prefs/prepare.py && python train.py config/sft_shakespeare.py
 
 Any setting below can be changed by a config file and then by --key=value, e.g.
 $ python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
 """
 
-import collections
 import math
 import os
 import platform
 import shlex
-import statistics
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
 
 import torch
-from torch.torch_version import TorchVersion
 
 import configurator
 from gpt import checkpoint, lora
 from gpt.checkpoint import (gather_full_state, link_checkpoint, load_optimizer_state, rng_state, save_checkpoint,
                             set_rng_state)
 from gpt.device import autocast_ctx, describe, peak_flops_and_source, pick_device, pick_dtype, setup_torch
-from gpt.errors import UserError, check_choice, check_range
+from gpt.errors import UserError
 from gpt.loading import load_model
+from gpt.lossplot import plot_losses
+from gpt.nonfinite import NonFiniteSteps
 from gpt.optim import configure_optimizers
-from gpt.run import (RUN_FILES, StopSignal, append_record, check_resume_data, join_process_group, launched_by_torchrun,
-                     leave_process_group, lock_out_dir, make_room, rank_device, resume_settings, torchrun_ranks)
+from gpt.run import (RUN_FILES, StopSignal, all_mean, append_record, check_resume_data, join_process_group,
+                     launched_by_torchrun, leave_process_group, make_room, rank_device, resume_settings, shard_fsdp,
+                     share, take_out_dir, torchrun_ranks)
+from gpt.schedule import ETA, Schedule
 from gpt.tasks import evaluate, load_tasks
+from gpt.train_checks import check_device, check_settings, check_world, choose_compile
 from gpt.tokendata import TokenData, check_same_tokenizer, dataset_dir, load_meta, seed_from
 
 # -----------------------------------------------------------------------------
@@ -153,50 +145,9 @@ if init_from == 'resume':
     ckpt, resume_note = resume_settings(out_dir, config, given, 'train.py', resume_flag='--init_from=resume',
                                         per_launch=('eval_only',))
     globals().update(config)
-# every setting is checked where it is read: one line naming the key and what it may be
-for k in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'log_interval', 'eval_iters',
-          'n_layer', 'n_head', 'n_embd', 'pad_vocab_multiple'):
-    check_range(k, config[k], low=1)
-for k in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'min_lr', 'weight_decay', 'grad_clip', 'max_time',
-          'peak_flops', 'warmup_tokens', 'lr_decay_tokens', 'batch_ramp_start', 'batch_ramp_tokens'):
-    check_range(k, config[k], low=0)
-schedule_in_tokens = lr_decay_tokens > 0
-if decay_on_clock and not max_time:
-    raise UserError("decay_on_clock=True decays the learning rate over the time budget: set --max_time (seconds)")
-if deterministic and decay_on_clock:
-    raise UserError("deterministic=True promises the same weights from the same command, but decay_on_clock=True "
-                    "makes the learning rate follow the clock: drop one of them")
-if warmup_tokens and not schedule_in_tokens:
-    raise UserError("warmup_tokens needs lr_decay_tokens: a schedule in tokens sets both (or neither, for iterations)")
-both = [k for k in ('warmup_iters', 'lr_decay_iters') if k in given]
-if schedule_in_tokens and both:
-    raise UserError(f"the schedule is in tokens (lr_decay_tokens={lr_decay_tokens}) or in iterations, not both: "
-                    f"drop {', '.join('--' + k for k in both)}")
+check_settings(config, given)  # every setting: one line naming the key and what it may be (gpt/train_checks.py)
+schedule = Schedule.from_config(config)  # the learning rate and batch at each step (gpt/schedule.py)
 micro_tokens = batch_size * block_size  # one micro-batch
-if batch_ramp_start and not (batch_ramp_tokens and micro_tokens <= batch_ramp_start
-                             < gradient_accumulation_steps * micro_tokens):
-    raise UserError(f"the batch ramp goes from batch_ramp_start={batch_ramp_start} tokens per step (at least one "
-                    f"micro-batch of {micro_tokens}) up to the full {gradient_accumulation_steps * micro_tokens} "
-                    f"over batch_ramp_tokens > 0 tokens; got batch_ramp_tokens={batch_ramp_tokens}")
-check_range('learning_rate', learning_rate, low=0, low_open=True)
-for k in ('dropout', 'beta1', 'beta2'):
-    check_range(k, config[k], low=0, high=1, high_open=True)
-check_choice('nan_policy', nan_policy, ('stop', 'skip'))
-check_choice('parallelism', parallelism, ('ddp', 'fsdp'))
-check_choice('backend', backend, ('auto', 'nccl', 'gloo'))
-check_choice('attn_impl', attn_impl, ('sdpa', 'explicit'))
-check_choice('gelu_approx', gelu_approx, ('tanh', 'none'))
-check_choice('pos_emb', pos_emb, ('learned', 'rope'))
-check_choice('mlp_act', mlp_act, ('gelu', 'relu2'))
-check_choice('optim', optim, ('adamw', 'muon'))
-check_choice('lr_schedule', lr_schedule, ('cosine', 'wsd'))
-check_range('cooldown_frac', cooldown_frac, low=0, high=1)
-check_range('rope_base', rope_base, low=1, low_open=True)
-check_range('muon_lr', muon_lr, low=0, low_open=True)
-check_range('muon_momentum', muon_momentum, low=0, high=1, high_open=True)
-if optim == 'muon' and parallelism == 'fsdp':
-    raise UserError("optim='muon' orthogonalises whole matrices, which FSDP shards; use parallelism='ddp' or optim='adamw'")
-
 
 # ----------------------------------------------------------------------------- distributed set-up
 # torchrun starts one process per device and tells each its place in RANK, LOCAL_RANK, WORLD_SIZE
@@ -205,40 +156,12 @@ fsdp = ddp and parallelism == 'fsdp'
 rank, local_rank, world_size = torchrun_ranks()
 master_process = rank == 0  # does the printing, logging and checkpointing
 if ddp:
-    # checked before joining the process group: every rank exits at once, rank 0 prints the message
-    if gradient_accumulation_steps % world_size:
-        raise UserError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
-                        f"number of processes ({world_size}); e.g. --gradient_accumulation_steps="
-                        f"{max(1, gradient_accumulation_steps // world_size) * world_size}")
-    if batch_ramp_start and round(batch_ramp_start / micro_tokens) < world_size:
-        raise UserError(f"batch_ramp_start={batch_ramp_start} tokens is {round(batch_ramp_start / micro_tokens)} "
-                        f"micro-batches of {micro_tokens}: fewer than the {world_size} processes, each of which "
-                        f"needs one; raise it to {world_size * micro_tokens}")
+    check_world(config, world_size)  # (before joining the process group: every rank exits at once, rank 0 says why)
 device = pick_device(rank_device(device))
 dtype = pick_dtype(dtype, device)  # 'auto': bf16 on GPUs, and on CPUs only where bf16 is fast (AMX)
-if optim == 'muon' and dtype == 'float16':
-    raise UserError("optim='muon' with float16 loss scaling is not supported; use dtype='bfloat16' or 'float32'")
 device_type = torch.device(device).type  # 'cuda', 'cpu' or 'mps'
-if fsdp and device_type == 'cpu' and TorchVersion(torch.__version__) < (2, 7):  # (its CPU streams lack record_event)
-    raise UserError(f"FSDP on the CPU needs PyTorch 2.7 or newer, found {torch.__version__}: use "
-                    f"--parallelism=ddp, or upgrade torch")
-if compile not in ('auto', True, False):
-    raise UserError(f"compile must be True, False or 'auto', got {compile!r}")
-if compile == 'auto':
-    # A GPU gains far more than the compile costs. On a CPU the compiled step of a small model is ~1.05-1.2x
-    # faster (bench.py --compare=True), while a cold compile (empty inductor cache) costs 30-60 s: eager
-    # wins unless the run is long; --compile=True for those (a second run finds the cache warm: ~6 s).
-    compile = device_type == 'cuda'
-    log_compile = f"compile='auto': {'compiling' if compile else 'eager'} on {device_type}"
-else:
-    log_compile = ''
-if device_type != 'cuda':
-    compile = compile and device_type == 'cpu'  # inductor has no MPS backend worth using yet
-if compile and device_type == 'cpu' and TorchVersion(torch.__version__) < (2, 7):
-    # (measured: torch 2.6's C++ inductor gave the tied embedding of a 2-layer GPT-2 a gradient 67% off eager's and
-    # aot_eager's, whose losses then drift; 2.7.0, 2.7.1 and 2.8.0 match eager to 1e-6)
-    raise UserError(f"compile=True on the CPU needs PyTorch 2.7 or newer, found {torch.__version__} (its compiled "
-                    f"backward is wrong for this model): use --compile=False, or upgrade torch")
+check_device(config, device_type, dtype, fsdp, torch.__version__)
+compile, log_compile = choose_compile(compile, device_type, torch.__version__)
 # the same initial weights on every rank (FSDP shards them as they are); deterministic=True: the same steps in every
 # run, which before this matmul or any other cuBLAS work happens (device.use_deterministic)
 setup_torch(seed, device, deterministic)
@@ -256,15 +179,7 @@ log(f"python {platform.python_version()}, {describe(device, dtype)}, {world_size
     + (f", {log_compile}" if log_compile else ''))
 
 if master_process:
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, '.write_test')
-        with open(probe, 'w') as f:
-            f.write('ok')
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f"out_dir {out_dir!r} is not writable ({e.strerror}); choose another with --out_dir=...") from None
-    lock_out_dir(out_dir)  # one run at a time writes here (released by the OS when this process ends)
+    take_out_dir(out_dir)  # made, writable, and locked: one run at a time writes here
 
 # ----------------------------------------------------------------------------- model
 data_dir, prepare = dataset_dir(dataset, data_dir)
@@ -298,7 +213,7 @@ lora_note = lora.setup(model, init_from, lora_rank, lora_alpha, lora_dropout, lo
 if lora_note:
     log(lora_note)
 model.grad_checkpoint = grad_checkpoint
-tokens_per_iter = gradient_accumulation_steps * micro_tokens  # the full batch
+tokens_per_iter = schedule.tokens_per_iter  # the full batch
 log(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps // world_size} accum * {world_size} "
     f"processes * {batch_size} batch * {block_size} block")
 if batch_ramp_start:
@@ -334,22 +249,15 @@ if init_from != 'resume' and not eval_only:
 # join the process group only now: a mistake in the settings or data above stops every rank alike before it,
 # with one message from rank 0
 if ddp:
-    dist = join_process_group(device, backend)
+    join_process_group(device, backend)
 model_args = asdict(model.config)
 log(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_args}")
 if not fsdp:
     model.to(device)  # (fully_shard moves each rank's shards there, never the whole model)
 
-if fsdp:
-    # FSDP2: shard each transformer block, then the root, which holds the embeddings, ln_f and the
-    # lm_head (tied to wte: one Parameter, sharded once). Shards are gathered in param_dtype for
-    # compute and gradients reduced in fp32. The optimizer must be built on the sharded parameters.
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+if fsdp:  # each block, then the root (gpt/run.py); its grad scaler all-reduces the inf check over the shards
     from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-    mp_policy = MixedPrecisionPolicy(param_dtype=getattr(torch, dtype), reduce_dtype=torch.float32)
-    for block in model.transformer.h:
-        fully_shard(block, mp_policy=mp_policy)
-    fully_shard(model, mp_policy=mp_policy)
+    shard_fsdp(model, dtype)
 
 # float16 needs loss scaling to keep small gradients from underflowing; a no-op otherwise
 # (under FSDP each rank sees only its shard of the gradients, so the inf check is all-reduced)
@@ -358,9 +266,7 @@ scaler = (ShardedGradScaler if fsdp else torch.amp.GradScaler)(device_type, enab
 optimizer = configure_optimizers(model, weight_decay, learning_rate, (beta1, beta2), device_type, verbose=master_process,
                                        fused=device_type in ('cuda', 'cpu'), muon_lr=muon_lr if optim == 'muon' else 0,
                                        muon_momentum=muon_momentum, muon_dtype=getattr(torch, dtype))
-# a non-finite step is skipped on the device, with no host sync (see the loop): by the fused AdamW kernel, and with
-# Muon by masked updates (optim.py) on GPUs; on a CPU, where the sync costs nothing, Muon's step is checked on the host
-skip_on_device = bool(optimizer.defaults.get('fused')) and (optim == 'adamw' or device_type == 'cuda')
+nonfinite = NonFiniteSteps(optimizer, device, nan_policy, optim)  # a non-finite step: skipped on the device
 if ckpt is not None:
     load_optimizer_state(model, optimizer, ckpt['optimizer'])  # each rank keeps its shard under FSDP
     if ckpt.get('scaler'):
@@ -376,14 +282,6 @@ peak, peak_source = (peak_flops_and_source(device, getattr(torch, dtype), overri
                       else (1.0, ''))
 log(f"MFU is against {peak / 1e12:,.4g} TFLOP/s ({peak_source})" + (
     "; deterministic=True: deterministic kernels (device.use_deterministic)" if deterministic else ''))
-
-
-def all_mean(t):
-    """Average a tensor over processes (a no-op without DDP)."""
-    if ddp:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t /= world_size
-    return t
 
 
 @torch.no_grad()
@@ -402,55 +300,6 @@ def estimate_loss():
         out[split] = all_mean(losses.mean()).item()
     model.train()
     return out
-
-
-def get_lr(it, tokens, seconds=0.0):
-    """Linear warmup, then cosine decay to min_lr (or lr_schedule='wsd': the peak, then a linear cooldown to
-    min_lr over the last cooldown_frac of the decay), then min_lr. In iterations (nanoGPT): warmup_iters, then
-    decay until lr_decay_iters. In tokens (GPT-3: warmup over 375M, cosine to 10% over 260B): tokens is the
-    count once this step's batch is done, warmup up to warmup_tokens, decay until lr_decay_tokens.
-    decay_on_clock: the decay is as far along as the larger of that and seconds / max_time, so a time-budgeted
-    run cools down by the end of its budget on a machine of any speed (and is not reproducible step for step)."""
-    if schedule_in_tokens:
-        if tokens < warmup_tokens:
-            return learning_rate * tokens / warmup_tokens
-        ratio = min(1.0, (tokens - warmup_tokens) / max(1, lr_decay_tokens - warmup_tokens))
-    else:
-        if it < warmup_iters:
-            return learning_rate * (it + 1) / (warmup_iters + 1)
-        if it > lr_decay_iters:
-            return min_lr
-        ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
-    if decay_on_clock:
-        ratio = max(ratio, min(1.0, seconds / max_time))
-    if lr_schedule == 'wsd':
-        return min_lr + min(1.0, (1.0 - ratio) / cooldown_frac if cooldown_frac else 1.0) * (learning_rate - min_lr)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
-
-
-def micro_steps(tokens):
-    """Global micro-batches in the step that starts after `tokens` tokens: gradient_accumulation_steps, or
-    during the batch ramp the ramp's tokens per step (linear in the tokens seen) in whole micro-batches.
-    A function of tokens alone, so a run on any number of processes, or resumed, takes the same steps."""
-    if not batch_ramp_start or tokens >= batch_ramp_tokens:
-        return gradient_accumulation_steps
-    target = batch_ramp_start + (tokens_per_iter - batch_ramp_start) * tokens / batch_ramp_tokens
-    return min(gradient_accumulation_steps, max(round(batch_ramp_start / micro_tokens), round(target / micro_tokens)))
-
-
-def tokens_left(it, tokens):
-    """Tokens the run has still to train on, from iteration it with `tokens` seen (for the ETA)."""
-    left = 0
-    while batch_ramp_start and tokens < batch_ramp_tokens and it < max_iters:  # the ramp's growing steps
-        step = micro_steps(tokens) * micro_tokens
-        tokens, left, it = tokens + step, left + step, it + 1
-    return left + max(0, max_iters - it) * tokens_per_iter
-
-
-def my_share(m):
-    """This rank's global micro-batches out of m: a contiguous block, as even as m allows (rank r of W
-    takes r*m//W .. (r+1)*m//W - 1)."""
-    return range(rank * m // world_size, (rank + 1) * m // world_size)
 
 
 def save(path_best=False):
@@ -487,32 +336,6 @@ def record(**entry):
         append_record(log_path, entry)
 
 
-def plot_losses():
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 5))
-    ax.plot(history['iter'], history['loss'], lw=0.8, alpha=0.6, label='train (per step)')
-    ax.plot(history['eval_iter'], history['train'], 'o-', label='train (eval)')
-    ax.plot(history['eval_iter'], history['val'], 'o-', label='val (eval)')
-    accuracies = [k for k in (history['tasks'][-1] if history['tasks'] else {}) if k.endswith(('acc_norm', '/acc'))]
-    if accuracies:  # on a second axis, beside the losses
-        ax2 = ax.twinx()
-        for k in accuracies:
-            ax2.plot(history['eval_iter'], [m[k] for m in history['tasks']], 's--', label=k)
-        ax2.set_ylabel('accuracy')
-        ax2.legend(loc='upper center')
-    ax.set_xlabel('iteration')
-    ax.set_ylabel('loss')
-    ax.set_title(f'{dataset}: {raw_model.num_params() / 1e6:.2f}M parameters')
-    ax.legend()
-    ax.grid(alpha=0.3)
-    tmp = os.path.join(out_dir, 'loss.tmp.png')
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, os.path.join(out_dir, 'loss.png'))
-
-
 if wandb_log and master_process:
     import wandb
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
@@ -528,7 +351,7 @@ if ckpt is not None:
     set_rng_state(ckpt['rng'], device)  # numpy, python, torch's and this GPU's (dropout is reseeded per micro-step)
     resumed_iter = iter_num
     del ckpt
-mine = my_share(micro_steps(tokens_seen))
+mine = share(schedule.micro_steps(tokens_seen), rank, world_size)
 X, Y = data.batch('train', iter_num, mine[0])  # first batch
 t0 = time.time()
 t_start = t0
@@ -539,16 +362,11 @@ if decay_on_clock:
     log(f"decay_on_clock: the learning rate decays by the clock too, ending after max_time={max_time:g}s of training")
 local_iter_num = 0  # iterations run by this process (MFU is skipped while torch.compile warms up)
 mfu = None  # smoothed MFU, once measured
-# the ETA's seconds per token: the median of the last 200 steps (evaluations left out), so that one slow step
-# (a stall on a shared machine, a checkpoint write) never moves it; an EMA jumped with every such step
-step_times = collections.deque(maxlen=200)
-eval_seconds = 0.0  # the last evaluation's duration: the ETA adds one per evaluation still to come
-# non-finite losses or gradients found on the device and not yet reported: how many, the first iteration, its loss
-n_bad, first_bad, first_bad_loss = (torch.zeros((), device=device) for _ in range(3))
+eta = ETA()  # the time left (gpt/schedule.py)
 while True:
-    m = micro_steps(tokens_seen)  # this step's global micro-batches (grows during a batch ramp)
+    m = schedule.micro_steps(tokens_seen)  # this step's global micro-batches (grows during a batch ramp)
     step_tokens = m * micro_tokens
-    lr = get_lr(iter_num, tokens_seen + step_tokens, clock) if decay_lr else learning_rate
+    lr = schedule.lr(iter_num, tokens_seen + step_tokens, clock) if decay_lr else learning_rate
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr * param_group.get('lr_scale', 1.0)  # (Muon's group: muon_lr / learning_rate)
 
@@ -572,7 +390,7 @@ while True:
                        'val/loss': losses['val'], 'lr': lr,
                        **({'mfu': mfu * 100} if mfu is not None else {}), **shown})
         if plot and master_process and not eval_only:
-            plot_losses()
+            plot_losses(history, out_dir, f'{dataset}: {raw_model.num_params() / 1e6:.2f}M parameters')
         if not math.isfinite(losses['val']) or (eval_train and not math.isfinite(losses['train'])):
             # diverged weights; whatever nan_policy says, saving them would replace the last good checkpoint
             raise UserError(f"eval loss is {losses['val']} at iteration {iter_num}: the model has diverged; stopped "
@@ -589,13 +407,13 @@ while True:
                                                            or final):
             save(path_best=improved and iter_num > 0)  # on every rank: FSDP gathers, rank 0 writes
         t0 = time.time()  # the next step's time leaves the evaluation out
-        eval_seconds = t0 - t_eval
+        eta.eval_seconds = t0 - t_eval
     if eval_only or iter_num >= max_iters:
         break
 
     # forward/backward with gradient accumulation; DDP syncs gradients only on the last micro-step
     loss_sum = torch.zeros((), device=device)
-    mine = my_share(m)
+    mine = share(m, rank, world_size)
     for j, micro in enumerate(mine):
         sync = j == len(mine) - 1
         # dropout masks, like the batches, are a function of (seed, iteration, global micro-step): a resumed
@@ -612,33 +430,10 @@ while True:
         if not sync:
             X, Y = data.batch('train', iter_num, mine[j + 1])
         else:
-            X, Y = data.batch('train', iter_num + 1, my_share(micro_steps(tokens_seen + step_tokens))[0])
+            X, Y = data.batch('train', iter_num + 1, share(schedule.micro_steps(tokens_seen + step_tokens), rank, world_size)[0])
         scaler.scale(loss).backward()
-    # A non-finite loss or gradient must change neither the weights nor AdamW's moments, and finding out must
-    # not stall a GPU: the flag stays on the device, and the fused AdamW kernel skips its whole update when
-    # it is set (float16's GradScaler does the same with its own flag, for gradients that overflowed).
-    norm = None
-    if grad_clip != 0.0:
-        scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    elif not scaler.is_enabled():
-        norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-    bad = ~torch.isfinite(loss_sum)
-    if not scaler.is_enabled():  # (float16 gradients overflow now and then by design: the scaler's business)
-        bad |= ~torch.isfinite(norm.full_tensor() if hasattr(norm, 'full_tensor') else norm)  # (FSDP: a DTensor)
-    if scaler.is_enabled():
-        scaler.step(optimizer)
-    elif skip_on_device:
-        optimizer.found_inf = bad.float()
-        optimizer.step()
-        del optimizer.found_inf
-    elif not bad.item():  # (the other kernels cannot skip on the device: this one syncs)
-        optimizer.step()
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    first_bad_loss = torch.where(bad & (n_bad == 0), loss_sum.float(), first_bad_loss)
-    first_bad = torch.where(bad & (n_bad == 0), float(iter_num), first_bad)
-    n_bad += bad
+    # clip, then step unless the loss or a gradient is not finite (gpt/nonfinite.py: no host sync for it)
+    bad = nonfinite.step(model, optimizer, scaler, loss_sum, grad_clip, iter_num)
 
     # the host sync: the batch loss (averaged over processes), the non-finite steps, any stop signal and
     # whether the time budget is spent, so that every process takes the same decision. It stalls a GPU's
@@ -649,24 +444,13 @@ while True:
     time_up = max_time > 0 and (clock if decay_on_clock else now) >= max_time
     lossf, stopping = None, False
     if device_type == 'cpu' or iter_num % log_interval == 0 or (not ddp and (stop_signal or time_up)):
-        status = all_mean(torch.stack([loss_sum.float(), bad.float(), n_bad, first_bad, first_bad_loss,
+        status = all_mean(torch.stack([loss_sum.float(), bad.float(), *nonfinite.state(),
                                        torch.tensor(float(len(stop_signal)), device=device),
                                        torch.tensor(float(time_up), device=device),
                                        torch.tensor(seconds_before + now, device=device)]))
         lossf, bad_now, nb, fb, fb_loss, stopping, time_up, clock = status.tolist()  # one device-to-host copy
         stopping, time_up = stopping > 0, time_up > 0
-        if nb > 0:
-            what = (f"loss is {fb_loss}" if not math.isfinite(fb_loss)
-                    else f"the gradient is not finite (loss {fb_loss:.4f})")
-            if nan_policy == 'stop':
-                raise UserError(f"{what} at iteration {int(fb)}; stopped without saving, so {out_dir}/ckpt.pt still "
-                                f"holds the last good state. Lower learning_rate or use dtype=float32/bfloat16, "
-                                f"then --init_from=resume")
-            # nan_policy='skip': those steps left the weights and optimizer state as they were
-            log(f"iter {int(fb)}: {what}; skipping this step (nan_policy='skip')" if nb == 1 else
-                f"iters {int(fb)}..{iter_num}: {int(nb)} steps skipped, the first as {what} (nan_policy='skip')")
-            record(event='skip', iter=int(fb), loss=str(fb_loss), steps=int(nb))
-            n_bad.zero_()
+        nonfinite.report(nb, fb, fb_loss, iter_num, out_dir, log, record)
         if bad_now:
             lossf = None  # a skipped step is not logged as a training loss
     else:
@@ -675,23 +459,21 @@ while True:
     t1 = time.time()
     dt, t0 = t1 - t0, t1
     if local_iter_num >= 1:  # (the first step also warms up, and compiles)
-        step_times.append(dt / step_tokens)
+        eta.step(dt, step_tokens)
     if iter_num % log_interval == 0 and master_process and lossf is not None:
         if local_iter_num >= 5:  # let the training loop settle (and compile) first
             u = raw_model.estimate_mfu(step_tokens / world_size, dt, peak)
             mfu = u if mfu is None else 0.9 * mfu + 0.1 * u
         shown = f", mfu {mfu * 100:.2f}%" if mfu is not None else ''
-        if step_times:  # per token, not per step: steps grow during a batch ramp
-            evals_left = max_iters // eval_interval - iter_num // eval_interval + (max_iters % eval_interval > 0)
-            eta = (tokens_left(iter_num + 1, tokens_seen + step_tokens) * statistics.median(step_times)
-                   + evals_left * eval_seconds)
-            if max_time:  # the time budget ends the run first (evaluations count against it)
-                eta = min(eta, max(0.0, max_time - ((clock - seconds_before) if not decay_on_clock else clock)))
-            shown += f", eta {eta / 60:.1f}min"
+        evals_left = max_iters // eval_interval - iter_num // eval_interval + (max_iters % eval_interval > 0)
+        left = eta.left(schedule.tokens_left(iter_num + 1, tokens_seen + step_tokens, max_iters), evals_left)
+        if left is not None and max_time:  # the time budget ends the run first (evaluations count against it)
+            left = min(left, max(0.0, max_time - ((clock - seconds_before) if not decay_on_clock else clock)))
+        shown += f", eta {left / 60:.1f}min" if left is not None else ''
         log(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, time {dt * 1000:.1f}ms, "
             f"{step_tokens / dt:,.0f} tok/s{shown}"
             + (f", {step_tokens:,} tokens/step, {(tokens_seen + step_tokens) / 1e6:,.2f}M tokens"
-               if batch_ramp_start or schedule_in_tokens else ''))
+               if batch_ramp_start or schedule.in_tokens else ''))
         record(event='train', iter=iter_num, loss=lossf, lr=lr, ms=dt * 1000, tok_s=step_tokens / dt, mfu=mfu,
                tokens_step=step_tokens, tokens_seen=tokens_seen + step_tokens, seconds=clock)  # (the next lr's clock)
         history['iter'].append(iter_num)

@@ -48,6 +48,19 @@ def lock_out_dir(out_dir):
     _held_locks[key] = (os.getpid(), fd)
 
 
+def take_out_dir(out_dir):
+    """Make out_dir, check it can be written, and lock it (lock_out_dir): what every trainer does first."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, '.write_test')
+        with open(probe, 'w') as f:
+            f.write('ok')
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"out_dir {out_dir!r} is not writable ({e.strerror}); choose another with --out_dir=...") from None
+    lock_out_dir(out_dir)
+
+
 def release_out_dirs():
     """Release this process's out_dir locks (a script's end does it anyway; for scripts run in-process)."""
     for key, (pid, fd) in list(_held_locks.items()):
@@ -269,6 +282,41 @@ def leave_process_group():
         dist.destroy_process_group()
 
 
+def share(m, rank, world):
+    """Rank's global micro-batches out of m: a contiguous block, as even as m allows (rank r of W takes
+    r*m//W .. (r+1)*m//W - 1), so N processes together take the micro-batches one process takes."""
+    return range(rank * m // world, (rank + 1) * m // world)
+
+
+def all_sum(t):
+    """A tensor summed over the processes, in place (as it is without a process group)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_mean(t):
+    """A tensor averaged over the processes, in place."""
+    _, _, world = torchrun_ranks()
+    all_sum(t)
+    if world > 1:
+        t /= world
+    return t
+
+
+def shard_fsdp(model, dtype):
+    """FSDP2: shard each transformer block, then the root, which holds the embeddings, ln_f and the lm_head (tied
+    to wte: one Parameter, sharded once). Shards are gathered in dtype for compute and gradients reduced in fp32.
+    Build the optimizer on the sharded parameters, after this."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mp_policy = MixedPrecisionPolicy(param_dtype=getattr(torch, dtype), reduce_dtype=torch.float32)
+    for block in model.transformer.h:
+        fully_shard(block, mp_policy=mp_policy)
+    fully_shard(model, mp_policy=mp_policy)
+    return model
+
+
 # ----------------------------------------------------------------------------- processes and logs
 
 class Run:
@@ -293,11 +341,7 @@ class Run:
             join_process_group(self.device)
         self.out_dir, self.wandb = out_dir, None
         if self.master:
-            try:
-                os.makedirs(out_dir, exist_ok=True)
-            except OSError as e:
-                raise UserError(f"out_dir {out_dir!r} cannot be made ({e.strerror})") from None
-            lock_out_dir(out_dir)  # a second run into it stops
+            take_out_dir(out_dir)
             moved = make_room(out_dir, overwrite=False) if new_run else ''
             if moved:  # (rerunning a command keeps the earlier run)
                 print(moved, flush=True)
@@ -333,8 +377,8 @@ class Run:
             raise SystemExit(0)
 
     def share(self, m):
-        """This rank's global micro-batches out of m (a contiguous block), as train.py's my_share."""
-        return range(self.rank * m // self.world, (self.rank + 1) * m // self.world)
+        """This rank's global micro-batches out of m (share)."""
+        return share(m, self.rank, self.world)
 
     def part(self, items):
         """This rank's contiguous share of a list (e.g. held-out examples to score)."""
@@ -360,9 +404,7 @@ class Run:
 
     def sum(self, t):
         """A tensor summed over processes."""
-        if self.ddp:
-            self.dist.all_reduce(t, op=self.dist.ReduceOp.SUM)
-        return t
+        return all_sum(t)
 
     def reduce_gradients(self, params):
         """Sum the gradients over processes (each rank's loss is already divided by the global count). A rank

@@ -161,8 +161,8 @@ def run_inprocess(script, *argv):
             os.environ.pop('OMP_NUM_THREADS', None)
         else:
             os.environ['OMP_NUM_THREADS'] = saved_omp
-        if hasattr(sys.modules.get('checkpoint'), 'release_out_dirs'):
-            sys.modules['checkpoint'].release_out_dirs()  # the out_dir a train.py run locked, as its exit would
+        if hasattr(sys.modules.get('gpt.run'), 'release_out_dirs'):
+            sys.modules['gpt.run'].release_out_dirs()  # the out_dir a train.py run locked, as its exit would
         for s, h in saved_signals.items():
             signal.signal(s, h)
     return code, out.getvalue(), err.getvalue()
