@@ -30,7 +30,7 @@ change in machine load hits them alike, and reports each against the first (the 
                  the CPU has fast bf16, AMX: elsewhere it is emulated, ~100x slower, and train.py never uses it)
   sample:        nocache, cache, hf
 or pick them with --variants=a,b,... where a variant is 'reference' (a plain nanoGPT-style eager fp32
-loop, bench_reference.py, with torch.optim.AdamW's defaults), 'hf' (transformers' GPT2LMHeadModel.generate on
+loop, tools/bench_reference.py, with torch.optim.AdamW's defaults), 'hf' (transformers' GPT2LMHeadModel.generate on
 the same weights, sample mode), or our model with '+'-joined settings over the config's:
 eager|compile, fp32|bf16|fp16, sdpa|explicit, forloop|foreach|fused (AdamW implementation),
 cache|nocache, rowmajor|colmajor (sample: the weights as trained, without fastpath.decode_layout, or laid out
@@ -100,16 +100,16 @@ dtype = 'auto'              # 'auto' (as train.py: bf16/fp16 on GPUs, bf16 on AM
 compile = False             # torch.compile our model
 attn_impl = ''              # 'sdpa' or 'explicit' ('' keeps the model's)
 attn_window = 256           # the band of the variant words 'local' and 'alternating' (GPT-3's banded attention)
-threads = 0                 # torch.set_num_threads (0 = device.py's choice: the cores free of other work)
+threads = 0                 # torch.set_num_threads (0 = gpt/device.py's choice: the cores free of other work)
 profile = False             # write a chrome trace per variant to out_dir (open in chrome://tracing or perfetto)
 peak_flops = 0.0            # device peak FLOP/s for MFU; 0 looks it up (GPUs) or measures a matmul (CPU)
 seed = 1337
 speedrun_config = 'config/train_shakespeare_char_speedrun_1886.py'  # speedrun: our run (train.py with this config)
 target_loss = 1.886         # speedrun: the val loss to reach (nanoGPT's README CPU result)
-reference = 'auto'          # speedrun: 'auto' (../nanoGPT if it is there, else bench_reference.py), 'builtin', or a nanoGPT checkout
+reference = 'auto'          # speedrun: 'auto' (../nanoGPT if it is there, else tools/bench_reference.py), 'builtin', or a nanoGPT checkout
 runs = 3                    # speedrun: runs of each, taking turns
 lora_rank = 8               # memory: the rank of the 'lora' variants (alpha = 2 * rank)
-lora_targets = 'c_attn'     # memory: the layers the 'lora' variants adapt (lora.py)
+lora_targets = 'c_attn'     # memory: the layers the 'lora' variants adapt (gpt/lora.py)
 memory_child = ''           # (memory: set on the fresh process that measures one variant)
 # -----------------------------------------------------------------------------
 config = configurator.configure(globals(), verbose=False)
@@ -215,7 +215,7 @@ def describe(v, c, dev):
         parts.append(f"AdamW {v['optim'] or 'as train.py'}")
     if mode == 'sample':
         parts.append('KV cache' if v['cache'] else 'no cache')
-        if v['int8']:  # (which kernel its one-token steps take here: quantize.py)
+        if v['int8']:  # (which kernel its one-token steps take here: gpt/quantize.py)
             from gpt.quantize import gemv_pays
             one_row = dev.startswith('cpu') and batch_size <= 1 and not v['compile'] and gemv_pays()
             parts.append('int8 weights' + ' (compiled one-row kernel)' * one_row)
@@ -610,7 +610,7 @@ def write_traces(names, steps, dev):
 def speedrun_bench():
     """Whole runs, side by side: wall time from launching the command to the evaluation line that first shows
     val loss <= target_loss, for our train.py with speedrun_config and for nanoGPT's README CPU recipe (nanoGPT
-    itself from a checkout, or bench_reference.py's plain copy of its loop). Runs take turns (ours, reference,
+    itself from a checkout, or tools/bench_reference.py's plain copy of its loop). Runs take turns (ours, reference,
     ours, ...) so that a change in machine load hits both alike; a run is stopped once it reaches the target."""
     import re
     here = os.path.dirname(os.path.abspath(__file__))

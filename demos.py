@@ -10,7 +10,7 @@ $ python demos.py --out_dir=out-adder
 $ python demos.py --out_dir=out-igpt-digits          # writes out-igpt-digits/completions.png
 
 The functions (exact_match, bits_per_token, complete_images) take a model and arrays of examples in the
-masked-example format (tokendata.py), so other scripts can call them.
+masked-example format (gpt/tokendata.py), so other scripts can call them.
 """
 
 import math

@@ -2,7 +2,7 @@
 Direct preference optimisation (Rafailov et al. 2023): InstructGPT's objective (reward up, KL to the SFT policy
 bounded) reached without a reward model or sampling, from preference pairs alone. The policy starts as the SFT
 model, which also stays frozen as the reference; the loss is -log sigmoid(beta * [log pi/ref (y_w) -
-log pi/ref (y_l)]) (align.dpo_loss). A ranked group of K responses gives its C(K,2) pairs. It logs the loss, the
+log pi/ref (y_l)]) (rl.dpo_loss). A ranked group of K responses gives its C(K,2) pairs. It logs the loss, the
 implicit reward margin beta * log pi/ref (y_w) - beta * log pi/ref (y_l) and the preference accuracy (the share of
 pairs with a positive margin) on training and held-out pairs, and saves the policy as a plain GPT checkpoint
 (sample.py, eval.py and export.py read it).
@@ -53,7 +53,7 @@ dropout = 0.0                       # (with dropout, N processes draw other mask
 wandb_log = False                   # also log to Weights & Biases
 wandb_project = 'align'
 wandb_run_name = 'dpo'
-lora_rank = 0                       # LoRA (lora.py): > 0 trains rank-r adapters, the start model frozen
+lora_rank = 0                       # LoRA (gpt/lora.py): > 0 trains rank-r adapters, the start model frozen
 lora_alpha = 16.0                   # the adapters' update is scaled by lora_alpha / lora_rank
 lora_dropout = 0.05
 lora_targets = 'c_attn'             # c_attn (or q,k,v), attn.c_proj, c_fc, mlp.c_proj, c_proj, all

@@ -84,7 +84,7 @@ def gpt2_vocab_and_merges():
 
 def hf_tokenizer(meta, block_size, out):
     """The run's tokenizer as a transformers tokenizer object, with the tokens a run added to the vocabulary
-    (align.py's chat tokens) as special tokens at the same ids."""
+    (gpt/chat.py's chat tokens) as special tokens at the same ids."""
     tok = base_tokenizer(meta, block_size, out)
     added = meta.get('added_tokens') or {}
     if added:

@@ -1,6 +1,6 @@
 """
 GPT-1's recipe: fine-tune a pretrained GPT on a classification, entailment, similarity or multiple-choice task
-with the paper's input transformations, a linear head on the extract token and the auxiliary LM loss (heads.py).
+with the paper's input transformations, a linear head on the extract token and the auxiliary LM loss (gpt/heads.py).
 
 Offline demo on a CPU (tasks derived from Tiny Shakespeare, a char-level model pretrained by train.py; the
 accuracy it reaches against the majority class and against the same model untrained is in the config's header):
@@ -77,7 +77,7 @@ max_train = 0               # train on at most this many examples (0: all), e.g.
 resume = False              # continue the fine-tuning run in out_dir (`--resume=True --out_dir=X` alone takes its settings)
 stop_after = 0              # stop (saving ckpt.pt) after this many steps of the schedule, e.g. to share a machine
 from_scratch = False        # the baseline: init_from's architecture with fresh random weights (no pre-training)
-lora_rank = 0               # LoRA (lora.py): > 0 freezes the network and trains rank-r adapters, the head and the
+lora_rank = 0               # LoRA (gpt/lora.py): > 0 freezes the network and trains rank-r adapters, the head and the
                             # embedding (which holds the new task tokens); checkpoints hold those and the base's name
 lora_alpha = 16.0           # the adapters' update is scaled by lora_alpha / lora_rank
 lora_dropout = 0.05
@@ -372,8 +372,7 @@ if ckpt is not None:
         set_rng_state(ckpt['rng'])
     step, best = ckpt['iter_num'], ckpt['best_metric']
     del ckpt
-os.makedirs(out_dir, exist_ok=True)
-run.lock_out_dir(out_dir)  # a second run into it stops; a new run moves an old one aside (checkpoint.py)
+run.take_out_dir(out_dir)  # made, writable, locked; a new run moves an old one aside (gpt/run.py)
 moved = '' if resume else run.make_room(out_dir, overwrite=False)
 if moved:
     log(moved)

@@ -1,7 +1,8 @@
 """
 The GPT network: GPT-1, the four GPT-2 sizes, the GPT-3 table, and small CPU models. Only the model:
-loading OpenAI's weights and exporting to transformers live in hf.py, decoding in generate.py, the KV cache
-and its attention policy in kvcache.py, checkpoints in checkpoint.py. Only torch is imported here.
+loading OpenAI's weights and exporting to transformers live in gpt/hf.py, decoding in gpt/engine.py, the KV
+cache and its attention policy in gpt/kvcache.py, checkpoints in gpt/checkpoint.py, the optimizer in gpt/optim.py.
+Only torch is imported here.
 
     from model import GPT, GPTConfig
     model = GPT.from_preset('gpt2')                    # 124M, random init
@@ -10,7 +11,7 @@ and its attention policy in kvcache.py, checkpoints in checkpoint.py. Only torch
     python model.py                                    # the preset table with parameter counts
 
 State-dict names follow Hugging Face GPT-2 (transformer.wte, transformer.h.N.attn.c_attn, ...),
-so hf.py's import/export is a transpose of the Conv1D weights and a copy.
+so gpt/hf.py's import/export is a transpose of the Conv1D weights and a copy.
 
 References: GPT-1 (Radford et al. 2018), GPT-2 (Radford et al. 2019), GPT-3 (Brown et al. 2020),
 and nanoGPT / Hugging Face transformers for the code layout.
@@ -196,7 +197,7 @@ class CausalSelfAttention(nn.Module):
             q, k = F.layer_norm(q, (hs,)), F.layer_norm(k, (hs,))  # (one fused CPU kernel; rms_norm is several)
         if rope is not None:  # rotated before caching: a cached key keeps its own position's rotation
             q, k = rotary(q, rope), rotary(k, rope)
-        if kv_cache is not None:  # the cache decides which keys the new queries see (kvcache.py)
+        if kv_cache is not None:  # the cache decides which keys the new queries see (gpt/kvcache.py)
             k, v, mask, is_causal = kv_cache.update(self.layer_idx, k, v)
         elif self.window and T > 2 * self.window:  # long sequence: O(T * window), not O(T^2)
             q, k, v, mask = self.to_blocks(q, k, v)

@@ -1,7 +1,7 @@
 """
 InstructGPT's step 3: PPO against the reward model, with a per-token KL penalty to the frozen SFT policy and
 optionally the pretraining loss mixed in (PPO-ptx). Each iteration:
-1. rollouts: batch_size prompts answered by the policy with the KV-cache sampler (generate.py), in micro-batches of
+1. rollouts: batch_size prompts answered by the policy with the KV-cache sampler (gpt/engine.py), in micro-batches of
    one prompt length; the reward model scores each response at its last token;
 2. per token t of a response, reward r_t = -kl_coef * log(pi(y_t) / pi_SFT(y_t)), plus the reward model's score at
    the last token; advantages by GAE(gamma, lam) against a value function (the reward model's copy, as in the paper,
@@ -10,7 +10,7 @@ optionally the pretraining loss mixed in (PPO-ptx). Each iteration:
    loss, and with ptx_coef > 0 plus ptx_coef times the language-modelling loss on pretraining batches.
 It logs the mean reward, the KL to the SFT policy (per response, summed over its tokens), the policy's entropy, the
 clip fraction and the losses, to stdout and out_dir/log.jsonl, and saves the policy as a plain GPT checkpoint
-(sample.py, eval.py and export.py read it). The losses are align.py's functions.
+(sample.py, eval.py and export.py read it). The losses are gpt/rl.py's functions.
 
 Offline demo on a CPU (see the config's header for the whole chain):
 $ python ppo.py config/ppo_shakespeare.py
@@ -72,7 +72,7 @@ save_interval = 10                  # also save (for a resume) every this many i
 wandb_log = False                   # also log to Weights & Biases
 wandb_project = 'align'
 wandb_run_name = 'ppo'
-lora_rank = 0                       # LoRA (lora.py): > 0 trains rank-r adapters, the start model frozen
+lora_rank = 0                       # LoRA (gpt/lora.py): > 0 trains rank-r adapters, the start model frozen
 lora_alpha = 16.0                   # the adapters' update is scaled by lora_alpha / lora_rank
 lora_dropout = 0.05
 lora_targets = 'c_attn'             # c_attn (or q,k,v), attn.c_proj, c_fc, mlp.c_proj, c_proj, all

@@ -1,5 +1,5 @@
 """
-InstructGPT's step 2: a reward model trained on rankings of K responses per prompt (align.py has the data format
+InstructGPT's step 2: a reward model trained on rankings of K responses per prompt (gpt/prefs.py has the data format
 and the loss). The SFT model with a scalar head on the last token (heads.RewardModel) scores a prompt and
 response; each step takes whole ranked groups, all C(K,2) pairs of a group in one batch with the group counting
 once, loss = -1/C(K,2) E[log sigmoid(r(x, y_w) - r(x, y_l))]. It logs the held-out pairwise accuracy, and at the
@@ -55,7 +55,7 @@ dropout = 0.0                       # (with dropout, N processes draw other mask
 wandb_log = False                   # also log to Weights & Biases
 wandb_project = 'align'
 wandb_run_name = 'reward'
-lora_rank = 0                       # LoRA (lora.py): > 0 trains rank-r adapters, the start model frozen
+lora_rank = 0                       # LoRA (gpt/lora.py): > 0 trains rank-r adapters, the start model frozen
 lora_alpha = 16.0                   # the adapters' update is scaled by lora_alpha / lora_rank
 lora_dropout = 0.05
 lora_targets = 'c_attn'             # c_attn (or q,k,v), attn.c_proj, c_fc, mlp.c_proj, c_proj, all

@@ -19,15 +19,15 @@ Open http://127.0.0.1:8000 for the chat page, or point any OpenAI client at http
 
 Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (prompt or messages; max_tokens,
 temperature, top_p, n, stop, seed, stream, stream_options.include_usage; and top_k, min_p, repetition_penalty as
-vLLM takes them), GET /health, and the page at /. Chat uses align.py's template (<|user|>...<|assistant|>), so it
+vLLM takes them), GET /health, and the page at /. Chat uses gpt/chat.py's template (<|user|>...<|assistant|>), so it
 needs a model that has its tokens (an SFT, PPO or DPO run); a system message is put before the first user
 message's text (the template has no system role). A prompt and its max_tokens must fit the model's context (the
 server never slides the window, which would silently forget the start of the prompt).
 
-Batching: one thread drives generate.Engine (continuous batching: a request joins the decode batch at the next
+Batching: one thread drives engine.Engine (continuous batching: a request joins the decode batch at the next
 step, a finished or abandoned one leaves it), fed by the HTTP handlers through a queue; each request gets its
 tokens back on its own asyncio queue. A greedy request's text is the same whether it ran alone or among 15
-others. `python serve_bench.py --out_dir=...` measures what batching buys.
+others. `python tools/serve_bench.py --out_dir=...` measures what batching buys.
 
 Every bad request is answered with the OpenAI error JSON and its status (400 bad value, 401 key, 404 model or
 path, 413 body too large, 429 queue full, 503 shutting down); SIGINT/SIGTERM stop accepting, let in-flight
@@ -66,7 +66,7 @@ init_from = 'resume'        # 'resume' (a checkpoint in out_dir), a hub name (gp
 out_dir = 'out'             # the training run to serve when init_from='resume'
 ckpt_name = 'best.pt'       # 'best.pt' (lowest val loss) or 'ckpt.pt' (latest); falls back to ckpt.pt
 device = 'auto'             # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...
-quantize = 'none'           # 'none' or 'int8' (weight-only int8: quantize.py, as sample.py)
+quantize = 'none'           # 'none' or 'int8' (weight-only int8: gpt/quantize.py, as sample.py)
 dtype = 'auto'              # 'auto' (as sample.py: float32 on CPUs, bf16 on GPUs), 'float32', 'bfloat16', 'float16'
 host = '127.0.0.1'          # the interface to listen on: 127.0.0.1 = this machine only; 0.0.0.0 = every interface
 port = 8000                 # 0 = any free port (the one chosen is printed)
@@ -362,7 +362,7 @@ def message_text(i, m):
 
 
 def chat_turns(messages):
-    """[(role, text)] in align.py's template from OpenAI messages: system text goes before the next user
+    """[(role, text)] in gpt/chat.py's template from OpenAI messages: system text goes before the next user
     message's; roles must then alternate user/assistant, starting and ending with the user."""
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects", param='messages')

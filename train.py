@@ -59,7 +59,7 @@ eval_iters = 200                # batches per split per evaluation
 eval_train = True               # also estimate the train loss at each evaluation (False: val only, half the cost)
 eval_at_start = True            # evaluate before the first step too (a speedrun skips it: the loss is log(vocab))
 eval_only = False               # evaluate once and exit
-eval_tasks = ''                 # also score these eval.py tasks at each evaluation, e.g. 'hellaswag' (tasks.py)
+eval_tasks = ''                 # also score these eval.py tasks at each evaluation, e.g. 'hellaswag' (gpt/tasks.py)
 eval_tasks_limit = 500          # examples per task at each evaluation (0 = all; HellaSwag has 10,042)
 eval_tasks_data = ''            # a local file for the task (one task); '' downloads it to data/eval/
 always_save_checkpoint = True   # write ckpt.pt at every eval (else only when val loss improves)
@@ -94,13 +94,13 @@ pos_emb = 'learned'             # 'learned' (GPT-2's position table) or 'rope' (
 rope_base = 10000.0             # rotary: wavelength base
 qk_norm = False                 # LayerNorm (no gain) on each head's queries and keys
 mlp_act = 'gelu'                # 'gelu' or 'relu2' (relu(x)^2)
-# fine-tuning in small memory (lora.py): LoRA adapters on a pretrained model, activation checkpointing
+# fine-tuning in small memory (gpt/lora.py): LoRA adapters on a pretrained model, activation checkpointing
 lora_rank = 0                   # LoRA rank r: 0 trains every weight; > 0 freezes the base and trains adapters only
 lora_alpha = 16.0               # the adapters' update is scaled by lora_alpha / lora_rank
 lora_dropout = 0.05             # dropout on the adapters' input
 lora_targets = 'c_attn'         # adapted: c_attn (or its parts q,k,v), attn.c_proj, c_fc, mlp.c_proj, c_proj, all
 grad_checkpoint = False         # recompute each block's activations in backward: less memory, ~1/3 more compute
-# AdamW (GPT-3 settings); optim='muon' puts the blocks' weight matrices on Muon (optim.py) at muon_lr
+# AdamW (GPT-3 settings); optim='muon' puts the blocks' weight matrices on Muon (gpt/optim.py) at muon_lr
 optim = 'adamw'                 # 'adamw' or 'muon' (Muon for the blocks' matrices, AdamW for the rest)
 muon_lr = 0.02                  # Muon's peak learning rate (the schedule scales it with learning_rate's)
 muon_momentum = 0.95
@@ -204,7 +204,7 @@ model, model_meta, ckpt = load_model(
 if init_from not in ('scratch', 'resume') and any(os.path.exists(os.path.join(init_from, n)) for n in RUN_FILES):
     check_same_tokenizer(model_meta, meta, init_from, data_dir)  # another run of ours: its tokens must be these
 if init_from not in ('scratch', 'resume') and meta.get('added_tokens') and model.config.vocab_size < meta['vocab_size']:
-    from gpt.chat import grow_vocab  # SFT data (align.py) adds the chat tokens: they get new embedding rows
+    from gpt.chat import grow_vocab  # SFT data (gpt/prefs.py) adds the chat tokens: they get new embedding rows
     model = grow_vocab(model, meta)
     log(f"added {', '.join(meta['added_tokens'])} to the vocabulary: {model.config.vocab_size} ids")
 lora_note = lora.setup(model, init_from, lora_rank, lora_alpha, lora_dropout, lora_targets,  # (new tokens' rows:

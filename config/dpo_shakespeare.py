@@ -1,4 +1,4 @@
-# align.py's demo, DPO instead of reward model + PPO: the SFT policy trained straight from the ranked groups of
+# The alignment demo's (docs/alignment.md) DPO instead of reward model + PPO: the SFT policy trained straight from the ranked groups of
 # data/shakespeare_prefs (each group of 4 gives 6 pairs; the rule: fewer letter e's is better).
 # $ python data/shakespeare_char/prepare.py && python train.py config/train_shakespeare_char_cpu.py
 # $ python data/shakespeare_prefs/prepare.py && python train.py config/sft_shakespeare.py

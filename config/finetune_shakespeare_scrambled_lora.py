@@ -1,5 +1,5 @@
 # LoRA on the scrambled-line task (config/finetune_shakespeare_scrambled.py, GPT-1's recipe): the pretrained
-# character model frozen, rank-8 adapters on every linear layer of its blocks (lora.py), trained with the task head
+# character model frozen, rank-8 adapters on every linear layer of its blocks (gpt/lora.py), trained with the task head
 # and the embedding (whose three new rows are the task's special tokens). The checkpoints hold those tensors and
 # the name of the pretrained run, which loading rebuilds from.
 # $ python data/shakespeare_char/prepare.py && python train.py config/train_shakespeare_char_gpt1.py

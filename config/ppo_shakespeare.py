@@ -1,4 +1,4 @@
-# Step 3 of align.py's demo: PPO against the reward model of config/reward_shakespeare.py, with a per-token KL
+# Step 3 of the alignment demo (docs/alignment.md): PPO against the reward model of config/reward_shakespeare.py, with a per-token KL
 # penalty to the SFT policy (add --ptx_coef=1.0 for PPO-ptx, mixing in character-level Shakespeare).
 # $ python data/shakespeare_char/prepare.py && python train.py config/train_shakespeare_char_cpu.py
 # $ python data/shakespeare_prefs/prepare.py && python train.py config/sft_shakespeare.py

@@ -1,4 +1,4 @@
-# Step 2 of align.py's demo: a reward model for the rule of data/shakespeare_prefs (fewer letter e's is better),
+# Step 2 of the alignment demo (docs/alignment.md): a reward model for the rule of data/shakespeare_prefs (fewer letter e's is better),
 # trained from the SFT model on ranked groups of K = 4 responses, all 6 pairs of a group in one batch.
 # $ python data/shakespeare_char/prepare.py && python train.py config/train_shakespeare_char_cpu.py
 # $ python data/shakespeare_prefs/prepare.py && python train.py config/sft_shakespeare.py

@@ -1,4 +1,4 @@
-# Step 1 of align.py's demo: supervised fine-tuning of the character-level Shakespeare model on prompt/response
+# Step 1 of the alignment demo (docs/alignment.md): supervised fine-tuning of the character-level Shakespeare model on prompt/response
 # conversations in the chat template (loss on the responses only; the chat tokens are added to its vocabulary).
 # $ python data/shakespeare_char/prepare.py && python train.py config/train_shakespeare_char_cpu.py
 # $ python data/shakespeare_prefs/prepare.py

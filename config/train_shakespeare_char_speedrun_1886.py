@@ -10,7 +10,7 @@
 # than the session that measured bench.py's tables). The same 240 steps under torchrun, 2 processes x 1 thread
 # (--gradient_accumulation_steps=2 --batch_size=12) took 63.1 s against 51.7 s for 1 process x 2 threads.
 # What wins (loss at equal iterations does not depend on the machine; cost per iteration does):
-# - Muon on the blocks' matrices (optim.py; Newton-Schulz in fp32 on CPUs without fast bf16): 600 iterations of
+# - Muon on the blocks' matrices (gpt/optim.py; Newton-Schulz in fp32 on CPUs without fast bf16): 600 iterations of
 #   this recipe's batch reach val 1.719 against AdamW's 1.926 (cosine, lr 4e-3), at 1.21x AdamW's step cost;
 # - rotary positions and QK-LayerNorm: at 300 iterations, Muon alone 1.915, + rotary 1.845, + QK-norm 1.894,
 #   both 1.804, for 1.04x and 1.08x the step cost;

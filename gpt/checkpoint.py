@@ -258,7 +258,7 @@ def set_rng_state(state, device=None):
 
 # kind: what a checkpoint's model is for, so that every script refuses the wrong one in one line (check_kind).
 # train.py, ppo.py and dpo.py write language models ('lm'), reward.py a reward model ('reward', a GPT and a
-# scalar head: align.reward_checkpoint), finetune.py a task model ('finetune': a GPT and a classifier head).
+# scalar head: rl.reward_checkpoint), finetune.py a task model ('finetune': a GPT and a classifier head).
 KINDS = {'lm': 'a language model', 'reward': 'a reward model (reward.py)',
          'finetune': 'a task model (a classifier fine-tuned by finetune.py)'}
 KIND_HINTS = {'reward': "it scores responses and cannot generate or be trained as a policy: use the SFT or policy "

@@ -2,7 +2,7 @@
 Device and precision: which device and dtype a run uses, the autocast context, and the peak FLOP/s
 that MFU is measured against. train.py, sample.py, bench.py and eval.py all choose them here.
 
-    python device.py          # this machine: CPU model and flags, the dtype 'auto' picks, measured peaks
+    python -m gpt.device          # this machine: CPU model and flags, the dtype 'auto' picks, measured peaks
 """
 
 import contextlib
@@ -160,7 +160,7 @@ def cpu_has_fast_bf16():
     autocast trains several times faster than fp32. Other CPUs with native bf16 (AVX512_BF16, Arm BF16): it
     depends on the chip and PyTorch's kernels, so it is measured: a bf16 matmul at least 1.2x as fast as the
     fp32 one (~0.1 s, once per process). Without native bf16 (e.g. AVX2 only) bf16 matmuls are emulated,
-    ~1 GFLOP/s against ~120 in fp32 (`python device.py` measures both): never."""
+    ~1 GFLOP/s against ~120 in fp32 (`python -m gpt.device` measures both): never."""
     if getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)():
         return True
     if not cpu_flags() & {'avx512_bf16', 'bf16'}:

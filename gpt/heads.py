@@ -11,7 +11,7 @@ final hidden state of the extract token. finetune.py trains it; this file is the
 The objective is L3 = L2 + lm_coef * L1: the task loss plus lm_coef (0.5 in the paper) times the language
 modelling loss on the same sequences.
 
-Also the scalar head of InstructGPT's reward model and PPO's value function (RewardModel; align.py has the rest).
+Also the scalar head of InstructGPT's reward model and PPO's value function (RewardModel; rl.py has the rest).
 """
 
 
@@ -107,7 +107,7 @@ class RewardModel(nn.Module):
     """A GPT with a scalar head: one number per position from the final hidden state (a linear layer, N(0, 0.02)
     weights, zero bias). As InstructGPT's reward model the score of a prompt and response is the number at the
     response's last token (score); as PPO's value function the number at each position estimates the return
-    from there (forward). reward.py trains it, align.load_reward_model loads it, ppo.py uses it."""
+    from there (forward). reward.py trains it, rl.load_reward_model loads it, ppo.py uses it."""
 
     def __init__(self, gpt):
         super().__init__()

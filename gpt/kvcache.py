@@ -11,7 +11,7 @@ positions of the new tokens from `cache.positions(T)`; nothing else in the netwo
 Every row has its own length (`cache.lengths`, and `cache.pos` on the device), so rows of different lengths
 decode in one batch: a ragged batch is prefilled right-padded (every prompt starts at position 0 and its padding
 comes after it, where causal attention hides it), then `set_lengths` forgets the padding, and each row writes its
-next key at its own length. Rows are slots: generate.Engine fills a free slot with a new prompt (`select` runs the
+next key at its own length. Rows are slots: engine.Engine fills a free slot with a new prompt (`select` runs the
 model on some rows only), and a finished row's slot is reused (`move_row`), so batches change without copying
 the cache.
 
@@ -21,7 +21,7 @@ The policy, in one place (`update`):
 - rows of different lengths read up to the longest row under a mask of each row's own keys;
 - local (banded) layers see the last `attn_window` keys, by a narrower view or the mask;
 - static=True: the whole buffer under a mask, with positions only on the device, so every one-token step has the
-  same shapes and no Python number changes: a compiled or CUDA-graph-captured step (generate.py) is built once.
+  same shapes and no Python number changes: a compiled or CUDA-graph-captured step (fastpath.py) is built once.
 
 One tensor per layer, not one for all: torch.compile then updates each in place (writes into slices of a shared
 tensor made inductor copy the whole cache at every step).
@@ -46,7 +46,7 @@ class KVCache:
         self.pos = torch.zeros(batch_size, dtype=torch.long, device=device)  # each row's length, on the device
         self.lengths = [0] * batch_size  # the same on the host, so eager steps never read the device
         self.rows = (0, batch_size)      # the slots the next forward pass runs on (select)
-        # advance() counts the host's lengths too; generate.CompiledDecoder turns this off and counts them itself
+        # advance() counts the host's lengths too; fastpath.CompiledDecoder turns this off and counts them itself
         # (count), since a compiled step would guard on every length (CUDAGraphDecoder counts after each replay)
         self.host_counts = True
 

@@ -199,7 +199,7 @@ def policy_checkpoint(model, meta, config, step, best_val_loss=float('nan'), **e
 
 @torch.no_grad()
 def sample_responses(model, prompts, max_new_tokens, end_id, temperature=1.0, generator=None):
-    """Responses of the policy to prompts (of any lengths: one batch of generate.Engine), each up to and including
+    """Responses of the policy to prompts (of any lengths: one batch of engine.Engine), each up to and including
     its first <|end|>, at most max_new_tokens (and the context) long."""
     from gpt.engine import generate_batch
     bs = model.config.block_size

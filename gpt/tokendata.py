@@ -111,7 +111,7 @@ def load_meta(data_dir, prepare=None):
 
 def tokenizer_identity(meta):
     """What fixes the meaning of token ids: the tokenizer and its vocabulary (not the chat tokens a dataset
-    adds on top, align.py, nor the vocabulary's size, which those change)."""
+    adds on top, chat.py, nor the vocabulary's size, which those change)."""
     m = meta or {}
     kind = m.get('tokenizer')
     if kind == 'char':
@@ -181,7 +181,7 @@ def get_tokenizer(meta, ordinary=False):
     character list), 'bpe' (a byte-level BPE trained by data/text/prepare.py, held in meta), 'gpt2'
     (tiktoken) or 'hf' (a transformers tokenizer by name or directory). eot_id is None without one.
     ordinary: special-token strings in the text are plain text (for corpora), not the token itself.
-    Tokens added to the vocabulary (meta["added_tokens"], {string: id}, e.g. align.py's chat tokens) are
+    Tokens added to the vocabulary (meta["added_tokens"], {string: id}, e.g. chat.py's chat tokens) are
     encoded and decoded as single ids on top of any of these."""
     if (meta or {}).get('added_tokens'):
         base = {k: v for k, v in meta.items() if k != 'added_tokens'}

@@ -75,7 +75,7 @@ class RefGPT(nn.Module):
 
 
 # ----------------------------------------------------------------------------- nanoGPT's CPU recipe
-# `python bench_reference.py --data_dir=data/shakespeare_char` trains as nanoGPT's README does on a CPU
+# `python tools/bench_reference.py --data_dir=data/shakespeare_char` trains as nanoGPT's README does on a CPU
 # (python train.py config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20 --log_interval=1
 #  --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000
 #  --dropout=0.0), with nanoGPT's loop written out plainly: a random batch drawn from a fresh memmap each step,

@@ -2,9 +2,9 @@
 One-GPU check of this repository (issue 28): in under 8 minutes on one NVIDIA GPU, the figures the README marks
 NOT YET MEASURED, as one results table (printed) and the same as JSON.
 
-$ make gpu-check                                        # = python gpu_check.py
-$ python gpu_check.py --out=results.json --nanogpt=../nanoGPT
-$ python gpu_check.py --smoke=True                      # the same pipeline on the CPU, tiny settings (~1 minute)
+$ make gpu-check                                        # = python tools/gpu_check.py
+$ python tools/gpu_check.py --out=results.json --nanogpt=../nanoGPT
+$ python tools/gpu_check.py --smoke=True                      # the same pipeline on the CPU, tiny settings (~1 minute)
 
 Steps (each command a subprocess in its own process group, with its own time limit; on a timeout the whole group
 gets SIGTERM, then SIGKILL 5 s later; a step that no longer fits before --deadline is skipped and says so):
@@ -300,7 +300,7 @@ def step_throughput(clock, work):
         if 'reference' not in rows:
             raise StepFailed('failed', "bench.py printed no figures for 'reference'", r)
         theirs = rows['reference']
-        against = "bench.py 'reference' (bench_reference.py)"
+        against = "bench.py 'reference' (tools/bench_reference.py)"
         note = ("no nanoGPT checkout: the reference is nanoGPT's model in fp32 eager (bench.py fixes it so), so the "
                 f"{target_speedup}x target, set against nanoGPT's compile+bf16, is not tested by this ratio")
     ratio = ours['tok_s'] / theirs['tok_s']

@@ -6,11 +6,11 @@ scaling_laws.ipynb fits the results.
 
 The committed sweep (scaling/sweep_results.json; the exact command is stored in the file): 3 budgets
 (1e11, 3e11, 1e12 FLOPs) x 6-7 sizes = 20 runs, 44 min on 2 CPU cores shared with other jobs:
-$ OMP_NUM_THREADS=1 python scaling_sweep.py --input=path/to/tinyshakespeare/input.txt
+$ OMP_NUM_THREADS=1 python tools/scaling_sweep.py --input=path/to/tinyshakespeare/input.txt
 Plan only (model sizes, iterations, FLOPs), no training:
-$ python scaling_sweep.py --dry_run
+$ python tools/scaling_sweep.py --dry_run
 A seconds-long grid for tests (2 budgets x 3 sizes, a few iterations each):
-$ python scaling_sweep.py --tiny --work_dir=/tmp/sweep --out=/tmp/sweep/results.json
+$ python tools/scaling_sweep.py --tiny --work_dir=/tmp/sweep --out=/tmp/sweep/results.json
 
 Each run is `python train.py --key=value ...` in a subprocess (printed before it starts), writing
 work_dir/runs/<name>/log.jsonl. The results file is rewritten after every run, and a finished
@@ -210,7 +210,7 @@ def main():
     this = dict(started=datetime.now(timezone.utc).isoformat(timespec='seconds'), command=command,
                 load_average_at_start=load_average(), trained=[], wall_s=0.0)
     results = dict(command=command,
-                   note="python scaling_sweep.py --help; fitted in scaling_laws.ipynb. N excludes the position "
+                   note="python tools/scaling_sweep.py --help; fitted in scaling_laws.ipynb. N excludes the position "
                         "table; C_6ND = 6 N D is the budget the iterations were chosen for; "
                         "C_with_attention adds 12 L T d per token (model.flops_per_token); val_loss in nats/char; "
                         "wall_s per run; total_wall_s sums the invocations in history (those that trained runs).",

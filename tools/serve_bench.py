@@ -2,8 +2,8 @@
 What serve.py's batching buys: N concurrent streaming clients over M requests against one client alone, on the
 same server. Prints requests/s, generated tokens/s, time to first token and latency (p50, p99) for each.
 
-$ python serve_bench.py --out_dir=out-shakespeare-char-cpu                 # starts serve.py on a free port
-$ python serve_bench.py --url=http://127.0.0.1:8000 --clients=32 --requests=256   # a server already running
+$ python tools/serve_bench.py --out_dir=out-shakespeare-char-cpu                 # starts serve.py on a free port
+$ python tools/serve_bench.py --url=http://127.0.0.1:8000 --clients=32 --requests=256   # a server already running
 
 Every request is a streamed /v1/completions of max_tokens tokens (greedy, with ignore of stop tokens left to the
 model: a request that stops early counts the tokens it made).

@@ -1,8 +1,8 @@
 """
-SFT data for train.py: conversations from local .jsonl files or a hub dataset, in align.py's chat template
+SFT data for train.py: conversations from local .jsonl files or a hub dataset, in gpt/chat.py's chat template
 (<|user|>...<|assistant|>...<|end|>), written as masked examples (loss on the assistant's tokens only) with the
 chat tokens added after the tokenizer's ids. Rows are {"prompt": ..., "response": ...} or {"messages": [{"role":
-"user", "content": ...}, {"role": "assistant", "content": ...}, ...]} (see align.py).
+"user", "content": ...}, {"role": "assistant", "content": ...}, ...]} (see gpt/prefs.py).
 
 $ python data/chat/prepare.py --train sft_train.jsonl --val sft_val.jsonl --tokenizer gpt2 --block_size 1024 \\
       --out_dir data/mychat
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import data/prepare_utils.py
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))  # the repo root: align.py
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))  # the repo root: the gpt package
 from prepare_utils import get_parser  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """
 Instruction-following data made from Tiny Shakespeare, for the offline SFT -> reward model -> PPO / DPO demo on a
-CPU (align.py), with nothing to download beyond the corpus itself. Beside this script it writes:
+CPU (docs/alignment.md), with nothing to download beyond the corpus itself. Beside this script it writes:
 - sft_train.jsonl, sft_val.jsonl: {"prompt", "response"}: the prompt is the start of a line (at most 20
   characters, cut at a space), the response the next line of the same speech (at most 32, cut at a space);
 - train.bin, val.bin, *.mask.bin, meta.json: the same conversations as masked examples in the chat template
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import data/prepare_utils.py
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))  # the repo root: align.py
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))  # the repo root: the gpt package
 from prepare_utils import TINY_SHAKESPEARE_URL, atomic_path, get_input_text, get_parser
 
 K = 4
