@@ -27,7 +27,7 @@ import torch
 import configurator
 from gpt.decoding import load_for_decoding
 from gpt.device import autocast_ctx, describe, pick_device, pick_dtype
-from gpt.errors import Interrupted, UserError, check_output
+from gpt.errors import UserError, check_output
 from gpt.run import join_process_group, launched_by_torchrun, leave_process_group, rank_device, torchrun_ranks
 from gpt.tasks import load_tasks, score
 
@@ -114,8 +114,8 @@ def main():
             print(f"results written to {path}" + (f" (beside {kept} earlier evaluation(s), kept in its history)"
                                                    if kept else ''))
     if stopped:  # (one line; the other ranks' process group goes with the process)
-        raise Interrupted(stopped + (f"; wrote the results of {', '.join(results)} to {path}" if results
-                                     else f"; nothing written to {path}"))
+        raise KeyboardInterrupt(stopped + (f"; wrote the results of {', '.join(results)} to {path}" if results
+                                           else f"; nothing written to {path}"))  # (printed as it is: errors.py)
     leave_process_group()
 
 

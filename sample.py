@@ -11,8 +11,10 @@ $ python sample.py --start=FILE:prompts.txt --per_line=True --quantize=int8     
 
 A single sample streams to stdout as it is generated. Several prompts (a .jsonl file: one JSON string or
 {"prompt": ...} per line; or a text file with --per_line=True) and their samples decode together as one batch
-of the decoding engine (generate.Engine), whatever their lengths. --output writes one JSON line per sample:
-prompt, completion, tokens, finish_reason ('stop' or 'length'). Tokens/s is printed to stderr at the end, timed
+of the decoding engine (generate.Engine), whatever their lengths. --output writes one JSON line per sample, as
+each finishes (Ctrl-C keeps them): prompt, completion, tokens, finish_reason ('stop' or 'length'); an existing
+file is replaced only with --overwrite=True. Greedy decoding and beam search give one sample per prompt (more
+would be copies). Tokens/s is printed to stderr at the end, timed
 from the first token (the prompt's prefill and any compile are reported apart, as time to first token).
 
 Decoding picks its own dtype: dtype='auto' is bfloat16 on GPUs and float32 on CPUs, where a one-token step
@@ -23,6 +25,7 @@ reads.
 
 import codecs
 import json
+import os
 import sys
 import time
 
@@ -32,7 +35,7 @@ import configurator
 from gpt.decoding import check_decoding, load_for_decoding
 from gpt.device import autocast_ctx, shut_down
 from gpt.engine import Engine, beam_search, generate_stream
-from gpt.errors import UserError
+from gpt.errors import UserError, check_output
 from gpt.sampling import SamplingParams, check_sampling_args
 from gpt.tokendata import get_tokenizer, json_lines, read_text
 
@@ -44,6 +47,7 @@ ckpt_name = 'best.pt'       # 'best.pt' (lowest val loss) or 'ckpt.pt' (latest);
 start = '\n'                # the prompt, or FILE:path to read it from a file (FILE:x.jsonl: one prompt per line)
 per_line = False            # with FILE:x.txt, each non-empty line is a prompt (else the whole file is one)
 output = ''                 # write the samples as JSON lines to this file: prompt, completion, tokens, finish_reason
+overwrite = False           # --output names an existing file: replace it (else sample.py refuses, as export.py does)
 num_samples = 3             # independent samples (one streams to stdout as it is generated)
 max_new_tokens = 500        # tokens generated per sample
 temperature = 0.8           # 1.0 = the model's distribution, < 1 sharper, 0 = greedy
@@ -108,6 +112,7 @@ def read_prompts():
 
 
 def main():
+    global num_samples  # (one per prompt where every sample would be the same: see below)
     try:
         check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
     except ValueError as e:
@@ -117,6 +122,18 @@ def main():
     check_decoding(quantize, compile, cuda_graph, use_cache)
     stops = parse_stops(stop)  # (before the model loads: a mistake costs nothing)
     prompts = read_prompts()
+    if output:  # checked now, not after the generation: the folder is made if missing (check_output)
+        check_output(output, 'output')
+        if os.path.exists(output) and not overwrite:  # (a result is replaced only when asked, as export.py's hf_dir)
+            raise UserError(f"{output} exists; pass --overwrite=True to replace it, or choose another --output")
+    # greedy decoding (or top_k=1) and beam search give the same result every time: num_samples copies of it
+    # would only look like independent samples
+    same = ('beam search' if num_beams > 1 else 'greedy decoding (temperature=0)' if temperature == 0
+            else 'top_k=1' if top_k == 1 else '')
+    if same and num_samples > 1:
+        print(f"note: {same} gives the same result every time: one sample per prompt, not {num_samples}",
+              file=sys.stderr)
+        num_samples = 1
     torch.manual_seed(seed)
     rows = 1 if use_cache and num_beams == 1 and len(prompts) * num_samples == 1 else max(2, num_beams)
     d = load_for_decoding(init_from, out_dir, ckpt_name, device, dtype, quantize, rows,  # (beam search: no decoder)
@@ -140,44 +157,85 @@ def main():
     eos = ((meta or {}).get('added_tokens') or {}).get('<|end|>', eot) if stop_at_eos else None  # a chat model's end
     gen = torch.Generator(device=dev).manual_seed(seed)
 
-    results, clock = [], Clock()
-    with torch.inference_mode(), autocast_ctx(dev, dt):  # (no autograd bookkeeping at all: cheaper ops)
-        if num_beams > 1:
-            for prompt, p in zip(prompts, ids):
-                out = beam_search(model, torch.tensor([p], device=dev), max_new_tokens, num_beams=num_beams,
-                                  length_penalty=length_penalty, eos_token_id=eos, use_cache=use_cache)
-                clock.tick(out.size(1) - len(p))
-                results.append(finished(prompt, out[0, len(p):].tolist(), eos, stops, decode))
-                print(prompt + results[-1]['completion'])
-        elif len(prompts) == 1 and num_samples == 1 or not use_cache:
-            for prompt, p in ((pr, pi) for pr, pi in zip(prompts, ids) for _ in range(num_samples)):
-                stream = generate_stream(model, torch.tensor([p], device=dev), max_new_tokens, temperature=temperature,
-                                         top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
-                                         eos_token_id=eos, use_cache=use_cache, generator=gen, decoder=decoder)
-                live = len(prompts) == 1 and num_samples == 1
-                tokens = stream_tokens(stream, decode, prompt, stops, eos, live, clock)
-                results.append(finished(prompt, tokens, eos, stops, decode))
-                if not live:
-                    print(prompt + results[-1]['completion'] + '\n---------------')
-        else:  # every prompt's samples, one batch of the engine
-            engine = Engine(model, max_batch=max_batch, decoder=decoder, generator=gen)
-            params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
-            rows = {engine.add(p, max_new_tokens, params, stop_ids={eos} if eos is not None else ()): (prompt, [])
-                    for prompt, p in zip(prompts, ids) for _ in range(num_samples)}
-            while engine.pending():
-                events = engine.step()
-                for rid, token, _ in events:
-                    rows[rid][1].append(token)
-                clock.tick(len(events))
-            for prompt, tokens in rows.values():
-                results.append(finished(prompt, tokens, eos, stops, decode))
-                print(prompt + results[-1]['completion'] + '\n---------------')
-    if output:
-        with open(output, 'w', encoding='utf-8') as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + '\n' for r in results)
-    n_tokens = sum(r['tokens'] for r in results)
-    print(f"\n{clock.report(n_tokens)}" + (f"; wrote {len(results)} samples to {output}" if output else ''),
+    results, clock, early = Results(output), Clock(), {}
+    live = num_beams == 1 and len(prompts) == 1 and num_samples == 1  # (one sample streams to stdout)
+    try:
+        with torch.inference_mode(), autocast_ctx(dev, dt):  # (no autograd bookkeeping at all: cheaper ops)
+            if num_beams > 1:
+                for prompt, p in zip(prompts, ids):
+                    out = beam_search(model, torch.tensor([p], device=dev), max_new_tokens, num_beams=num_beams,
+                                      length_penalty=length_penalty, eos_token_id=eos, use_cache=use_cache)
+                    clock.tick(out.size(1) - len(p))
+                    print(prompt + results.add(finished(prompt, out[0, len(p):].tolist(), eos, stops, decode)))
+            elif live or not use_cache:
+                for prompt, p in ((pr, pi) for pr, pi in zip(prompts, ids) for _ in range(num_samples)):
+                    stream = generate_stream(model, torch.tensor([p], device=dev), max_new_tokens,
+                                             temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                             repetition_penalty=repetition_penalty, eos_token_id=eos,
+                                             use_cache=use_cache, generator=gen, decoder=decoder)
+                    tokens = stream_tokens(stream, decode, prompt, stops, eos, live, clock)
+                    completion = results.add(finished(prompt, tokens, eos, stops, decode))
+                    if not live:
+                        print(prompt + completion + '\n---------------')
+            else:  # every prompt's samples, one batch of the engine
+                engine = Engine(model, max_batch=max_batch, decoder=decoder, generator=gen)
+                params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
+                rows = {engine.add(p, max_new_tokens, params, stop_ids={eos} if eos is not None else ()): (prompt, [])
+                        for prompt, p in zip(prompts, ids) for _ in range(num_samples)}
+                order = list(rows)
+                while engine.pending():
+                    events = engine.step()
+                    for rid, token, finish in events:
+                        rows[rid][1].append(token)
+                        if finish:
+                            early[rid] = finished(*rows[rid], eos, stops, decode)
+                    clock.tick(len(events))
+                    # kept and printed in the prompts' order, each as soon as it and those before it are done
+                    while order and order[0] in early:
+                        print(rows[order[0]][0] + results.add(early.pop(order.pop(0))) + '\n---------------')
+                for rid in order:  # (every row ends with a finish event; this is only a safety net)
+                    print(rows[rid][0] + results.add(finished(*rows[rid], eos, stops, decode)) + '\n---------------')
+    except KeyboardInterrupt:  # Ctrl-C keeps the finished samples (those that finished out of order too)
+        for record in early.values():
+            results.add(record)
+        results.close()
+        if live:
+            print(flush=True)  # (end the line the stream was printing)
+        done = len(results.records)
+        raise KeyboardInterrupt(f"stopped by Ctrl-C after {done} of {len(prompts) * num_samples} samples"
+                                + (f"; wrote {done} to {output}" if output and done else
+                                   f"; wrote nothing to {output}" if output else '')) from None  # (errors.py)
+    results.close()
+    n_tokens = sum(r['tokens'] for r in results.records)
+    print(f"\n{clock.report(n_tokens)}" + (f"; wrote {len(results.records)} samples to {output}" if output else ''),
           file=sys.stderr)
+
+
+class Results:
+    """The finished samples; with --output each is written as it finishes (a JSON line, flushed), so Ctrl-C or a
+    crash loses none of them. The file is opened at the first one: no sample, no file (check_output made sure it
+    can be written)."""
+
+    def __init__(self, path):
+        self.path, self.file, self.records = path, None, []
+
+    def add(self, record):
+        """Keep a sample's record; returns its completion."""
+        self.records.append(record)
+        if self.path:
+            try:
+                if self.file is None:
+                    self.file = open(self.path, 'w', encoding='utf-8')
+                self.file.write(json.dumps(record, ensure_ascii=False) + '\n')
+                self.file.flush()
+            except OSError as e:  # (a disk that filled up)
+                raise UserError(f"cannot write {self.path} ({e.strerror or e}); the {len(self.records) - 1} samples "
+                                f"before this one are in it") from None
+        return record['completion']
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
 
 
 class Clock:

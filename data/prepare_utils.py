@@ -1,7 +1,9 @@
 """
 Helpers shared by the data/<name>/prepare.py scripts: their command line, the text they download, the
 problems of the small demos. The files they write and their formats are the library's (gpt/datafiles.py,
-read back by gpt/tokendata.py); the writers are imported here under the names the scripts use.
+read back by gpt/tokendata.py); the writers are imported here under the names the scripts use, write_splits and
+write_examples refusing to replace another dataset in out_dir unless the command line has --overwrite (get_parser
+adds it; the same preparation again needs none).
 """
 
 import argparse
@@ -13,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: the gpt package
-from gpt.datafiles import atomic_path, token_dtype, write_examples, write_meta, write_splits, write_tokens  # noqa: E402,F401
+from gpt import datafiles  # noqa: E402
+from gpt.datafiles import atomic_path, check_replace, token_dtype, write_meta, write_tokens  # noqa: E402,F401
+from gpt.errors import exit_on_user_error  # noqa: E402
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
@@ -64,14 +68,42 @@ def distinct_sequences(rng, num_symbols, length, count):
     return seqs[rng.permutation(len(seqs))[:count]].astype(np.int64)
 
 
+_settings = {"overwrite": False}  # the command line's --overwrite, as Parser read it last
+
+
+class Parser(argparse.ArgumentParser):
+    """Reads --overwrite for the writers below: the scripts hand them out_dir, not their arguments."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, rest = super().parse_known_args(args, namespace)
+        _settings["overwrite"] = bool(getattr(parsed, "overwrite", False))
+        return parsed, rest
+
+
+def write_splits(out_dir, splits, vocab_size, **meta):
+    """gpt.datafiles.write_splits, refusing to replace another dataset in out_dir without --overwrite."""
+    return datafiles.write_splits(out_dir, splits, vocab_size, protect=not _settings["overwrite"], **meta)
+
+
+def write_examples(out_dir, splits, vocab_size, **meta):
+    """gpt.datafiles.write_examples, refusing to replace another dataset in out_dir without --overwrite."""
+    return datafiles.write_examples(out_dir, splits, vocab_size, protect=not _settings["overwrite"], **meta)
+
+
 def get_parser(doc, script, url=None):
     """
-    Argument parser with --out_dir (default: the folder of `script`). With a url, also
-    --input FILE (use a local copy instead of downloading) and --url (where to download from).
+    Argument parser with --out_dir (default: the folder of `script`) and --overwrite. With a url, also
+    --input FILE (use a local copy instead of downloading) and --url (where to download from). Also makes the
+    script's mistakes (a UserError) and Ctrl-C one line each (gpt.errors.exit_on_user_error), as the other
+    scripts' configure() does.
     """
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    exit_on_user_error()
+    parser = Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out_dir", type=Path, default=Path(script).resolve().parent,
                         help="where to write train.bin, val.bin, meta.json (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a different dataset already prepared in --out_dir (the same one again "
+                             "needs no flag)")
     if url is not None:
         parser.add_argument("--input", type=Path, default=None,
                             help="local text file to use instead of downloading")

@@ -14,6 +14,10 @@ masked-example format instead, written by write_examples(): train.bin / val.bin 
 examples row after row, train.mask.bin / val.mask.bin one uint8 per token (1: a target the loss is
 taken on, 0: context or padding), and meta.json says "format": "examples" and the "example_len".
 tokendata.py's TokenData then draws whole examples and ignores the loss off the mask.
+
+A prepared dataset is replaced only when asked: with protect=True (the prepare scripts pass it unless --overwrite)
+write_splits and write_examples refuse, before writing anything, a folder whose meta.json describes another
+dataset than the one they would write (check_replace); the same preparation again rewrites it as before.
 """
 
 import json
@@ -22,6 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from gpt.errors import UserError
 
 
 def token_dtype(vocab_size):
@@ -91,9 +97,35 @@ def write_meta(data_dir, **fields):
     return path
 
 
-def write_splits(out_dir, splits, vocab_size, **meta):
+def check_replace(out_dir, meta, keys=None):
+    """Refuse (one line naming --overwrite) to replace the dataset prepared in out_dir by another: its meta.json
+    must equal meta, the one about to be written (keys: compare only these, e.g. the tokenizer's before the corpus
+    is encoded). A folder without a readable meta.json holds no dataset of ours, and the same preparation again
+    (the same meta) passes, so rerunning a prepare command keeps working."""
+    try:
+        old = json.loads((Path(out_dir) / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    new = json.loads(json.dumps(meta))  # (as it would read back: lists for tuples, str keys)
+    if not isinstance(old, dict) or (old == new if keys is None else all(old.get(k) == new.get(k) for k in keys)):
+        return
+    first = ('tokenizer', 'format', 'vocab_size')  # (what tells datasets apart first, then the rest by name)
+    differ = sorted((k for k in set(old) | set(new) if (keys is None or k in keys) and old.get(k) != new.get(k)),
+                    key=lambda k: (first.index(k) if k in first else len(first), k))
+    diff = [f"{k} {_short(old, k)}, here {_short(new, k)}" for k in differ[:3]] + ['...'][:len(differ) > 3]
+    raise UserError(f"{out_dir} holds another prepared dataset ({'; '.join(diff)}): pass --overwrite to replace it, "
+                    f"or choose another --out_dir")
+
+
+def _short(meta, key):
+    text = repr(meta[key]) if key in meta else 'absent'
+    return text if len(text) <= 24 else text[:20] + '...'
+
+
+def write_splits(out_dir, splits, vocab_size, protect=False, **meta):
     """Write each split's ids ({'train': ids, 'val': ids}) to <name>.bin in the dtype the vocabulary
-    needs, then meta.json with the tokenizer fields in meta, the dtype and the token counts."""
+    needs, then meta.json with the tokenizer fields in meta, the dtype and the token counts. protect: refuse to
+    replace another dataset in out_dir (check_replace)."""
     dtype = token_dtype(vocab_size)
     # lists become int64 arrays (no cast that could wrap); arrays, e.g. a memmap of a corpus larger than
     # memory, are checked a chunk at a time, in their own dtype
@@ -106,6 +138,8 @@ def write_splits(out_dir, splits, vocab_size, **meta):
                 bad = int(chunk.max()) if chunk.max() >= vocab_size else int(chunk.min())
                 raise ValueError(f"{name} holds token id {bad}, outside the vocabulary [0, {vocab_size})")
     counts = {f"{name}_tokens": len(ids) for name, ids in splits.items()}
+    if protect:
+        check_replace(out_dir, dict(vocab_size=vocab_size, dtype=np.dtype(dtype).name, **counts, **meta))
     print(", ".join(f"{name} has {len(ids):,} tokens" for name, ids in splits.items()))
     for name, ids in splits.items():
         write_tokens(Path(out_dir) / f"{name}.bin", ids, dtype)
@@ -117,13 +151,13 @@ def write_splits(out_dir, splits, vocab_size, **meta):
         print(f"removed {stale}: the tokenizer of the BPE dataset these bins replace")
 
 
-def write_examples(out_dir, splits, vocab_size, **meta):
+def write_examples(out_dir, splits, vocab_size, protect=False, **meta):
     """The masked-example format: splits maps a split name to (tokens, mask), two (N, L) arrays of N
     examples of L tokens; mask is 1 where the token is a target (loss is taken on predicting it) and 0
     where it is context or padding. Writes <name>.bin (the tokens row after row, in the dtype the
     vocabulary needs), <name>.mask.bin (uint8) and meta.json with format='examples', example_len=L,
     the counts and meta. Every example needs a target, and the first token cannot be one (nothing
-    precedes it to predict it from)."""
+    precedes it to predict it from). protect: refuse to replace another dataset in out_dir (check_replace)."""
     dtype = token_dtype(vocab_size)
     lengths = set()
     for name, (tokens, mask) in splits.items():
@@ -139,10 +173,13 @@ def write_examples(out_dir, splits, vocab_size, **meta):
     if len(lengths) != 1:
         raise ValueError(f"every split needs examples of one length, got {sorted(lengths)}")
     counts = {f"{name}_examples": len(tokens) for name, (tokens, _) in splits.items()}
+    fields = dict(vocab_size=vocab_size, dtype=np.dtype(dtype).name, format="examples", example_len=lengths.pop(),
+                  **counts, **meta)
+    if protect:
+        check_replace(out_dir, fields)
     print(", ".join(f"{name} has {len(tokens):,} examples" for name, (tokens, _) in splits.items()))
     for name, (tokens, mask) in splits.items():
         write_tokens(Path(out_dir) / f"{name}.bin", np.asarray(tokens).reshape(-1), dtype)
         write_tokens(Path(out_dir) / f"{name}.mask.bin", (np.asarray(mask) != 0).astype(np.uint8).reshape(-1), np.uint8)
-    write_meta(out_dir, vocab_size=vocab_size, dtype=np.dtype(dtype).name, format="examples",
-               example_len=lengths.pop(), **counts, **meta)
+    write_meta(out_dir, **fields)
     print(f"wrote {', '.join(f'{name}.bin, {name}.mask.bin' for name in splits)}, meta.json to {out_dir}")

@@ -1,12 +1,16 @@
 """
 Mistakes a user can fix, reported as one line: code anywhere in the library raises UserError with a message
 that says what to do; the scripts' entry (configurator.configure, or exit_on_user_error directly) installs the
-hook that prints it as `error: ...` and exits with status 1. check_range and check_choice are the value checks
-every script's settings go through, so a bad value is one line naming the key.
+hook that prints it as `error: ...` and exits with status 1; the same hook makes Ctrl-C one line, never a
+traceback (a script that kept what it finished raises KeyboardInterrupt('stopped by Ctrl-C after ...; wrote ...')
+again, and that message is the line). check_range and check_choice are the value checks every script's settings go
+through, so a bad value is one line naming the key; check_output checks a file a script will write before the work
+that ends in writing it.
 """
 import math
 import os
 import sys
+import tempfile
 import time
 
 
@@ -28,14 +32,21 @@ def report_user_error(message):
 
 
 def exit_on_user_error():
-    """From now on an uncaught UserError prints one `error: ...` line and exits 1 (configure() calls it);
-    other exceptions go to the hook that was in place. train.py calls it again after joining a process
+    """From now on an uncaught UserError prints one `error: ...` line and exits 1 (configure() calls it), and
+    Ctrl-C (KeyboardInterrupt) one line on rank 0, its message or `stopped by Ctrl-C`, where Python prints a
+    traceback; other exceptions go to the hook that was in place. train.py calls it again after joining a process
     group, whose hook would put `[rankN]: ` before the line."""
     previous = sys.excepthook
 
     def hook(kind, value, tb):
         if issubclass(kind, UserError):
             report_user_error(value)  # the interpreter then exits with status 1
+        elif issubclass(kind, KeyboardInterrupt):
+            # the interpreter then ends itself by SIGINT, as after its traceback: status 130 in a shell, and a
+            # shell loop running the script stops too (which an exit(130) would not do). It does so only for
+            # KeyboardInterrupt itself, not a subclass: a script's message rides in its argument
+            if int(os.environ.get('RANK', '0') or 0) == 0:
+                print(str(value) or "stopped by Ctrl-C", file=sys.stderr, flush=True)
         else:
             previous(kind, value, tb)
     sys.excepthook = hook
@@ -61,3 +72,22 @@ def check_choice(name, value, choices):
         names = list(map(repr, choices))
         allowed = ' or '.join(names) if len(names) == 2 else f"one of {', '.join(names)}"
         raise UserError(f"{name} must be {allowed}, got {value!r}")
+
+
+def check_output(path, key):
+    """Check, before the work that ends in writing it, that the file a script's --key names can be written, so a
+    mistake is one line now and not a traceback after the work. A missing folder is made, as train.py makes its
+    out_dir and the prepare scripts theirs (the script's last line names the file written, so a mistyped folder
+    shows); the folder is probed with a temp file, removed at once. An existing file is left as it is: whether
+    to replace it is the caller's choice."""
+    if os.path.isdir(path):
+        raise UserError(f"--{key}={path} is a folder: name a file in it")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        if os.path.exists(path):
+            open(path, 'a').close()  # (appends nothing: the file is unchanged)
+    except OSError as e:
+        raise UserError(f"--{key}={path} cannot be written ({e.strerror or e}): choose a writable place") from None

@@ -22,6 +22,7 @@ import hashlib
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # data/: prepare_utils.py
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))  # the repo root: tokendata.py
-from prepare_utils import atomic_path, get_parser, token_dtype, write_splits  # noqa: E402
+from prepare_utils import atomic_path, check_replace, get_parser, token_dtype, write_splits  # noqa: E402
 from gpt.errors import UserError# noqa: E402
 from gpt.tokendata import EOT, get_tokenizer# noqa: E402
 
@@ -205,7 +206,9 @@ def encode_corpus(corpus, meta, dtype, num_proc, path):
     encode, _, eot = get_tokenizer(meta, ordinary=True)  # '<|endoftext|>' in a document is just text
     _worker.update(encode=encode, eot=eot, dtype=dtype)
     if num_proc > 1:
-        pool = multiprocessing.get_context('fork').Pool(num_proc)
+        # (Ctrl-C reaches every process of the terminal: the workers ignore it, the parent stops them in one line)
+        pool = multiprocessing.get_context('fork').Pool(num_proc, initializer=signal.signal,
+                                                        initargs=(signal.SIGINT, signal.SIG_IGN))
         results = pool.imap(encode_batch, work)  # in order, so the bins keep the corpus order
     else:
         pool = None
@@ -253,8 +256,13 @@ def main():
     corpus = Corpus(args)
     if len(corpus) == 0 or (corpus.total == 0):
         raise SystemExit(f"error: the corpus is empty ({corpus.source}): no text to prepare")
+    # a dataset of another tokenizer in out_dir is refused before any work (write_splits checks the rest)
+    if not args.overwrite:
+        check_replace(args.out_dir, {'tokenizer': args.tokenizer}, keys=['tokenizer'])
     args.out_dir.mkdir(parents=True, exist_ok=True)
     meta, tok_json = make_meta(corpus, args)
+    if not args.overwrite:  # (its characters, its BPE: before the corpus is encoded)
+        check_replace(args.out_dir, meta, keys=meta)
     dtype = token_dtype(meta['vocab_size'])
     print(f"tokenizer {args.tokenizer}: {meta['vocab_size']:,} ids, stored as {np.dtype(dtype).name}")
 
