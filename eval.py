@@ -1,7 +1,7 @@
 """
 Evaluate a model the way papers and leaderboards do: perplexity and bits per byte, HellaSwag, LAMBADA, or your
 own multiple-choice set. Prints a table and writes the same numbers to a JSON file. How each task is read and
-scored: tasks.py.
+scored: gpt/tasks.py.
 
 $ python eval.py --init_from=gpt2 --tasks=hellaswag,lambada            # OpenAI's weights; data downloads once
 $ python eval.py config/eval_tasks_gpt2.py                             # the same, with the published figures beside it
@@ -170,4 +170,4 @@ def print_table(results):
 
 
 if __name__ == '__main__':
-    main()  # a UserError prints one line and exits 1 (configurator.py)
+    main()  # a UserError prints one line and exits 1 (gpt/errors.py)

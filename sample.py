@@ -5,13 +5,13 @@ $ python sample.py --out_dir=out-shakespeare-char          # a training run's be
 $ python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=1
 $ python sample.py --init_from=path/to/hf_dir --start=FILE:prompt.txt --top_p=0.9
 $ python sample.py --out_dir=out --num_beams=4 --length_penalty=0.8 --num_samples=1
-$ python sample.py --out_dir=../nanoGPT/out-shakespeare-char    # a nanoGPT run, imported as it is (checkpoint.py)
+$ python sample.py --out_dir=../nanoGPT/out-shakespeare-char    # a nanoGPT run, imported as it is (gpt/checkpoint.py)
 $ python sample.py --start=FILE:prompts.jsonl --output=results.jsonl --temperature=0   # many prompts, one batch
 $ python sample.py --start=FILE:prompts.txt --per_line=True --quantize=int8      # one prompt per line; int8 weights
 
 A single sample streams to stdout as it is generated. Several prompts (a .jsonl file: one JSON string or
 {"prompt": ...} per line; or a text file with --per_line=True) and their samples decode together as one batch
-of the decoding engine (generate.Engine), whatever their lengths. --output writes one JSON line per sample, as
+of the decoding engine (engine.Engine), whatever their lengths. --output writes one JSON line per sample, as
 each finishes (Ctrl-C keeps them): prompt, completion, tokens, finish_reason ('stop' or 'length'); an existing
 file is replaced only with --overwrite=True. Greedy decoding and beam search give one sample per prompt (more
 would be copies). Tokens/s is printed to stderr at the end, timed
@@ -19,7 +19,7 @@ from the first token (the prompt's prefill and any compile are reported apart, a
 
 Decoding picks its own dtype: dtype='auto' is bfloat16 on GPUs and float32 on CPUs, where a one-token step
 reads every weight once and bf16 autocast would convert them all again at each step (GPT-2 124M: 11-13
-tokens/s bf16 against 43 fp32 on a 2-core AMX Xeon); --quantize=int8 (quantize.py) halves again what a CPU step
+tokens/s bf16 against 43 fp32 on a 2-core AMX Xeon); --quantize=int8 (gpt/quantize.py) halves again what a CPU step
 reads.
 """
 
@@ -32,11 +32,13 @@ import time
 import torch
 
 import configurator
+from gpt.chat import end_token
 from gpt.decoding import check_decoding, load_for_decoding
 from gpt.device import autocast_ctx, shut_down
 from gpt.engine import Engine, beam_search, generate_stream
 from gpt.errors import UserError, check_output
 from gpt.sampling import SamplingParams, check_sampling_args
+from gpt.stops import StopText, cut_at_stop, find_stop
 from gpt.tokendata import get_tokenizer, json_lines, read_text
 
 # -----------------------------------------------------------------------------
@@ -58,15 +60,15 @@ repetition_penalty = 1.0    # CTRL-style penalty on tokens already present; 1 di
 num_beams = 1               # > 1: beam search (deterministic, one result per prompt)
 length_penalty = 1.0        # beam search: score = logprob / length**length_penalty
 stop = ''                   # stop when the text contains this string (escapes like \n allowed; a JSON list for several)
-stop_at_eos = True          # stop at <|endoftext|> (GPT-2 tokenizer), or a chat model's <|end|> (align.py)
+stop_at_eos = True          # stop at <|endoftext|> (GPT-2 tokenizer), or a chat model's <|end|> (gpt/chat.py)
 use_cache = True            # key/value cache: one token per step instead of the whole context
 seed = 1337
 device = 'auto'             # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...
 dtype = 'auto'              # 'auto' (bf16 on GPUs, float32 on CPUs: see above), 'float32', 'bfloat16', 'float16'
-quantize = 'none'           # 'none' or 'int8' (weight-only int8 for every Linear and the head: quantize.py)
+quantize = 'none'           # 'none' or 'int8' (weight-only int8 for every Linear and the head: gpt/quantize.py)
 max_batch = 64              # rows decoded together (prompts x num_samples beyond it wait for a free row)
-cuda_graph = False          # CUDA: replay the one-token step from a CUDA graph (generate.CUDAGraphDecoder; not yet measured)
-compile = False             # compile the one-token steps (generate.compile_decoder; not beam search): pays off on long generations
+cuda_graph = False          # CUDA: replay the one-token step from a CUDA graph (fastpath.CUDAGraphDecoder; not yet measured)
+compile = False             # compile the one-token steps (fastpath.compile_decoder; not beam search): pays off on long generations
 # -----------------------------------------------------------------------------
 config = configurator.configure(globals(), verbose=False)
 
@@ -154,7 +156,7 @@ def main():
     if num_beams > 1 and max(map(len, ids)) + max_new_tokens - 1 > model.config.block_size:
         raise UserError(f"beam search has no sliding window: the prompt ({max(map(len, ids))} tokens) + max_new_tokens "
                         f"({max_new_tokens}) must fit the context ({model.config.block_size}); lower --max_new_tokens")
-    eos = ((meta or {}).get('added_tokens') or {}).get('<|end|>', eot) if stop_at_eos else None  # a chat model's end
+    eos = end_token(meta, eot) if stop_at_eos else None  # (a chat model's <|end|>, else <|endoftext|>)
     gen = torch.Generator(device=dev).manual_seed(seed)
 
     results, clock, early = Results(output), Clock(), {}
@@ -268,43 +270,34 @@ def finished(prompt, tokens, eos, stops, decode):
     text = decode(tokens)
     cut = cut_at_stop(text, stops)
     return dict(prompt=prompt, completion=cut, tokens=len(tokens),
-                finish_reason='stop' if ended or len(cut) < len(text) or any(s in text for s in stops) else 'length')
-
-
-def cut_at_stop(text, stops):
-    cut = min((text.find(s) for s in stops if s in text), default=-1)
-    return text if cut < 0 else text[:cut]
+                finish_reason='stop' if ended or find_stop(text, stops) >= 0 else 'length')
 
 
 def stream_tokens(stream, decode, prompt, stops, eos, live, clock):
-    """Consume a token stream, printing text as it becomes final when live; returns the tokens up to the end
-    token or the first stop string. Decodes the whole continuation each step, so multi-byte characters split
-    across BPE tokens print whole."""
+    """Consume a token stream, printing text as it becomes final when live (stops.StopText: a split character or
+    the start of a stop string waits until it is known); returns the tokens up to the end token or the first stop
+    string."""
     if live:
         print(prompt, end='', flush=True)
-    new, shown = [], 0
+    new, text = [], StopText(decode, stops)
     for tok in stream:
         clock.tick()
         t = tok[0, 0].item()
-        if t == eos:
-            new.append(t)
-            break
         new.append(t)
-        text = decode(new)
-        done = any(s in text for s in stops)
-        text = cut_at_stop(text, stops)
-        if live and not text.endswith('\ufffd'):  # wait for the rest of a split character
-            print(text[shown:], end='', flush=True)
-            shown = len(text)
-        if done:
+        if t == eos:
+            break
+        shown = text.push(t)
+        if live:
+            print(shown, end='', flush=True)
+        if text.stopped:
             break
     if live:
-        print(cut_at_stop(decode([t for t in new if t != eos]), stops)[shown:], flush=True)
+        print(text.push(final=True), flush=True)
     return new
 
 
 if __name__ == '__main__':
     try:
-        main()  # a UserError prints one line and exits 1 (configurator.py)
+        main()  # a UserError prints one line and exits 1 (gpt/errors.py)
     finally:
         shut_down()

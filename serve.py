@@ -447,8 +447,8 @@ class Server:
         self.encode_raw, self.decode, eot = get_tokenizer(meta)
         added = (meta or {}).get('added_tokens') or {}
         self.chat = all(t in added for t in chat.SPECIAL_TOKENS)
-        end = added.get(chat.END, eot)  # as sample.py: a chat model ends at <|end|>, others at <|endoftext|>
-        self.stop_ids = () if end is None else (int(end),)
+        end = chat.end_token(meta, eot)
+        self.stop_ids = () if end is None else (end,)
         self.block_size = model.config.block_size
         self.vocab_size = model.config.vocab_size
         self.max_tokens = max_tokens_limit or self.block_size

@@ -62,6 +62,13 @@ def add_tokens(model, n):
     return bigger, list(range(c.vocab_size, c.vocab_size + n))
 
 
+def end_token(meta, eot):
+    """The id a completion ends at: a chat model's <|end|>, else the tokenizer's end of text (eot; None if it has
+    none, as a character tokenizer). sample.py and serve.py stop there."""
+    end = ((meta or {}).get('added_tokens') or {}).get(END, eot)
+    return None if end is None else int(end)
+
+
 def grow_vocab(model, meta):
     """The model with embedding rows for the ids meta's added tokens need (add_tokens), or as it is
     when it has them."""
