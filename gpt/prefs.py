@@ -13,14 +13,14 @@ write_chat_examples: one conversation a row, padded at the end, so no example at
 """
 
 import os
-import sys
 
 import numpy as np
 import torch
 
 from gpt.chat import TOKENIZER_FIELDS, chat_meta, encode_chat
+from gpt.datafiles import write_examples
 from gpt.errors import UserError
-from gpt.tokendata import json_lines
+from gpt.tokendata import get_tokenizer, json_lines
 
 # ----------------------------------------------------------------------------- reading data
 
@@ -119,12 +119,9 @@ def read_preferences(source):
 
 
 def write_chat_examples(out_dir, splits, meta, block_size, extra=None):
-    """Write SFT conversations as masked examples (data/prepare_utils.write_examples): splits {'train': source,
+    """Write SFT conversations as masked examples (datafiles.write_examples): splits {'train': source,
     'val': source} of SFT data, meta: the tokenizer's metadata (the chat tokens are added to it). Conversations
     longer than block_size + 1 tokens are cut at the end; rows are padded at the end with mask 0."""
-    from gpt.tokendata import get_tokenizer
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data'))
-    from gpt.datafiles import write_examples
     meta = chat_meta(meta)
     encode, _, _ = get_tokenizer(meta)
     arrays, cut = {}, 0

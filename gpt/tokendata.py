@@ -13,7 +13,7 @@ Two formats, told apart by meta.json's "format":
   Shorter examples are padded at the end with any id and mask 0: padding after the last target
   changes nothing, since attention is causal. A batch is batch_size whole examples x = row[:-1],
   y = row[1:] with y = -1 (ignored by the loss) where the mask of row[1:] is 0; the loss is the mean
-  over target tokens. data/prepare_utils.py's write_examples() writes this format.
+  over target tokens. datafiles.write_examples() writes this format.
 """
 
 import hashlib
