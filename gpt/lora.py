@@ -21,7 +21,8 @@ peft's format is the interchange: for GPT2LMHeadModel peft wraps transformers' C
 fan_in_fan_out=True, and its tensors are named base_model.model.transformer.h.N.attn.c_attn.lora_A.weight (r, in)
 and ...lora_B.weight (out, r), the same matrices in the same orientation as ours (Conv1D's (in, out) storage only
 changes how peft adds the product to the weight). So `peft.PeftModel.from_pretrained(
-GPT2LMHeadModel.from_pretrained(base), dir)` computes what our model computes.
+GPT2LMHeadModel.from_pretrained(base), dir)` computes what our model computes. An rsLoRA adapter (use_rslora:
+scale alpha / sqrt(r)) loads with alpha * sqrt(r) as its alpha, the same scale as alpha / r, and is written so.
 
 Targets (--lora_targets, comma-separated), by the GPT-2 / transformers names of the layers:
     c_attn        the fused q, k, v projection (peft's usual target on GPT-2)
@@ -333,16 +334,6 @@ def unmerge(model):
     return model
 
 
-def merged_copy_state(model):
-    """The plain GPT state dict with the adapters folded in (no lora_ keys), the model left as it was."""
-    sd = {k: v for k, v in model.state_dict().items() if '.lora_' not in k}
-    with torch.no_grad():
-        for name, m in adapters(model):
-            if not m.merged:
-                sd[f'{name}.weight'] = (m.weight + m.delta().to(m.weight.dtype)).detach()
-    return sd
-
-
 @contextlib.contextmanager
 def disabled(model):
     """The base model, adapters off, without copying it: PPO and DPO's frozen reference policy. (A merged
@@ -439,6 +430,10 @@ def load_adapter(model, path):
     must exist in this model with the shapes it was trained for (else it is an adapter for another base)."""
     cfg, pairs = read_adapter(path)
     rank, alpha = int(cfg['r']), cfg.get('lora_alpha', 8)
+    if cfg.get('use_rslora'):
+        # rank-stabilised LoRA scales by alpha / sqrt(r); held as the alpha whose alpha / r is that scale, so the
+        # settings say the scale the layers use (a checkpoint rebuilds it, save_adapter writes it for peft)
+        alpha = alpha * math.sqrt(rank)
     names = {n for n, _ in model.named_modules()}
     layers = set()
     for name, ab in pairs.items():
@@ -464,6 +459,4 @@ def load_adapter(model, path):
                                 f"another base model")
             m.lora_A.copy_(A)
             m.lora_B.copy_(B)
-            if cfg.get('use_rslora'):  # rank-stabilised LoRA scales by alpha / sqrt(r)
-                m.scaling = alpha / math.sqrt(rank)
     return model

@@ -223,10 +223,6 @@ def int8_kernel_dtype(device, dtype):
     return _kernel_dtype(device, dtype)
 
 
-def int8_kernel_available(device, dtype):
-    return int8_kernel_dtype(device, dtype) is not None
-
-
 def _gemv(x, w, s, *bias):
     """One row of activations against an int8 weight: (1, K) float32, (N, K) int8, (N,) scales -> (1, N) float32.
     Written as a product and a sum over K so that inductor emits one loop that converts each weight as it reads it

@@ -2,6 +2,7 @@
 GPUs, the fp32 units for emulated bf16 on CPUs), and the torch version check. GPUs are simulated by patching
 torch.cuda's queries, since the tests run on CPUs."""
 import math
+import os
 
 import pytest
 import torch
@@ -87,8 +88,19 @@ def test_older_torch_is_one_line_naming_the_version(monkeypatch):
     assert device.pick_device('cpu') == 'cpu'
 
 
-def test_cpu_name_shows_the_flags_that_decide_dtype_speed():
-    name = device.cpu_name()
-    flags = device.cpu_flags()
+def test_cpu_name_shows_the_flags_that_decide_dtype_speed(monkeypatch):
+    # the flags as read on a CPU that has some of them (whatever this machine has), then on one that has none
+    for flags, shown in (({'fpu', 'avx2', 'avx512f', 'amx_bf16', 'sse4_2'}, 'avx2, avx512f, amx_bf16'),
+                         ({'fpu', 'sse4_2'}, 'no SIMD flags read')):
+        monkeypatch.setattr(device, 'cpu_flags', lambda: frozenset(flags))
+        device.cpu_name.cache_clear()
+        try:
+            name = device.cpu_name()
+        finally:
+            device.cpu_name.cache_clear()
+        assert f'({shown}), {os.cpu_count()} CPUs' in name, name
+        assert 'fpu' not in name and 'sse4_2' not in name and 'avx512_bf16' not in name
+    monkeypatch.undo()  # this machine's own flags: each deciding flag shown exactly where it is read
+    name, flags = device.cpu_name(), device.cpu_flags()
     for flag in ('avx2', 'avx512_bf16', 'amx_bf16'):
         assert (flag in name) == (flag in flags)

@@ -5,6 +5,7 @@ from log.jsonl, final weights and optimizer state from ckpt.pt); an FSDP checkpo
 one process and sample; a failing rank must end the whole job promptly. Each launch costs seconds,
 so the runs are made once per module and shared by the tests that read them.
 """
+import json
 import os
 import shutil
 import signal
@@ -166,11 +167,20 @@ def test_one_process_checkpoint_resumes_under_fsdp(runs):
 
 
 @pytest.mark.skipif(not FSDP_CPU, reason='FSDP on the CPU needs torch 2.7 or newer')
-def test_fsdp_checkpoint_samples(runs):
-    p = launch([f'--out_dir={runs["fsdp"]}', '--max_new_tokens=20', '--num_samples=1', '--device=cpu'],
-               script='sample.py', timeout=120)
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert len(p.stdout.strip()) > 0
+def test_fsdp_checkpoint_samples(runs, tmp_path):
+    # sample.py reads the gathered FSDP checkpoint as a one-process run's: with the same seed it samples the same
+    # 20 tokens from both (their weights agree to TOL), and streams them to stdout
+    samples = {}
+    for name in ('fsdp', 'single'):
+        out = tmp_path / f'{name}.jsonl'
+        p = launch([f'--out_dir={runs[name]}', '--ckpt_name=ckpt.pt', '--max_new_tokens=20', '--num_samples=1',
+                    '--device=cpu', f'--output={out}'], script='sample.py', timeout=120)
+        assert p.returncode == 0, p.stderr[-2000:]
+        (sample,) = [json.loads(line) for line in out.read_text().splitlines()]
+        assert sample['tokens'] == 20 and len(sample['completion']) == 20, sample  # (characters: one per token)
+        assert sample['prompt'] + sample['completion'] in p.stdout
+        samples[name] = sample
+    assert samples['fsdp'] == samples['single']
 
 
 @pytest.mark.skipif(FSDP_CPU, reason='this torch runs FSDP on the CPU (the check is for torch 2.6)')

@@ -168,6 +168,33 @@ def test_peft_to_ours(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_rslora_peft_adapter_keeps_its_scale_through_a_re_export(tmp_path):
+    """A peft adapter trained with use_rslora=True (scale alpha / sqrt(r), not alpha / r) loads here with its
+    scale, and export.py --adapter=True writes it so that peft computes the original's logits again."""
+    from conftest import run
+    base_dir = hf_base(tmp_path)
+    pm = peft.get_peft_model(transformers.GPT2LMHeadModel.from_pretrained(base_dir), peft.LoraConfig(
+        r=4, lora_alpha=8, use_rslora=True, target_modules=['c_attn', 'c_fc'], fan_in_fan_out=True,
+        task_type='CAUSAL_LM'))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if 'lora_B' in n:
+                p.normal_(0, 0.05)
+    pm.save_pretrained(tmp_path / 'peft')
+    pm.eval()
+    ours = lora.load_adapter(hf.from_pretrained(str(base_dir)), tmp_path / 'peft').eval()
+    run('export.py', f'--init_from={tmp_path / "peft"}', f'--hf_dir={tmp_path / "again"}', '--adapter=True')
+    again = peft.PeftModel.from_pretrained(transformers.GPT2LMHeadModel.from_pretrained(base_dir),
+                                           tmp_path / 'again').eval()
+    with torch.no_grad():
+        want = pm(IDX).logits
+        with pm.disable_adapter():  # (at r=4 a scale of alpha / r is half the right one: an error of this size)
+            assert (want - pm(IDX).logits).abs().max() > 1e-2
+        torch.testing.assert_close(ours(IDX)[0], want, rtol=0, atol=1e-5)
+        torch.testing.assert_close(again(IDX).logits, want, rtol=0, atol=1e-5)
+
+
 def test_peft_adapter_for_another_base(tmp_path):
     pm = peft.get_peft_model(transformers.GPT2LMHeadModel.from_pretrained(hf_base(tmp_path, n_embd=48)),
                              peft.LoraConfig(r=4, target_modules=['c_attn'], fan_in_fan_out=True))

@@ -198,7 +198,7 @@ def test_char_data_over_a_bpe_dataset_leaves_no_stale_tokenizer(tmp_path, bpe_ru
     data = Path(shutil.copytree(bpe_run / 'data', tmp_path / 'data'))
     assert (data / 'tokenizer.json').exists()
     p = run('data/text/prepare.py', '--input', bpe_run / 'in.txt', '--tokenizer=char', '--num_proc=1',
-            '--out_dir', data, env=ENV)
+            '--out_dir', data, '--overwrite', env=ENV)  # (replacing another dataset is asked for)
     assert 'removed' in p.stdout and not (data / 'tokenizer.json').exists()
     assert json.loads((data / 'meta.json').read_text())['tokenizer'] == 'char'
 
@@ -437,8 +437,10 @@ def test_finetune_rerun_keeps_the_old_run_aside(tmp_path, lm_run, task_run):
 
 def test_shakespeare_char_over_a_bpe_dataset_leaves_no_stale_tokenizer(tmp_path, bpe_run, shakespeare_text):
     data = Path(shutil.copytree(bpe_run / 'data', tmp_path / 'data'))
-    run('data/shakespeare_char/prepare.py', '--input', shakespeare_text, '--out_dir', data, env=ENV)
+    assert (data / 'tokenizer.json').exists()  # the BPE dataset's tokenizer, which the char data must remove
+    run('data/shakespeare_char/prepare.py', '--input', shakespeare_text, '--out_dir', data, '--overwrite', env=ENV)
     assert not (data / 'tokenizer.json').exists()
+    assert json.loads((data / 'meta.json').read_text())['tokenizer'] == 'char'
 
 
 def test_ppo_pretraining_data_of_another_tokenizer(tmp_path, lm_run, char_data):
