@@ -230,6 +230,7 @@ def test_finetune_runs_resumes_and_predicts(tmp_path, pretrained, shakespeare_te
     assert len(predictions) == 40 and all(p['prediction'] in range(4) for p in predictions)
 
 
+@pytest.mark.slow  # (~26 s; resume is also checked by test_resume.py's kills of train.py in the default run)
 def test_finetune_killed_anywhere_resumes_to_the_uninterrupted_weights(tmp_path, pretrained):
     """SIGKILL after the second checkpoint, SIGTERM, and a kill before the first checkpoint; each resumed with the
     bare command (out_dir alone): the weights, head and optimizer state of the run that was never stopped."""

@@ -29,6 +29,7 @@ def table_rows(stdout):
     return {l.split()[0]: l.split()[1] for l in lines[start + 1:] if l.split() and l.split()[0] in STEPS}
 
 
+@pytest.mark.slow  # (~36 s: every step end to end; the default run checks the steps' parts and the table)
 def test_smoke_runs_every_step_and_prints_one_table(tmp_path, char_data):
     stdout, doc = check(tmp_path, char_data)
     rows = {r['step']: r for r in doc['steps']}

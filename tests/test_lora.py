@@ -266,6 +266,7 @@ def lora_run(char_data, base, out, *extra, nproc=1):
                nproc=nproc)
 
 
+@pytest.mark.slow  # (~24 s; LoRA's training, export and peft agreement are also checked apart in the default run)
 def test_train_lora_checkpoint_resume_and_export(tmp_path, char_data):
     from gpt import loading
     base = char_base(tmp_path)

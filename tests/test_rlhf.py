@@ -317,7 +317,9 @@ def final_state(out):
     return ckpt['iter_num'], tensors
 
 
-@pytest.mark.parametrize('script', ['reward.py', 'dpo.py', 'ppo.py'])
+# (reward.py's resume in the default run; dpo.py's and ppo.py's, the same Run harness, ~15 s each, with the slow tests)
+@pytest.mark.parametrize('script', ['reward.py', pytest.param('dpo.py', marks=pytest.mark.slow),
+                                    pytest.param('ppo.py', marks=pytest.mark.slow)])
 def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(models, tmp_path, script):
     """SIGKILL at a moment past the first checkpoint, then the bare resume command (out_dir alone): the final
     weights equal, bit for bit, those of a run that was never stopped; SIGTERM saves at once and the resume
