@@ -315,7 +315,7 @@ def train_step(m, fwd, v, ctx, dev, batch):
     if v['kind'] == 'reference':
         opt = torch.optim.AdamW(decay_groups(m.parameters(), weight_decay), lr=learning_rate, betas=(0.9, 0.99))
     else:
-        # as train.py: the fused AdamW kernel on CUDA and CPU
+        # the fused AdamW kernel on CUDA and CPU, train.py's choice
         opt = configure_optimizers(m, weight_decay, learning_rate, (0.9, 0.99), device_type, verbose=False,
                                      fused=device_type in ('cuda', 'cpu'))
         if v['optim']:  # the same groups with the AdamW implementation asked for

@@ -66,8 +66,8 @@ init_from = 'resume'        # 'resume' (a checkpoint in out_dir), a hub name (gp
 out_dir = 'out'             # the training run to serve when init_from='resume'
 ckpt_name = 'best.pt'       # 'best.pt' (lowest val loss) or 'ckpt.pt' (latest); falls back to ckpt.pt
 device = 'auto'             # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...
-quantize = 'none'           # 'none' or 'int8' (weight-only int8: gpt/quantize.py, as sample.py)
-dtype = 'auto'              # 'auto' (as sample.py: float32 on CPUs, bf16 on GPUs), 'float32', 'bfloat16', 'float16'
+quantize = 'none'           # 'none' or 'int8' (weight-only int8: gpt/quantize.py)
+dtype = 'auto'              # 'auto' (decoding's rule: float32 on CPUs, bf16 on GPUs), 'float32', 'bfloat16', 'float16'
 host = '127.0.0.1'          # the interface to listen on: 127.0.0.1 = this machine only; 0.0.0.0 = every interface
 port = 8000                 # 0 = any free port (the one chosen is printed)
 api_key = ''                # require 'Authorization: Bearer <api_key>' on /v1/ ('' = the SERVE_API_KEY variable, if set)
