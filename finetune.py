@@ -37,7 +37,7 @@ from dataclasses import asdict
 import torch
 
 import configurator
-from gpt import checkpoint, lora, run
+from gpt import checkpoint, hubdata, lora, run
 from gpt.checkpoint import check_kind, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from gpt.device import autocast_ctx, describe, pick_device, pick_dtype, setup_torch
 from gpt.errors import UserError, check_choice, check_range
@@ -162,8 +162,11 @@ def load_split(which):
                             f"list of objects (.json) or a CSV with a header row, in UTF-8") from None
     elif dataset:
         try:
-            rows = datasets.load_dataset(dataset, dataset_config or None,
-                                         split=train_split if which == 'train' else val_split)
+            rows = hubdata.load_dataset(dataset, dataset_config or None,
+                                        split=train_split if which == 'train' else val_split,
+                                        instead='pass --data_files to use local files')
+        except UserError:
+            raise
         except Exception as e:  # offline, unknown name or split: datasets raises many kinds
             raise UserError(f"cannot load {dataset!r} ({str(e).splitlines()[0][:200]}); pass --data_files to use "
                             f"local files") from None

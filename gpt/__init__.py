@@ -8,6 +8,8 @@ script, configurator.py or data/, and never edits sys.path.
     optim       AdamW's parameter groups and Muon
     tokendata   tokenizers, dataset metadata, the training windows (TokenData)
     datafiles   writing the token-data formats tokendata reads (the data/ scripts)
+    corpus      pretraining corpora streamed, tokenized on every core, written as resumable shards
+    hubdata     hub datasets under today's datasets: the parquet conversion of script datasets
     checkpoint  checkpoint files: atomic writes, safe loads, kinds, nanoGPT import, RNG and optimizer state
     loading     load_model for every init_from (scratch, resume, a run, a hub name, an HF directory, peft)
     run         a run's directory (lock, room, resume settings, log.jsonl, signals) and the process group

@@ -20,6 +20,7 @@ write_splits and write_examples refuse, before writing anything, a folder whose 
 dataset than the one they would write (check_replace); the same preparation again rewrites it as before.
 """
 
+import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -183,3 +184,46 @@ def write_examples(out_dir, splits, vocab_size, protect=False, **meta):
         write_tokens(Path(out_dir) / f"{name}.mask.bin", (np.asarray(mask) != 0).astype(np.uint8).reshape(-1), np.uint8)
     write_meta(out_dir, **fields)
     print(f"wrote {', '.join(f'{name}.bin, {name}.mask.bin' for name in splits)}, meta.json to {out_dir}")
+
+
+# ---------------------------------------------------------------------- sharded stream datasets
+# A corpus too large for one file (FineWeb, OpenWebText; gpt/corpus.py writes them) is a stream split into
+# fixed-size shards: train_000000.bin, train_000001.bin, ... and val_000000.bin, ..., flat token ids like train.bin,
+# each shard_tokens long but the last of a split. meta.json is the manifest: the usual fields plus
+# "shards": {"val": [{"file", "tokens", "sha256"}, ...], "train": [...]}, "complete" (False while a prepare run is
+# still adding shards) and "prepare" (the settings that made them). tokendata.py reads the shards of a split as one
+# stream, their concatenation. SHARD_STATE beside them holds where in the source each shard starts, for a rerun to
+# continue; the loader never reads it.
+
+SHARD_STATE = "prepare_state.json"
+
+
+def shard_name(split, index):
+    return f"{split}_{index:06d}.bin"
+
+
+def write_shard(path, tokens):
+    """Write one shard (a 1-D array of ids in its dtype) atomically and return its sha256. Plain writes, not a
+    memmap: on a full disk a write raises OSError (ENOSPC), where a memmap's page would kill the process (SIGBUS)."""
+    data = memoryview(np.ascontiguousarray(tokens)).cast("B")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_json(path, obj):
+    """obj as JSON to path, atomically (a run killed mid-write leaves the previous file)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, ensure_ascii=False)
+            f.write("\n")
+
+
+def dataset_files(out_dir, meta):
+    """The files of the dataset meta describes in out_dir (its shards, or train.bin / val.bin and masks), that
+    exist: what replacing it removes."""
+    out = Path(out_dir)
+    names = [s["file"] for split in (meta.get("shards") or {}).values() for s in split if isinstance(s, dict)]
+    names += ["train.bin", "val.bin", "train.mask.bin", "val.mask.bin", SHARD_STATE]
+    return [out / n for n in names if "/" not in str(n) and (out / n).is_file()]

@@ -17,6 +17,7 @@ import os
 import numpy as np
 import torch
 
+from gpt import hubdata
 from gpt.chat import TOKENIZER_FIELDS, chat_meta, encode_chat
 from gpt.datafiles import write_examples
 from gpt.errors import UserError
@@ -34,7 +35,10 @@ def read_rows(source):
         datasets.disable_progress_bars()
         name, config, split = (source[3:].split(':') + ['', ''])[:3]
         try:
-            rows = datasets.load_dataset(name, config or None, split=split or 'train')
+            rows = hubdata.load_dataset(name, config or None, split=split or 'train',
+                                        instead='pass a local .jsonl file instead')
+        except UserError:
+            raise
         except Exception as e:  # offline, unknown name or split: datasets raises many kinds
             raise UserError(f"cannot load {source!r} ({str(e).splitlines()[0][:200]}); pass a local .jsonl file "
                             f"instead") from None

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from gpt import hubdata
 from gpt.errors import UserError
 from gpt.tokendata import (ROOT, dataset_dir, describe_tokenizer, get_tokenizer, json_lines, load_meta, read_text,
-                           tokenizer_identity)
+                           split_files, tokenizer_identity)
 
 TASKS = ('perplexity', 'hellaswag', 'lambada', 'mc')
 # the canonical sources: the HellaSwag authors' repository (the file llm.c and build-nanogpt read; the harness
@@ -183,8 +184,10 @@ def load_text(source, split, meta):
     if source.startswith('hf:'):
         name, config, hub_split = (source[3:].split(':') + [None, None])[:3]
         try:
-            import datasets
-            rows = datasets.load_dataset(name, config or None, split=hub_split or split or 'test')
+            rows = hubdata.load_dataset(name, config or None, split=hub_split or split or 'test',
+                                        instead='pass a local text file instead: --perplexity_data=file.txt')
+        except UserError:
+            raise
         except Exception as e:  # offline, unknown name, missing split: all land here
             raise UserError(f"cannot load {source} from the hub ({str(e).splitlines()[0][:200]}); "
                             f"pass a local text file instead: --perplexity_data=file.txt") from None
@@ -199,10 +202,13 @@ def load_text(source, split, meta):
     if tokenizer_identity(data_meta) != tokenizer_identity(meta):
         raise UserError(f"{folder} was tokenized with another vocabulary ({describe_tokenizer(data_meta)}) than the "
                         f"model's ({describe_tokenizer(meta)}); evaluate on a text file instead")
-    path = os.path.join(folder, f"{split or 'val'}.bin")
-    if not os.path.isfile(path):
-        raise UserError(f"{path} not found: --split=train or val")
-    return np.fromfile(path, dtype=np.dtype(data_meta['dtype'])).astype(np.int64).tolist(), None
+    # <split>.bin, or a sharded dataset's shards one after another
+    paths = split_files(folder, data_meta, split or 'val') or [os.path.join(folder, f"{split}.bin")]
+    missing = next((p for p in paths if not os.path.isfile(p)), None)
+    if missing:
+        raise UserError(f"{missing} not found: --split=train or val")
+    ids = np.concatenate([np.fromfile(p, dtype=np.dtype(data_meta['dtype'])) for p in paths])
+    return ids.astype(np.int64).tolist(), None
 
 
 def load_perplexity(encode, decode, eot, block_size, source, stride=0):

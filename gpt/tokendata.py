@@ -4,7 +4,10 @@ evaluation batches from the memmapped train.bin / val.bin that data/<dataset>/pr
 
 Two formats, told apart by meta.json's "format":
 - "stream" (the default, no field needed): train.bin / val.bin are one long run of tokens (a corpus);
-  a batch is random windows of block_size + 1 tokens, and every position carries loss.
+  a batch is random windows of block_size + 1 tokens, and every position carries loss. A corpus too large for
+  one file is sharded instead (meta.json's "shards" lists train_000000.bin, ... and val_000000.bin, ...; written
+  by gpt/corpus.py): a split is then the shards' concatenation, and its windows are exactly those one file holding
+  that concatenation would give, a window crossing from one shard into the next where it falls.
 - "examples": the masked-example format, for tasks where only part of a sequence is to be learned
   (minGPT's sort and adder, Image GPT's pixels after the start token, SFT's responses). train.bin /
   val.bin hold N examples of exactly meta["example_len"] tokens each, row after row, and
@@ -77,7 +80,7 @@ def load_meta(data_dir, prepare=None):
         meta = read_meta_pkl(pkl)
         print(f"note: {data_dir} is a nanoGPT dataset; read its meta.pkl as data ({meta['vocab_size']} characters)")
         return meta
-    for name in ('train.bin', 'val.bin', 'meta.json'):
+    for name in ('meta.json',) if _lists_shards(path) else ('train.bin', 'val.bin', 'meta.json'):
         if not os.path.exists(os.path.join(data_dir, name)):
             raise UserError(f"{os.path.join(data_dir, name)} not found: run `python {prepare}` first")
     try:
@@ -106,7 +109,48 @@ def load_meta(data_dir, prepare=None):
             raise UserError(f"{tok_path} is not the tokenizer the bins in {data_dir} were made with "
                             f"(sha256 differs from meta.json's); re-run `python {prepare}`")
         meta['tokenizer_json'] = raw.decode('utf-8')
+    if 'shards' in meta:
+        check_shards(meta, data_dir, prepare)
     return meta
+
+
+def split_files(data_dir, meta, split):
+    """The files holding a stream split's tokens, in order: <split>.bin, or its shards."""
+    if 'shards' in meta:
+        return [os.path.join(data_dir, s['file']) for s in meta['shards'].get(split, [])]
+    return [os.path.join(data_dir, f'{split}.bin')]
+
+
+def _lists_shards(path):
+    try:
+        with open(path, encoding='utf-8') as f:
+            return 'shards' in json.load(f)
+    except (OSError, ValueError, TypeError):
+        return False  # (load_meta says what is wrong with it)
+
+
+def check_shards(meta, data_dir, prepare):
+    """A sharded dataset's manifest (gpt/datafiles.py): each split a list of {file, tokens} whose files exist, and
+    at least one shard of each. One still being written (meta['complete'] False) is read as far as it goes."""
+    shards = meta['shards']
+    where = os.path.join(data_dir, 'meta.json')
+    ok = isinstance(shards, dict) and all(isinstance(shards.get(split), list) and all(
+        isinstance(s, dict) and isinstance(s.get('file'), str) and os.path.basename(s['file']) == s['file']
+        and type(s.get('tokens')) is int and s['tokens'] > 0 for s in shards[split]) for split in ('train', 'val'))
+    if not ok:
+        raise UserError(f"{where} lists its shards wrongly (expected \"shards\": {{\"train\": [{{\"file\": ..., "
+                        f"\"tokens\": ...}}, ...], \"val\": [...]}}); re-run `python {prepare}`")
+    for split in ('val', 'train'):
+        if not shards[split]:
+            raise UserError(f"{data_dir} has no {split} shard yet (its prepare run is still going, or stopped before "
+                            f"one): run `python {prepare}` (the same command continues a stopped run)")
+        for s in shards[split]:
+            if not os.path.exists(os.path.join(data_dir, s['file'])):
+                raise UserError(f"{os.path.join(data_dir, s['file'])} not found (meta.json lists it): run "
+                                f"`python {prepare}` to write it again")
+    if not meta.get('complete', True):
+        print(f"note: {data_dir} is still being prepared ({len(shards['train'])} train shards so far): this reads the "
+              f"{sum(s['tokens'] for s in shards['train']):,} train tokens written, and a later run sees more")
 
 
 def tokenizer_identity(meta):
@@ -296,9 +340,17 @@ class TokenData:
             if self.example_len - 1 > block_size:
                 raise UserError(f"examples in {data_dir} are {self.example_len} tokens, too long for block_size="
                                 f"{block_size}; use --block_size={self.example_len - 1} or more")
+        self.shards = {}  # split: (shard paths, where each starts in the split's stream, its end): sharded data
         for split in ('train', 'val'):
             if self.format == 'examples':
                 self._examples(split)  # checks the files agree
+                continue
+            if 'shards' in self.meta:
+                self.shards[split] = self._shard_index(split, prepare)
+                if self.shards[split][1][-1] < block_size + 1:
+                    raise UserError(f"the {split} shards in {data_dir} hold {self.shards[split][1][-1]} tokens, too "
+                                    f"few for block_size={block_size} (a window is block_size + 1 tokens); use a "
+                                    f"smaller --block_size or more data")
                 continue
             # a file cut short (a full disk, an interrupted copy) is refused here rather than trained on
             path = os.path.join(data_dir, f'{split}.bin')
@@ -311,6 +363,35 @@ class TokenData:
             if n < block_size + 1:
                 raise UserError(f"{split}.bin in {data_dir} has {n} tokens, too few for block_size={block_size} "
                                 f"(a window is block_size + 1 tokens); use a smaller --block_size or more data")
+
+    def _shard_index(self, split, prepare):
+        """(paths, starts): a split's shard files and the offsets of their first tokens in the split's stream, with
+        the stream's length last; each shard must be the size meta.json gives it."""
+        paths, starts = [], [0]
+        for s in self.meta['shards'][split]:
+            path = os.path.join(self.data_dir, s['file'])
+            size = os.path.getsize(path)
+            if size != s['tokens'] * self.dtype.itemsize:
+                raise UserError(f"{path} is {size:,} bytes, not the {s['tokens']:,} {self.dtype.name} tokens meta.json "
+                                f"describes: it is truncated or corrupt; re-run `python {prepare}` (it writes it "
+                                f"again)")
+            paths.append(path)
+            starts.append(starts[-1] + s['tokens'])
+        return paths, np.array(starts, dtype=np.int64)
+
+    def _window(self, split, i, n, maps):
+        """Tokens i .. i+n-1 of a sharded split's stream (their concatenation), read from the one or more shards
+        they lie in. maps: the memmaps this batch opened, by shard."""
+        paths, starts = self.shards[split]
+        k = int(np.searchsorted(starts, i, side='right')) - 1  # the shard token i is in
+        parts = []
+        while n > 0:
+            if k not in maps:
+                maps[k] = np.memmap(paths[k], dtype=self.dtype, mode='r')
+            part = maps[k][i - starts[k]:i - starts[k] + n]
+            parts.append(part)
+            i, n, k = i + len(part), n - len(part), k + 1
+        return parts[0].astype(np.int64) if len(parts) == 1 else np.concatenate(parts).astype(np.int64)
 
     def _memmap(self, split, suffix='.bin', dtype=None):
         # re-opened per batch: a long-lived np.memmap keeps every page it touched mapped (nanoGPT #1)
@@ -335,6 +416,11 @@ class TokenData:
             ix = torch.randint(len(tokens), (self.batch_size,), generator=g).numpy()
             xy = torch.from_numpy(tokens[ix].astype(np.int64))  # (B, example_len): every row is one example
             target = torch.from_numpy(mask[ix, 1:] != 0)
+        elif split in self.shards:  # the same draw as for one file holding the shards' concatenation
+            maps, n = {}, int(self.shards[split][1][-1])
+            ix = torch.randint(n - self.block_size, (self.batch_size,), generator=g).tolist()
+            xy = torch.from_numpy(np.stack([self._window(split, i, self.block_size + 1, maps) for i in ix]))
+            target = None
         else:
             data = self._memmap(split)
             # a window is block_size + 1 tokens, so starts 0 .. len - block_size - 1 are all valid
@@ -343,7 +429,8 @@ class TokenData:
             target = None
         hi = int(xy.max())  # cheap on the host (B*T ints), and avoids a device-side assert later
         if hi >= self.vocab_size:
-            raise UserError(f"{split}.bin in {self.data_dir} holds token id {hi}, beyond the vocabulary "
+            what = f"the {split} shards" if split in self.shards else f"{split}.bin"
+            raise UserError(f"{what} in {self.data_dir} holds token id {hi}, beyond the vocabulary "
                             f"({self.vocab_size}); the file is corrupt or from another tokenizer: re-run prepare.py")
         x, y = xy[:, :-1], xy[:, 1:]
         if target is not None:

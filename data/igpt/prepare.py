@@ -87,8 +87,8 @@ def load_digits(val_fraction, seed):
 def load_cifar10(hub_name, max_images):
     """CIFAR-10 from the Hugging Face hub (needs network once): its train and test splits as
     (N, 32, 32, 3) uint8 images."""
-    from datasets import load_dataset
-    ds = load_dataset(hub_name)
+    from gpt.hubdata import load_dataset
+    ds = load_dataset(hub_name, instead='pass --source digits (offline)')
     column = next(c for c in ('img', 'image') if c in ds['train'].column_names)
     splits = [np.stack([np.asarray(im.convert('RGB')) for im in ds[s][:max_images][column]]) for s in ('train', 'test')]
     return tuple(splits), 255.0, f"hf:{hub_name}"

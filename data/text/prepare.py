@@ -101,9 +101,10 @@ class Corpus:
             self.source = ', '.join(str(p.resolve()) for p in args.input)
             self.total = sum(f.stat().st_size for f in self.files)  # bytes, for the progress bar
         else:
-            import datasets
+            from gpt import hubdata
             try:
-                self.dataset = datasets.load_dataset(args.dataset, split=args.split)
+                self.dataset = hubdata.load_dataset(args.dataset, split=args.split,
+                                                    instead='pass --input FILE_OR_FOLDER for local text')
             except (OSError, ValueError) as e:  # offline, unknown name, unknown split
                 reason = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise SystemExit(f"error: could not load dataset {args.dataset!r} ({reason[:200]}); "
