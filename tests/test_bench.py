@@ -147,7 +147,7 @@ def test_speedrun_times_ours_and_the_reference_to_the_target(tmp_path, char_data
     r = bench('--mode=speedrun', f'--speedrun_config={cfg}', f'--data_dir={char_data}', '--target_loss=3.0',
               '--runs=1', '--reference=builtin')
     ours = re.search(rf'run 1/1 train.py \S+: val {NUM} at step (\d+) after {NUM}s', r.stdout)
-    ref = re.search(rf'run 1/1 bench_reference.py \(nanoGPT recipe\): val {NUM} at step 250 after {NUM}s', r.stdout)
+    ref = re.search(rf'run 1/1 tools/bench_reference.py \(nanoGPT recipe\): val {NUM} at step 250 after {NUM}s', r.stdout)
     assert ours and ref, r.stdout
     assert num(ours.group(1)) <= 3.0 and num(ref.group(1)) <= 3.0
     ratio = re.search(rf'ours / reference: {NUM}', r.stdout)
