@@ -161,15 +161,8 @@ def load_split(which):
             raise UserError(f"cannot read {path} as {kind} ({first}); one JSON object per line (.jsonl), a JSON "
                             f"list of objects (.json) or a CSV with a header row, in UTF-8") from None
     elif dataset:
-        try:
-            rows = hubdata.load_dataset(dataset, dataset_config or None,
-                                        split=train_split if which == 'train' else val_split,
-                                        instead='pass --data_files to use local files')
-        except UserError:
-            raise
-        except Exception as e:  # offline, unknown name or split: datasets raises many kinds
-            raise UserError(f"cannot load {dataset!r} ({str(e).splitlines()[0][:200]}); pass --data_files to use "
-                            f"local files") from None
+        rows = hubdata.load_dataset(dataset, dataset_config or None, split=train_split if which == 'train' else val_split,
+                                    instead='pass --data_files to use local files')
     else:
         raise UserError("no data: pass --data_files=train=...,val=... or --dataset=<hub name>")
     missing = [c for c in columns + ([] if predict else [label]) if c not in rows.column_names]

@@ -100,14 +100,8 @@ def hub_source(name, config=None, split='train', instead='pass --data_files FILE
     from gpt import hubdata
 
     def load():
-        try:
-            return hubdata.load_dataset(name, config, split=split, streaming=True, instead=instead)
-        except UserError:
-            raise
-        except Exception as e:  # offline, unknown name, config or split: datasets raises many kinds
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise UserError(f"could not load dataset {name!r}{f' ({config})' if config else ''} from the Hugging "
-                            f"Face hub ({reason}); {instead}") from None
+        return hubdata.load_dataset(name, config, split=split, streaming=True, instead=instead,
+                                    what=f"dataset {name!r}")
     return load, f"hf:{name}" + (f":{config}" if config else '') + (f":{split}" if split != 'train' else '')
 
 

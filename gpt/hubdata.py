@@ -13,32 +13,37 @@ PARQUET_REVISION = 'refs/convert/parquet'  # the hub's parquet conversion of eve
 SCRIPTS_ERROR = 'Dataset scripts are no longer supported'  # datasets>=4's RuntimeError for a script dataset
 
 
-def load_dataset(name, config=None, split=None, streaming=False, instead='pass local files instead'):
+def load_dataset(name, config=None, split=None, streaming=False, instead='pass local files instead', what=None):
     """datasets.load_dataset(name, config, split=split, streaming=streaming); a repository that ships a loading
-    script is read from its parquet conversion (PARQUET_REVISION) instead, with a note. Any other failure
-    (offline, unknown name or split) is datasets' own exception, for the caller to word; a script dataset without
-    a conversion is a UserError ending with `instead`, what the caller's user can do."""
+    script is read from its parquet conversion (PARQUET_REVISION) instead, with a note. Any failure (offline, an
+    unknown name, config or split, a script dataset without a conversion) is one line naming what (default: the
+    name) and ending with `instead`, what the caller's user can do."""
     import datasets
     try:
         return datasets.load_dataset(name, config, split=split, streaming=streaming)
-    except RuntimeError as e:
-        if SCRIPTS_ERROR not in str(e):
-            raise
+    except Exception as e:  # datasets raises many kinds
+        if not (isinstance(e, RuntimeError) and SCRIPTS_ERROR in str(e)):
+            raise UserError(f"cannot load {what or repr(name)}{f' ({config})' if config else ''} from the hub "
+                            f"({first_line(e)}); {instead}") from None
         script = str(e).rsplit(' ', 1)[-1]
     print(f"note: {name} ships a loading script ({script}), which datasets {datasets.__version__} no longer runs; "
           f"reading the hub's parquet conversion of it ({PARQUET_REVISION}) instead", flush=True)
     try:
         ds = datasets.load_dataset(name, config, split=split, streaming=streaming, revision=PARQUET_REVISION)
     except Exception as e:  # no conversion (a revision not found), or offline by now: datasets raises many kinds
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise UserError(f"{name} ships a loading script ({script}), which datasets>=4 no longer runs, and its parquet "
-                        f"conversion ({PARQUET_REVISION}) cannot be read ({reason}); {instead}, or run the script "
-                        f"under an older datasets (pip install 'datasets<4')") from None
+                        f"conversion ({PARQUET_REVISION}) cannot be read ({first_line(e, 160)}); {instead}, or run the "
+                        f"script under an older datasets (pip install 'datasets<4')") from None
     partial = partial_conversion(name, config)
     if partial:
         print(f"note: the hub converted only the first part of {name} ({partial}; it stops at about 5 GB of parquet "
               f"a split): this reads that part, not the whole dataset", flush=True)
     return ds
+
+
+def first_line(e, n=200):
+    """An exception's first line (its type where it has no text), at most n characters."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:n]
 
 
 def partial_conversion(name, config=None):

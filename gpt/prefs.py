@@ -34,14 +34,8 @@ def read_rows(source):
         datasets.logging.set_verbosity_error()
         datasets.disable_progress_bars()
         name, config, split = (source[3:].split(':') + ['', ''])[:3]
-        try:
-            rows = hubdata.load_dataset(name, config or None, split=split or 'train',
-                                        instead='pass a local .jsonl file instead')
-        except UserError:
-            raise
-        except Exception as e:  # offline, unknown name or split: datasets raises many kinds
-            raise UserError(f"cannot load {source!r} ({str(e).splitlines()[0][:200]}); pass a local .jsonl file "
-                            f"instead") from None
+        rows = hubdata.load_dataset(name, config or None, split=split or 'train', what=repr(source),
+                                    instead='pass a local .jsonl file instead')
         return [(f"{source} row {i + 1}", dict(r)) for i, r in enumerate(rows)]
     if not os.path.isfile(source):
         raise UserError(f"{source} not found: pass a .jsonl file (one JSON object a line) or hf:<dataset name>")

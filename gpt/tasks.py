@@ -183,14 +183,8 @@ def load_text(source, split, meta):
         return None, read_text(source, 'the perplexity text', newline='')
     if source.startswith('hf:'):
         name, config, hub_split = (source[3:].split(':') + [None, None])[:3]
-        try:
-            rows = hubdata.load_dataset(name, config or None, split=hub_split or split or 'test',
-                                        instead='pass a local text file instead: --perplexity_data=file.txt')
-        except UserError:
-            raise
-        except Exception as e:  # offline, unknown name, missing split: all land here
-            raise UserError(f"cannot load {source} from the hub ({str(e).splitlines()[0][:200]}); "
-                            f"pass a local text file instead: --perplexity_data=file.txt") from None
+        rows = hubdata.load_dataset(name, config or None, split=hub_split or split or 'test', what=source,
+                                    instead='pass a local text file instead: --perplexity_data=file.txt')
         if 'text' not in rows.column_names:
             raise UserError(f"{source} has no 'text' column (columns: {', '.join(rows.column_names)})")
         return None, '\n\n'.join(rows['text'])  # as the Hugging Face perplexity guide joins WikiText

@@ -181,4 +181,4 @@ def test_openwebtext_hub_unreachable(tmp_path):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert "could not load dataset 'Skylion007/openwebtext'" in last and "--data_files" in last
+    assert "cannot load dataset 'Skylion007/openwebtext'" in last and "--data_files" in last

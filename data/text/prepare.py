@@ -102,13 +102,8 @@ class Corpus:
             self.total = sum(f.stat().st_size for f in self.files)  # bytes, for the progress bar
         else:
             from gpt import hubdata
-            try:
-                self.dataset = hubdata.load_dataset(args.dataset, split=args.split,
-                                                    instead='pass --input FILE_OR_FOLDER for local text')
-            except (OSError, ValueError) as e:  # offline, unknown name, unknown split
-                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise SystemExit(f"error: could not load dataset {args.dataset!r} ({reason[:200]}); "
-                                 f"pass --input FILE_OR_FOLDER for local text")
+            self.dataset = hubdata.load_dataset(args.dataset, split=args.split, what=f"dataset {args.dataset!r}",
+                                                instead='pass --input FILE_OR_FOLDER for local text')
             if args.text_column not in self.dataset.column_names:
                 raise SystemExit(f"error: no column {args.text_column!r} in {args.dataset} "
                                  f"(columns: {', '.join(self.dataset.column_names)}); pass --text_column")
