@@ -18,27 +18,32 @@ Open http://127.0.0.1:8000 for the chat page, or point any OpenAI client at http
          -d '{"model": "out-sft-shakespeare", "messages": [{"role": "user", "content": "Now"}]}'
 
 Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (prompt or messages; max_tokens,
-temperature, top_p, n, stop, seed, stream, stream_options.include_usage; and top_k, min_p, repetition_penalty as
-vLLM takes them), GET /health, and the page at /. Chat uses gpt/chat.py's template (<|user|>...<|assistant|>), so it
-needs a model that has its tokens (an SFT, PPO or DPO run); a system message is put before the first user
-message's text (the template has no system role). A prompt and its max_tokens must fit the model's context (the
-server never slides the window, which would silently forget the start of the prompt).
+temperature, top_p, n, stop, seed, presence_penalty, frequency_penalty, stream, stream_options.include_usage; and
+vLLM's top_k, min_p, repetition_penalty, min_tokens, ignore_eos, stop_token_ids, include_stop_str_in_output), vLLM's
+POST /tokenize and /detokenize, GET /health, GET /metrics (Prometheus), and the page at /. Every other option of
+OpenAI's APIs (logprobs, tools, response_format other than text, ...) and any unknown key is a 400 naming it
+(gpt/openai_api.py). Chat uses gpt/chat.py's template (<|user|>...<|assistant|>), so it needs a model that has its
+tokens (an SFT, PPO or DPO run); system messages are user text (the template has no system role), messages of one
+role in a row are joined, and a conversation ending with the assistant's message is continued. A prompt and its
+max_tokens must fit the model's context (the server never slides the window, which would silently forget the start
+of the prompt).
 
 Batching: one thread drives engine.Engine (continuous batching: a request joins the decode batch at the next
 step, a finished or abandoned one leaves it), fed by the HTTP handlers through a queue; each request gets its
 tokens back on its own asyncio queue. A greedy request's text is the same whether it ran alone or among 15
 others. `python tools/serve_bench.py --out_dir=...` measures what batching buys.
 
-Every bad request is answered with the OpenAI error JSON and its status (400 bad value, 401 key, 404 model or
-path, 413 body too large, 429 queue full, 503 shutting down); SIGINT/SIGTERM stop accepting, let in-flight
-requests finish for up to shutdown_timeout seconds, then cancel the rest.
+Every bad request is answered with the OpenAI error JSON and its status (400 bad value or a request that can never
+fit, 401 key, 404 model or path, 413 body too large, 415 a POST that is not JSON, 421 a Host that is not this
+server's, 429 queue full, 503 shutting down). The first SIGINT/SIGTERM drains: new requests get 503, open ones run
+on for up to shutdown_timeout seconds, then what is left is cut (finish_reason 'abort', streams end with
+data: [DONE]); a second signal exits at once.
 """
 
 import asyncio
 import contextlib
 import hmac
 import json
-import math
 import os
 import queue
 import signal
@@ -56,6 +61,8 @@ from gpt import chat, errors
 from gpt.decoding import check_decoding, load_for_decoding
 from gpt.engine import Engine
 from gpt.errors import UserError
+from gpt.openai_api import (ApiError, chat_turns, check_ids, error_body, field, max_tokens_key, options,
+                            parse_json, prompt_parts)
 from gpt.sampling import SamplingParams
 from gpt.stops import StopText
 from gpt.tokendata import get_tokenizer
@@ -77,54 +84,77 @@ max_waiting = 64            # choices that may wait for a place in the batch; be
 max_tokens_limit = 0        # the most tokens one choice may generate (0 = the model's context)
 max_n = 16                  # the most choices (n) one request may ask for
 max_body = 1_000_000        # bytes in a request body (413 beyond it)
-shutdown_timeout = 10.0     # seconds in-flight requests may run on after SIGINT/SIGTERM before they are cancelled
+shutdown_timeout = 10.0     # seconds open requests may run on after SIGINT/SIGTERM (new ones get 503) before they are cut
 # -----------------------------------------------------------------------------
 KEY_VARIABLE = 'SERVE_API_KEY'
 PAGE = Path(__file__).resolve().parent / 'chat.html'
 
 
-class ApiError(Exception):
-    """A request the server refuses: answered as OpenAI's error JSON with this status."""
-
-    def __init__(self, status, message, param=None, code=None, headers=None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
-
-
-ERROR_TYPES = {400: 'invalid_request_error', 401: 'invalid_request_error', 404: 'invalid_request_error',
-               405: 'invalid_request_error', 413: 'invalid_request_error', 429: 'rate_limit_error',
-               500: 'server_error', 503: 'server_error'}
-
-
-def error_body(status, message, param=None, code=None):
-    """OpenAI's error object: the openai client raises the matching APIStatusError with this message."""
-    return {'error': {'message': message, 'type': ERROR_TYPES.get(status, 'invalid_request_error'),
-                      'param': param, 'code': code}}
-
-
 # ----------------------------------------------------------------------------- the decoding thread
+
+class ChoiceText(StopText):
+    """StopText with vLLM's two options on stop strings: they count only from the min_tokens-th token on (as the
+    end token is held back until then), and include_stop keeps the one that ended the text. reason: that string."""
+
+    def __init__(self, decode, stops, min_tokens=0, include_stop=False):
+        super().__init__(decode, stops)
+        self.min_tokens, self.include_stop = min_tokens, include_stop
+        self.floor = 0          # a stop string must end after this many characters of text
+        self.reason = None
+
+    def push(self, token=None, final=False):
+        if token is not None:
+            self.tokens.append(token)
+        text = self.decode(self.tokens)
+        hits = []
+        if len(self.tokens) < self.min_tokens:
+            self.floor = len(text)
+        else:
+            hits = [(i, s) for s in self.stops if (i := text.find(s, max(0, self.floor - len(s) + 1))) >= 0]
+        if hits:
+            cut, self.reason = min(hits, key=lambda h: h[0])  # (the earliest; at one place, the first listed)
+            text, self.stopped, final = text[:cut + (len(self.reason) if self.include_stop else 0)], True, True
+        end = len(text)
+        if not final:  # what may be the start of a stop string, or a character's first bytes, waits (as StopText)
+            end -= max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+            while end > self.sent and text[end - 1] == '\ufffd':
+                end -= 1
+        delta, self.sent = text[self.sent:end], max(self.sent, end)
+        return delta
+
 
 class Choice:
     """One sequence the engine decodes (a request has n of them per prompt): its prompt and settings going in,
-    its text coming out. The engine thread reads the first four fields and sets rid; the rest is the event
-    loop's."""
+    its text coming out. The engine thread reads ids, max_new, params and stop_ids and sets rid; the rest is the
+    event loop's."""
 
-    def __init__(self, request, index, ids, max_new, params, stop_ids, stops, decode):
+    def __init__(self, request, index, ids, max_new, params, stop_ids, opts, decode):
         self.request, self.index, self.ids, self.max_new = request, index, ids, max_new
         self.params, self.stop_ids = params, stop_ids
+        self.extra_stop_ids = set(opts.stop_token_ids)
         self.rid = None
-        self.text = StopText(decode, stops)
+        self.text = ChoiceText(decode, opts.stops, params.min_tokens, opts.include_stop)
+        self.generated = 0      # tokens the engine generated for it (an end token too): its usage
         self.finish = None
-
-    @property
-    def tokens(self):
-        return self.text.tokens
+        self.stop_reason = None  # the stop string or (asked-for) stop token id that ended it
 
     def push(self, token, finish):
-        """Take one generated token; returns the text that became final (stops.StopText holds back what may be
-        the start of a stop string or half a character). A stop string found ends the choice (finish 'stop')."""
-        delta = self.text.push(None if finish == 'stop' else token, final=finish is not None)  # (a stop token: no text)
-        self.finish = 'stop' if self.text.stopped else finish
+        """Take one generated token; returns the text that became final (ChoiceText holds back what may be the
+        start of a stop string or half a character). A stop string found ends the choice (finish 'stop')."""
+        self.generated += 1
+        server.metrics.generation_tokens.inc()
+        delta = self.text.push(None if finish == 'stop' else token, final=finish is not None)  # (a stop id: no text)
+        if self.text.stopped:
+            finish, self.stop_reason = 'stop', self.text.reason
+        elif finish == 'stop' and token in self.extra_stop_ids:
+            self.stop_reason = token  # (the model's own end token: null, as vLLM)
+        self.finish = finish
+        return delta
+
+    def cut(self):
+        """Shutdown ended it before it finished: the text held back is final now."""
+        delta = self.text.push(final=True)
+        self.finish = 'abort'
         return delta
 
 
@@ -140,6 +170,7 @@ class Batcher:
         self.pending = 0        # sequences in the engine after the last step (waiting + running)
         self.peak = 0           # the most it has held at once (GET /health)
         self.steps = 0
+        self.running_rids, self.n_waiting, self.kv_tokens = frozenset(), 0, 0  # (after the last step: /metrics)
         self.stopped = False
         self.thread = threading.Thread(target=self.run, name='engine', daemon=True)
         self.thread.start()
@@ -164,6 +195,7 @@ class Batcher:
                 self.take_commands()
                 if not self.engine.pending():
                     self.pending = 0
+                    self.snapshot()
                     self.wake.wait(1.0)
                     continue
                 try:
@@ -176,6 +208,7 @@ class Batcher:
                     self.choices.clear()
                     continue
                 self.steps += 1
+                self.snapshot()
                 self.pending = self.engine.pending()
                 self.peak = max(self.peak, self.pending + sum(f is not None for _, _, f in events))
                 out = {}
@@ -188,6 +221,13 @@ class Batcher:
                     out.setdefault(c.request, []).append((c, token, finish))
                 for request, items in out.items():
                     self.send(request, items)
+
+    def snapshot(self):
+        """What /metrics reads from the event loop's thread: plain values, replaced whole, never the engine's."""
+        e = self.engine
+        self.running_rids = frozenset(row.rid for row in e.rows)
+        self.n_waiting = len(e.waiting)
+        self.kv_tokens = sum(e.cache.lengths[:len(e.rows)]) if e.cache is not None else 0
 
     def take_commands(self):
         while True:
@@ -215,6 +255,9 @@ class Batcher:
 
 # ----------------------------------------------------------------------------- requests
 
+CUT = object()  # put on a request's queue: shutdown cuts its choices (Request.cut)
+
+
 class Request:
     """One API request: its choices, its timings, and the queue its tokens arrive on."""
 
@@ -239,10 +282,16 @@ class Request:
             batches = [await self.queue.get()]
             while not self.queue.empty():
                 batches.append(self.queue.get_nowait())
-            if self.t_first is None:
+            if self.t_first is None and any(items is not CUT for items in batches):
                 self.t_first = time.perf_counter()
+                server.metrics.ttft.observe(self.t_first - self.t0)
             out = {}
             for items in batches:
+                if items is CUT:
+                    for c in self.choices:
+                        if c.finish is None:
+                            out[c] = (out.get(c, ('', None))[0] + c.cut(), 'abort')
+                    continue
                 for c, token, finish in items:
                     if c.finish is not None:
                         continue  # (tokens that were on their way when a stop string ended it)
@@ -256,13 +305,20 @@ class Request:
                 server.batcher.cancel(ended)  # (a stop string: the engine's row is freed now; others are no-ops)
             yield out
 
+    def cut(self):
+        """End every unfinished choice now (shutdown_timeout has passed): each gets finish_reason 'abort'."""
+        server.batcher.cancel([c for c in self.choices if c.finish is None])
+        self.queue.put_nowait(CUT)
+
     def usage(self):
-        n = sum(len(c.tokens) for c in self.choices)
+        n = sum(c.generated for c in self.choices)
         return {'prompt_tokens': self.prompt_tokens, 'completion_tokens': n, 'total_tokens': self.prompt_tokens + n}
 
     def log(self, status):
         t = time.perf_counter()
-        out = sum(len(c.tokens) for c in self.choices)
+        out = sum(c.generated for c in self.choices)
+        server.metrics.latency.observe(t - self.t0)
+        server.metrics.requests.labels(status.split(' ')[0].split(':')[0]).inc()
         ttft = f"{self.t_first - self.t0:.3f}s" if self.t_first else '-'
         finishes = ','.join(sorted({c.finish or '-' for c in self.choices}))
         print(f"{self.id} {self.kind}: {self.prompt_tokens} tokens in, {out} out, first token {ttft}, "
@@ -271,146 +327,6 @@ class Request:
 
 
 # ----------------------------------------------------------------------------- validating requests
-
-def reject_constant(name):
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-def parse_json(body):
-    try:
-        data = json.loads(body, parse_constant=reject_constant)
-    except (ValueError, RecursionError) as e:
-        raise ApiError(400, f"the request body is not valid JSON ({str(e)[:200]})") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, f"the request body must be a JSON object, got {type(data).__name__}")
-    return data
-
-
-KINDS = {'int': 'an integer', 'number': 'a number', 'bool': 'true or false', 'str': 'a string',
-         'dict': 'an object'}
-
-
-def field(body, key, kind, default=None, low=None, high=None, low_open=False):
-    """body[key] checked to be of a kind and (numbers) in [low, high] (low excluded with low_open); null or
-    absent gives default."""
-    v = body.get(key)
-    if v is None:
-        return default
-    ok = {'int': isinstance(v, int) and not isinstance(v, bool),
-          'number': isinstance(v, (int, float)) and not isinstance(v, bool),
-          'bool': isinstance(v, bool), 'str': isinstance(v, str), 'dict': isinstance(v, dict)}[kind]
-    if not ok:
-        raise ApiError(400, f"'{key}' must be {KINDS[kind]}, got {json.dumps(v)[:60]}", param=key)
-    if kind in ('int', 'number'):
-        bad_low = low is not None and (v <= low if low_open else v < low)
-        if bad_low or (high is not None and v > high) or not math.isfinite(v):
-            lo = '' if low is None else f"{'>' if low_open else '>='} {low}"
-            hi = '' if high is None else f"<= {high}"
-            raise ApiError(400, f"'{key}' must be {' and '.join(x for x in (lo, hi) if x)}, got {v}", param=key)
-    return v
-
-
-def sampling(body):
-    """(SamplingParams, stop strings, n, stream, include_usage) from a request's settings."""
-    for key in ('presence_penalty', 'frequency_penalty'):
-        if field(body, key, 'number', 0) != 0:
-            raise ApiError(400, f"'{key}' is not supported by this server (use repetition_penalty)", param=key)
-    if body.get('logprobs') not in (None, False, 0) or body.get('top_logprobs'):
-        raise ApiError(400, "logprobs are not supported by this server", param='logprobs')
-    if field(body, 'best_of', 'int', 1, low=1) != 1:
-        raise ApiError(400, "'best_of' is not supported by this server (use n)", param='best_of')
-    if body.get('logit_bias'):
-        raise ApiError(400, "'logit_bias' is not supported by this server", param='logit_bias')
-    if body.get('tools') or body.get('functions'):
-        raise ApiError(400, "tools and functions are not supported by this server", param='tools')
-    n = field(body, 'n', 'int', 1, low=1)
-    if n > max_n:
-        raise ApiError(400, f"'n' is {n}; this server allows at most {max_n} choices per request", param='n')
-    stop = body.get('stop')
-    stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
-    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) or len(stops) > 4:
-        raise ApiError(400, f"'stop' must be a string or a list of up to 4 strings, got {json.dumps(stop)[:60]}",
-                       param='stop')
-    seed = field(body, 'seed', 'int', None)
-    if seed is not None and not -2 ** 63 <= seed < 2 ** 63:
-        raise ApiError(400, f"'seed' must fit in 64 bits, got {seed}", param='seed')
-    top_k = field(body, 'top_k', 'int', None)
-    params = SamplingParams(temperature=field(body, 'temperature', 'number', 1.0, low=0, high=2),
-                            top_k=None if top_k in (None, -1, 0) else top_k,
-                            top_p=field(body, 'top_p', 'number', None, low=0, high=1, low_open=True),
-                            min_p=field(body, 'min_p', 'number', None, low=0, high=1),
-                            repetition_penalty=field(body, 'repetition_penalty', 'number', 1.0, low=0, low_open=True),
-                            seed=seed)
-    try:
-        params.check()
-    except ValueError as e:
-        raise ApiError(400, str(e)) from None
-    stream_options = field(body, 'stream_options', 'dict', {})
-    include_usage = field(stream_options, 'include_usage', 'bool', False)
-    return params, [s for s in stops if s], n, field(body, 'stream', 'bool', False), include_usage
-
-
-def message_text(i, m):
-    content = m.get('content')
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: only text ones
-        if all(isinstance(p, dict) and p.get('type') == 'text' and isinstance(p.get('text'), str) for p in content):
-            return ''.join(p['text'] for p in content)
-        raise ApiError(400, f"messages[{i}].content: only text parts are supported", param='messages')
-    raise ApiError(400, f"messages[{i}].content must be a string, got {json.dumps(content)[:60]}", param='messages')
-
-
-def chat_turns(messages):
-    """[(role, text)] in gpt/chat.py's template from OpenAI messages: system text goes before the next user
-    message's; roles must then alternate user/assistant, starting and ending with the user."""
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects", param='messages')
-    turns, system = [], []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise ApiError(400, f"messages[{i}] must be an object with role and content", param='messages')
-        role, text = m.get('role'), message_text(i, m)
-        if role in ('system', 'developer'):
-            system.append(text)
-            continue
-        if role not in ('user', 'assistant'):
-            raise ApiError(400, f"messages[{i}].role must be 'system', 'user' or 'assistant', got "
-                                f"{json.dumps(role)[:40]}", param='messages')
-        if role == 'user' and system:
-            text, system = '\n\n'.join(system + [text]), []
-        if (turns[-1][0] if turns else 'assistant') == role:
-            raise ApiError(400, f"messages[{i}]: roles must alternate user/assistant, starting with the user",
-                           param='messages')
-        turns.append((role, text))
-    if not turns or turns[-1][0] != 'user':
-        raise ApiError(400, "the last message must be the user's (the model answers it)", param='messages')
-    return turns
-
-
-def prompts_of(body):
-    """Token id lists of a completions request's prompt: a string, a list of strings, a list of token ids,
-    or a list of such lists."""
-    p = body.get('prompt')
-    ints = lambda x: isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
-    if isinstance(p, str):
-        return [server.encode(p)]
-    if isinstance(p, list) and p and ints(p):
-        return [check_ids(p)]
-    if isinstance(p, list) and p and all(isinstance(x, str) for x in p):
-        return [server.encode(x) for x in p]
-    if isinstance(p, list) and p and all(ints(x) for x in p):
-        return [check_ids(x) for x in p]
-    raise ApiError(400, "'prompt' must be a string, a list of strings, or token ids (a list of integers, or a "
-                        "list of such lists)", param='prompt')
-
-
-def check_ids(ids):
-    vocab = server.vocab_size
-    if any(not 0 <= t < vocab for t in ids):
-        raise ApiError(400, f"token ids must be in [0, {vocab})", param='prompt')
-    return ids
-
 
 def fit(prompts, body, key='max_tokens'):
     """max_tokens checked against the server's limit and, with the longest prompt, the model's context."""
@@ -454,7 +370,9 @@ class Server:
         self.max_tokens = max_tokens_limit or self.block_size
         self.capacity = max_batch + max_waiting
         self.active = 0          # choices admitted and not yet finished
+        self.requests = set()    # the Requests admitted and not yet over (shutdown cuts them)
         self.batcher = None
+        self.metrics = make_metrics(self)
         self.draining = False
         self.created = int(time.time())
 
@@ -468,12 +386,39 @@ class Server:
 server = None  # the Server, set by main()
 
 
+def make_metrics(s):
+    """GET /metrics in Prometheus' format, on a registry of the server's own (not the process-wide default)."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    from types import SimpleNamespace
+    r = CollectorRegistry()
+    b = lambda: s.batcher
+    running = lambda: sum(any(c.rid in b().running_rids for c in q.choices) for q in list(s.requests)) if b() else 0
+    Gauge('serve_requests_running', 'requests with a choice in the decode batch', registry=r).set_function(running)
+    Gauge('serve_requests_waiting', 'requests admitted whose choices all wait for a place in the batch',
+          registry=r).set_function(lambda: len(s.requests) - running())
+    Gauge('serve_batch_rows_in_use', 'rows of the decode batch (choices) in use', registry=r).set_function(
+        lambda: len(b().running_rids) if b() else 0)
+    Gauge('serve_batch_rows', 'rows of the decode batch (max_batch)', registry=r).set(max_batch)
+    Gauge('serve_kv_cache_usage_ratio', "the KV cache's positions in use, of max_batch x context",
+          registry=r).set_function(lambda: b().kv_tokens / (max_batch * s.block_size) if b() else 0)
+    seconds = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120)
+    return SimpleNamespace(
+        registry=r,
+        prompt_tokens=Counter('serve_prompt_tokens', 'prompt tokens of admitted requests', registry=r),
+        generation_tokens=Counter('serve_generation_tokens', 'tokens generated', registry=r),
+        requests=Counter('serve_requests', 'requests over, by how they ended', ['status'], registry=r),
+        ttft=Histogram('serve_time_to_first_token_seconds', 'from admission to the first generated token',
+                       buckets=seconds, registry=r),
+        latency=Histogram('serve_request_latency_seconds', 'from admission to the end of the request',
+                          buckets=seconds, registry=r))
+
+
 def check_key(request):
     key = api_key or os.environ.get(KEY_VARIABLE, '')
     if not key:
         return
-    given = request.headers.get('authorization', '')
-    if not given.startswith('Bearer ') or not hmac.compare_digest(given[7:].strip().encode(), key.encode()):
+    scheme, _, given = request.headers.get('authorization', '').strip().partition(' ')
+    if scheme.lower() != 'bearer' or not hmac.compare_digest(given.strip().encode(), key.encode()):  # (RFC 9110: any case)
         raise ApiError(401, "a valid API key is required: send the header 'Authorization: Bearer <key>' (the "
                             "key the server was started with)", code='invalid_api_key')
 
@@ -500,23 +445,34 @@ async def read_body(request):
     return b''.join(chunks)
 
 
-def admit(kind, prompts, max_new, params, stops, n):
-    """A Request with n choices per prompt, queued for the engine; 429 when the batch and its queue are full,
-    503 while shutting down."""
-    if server.draining:
-        raise ApiError(503, "the server is shutting down", headers={'Retry-After': '5'})
+def check_draining():
+    if server.draining:  # (Connection: close: a client's next try opens a connection, to a server that may be up)
+        raise ApiError(503, "the server is shutting down", headers={'Retry-After': '5', 'Connection': 'close'})
+
+
+def admit(kind, prompts, max_new, opts):
+    """A Request with n choices per prompt, queued for the engine; 400 for one that can never fit, 429 when the
+    batch and its queue are too full for it now, 503 while shutting down."""
+    check_draining()
+    params, n = opts.params, opts.n
     need = len(prompts) * n
+    if need > server.capacity:  # (a 429 would have it retry for ever)
+        raise ApiError(400, f"the request asks for {need} choices ({len(prompts)} prompt(s) x n={n}); this server "
+                            f"holds at most {server.capacity} at once (max_batch {max_batch} + max_waiting "
+                            f"{max_waiting}): send fewer prompts or a lower n", param='n')
     if server.active + need > server.capacity:
         raise ApiError(429, f"too many requests in flight ({server.active} choices running or waiting, at most "
                             f"{server.capacity}); retry shortly", headers={'Retry-After': '1'})
     req = Request(kind, sum(map(len, prompts)), n)
+    stop_ids = tuple(set(() if opts.ignore_eos else server.stop_ids) | set(opts.stop_token_ids))
     for p, ids in enumerate(prompts):
         for j in range(n):
             seed = None if params.seed is None else params.seed + j  # (n choices of one seed differ)
             choice_params = SamplingParams(**{**vars(params), 'seed': seed}) if n > 1 else params
-            req.choices.append(Choice(req, p * n + j, ids, max_new, choice_params, server.stop_ids, stops,
-                                      server.decode))
+            req.choices.append(Choice(req, p * n + j, ids, max_new, choice_params, stop_ids, opts, server.decode))
     server.active += need
+    server.requests.add(req)
+    server.metrics.prompt_tokens.inc(req.prompt_tokens)
     server.batcher.add(req.choices)
     return req
 
@@ -526,21 +482,26 @@ def release(req):
     if not req.done:
         server.batcher.cancel([c for c in req.choices if c.finish is None])
     server.active -= len(req.choices)
+    server.requests.discard(req)
 
 
 def completion_chunk(req, c, text, finish):
     if req.kind == 'chat':
         delta = {'content': text} if text else {}
-        return {'index': c.index, 'delta': delta, 'logprobs': None, 'finish_reason': finish}
-    return {'index': c.index, 'text': text, 'logprobs': None, 'finish_reason': finish}
+        return {'index': c.index, 'delta': delta, 'logprobs': None, 'finish_reason': finish,
+                'stop_reason': c.stop_reason if finish else None}
+    return {'index': c.index, 'text': text, 'logprobs': None, 'finish_reason': finish,
+            'stop_reason': c.stop_reason if finish else None}
 
 
 def envelope(req, choices, final=False):
+    """A response's fields around its choices; a streamed chunk's usage is null (the usage chunk sets it)."""
     obj = 'chat.completion' if req.kind == 'chat' else 'text_completion'
     if req.kind == 'chat' and not final:
         obj += '.chunk'
-    return {'id': req.id, 'object': obj, 'created': req.created, 'model': server.name, 'choices': choices,
-            'system_fingerprint': None}
+    out = {'id': req.id, 'object': obj, 'created': req.created, 'model': server.name, 'choices': choices,
+           'system_fingerprint': None}
+    return out if final else {**out, 'usage': None}
 
 
 async def until_disconnect(receive):
@@ -562,9 +523,10 @@ def respond_whole(req, texts, echo):
         text = (echo[c.index // req.n] if echo else '') + texts[c]
         if req.kind == 'chat':
             choices.append({'index': c.index, 'message': {'role': 'assistant', 'content': text, 'refusal': None},
-                            'logprobs': None, 'finish_reason': c.finish})
+                            'logprobs': None, 'finish_reason': c.finish, 'stop_reason': c.stop_reason})
         else:
-            choices.append({'index': c.index, 'text': text, 'logprobs': None, 'finish_reason': c.finish})
+            choices.append({'index': c.index, 'text': text, 'logprobs': None, 'finish_reason': c.finish,
+                            'stop_reason': c.stop_reason})
     return {**envelope(req, choices, final=True), 'usage': req.usage()}
 
 
@@ -585,7 +547,7 @@ class EventStream:
         try:
             await send({'type': 'http.response.start', 'status': 200, 'headers': headers})
             await self.events(send, watch)
-            status = 'ok'
+            status = 'cut (shutdown)' if any(c.finish == 'abort' for c in req.choices) else 'ok'
         except ApiError as e:
             status = f"failed: {e.message}"
             await self.write(send, {'error': error_body(e.status, e.message)['error']})
@@ -636,34 +598,43 @@ class EventStream:
         await send({'type': 'http.response.body', 'body': data, 'more_body': True})
 
 
+def chat_prompt(messages):
+    """The prompt ids of a conversation in gpt/chat.py's template: <|user|>text<|assistant|>, or, when the
+    assistant spoke last, its message left open for the answer to continue."""
+    if not server.chat:
+        raise ApiError(400, f"this model was not trained to chat (its tokenizer has no chat tokens "
+                            f"{', '.join(chat.SPECIAL_TOKENS)}): use POST /v1/completions, or serve an SFT run "
+                            f"(python train.py config/sft_shakespeare.py)", param='messages')
+    turns = chat_turns(messages)
+    for _, text in turns:
+        server.encode(text)  # (a 400 naming the characters before the template sees them)
+    last = turns.pop() if turns[-1][0] == 'assistant' else None
+    ids, _ = chat.encode_chat(server.encode, server.meta, turns)
+    return ids + [chat.special_ids(server.meta)[1]] + (server.encode(last[1]) if last else [])
+
+
+def prompt_ids(body):
+    return [check_ids(p, server.vocab_size) if isinstance(p, list) else server.encode(p) for p in prompt_parts(body)]
+
+
 async def generation(request, kind):
     check_key(request)
+    check_draining()
     body = parse_json(await read_body(request))
     check_model(body)
-    params, stops, n, stream, include_usage = sampling(body)
+    opts = options(body, kind, max_n, server.vocab_size)
     echo = None
     if kind == 'chat':
-        if not server.chat:
-            raise ApiError(400, f"this model was not trained to chat (its tokenizer has no chat tokens "
-                                f"{', '.join(chat.SPECIAL_TOKENS)}): use POST /v1/completions, or serve an SFT run "
-                                f"(python train.py config/sft_shakespeare.py)", param='messages')
-        turns = chat_turns(body.get('messages'))
-        for i, (_, text) in enumerate(turns):
-            server.encode(text)  # (a 400 naming the characters before align's template sees them)
-        ids, _ = chat.encode_chat(server.encode, server.meta, turns)
-        prompts = [ids + [chat.special_ids(server.meta)[1]]]  # ... <|user|>text<|assistant|>
-        max_new = fit(prompts, body, 'max_completion_tokens' if body.get('max_completion_tokens') is not None
-                      else 'max_tokens')
+        prompts = [chat_prompt(body.get('messages'))]
+        max_new = fit(prompts, body, max_tokens_key(body))
     else:
-        if field(body, 'suffix', 'str', None):
-            raise ApiError(400, "'suffix' is not supported by this server", param='suffix')
-        prompts = prompts_of(body)
+        prompts = prompt_ids(body)
         max_new = fit(prompts, body)
-        if field(body, 'echo', 'bool', False):
+        if opts.echo:
             echo = [server.decode(p) for p in prompts]
-    req = admit(kind, prompts, max_new, params, stops, n)
-    if stream:
-        return EventStream(req, include_usage, echo)
+    req = admit(kind, prompts, max_new, opts)
+    if opts.stream:
+        return EventStream(req, opts.include_usage, echo)
     task = asyncio.ensure_future(collect(req))
     watch = asyncio.ensure_future(until_disconnect(request.receive))
     status = 'cancelled (client left)'
@@ -673,7 +644,7 @@ async def generation(request, kind):
             task.cancel()
             return None
         texts = task.result()
-        status = 'ok'
+        status = 'cut (shutdown)' if any(c.finish == 'abort' for c in req.choices) else 'ok'
         return respond_whole(req, texts, echo)
     except ApiError as e:
         status = f"failed: {e.message}"
@@ -686,7 +657,80 @@ async def generation(request, kind):
         req.log(status)
 
 
-def build_app():
+async def tokenize(request):
+    """vLLM's POST /tokenize: {"prompt": text} or {"messages": [...]} (the chat template's ids) -> the ids."""
+    check_key(request)
+    body = parse_json(await read_body(request))
+    for key in body:
+        if key not in ('model', 'prompt', 'messages', 'return_token_strs'):
+            raise ApiError(400, f"unrecognized request argument '{key}' (POST /tokenize)", param=key)
+    check_model(body)
+    if body.get('messages') is not None:
+        ids = chat_prompt(body['messages'])
+    elif isinstance(body.get('prompt'), str):
+        ids = server.encode(body['prompt'])
+    else:
+        raise ApiError(400, "POST /tokenize takes 'prompt' (a string) or 'messages'", param='prompt')
+    out = {'count': len(ids), 'max_model_len': server.block_size, 'tokens': ids}
+    if field(body, 'return_token_strs', 'bool', False):
+        out['token_strs'] = [server.decode([t]) for t in ids]
+    return out
+
+
+async def detokenize(request):
+    """vLLM's POST /detokenize: {"tokens": [ids]} -> {"prompt": their text}."""
+    check_key(request)
+    body = parse_json(await read_body(request))
+    for key in body:
+        if key not in ('model', 'tokens'):
+            raise ApiError(400, f"unrecognized request argument '{key}' (POST /detokenize)", param=key)
+    check_model(body)
+    tokens = field(body, 'tokens', 'list', None)
+    if tokens is None:
+        raise ApiError(400, "POST /detokenize takes 'tokens' (a list of token ids)", param='tokens')
+    return {'prompt': server.decode(check_ids(tokens, server.vocab_size, 'tokens'))}
+
+
+def loopback_hosts(bound_host, bound_port):
+    """The Host headers a server bound to this machine only answers (None: any, for a public bind): a page on
+    another site that a DNS trick points at 127.0.0.1 sends its own name, and is refused."""
+    import ipaddress
+    try:
+        loopback = bound_host == 'localhost' or ipaddress.ip_address(bound_host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        return None
+    names = ('127.0.0.1', 'localhost', '[::1]')
+    return {f"{h}:{bound_port}" for h in names} | (set(names) if bound_port == 80 else set())
+
+
+def guard(app, hosts):
+    """The checks before any route: the Host header (hosts, loopback_hosts) and, on a POST, a JSON body. A web
+    page may POST text/plain to any address without asking (no CORS preflight); a JSON POST it may not."""
+    from starlette.responses import JSONResponse
+
+    async def wrapped(scope, receive, send):
+        if scope['type'] == 'http':
+            headers = {k.decode('latin-1').lower(): v.decode('latin-1') for k, v in scope['headers']}
+            host, refusal = headers.get('host', '').lower(), None
+            if hosts is not None and not host:
+                refusal = (400, "the request has no Host header")
+            elif hosts is not None and host not in hosts:
+                refusal = (421, f"the Host header names {host[:100]!r}, not this server ({', '.join(sorted(hosts))}):"
+                                f" a server listening on this machine only answers requests addressed to it")
+            elif scope['method'] == 'POST' and \
+                    headers.get('content-type', '').split(';')[0].strip().lower() != 'application/json':
+                refusal = (415, f"a POST must have 'Content-Type: application/json', got "
+                                f"{headers.get('content-type', 'none')[:60]!r}")
+            if refusal:
+                await JSONResponse(error_body(*refusal), status_code=refusal[0])(scope, receive, send)
+                return
+        await app(scope, receive, send)
+    return wrapped
+
+
+def build_app(hosts=None):
     from starlette.applications import Starlette
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
@@ -729,6 +773,10 @@ def build_app():
                 'active': server.active, 'pending': b.pending if b else 0, 'peak_pending': b.peak if b else 0,
                 'steps': b.steps if b else 0}
 
+    async def metrics(request):
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     async def page(request):
         return HTMLResponse(server.page)
 
@@ -753,9 +801,12 @@ def build_app():
     routes = [Route('/', endpoint(page)), Route('/health', endpoint(health)),
               Route('/v1/models', endpoint(models)), Route('/v1/models/{name:path}', endpoint(model)),
               Route('/v1/completions', endpoint(completions), methods=['POST']),
-              Route('/v1/chat/completions', endpoint(chat), methods=['POST'])]
+              Route('/v1/chat/completions', endpoint(chat), methods=['POST']),
+              Route('/tokenize', endpoint(tokenize), methods=['POST']),
+              Route('/detokenize', endpoint(detokenize), methods=['POST']),
+              Route('/metrics', endpoint(metrics))]
     from starlette.exceptions import HTTPException
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: not_found})
+    return guard(Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: not_found}), hosts)
 
 
 def open_socket(host, port):
@@ -814,20 +865,28 @@ def main():
               f"the model (--api_key=... or {KEY_VARIABLE} requires a key)", flush=True)
     print(f"chat page: {url}/   API: {url}/v1 (requests are logged one line each; Ctrl-C stops)", flush=True)
 
-    uv = Uvicorn(uvicorn.Config(build_app(), log_level='warning', access_log=False, lifespan='on',
-                                timeout_graceful_shutdown=shutdown_timeout, timeout_keep_alive=5))
+    uv = Uvicorn(uvicorn.Config(build_app(loopback_hosts(bound_host, bound_port)), log_level='warning',
+                                access_log=False, lifespan='on', timeout_graceful_shutdown=CLOSE_TIMEOUT,
+                                timeout_keep_alive=5))
     uv.run(sockets=[sock])
     print("stopped", flush=True)
+
+
+CLOSE_TIMEOUT = 5.0  # seconds for the last chunks to reach clients once every request has ended (or was cut)
 
 
 def uvicorn_server():
     import uvicorn
 
     class Uvicorn(uvicorn.Server):
-        """uvicorn, ending on SIGINT/SIGTERM as a finished program does (exit status 0), where uvicorn's own
-        handler raises the signal again once it has shut down. The first signal stops accepting connections,
-        lets open requests finish (up to shutdown_timeout; new requests on open connections get 503), then
-        cancels the rest; a second one quits at once."""
+        """uvicorn, with the shutdown a client can rely on. The first SIGINT/SIGTERM drains: the server keeps
+        listening, so a new request gets a 503 (not a refused connection, which a client cannot tell from a
+        server that is not there), while the open ones run on for up to shutdown_timeout seconds; then every
+        remaining choice is cut (finish_reason 'abort', and a stream's data: [DONE]) and uvicorn closes as usual.
+        A second signal exits at once with status 0 (os._exit: the decoding thread may be inside torch, which
+        the interpreter's own exit would abort on)."""
+
+        cut_at = None
 
         @contextlib.contextmanager
         def capture_signals(self):
@@ -842,13 +901,30 @@ def uvicorn_server():
                     signal.signal(s, h)
 
         def on_signal(self, sig, frame):
-            if self.should_exit:
-                self.force_exit = True
-                return
-            print(f"shutting down ({signal.Signals(sig).name}): {server.active} choices in flight get "
-                  f"{shutdown_timeout:g}s to finish", flush=True)
+            name = signal.Signals(sig).name
+            if server.draining:
+                print(f"stopped at once ({name} again): {server.active} choices not finished", flush=True)
+                sys.stderr.flush()
+                os._exit(0)
+            print(f"shutting down ({name}): new requests get 503; {server.active} choices in flight get "
+                  f"{shutdown_timeout:g}s to finish ({name} again stops at once)", flush=True)
             server.draining = True
-            self.should_exit = True
+            self.deadline = time.monotonic() + shutdown_timeout
+
+        async def on_tick(self, counter):
+            should_exit = await super().on_tick(counter)
+            if should_exit or not server.draining:
+                return should_exit
+            now = time.monotonic()
+            if not server.requests:
+                return True
+            if self.cut_at is None and now >= self.deadline:
+                print(f"shutdown_timeout ({shutdown_timeout:g}s) passed: cutting {len(server.requests)} requests "
+                      f"({server.active} choices)", flush=True)
+                for req in list(server.requests):
+                    req.cut()
+                self.cut_at = now
+            return self.cut_at is not None and now >= self.cut_at + CLOSE_TIMEOUT  # (clients that never read)
     return Uvicorn
 
 

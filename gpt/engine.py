@@ -127,7 +127,7 @@ class Engine:
                 logits.append(self._prefill(new))
         if not logits:
             return []
-        logits = torch.cat(logits)[:, :self.model.config.vocab_size].float()
+        logits = self._hold_stops(torch.cat(logits)[:, :self.model.config.vocab_size].float())
         return self._finish(self._sample(logits, self._groups())[:, None].tolist())
 
     def _chunk(self):
@@ -148,11 +148,23 @@ class Engine:
         tokens = torch.tensor([[row.tokens[-1]] for row in self.rows], device=self.device)
         steps = []
         with autocast_ctx(self.device, self.dtype) if self.dtype else contextlib.nullcontext():
-            for _ in range(k):
+            for j in range(k):
                 logits = self.step_model(tokens, kv_cache=self.cache.select(0, n))[0][:, -1]
-                tokens = self._sample(logits[:, :V].float(), groups, steps)[:, None]
+                tokens = self._sample(self._hold_stops(logits[:, :V].float(), j), groups, steps)[:, None]
                 steps.append(tokens)
         return self._finish(torch.cat(steps, dim=1).tolist())
+
+    def _hold_stops(self, logits, ahead=0):
+        """logits (rows, V) with each row's stop ids at -inf while it has generated fewer than its min_tokens
+        (ahead: tokens it sampled since its row.tokens was last updated, inside a chunk)."""
+        held = [(i, sorted(row.stop_ids)) for i, row in enumerate(self.rows)
+                if row.stop_ids and len(row.tokens) - row.n_prompt + ahead < row.params.min_tokens]
+        if not held:
+            return logits
+        logits = logits.clone()
+        for i, ids in held:
+            logits[i, ids] = float('-inf')
+        return logits
 
     def _finish(self, tokens):
         """Hand each row its new tokens (tokens[i]: row i's, in order) up to its first stop; free finished rows.
@@ -224,7 +236,8 @@ class Engine:
     def _groups(self):
         """The rows that sample in one call: those that share their settings and the shared random stream (what a
         batch of samples of one prompt is); a row with its own stream alone. [(rows as an index tensor, or None
-        for all of them, params, generator, the penalty's earlier tokens or None)]"""
+        for all of them, params, generator, the penalty's earlier tokens or None, the generated tokens' counts
+        (rows, V) for the presence and frequency penalties or None)]"""
         groups = {}
         for i, row in enumerate(self.rows):
             key = (('own', i) if row.generator is not None else
@@ -236,19 +249,31 @@ class Engine:
             prev = None
             if p.repetition_penalty != 1.0:
                 prev = torch.tensor([self.rows[i].tokens for i in idx], device=self.device)
+            counts = None
+            if p.presence_penalty or p.frequency_penalty:  # (any lengths: one scatter of every row's generated ids)
+                gen = [(k, t) for k, i in enumerate(idx) for t in self.rows[i].tokens[self.rows[i].n_prompt:]]
+                counts = torch.zeros(len(idx), self.model.config.vocab_size, device=self.device)
+                if gen:
+                    at = torch.tensor(gen, device=self.device).T
+                    counts.index_put_((at[0], at[1]), torch.ones(len(gen), device=self.device), accumulate=True)
             sel = None if len(idx) == len(self.rows) else torch.tensor(idx, device=self.device)
-            out.append((sel, p, self.rows[idx[0]].generator or self.generator, prev))
+            out.append((sel, p, self.rows[idx[0]].generator or self.generator, prev, counts))
         return out
 
     def _sample(self, logits, groups, steps=()):
         """Next token (rows,) of every row, by groups (_groups). steps: the (rows, 1) tokens sampled since the
-        groups were made (a chunk's), which the repetition penalty counts as earlier tokens too."""
+        groups were made (a chunk's), which the penalties count as earlier tokens too."""
         out = None
-        for sel, p, gen, prev in groups:
+        for sel, p, gen, prev, counts in groups:
             if prev is not None and steps:
                 prev = torch.cat([prev] + [s if sel is None else s[sel] for s in steps], dim=1)
+            if counts is not None and steps:
+                counts = counts.clone()
+                for s in steps:
+                    counts.scatter_add_(1, s if sel is None else s[sel], torch.ones_like(counts[:, :1]))
             token = sample_next(logits if sel is None else logits[sel], prev, p.temperature, p.top_k, p.top_p,
-                                p.min_p, p.repetition_penalty, gen)[:, 0]
+                                p.min_p, p.repetition_penalty, gen, counts, p.presence_penalty,
+                                p.frequency_penalty)[:, 0]
             if sel is None:
                 return token
             if out is None:

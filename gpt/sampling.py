@@ -65,10 +65,20 @@ def apply_min_p(logits, min_p):
     return logits.masked_fill(probs < threshold, float('-inf'))
 
 
+def apply_penalties(logits, counts, presence, frequency):
+    """OpenAI's presence and frequency penalties: logits[j] -= frequency * c[j] + presence * (c[j] > 0), where
+    c[j] (counts, (B, V)) is how often token j was generated so far (the prompt is not counted)."""
+    if counts is None or (not presence and not frequency):
+        return logits
+    return logits - frequency * counts - presence * (counts > 0).to(logits.dtype)
+
+
 def sample_next(logits, prev_ids, temperature=1.0, top_k=None, top_p=None, min_p=None,
-                repetition_penalty=1.0, generator=None):
-    """Pick the next token (B, 1) from last-position logits (B, V)."""
+                repetition_penalty=1.0, generator=None, counts=None, presence_penalty=0.0, frequency_penalty=0.0):
+    """Pick the next token (B, 1) from last-position logits (B, V). counts: the generated tokens' counts (B, V)
+    that the presence and frequency penalties read."""
     logits = apply_repetition_penalty(logits, prev_ids, repetition_penalty)
+    logits = apply_penalties(logits, counts, presence_penalty, frequency_penalty)
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits / temperature
@@ -85,17 +95,28 @@ def sample_next(logits, prev_ids, temperature=1.0, top_k=None, top_p=None, min_p
 @dataclass
 class SamplingParams:
     """How one request picks its tokens. seed: its own random stream (the same tokens alone or in any batch);
-    None draws from the engine's shared stream."""
+    None draws from the engine's shared stream. presence_penalty, frequency_penalty: OpenAI's, in [-2, 2], on the
+    generated tokens (apply_penalties). min_tokens: the engine holds back a row's stop ids until it has generated
+    that many tokens."""
     temperature: float = 1.0
     top_k: Optional[int] = None
     top_p: Optional[float] = None
     min_p: Optional[float] = None
     repetition_penalty: float = 1.0
     seed: Optional[int] = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    min_tokens: int = 0
 
     def check(self):
         check_sampling_args(self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty)
+        for name in ('presence_penalty', 'frequency_penalty'):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise ValueError(f"{name} must be in [-2, 2] (0 disables it), got {getattr(self, name)}")
+        if self.min_tokens < 0:
+            raise ValueError(f"min_tokens must be >= 0, got {self.min_tokens}")
 
     def shared(self):
         """The settings rows can be sampled with together (one call over their batch)."""
-        return (self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty)
+        return (self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty, self.presence_penalty,
+                self.frequency_penalty)
