@@ -15,7 +15,8 @@ $ python bench.py --mode=memory --model=gpt2-medium    # peak memory of a traini
 
 Modes: 'train' times one optimizer step (forward, backward, grad clip, AdamW, one host sync: the hot
 path of train.py), 'forward' a no-grad forward with loss (what evaluation runs), 'sample' greedy
-generation (one iteration = one new token for every row), 'eval' HellaSwag scoring (eval_bench below),
+generation (one iteration = one new token for every row; tokens/s over the whole generation, and the time to the
+first token and tokens/s after it in columns of their own), 'eval' HellaSwag scoring (eval_bench below),
 'speedrun' whole training runs (speedrun_bench below), 'memory' the peak memory of training steps (memory_bench
 below: full fine-tuning, LoRA, each with and without activation checkpointing). Each variant warms up (and
 compiles) first; figures are medians over the timed iterations, with the process CPU time beside them (on a busy machine
@@ -28,10 +29,12 @@ bf16 on CPUs with AMX, float32 on other CPUs.
 change in machine load hits them alike, and reports each against the first (the baseline):
   train/forward: reference, eager+fp32, eager+bf16, compile+fp32, compile+bf16 (the bf16 ones only where
                  the CPU has fast bf16, AMX: elsewhere it is emulated, ~100x slower, and train.py never uses it)
-  sample:        nocache, cache, hf
+  sample:        nocache, cache, hf, ctranslate2 (where the package is installed; else skipped, saying why)
 or pick them with --variants=a,b,... where a variant is 'reference' (a plain nanoGPT-style eager fp32
 loop, tools/bench_reference.py, with torch.optim.AdamW's defaults), 'hf' (transformers' GPT2LMHeadModel.generate on
-the same weights, sample mode), or our model with '+'-joined settings over the config's:
+the same weights, sample mode), 'ctranslate2' or 'ctranslate2+int8' (CTranslate2's Generator.generate_batch on the
+same weights, converted once per process by its TransformersConverter with quantization float32 or int8; sample
+mode), or our model with '+'-joined settings over the config's:
 eager|compile, fp32|bf16|fp16, sdpa|explicit, forloop|foreach|fused (AdamW implementation),
 cache|nocache, rowmajor|colmajor (sample: the weights as trained, without fastpath.decode_layout, or laid out
 column-major by it instead of packed for oneDNN; and in sample mode compile is fastpath.compile_decoder, the
@@ -58,7 +61,7 @@ from gpt import hf
 from gpt.decoding import prepare_for_decoding
 from gpt.device import (autocast_ctx, cpu_has_fast_bf16, cpu_has_native_bf16, cpu_name, decode_dtype, device_peak_flops,
                         pick_device, pick_dtype, shut_down)
-from gpt.engine import generate
+from gpt.engine import generate_stream
 from gpt.errors import UserError
 from gpt.fastpath import packing_pays
 from gpt.loading import load_model
@@ -116,7 +119,7 @@ config = configurator.configure(globals(), verbose=False)
 
 STANDARD = {'train': 'reference,eager+fp32,eager+bf16,compile+fp32,compile+bf16',
             'forward': 'reference,eager+fp32,eager+bf16,compile+fp32,compile+bf16',
-            'sample': 'nocache,cache,hf',
+            'sample': 'nocache,cache,hf,ctranslate2',
             'eval': 'hf,ours'}
 DTYPES = {'fp32': 'float32', 'bf16': 'bfloat16', 'fp16': 'float16'}
 OPTIMS = ('forloop', 'foreach', 'fused')
@@ -157,6 +160,13 @@ def batches(m, dev, B, T):
 
 def parse_variant(name, dev):
     """A variant name -> its settings; '+'-joined words override the config's."""
+    if name.split('+')[0] == 'ctranslate2':  # CTranslate2's Generator on the same weights (sample mode)
+        if mode != 'sample':
+            raise UserError("variant 'ctranslate2' is for sample mode")
+        if not set(name.split('+')[1:]) <= {'int8'} or name.count('+') > 1:
+            raise UserError(f"variant {name!r}: ctranslate2 takes one word, int8 (ctranslate2 or ctranslate2+int8)")
+        return dict(kind='ct2', dtype='float32', compile=False, attn='sdpa', optim='forloop', cache=True, pattern='',
+                    layout='', int8='int8' in name, cudagraph=False)
     if name in ('reference', 'hf'):
         if name == 'reference' and mode == 'sample':
             raise UserError("variant 'reference' is for train/forward modes; in sample mode compare against 'hf'")
@@ -202,6 +212,10 @@ def describe(v, c, dev):
         return "plain eager fp32 loop, torch.optim.AdamW defaults"
     if v['kind'] == 'hf':
         return "transformers GPT2LMHeadModel.generate(do_sample=False, use_cache=True), fp32"
+    if v['kind'] == 'ct2':
+        import ctranslate2
+        return (f"CTranslate2 {ctranslate2.__version__} Generator.generate_batch(sampling_topk=1), "
+                f"{'int8' if v['int8'] else 'float32'} weights")
     attn = (v['attn'] or c.attn_impl) + (f" {v['pattern']}" if v['pattern'] else '') \
         + (f" (window {attn_window})" if v['pattern'] in ('local', 'alternating') else '')
     if (attn == 'sdpa' and mode == 'train' and dev.startswith('cpu')
@@ -232,6 +246,8 @@ def make_step(v, base, data, dev, prompt):
     number of tokens that unit processes."""
     if v['kind'] == 'hf':
         return hf_generate_step(base, dev, prompt)
+    if v['kind'] == 'ct2':
+        return ct2_generate_step(base, dev, prompt, v['int8'])
     if v['kind'] == 'reference':
         if base.config.post_norm:
             raise UserError("variant 'reference' needs a pre-norm (GPT-2) model")
@@ -279,10 +295,75 @@ def hf_generate_step(base, dev, prompt):
     theirs.generation_config.pad_token_id = 0
     mask = torch.ones_like(prompt)
 
+    class FirstToken(transformers.StoppingCriteria):
+        """Never stops; notes when the first new token is there (stopping criteria run after each token; a
+        streamer would too, but transformers streams batch 1 only)."""
+        def __init__(self):
+            self.at = None
+
+        def __call__(self, input_ids, scores, **kwargs):
+            if self.at is None:
+                self.at = time.perf_counter()
+            return torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
+
     def step():
+        first, t0 = FirstToken(), time.perf_counter()
         out = theirs.generate(prompt, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                              use_cache=True)
-        return out[:, prompt.size(1):]
+                              use_cache=True, stopping_criteria=transformers.StoppingCriteriaList([first]))
+        return out[:, prompt.size(1):], first.at - t0
+    return step, max_new_tokens * prompt.size(0)
+
+
+CT2_MODELS = {}  # (weights, int8) -> a CTranslate2 Generator: each variant's model is converted once per process
+
+
+def ct2_generate_step(base, dev, prompt, int8):
+    """CTranslate2's Generator on our weights (exported as a transformers directory, converted by its
+    TransformersConverter with quantization float32 or int8), greedy, all max_new_tokens generated."""
+    import ctranslate2
+    from ctranslate2.converters import TransformersConverter
+    if base.config.post_norm:
+        raise UserError("variant 'ctranslate2' needs a pre-norm (GPT-2) model")
+    if prompt.size(1) + max_new_tokens > base.config.block_size:
+        raise UserError(f"variant 'ctranslate2': prompt_len + max_new_tokens ({prompt.size(1) + max_new_tokens}) "
+                        f"exceeds block_size ({base.config.block_size}) and CTranslate2's GPT-2 has no sliding window; "
+                        f"use a longer --block_size or fewer --max_new_tokens")
+    V = base.config.vocab_size
+
+    class Vocabulary:
+        """What the converter reads from a tokenizer: one token string per id (<0>, <1>, ...): the benchmark
+        feeds ids and reads ids, so the tokenizer never matters."""
+        bos_token = eos_token = unk_token = '<0>'
+
+        def get_vocab(self):
+            return {f'<{i}>': i for i in range(V)}
+
+    class Converter(TransformersConverter):
+        def load_tokenizer(self, *args, **kwargs):
+            return Vocabulary()
+
+    key = (id(base), int8)
+    if key not in CT2_MODELS:
+        import transformers
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        with tempfile.TemporaryDirectory(prefix='bench-') as tmp:
+            hf.save_pretrained(base, os.path.join(tmp, 'hf'))
+            Converter(os.path.join(tmp, 'hf')).convert(os.path.join(tmp, 'ct2'),
+                                                      quantization='int8' if int8 else 'float32', force=True)
+            CT2_MODELS[key] = ctranslate2.Generator(os.path.join(tmp, 'ct2'), device=torch.device(dev).type,
+                                                    inter_threads=1, intra_threads=torch.get_num_threads())
+    generator = CT2_MODELS[key]
+    start = [[f'<{i}>' for i in row] for row in prompt.tolist()]
+
+    def step():
+        first, t0 = [], time.perf_counter()
+        # end_token=[]: no end token at all (the converter's would be suppressed until min_length, changing the
+        # greedy tokens); the callback notes the first token (it runs once per token and row)
+        out = generator.generate_batch(start, max_length=max_new_tokens, min_length=max_new_tokens, sampling_topk=1,
+                                       include_prompt_in_result=False, end_token=[],
+                                       callback=lambda _: first.append(time.perf_counter()) and False)
+        return torch.tensor([r.sequences_ids[0] for r in out]), first[0] - t0
     return step, max_new_tokens * prompt.size(0)
 
 
@@ -302,10 +383,15 @@ def sample_step(m, v, ctx, dev, prompt):
     sync = torch.cuda.synchronize if dev.startswith('cuda') else (lambda: None)
 
     def step():
+        tokens, t0 = [], time.perf_counter()
         with torch.inference_mode(), ctx:
-            out = generate(m, prompt, max_new_tokens, temperature=0.0, use_cache=v['cache'], decoder=decoder)
+            for token in generate_stream(m, prompt, max_new_tokens, temperature=0.0, use_cache=v['cache'],
+                                         decoder=decoder):
+                if not tokens:
+                    first = time.perf_counter() - t0  # (the token is on the host: the engine read it)
+                tokens.append(token)
         sync()
-        return out[:, prompt.size(1):]
+        return torch.cat(tokens, dim=1), first
     return step, max_new_tokens * prompt.size(0)
 
 
@@ -393,12 +479,13 @@ def main():
     ctx_len = min(prompt_len + max_new_tokens / 2, c.block_size)  # mean context of a new token
     fpt = flops_per_unit_token(base, T, ctx_len)
     del base  # every variant has its own copy
-    times, cpu_times, outputs = time_variants(names, specs, steps, dev)
-    report(names, specs, times, cpu_times, work, fpt, c, dev)
+    times, cpu_times, outputs, firsts = time_variants(names, specs, steps, dev)
+    report(names, specs, times, cpu_times, work, fpt, c, dev, firsts)
     if mode == 'sample' and len(names) > 1:
         compare_outputs(names, outputs)
     if profile:
         write_traces(names, steps, dev)
+    CT2_MODELS.clear()  # (CTranslate2's worker threads end now: destroyed at interpreter exit, they may abort it)
 
 
 def check_settings(dev):
@@ -425,7 +512,23 @@ def check_settings(dev):
         if slow:
             print(f"skipping {', '.join(slow)}: this CPU has no fast bf16 (AMX), so dtype 'auto' never uses it here")
         names = [n for n in names if n not in slow]
+    absent = [n for n in names if specs[n]['kind'] == 'ct2'] and ct2_missing()
+    if absent:  # (an optional package: the other variants still run)
+        print(f"skipping {', '.join(n for n in names if specs[n]['kind'] == 'ct2')}: {absent}")
+        names = [n for n in names if specs[n]['kind'] != 'ct2']
+        if not names:
+            raise UserError(f"no variant left to run: {absent}")
     return names, {n: specs[n] for n in names}
+
+
+def ct2_missing():
+    """Why the ctranslate2 variants cannot run here ('' if they can): the package is optional."""
+    import importlib
+    try:
+        importlib.import_module('ctranslate2')
+    except ImportError as e:  # (not installed, or its shared libraries missing)
+        return f"the ctranslate2 package is not installed ({e}); pip install ctranslate2 to compare against it"
+    return ''
 
 
 def time_variants(names, specs, steps, dev):
@@ -443,6 +546,7 @@ def time_variants(names, specs, steps, dev):
     times = {n: [] for n in names}
     cpu_times = {n: [] for n in names}  # process CPU time: less sensitive to other load on the machine
     outputs = {}  # sample mode: the generated tokens, to check that the variants agree
+    firsts = {n: [] for n in names}  # sample mode: seconds to the first new token of each run
     for r in range(n_rounds):
         k = iters // n_rounds + (r < iters % n_rounds)
         for n in names:
@@ -451,7 +555,10 @@ def time_variants(names, specs, steps, dev):
                 outputs[n] = steps[n]()
                 times[n].append(time.perf_counter() - t0)
                 cpu_times[n].append(time.process_time() - c0)
-    return times, cpu_times, outputs
+                if isinstance(outputs[n], tuple):  # (a sample step's tokens and its time to the first)
+                    outputs[n], first = outputs[n]
+                    firsts[n].append(first)
+    return times, cpu_times, outputs, firsts
 
 
 def pct(share):
@@ -461,9 +568,17 @@ def pct(share):
     return f"{v:.2f}" if v >= 0.01 or v <= 0 else f"{v:.{1 - math.floor(math.log10(v))}f}"
 
 
-def report(names, specs, times, cpu_times, work, fpt, c, dev):
-    """Medians per iteration (optimizer step / forward pass / new token), tokens/s, MFU and ratios."""
+def report(names, specs, times, cpu_times, work, fpt, c, dev, firsts=None):
+    """Medians per iteration (optimizer step / forward pass / new token), tokens/s, MFU and ratios; in sample mode
+    tokens/s counts the whole generation, and the time to the first new token (the prompt's prefill) and tokens/s
+    after it have their own columns."""
     mem = peak_memory_mb(dev)
+    later = {}  # sample mode: variant -> (median ms to the first token, median tokens/s after it)
+    for n in names if mode == 'sample' and max_new_tokens > 1 else ():
+        if firsts and len(firsts[n]) == len(times[n]):
+            rates = [work[n] * (max_new_tokens - 1) / max_new_tokens / max(t - f, 1e-9)
+                     for t, f in zip(times[n], firsts[n])]
+            later[n] = (statistics.median(firsts[n]) * 1000, statistics.median(rates))
     per = max_new_tokens if mode == 'sample' else 1
     peaks, rows = {}, []
     for n in names:
@@ -481,15 +596,19 @@ def report(names, specs, times, cpu_times, work, fpt, c, dev):
         print(f"{n} ({describe(specs[n], c, dev)})")
         print(f"ms/iter {med * 1000:.3f} (one {unit}; median of {len(times[n])}, min {lo * 1000:.3f}, "
               f"max {hi * 1000:.3f})  tokens/s {tok_s:,.0f}  MFU {pct(mfu)}%  peak memory {mem:,.0f} MB  "
-              f"cpu ms/iter {cpu * 1000:.3f}")
+              f"cpu ms/iter {cpu * 1000:.3f}"
+              + (f"  first token {later[n][0]:.1f} ms  after it {later[n][1]:,.0f} tokens/s" if n in later else ''))
     else:
         base_speed, base_cpu = rows[0][2], rows[0][6]
         w = max(len(n) for n in names + ['variant'])
         print(f"{'variant':<{w}} {'ms/iter':>9} {'tokens/s':>10} {'MFU':>7} {'vs ' + names[0]:>14} "
-              f"{'cpu ms/iter':>11} {'(cpu)':>6}  settings")
+              f"{'cpu ms/iter':>11} {'(cpu)':>6}" + (f" {'1st token ms':>12} {'then tokens/s':>13}" if later else '')
+              + "  settings")
         for n, med, tok_s, mfu, lo, hi, cpu in rows:
             print(f"{n:<{w}} {med * 1000:>9.3f} {tok_s:>10,.0f} {pct(mfu):>6}% {tok_s / base_speed:>13.2f}x "
-                  f"{cpu * 1000:>11.3f} {base_cpu / cpu:>5.2f}x  {describe(specs[n], c, dev)}")
+                  f"{cpu * 1000:>11.3f} {base_cpu / cpu:>5.2f}x"
+                  + (f" {later[n][0]:>12.2f} {later[n][1]:>13,.0f}" if n in later else ' ' * 27 * bool(later))
+                  + f"  {describe(specs[n], c, dev)}")
         print(f"(one iteration = one {unit}; medians of {iters} timed iterations per variant in "
               f"{min(rounds, iters)} interleaved rounds after {warmup} warm-up; ratios are speed-ups over "
               f"{names[0]}, from wall time and from process CPU time; peak memory {mem:,.0f} MB for all variants "

@@ -8,6 +8,7 @@ $ python sample.py --out_dir=out --num_beams=4 --length_penalty=0.8 --num_sample
 $ python sample.py --out_dir=../nanoGPT/out-shakespeare-char    # a nanoGPT run, imported as it is (gpt/checkpoint.py)
 $ python sample.py --start=FILE:prompts.jsonl --output=results.jsonl --temperature=0   # many prompts, one batch
 $ python sample.py --start=FILE:prompts.txt --per_line=True --quantize=int8      # one prompt per line; int8 weights
+$ python sample.py --out_dir=out --draft=out-small --prompt_lookup=3 --temperature=0   # speculative decoding
 
 A single sample streams to stdout as it is generated. Several prompts (a .jsonl file: one JSON string or
 {"prompt": ...} per line; or a text file with --per_line=True) and their samples decode together as one batch
@@ -16,6 +17,10 @@ each finishes (Ctrl-C keeps them): prompt, completion, tokens, finish_reason ('s
 file is replaced only with --overwrite=True. Greedy decoding and beam search give one sample per prompt (more
 would be copies). Tokens/s is printed to stderr at the end, timed
 from the first token (the prompt's prefill and any compile are reported apart, as time to first token).
+
+Speculative decoding (gpt/speculative.py; docs/sampling.md): --draft (a smaller model of the same tokenizer) and/or
+--prompt_lookup (n-grams of the context) draft --draft_tokens tokens that the model checks in one pass; greedy text
+is plain greedy's, sampling is exact in distribution; one prompt at a time, each sample after the last.
 
 Decoding picks its own dtype: dtype='auto' is bfloat16 on GPUs and float32 on CPUs, where a one-token step
 reads every weight once and bf16 autocast would convert them all again at each step (GPT-2 124M: 11-13
@@ -38,6 +43,7 @@ from gpt.device import autocast_ctx, shut_down
 from gpt.engine import Engine, beam_search, generate_stream
 from gpt.errors import UserError, check_output
 from gpt.sampling import SamplingParams, check_sampling_args
+from gpt.speculative import LookupThenDraft, PromptLookup, Speculative, Stats, check_speculative, load_drafter
 from gpt.stops import StopText, cut_at_stop, find_stop
 from gpt.tokendata import get_tokenizer, json_lines, read_text
 
@@ -69,6 +75,11 @@ quantize = 'none'           # 'none' or 'int8' (weight-only int8 for every Linea
 max_batch = 64              # rows decoded together (prompts x num_samples beyond it wait for a free row)
 cuda_graph = False          # CUDA: replay the one-token step from a CUDA graph (fastpath.CUDAGraphDecoder; not yet measured)
 compile = False             # compile the one-token steps (fastpath.compile_decoder; not beam search): pays off on long generations
+draft = ''                  # speculative decoding (gpt/speculative.py): the draft model's init_from (a run's out_dir, a hub name
+                            # or an HF dir; the target's tokenizer); '' off. Greedy text is plain greedy's, sampling exact
+draft_tokens = 4            # speculative decoding: tokens drafted per pass of the model (k >= 1)
+prompt_lookup = 0           # speculative decoding: draft what followed the context's last n-gram earlier in it (this n;
+                            # 0 off), without a draft model or (with --draft) where the whole n-gram occurred before
 # -----------------------------------------------------------------------------
 config = configurator.configure(globals(), verbose=False)
 
@@ -122,6 +133,7 @@ def main():
     if num_beams < 1 or num_samples < 1 or max_new_tokens < 1 or max_batch < 1:
         raise UserError("num_beams, num_samples, max_new_tokens and max_batch must be >= 1")
     check_decoding(quantize, compile, cuda_graph, use_cache)
+    speculative = check_speculative(draft, prompt_lookup, draft_tokens, num_beams, use_cache)
     stops = parse_stops(stop)  # (before the model loads: a mistake costs nothing)
     prompts = read_prompts()
     if output:  # checked now, not after the generation: the folder is made if missing (check_output)
@@ -138,9 +150,17 @@ def main():
         num_samples = 1
     torch.manual_seed(seed)
     rows = 1 if use_cache and num_beams == 1 and len(prompts) * num_samples == 1 else max(2, num_beams)
+    rows = draft_tokens + 1 if speculative else rows  # (a speculative pass: the newest token and k drafts)
     d = load_for_decoding(init_from, out_dir, ckpt_name, device, dtype, quantize, rows,  # (beam search: no decoder)
                           compile=compile and num_beams == 1, cuda_graph=cuda_graph and num_beams == 1)
     model, meta, dev, dt, decoder = d.model, d.meta, d.device, d.dtype, d.decoder
+    spec, spec_stats = None, Stats()  # (speculative: one prompt at a time, each sample after the last)
+    if speculative:
+        drafter = load_drafter(draft, model, meta, dev, dtype, quantize, compile, cuda_graph) if draft else None
+        if prompt_lookup:  # (with a draft model too: the lookup where the whole n-gram matched, else the model)
+            drafter = PromptLookup(prompt_lookup) if drafter is None else LookupThenDraft(PromptLookup(prompt_lookup),
+                                                                                         drafter)
+        spec = Speculative(model, drafter, draft_tokens, decoder)
     encode, decode, eot = get_tokenizer(meta)
     if decoder is not None:  # (the timing printed at the end includes it)
         print("compiling the one-token step at the first token: ~20 s the first time, a few once cached",
@@ -169,13 +189,17 @@ def main():
                                       length_penalty=length_penalty, eos_token_id=eos, use_cache=use_cache)
                     clock.tick(out.size(1) - len(p))
                     print(prompt + results.add(finished(prompt, out[0, len(p):].tolist(), eos, stops, decode)))
-            elif live or not use_cache:
+            elif live or not use_cache or spec is not None:
                 for prompt, p in ((pr, pi) for pr, pi in zip(prompts, ids) for _ in range(num_samples)):
                     stream = generate_stream(model, torch.tensor([p], device=dev), max_new_tokens,
                                              temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                              repetition_penalty=repetition_penalty, eos_token_id=eos,
                                              use_cache=use_cache, generator=gen, decoder=decoder)
+                    if spec is not None:  # (its tokens as generate_stream's (1, 1) tensors)
+                        stream = (torch.tensor([[t]]) for t in spec.stream(p, max_new_tokens, SamplingParams(
+                            temperature, top_k, top_p, min_p, repetition_penalty), {eos} - {None}, gen))
                     tokens = stream_tokens(stream, decode, prompt, stops, eos, live, clock)
+                    spec_stats.add(spec.stats if spec is not None else Stats())
                     completion = results.add(finished(prompt, tokens, eos, stops, decode))
                     if not live:
                         print(prompt + completion + '\n---------------')
@@ -209,7 +233,8 @@ def main():
                                    f"; wrote nothing to {output}" if output else '')) from None  # (errors.py)
     results.close()
     n_tokens = sum(r['tokens'] for r in results.records)
-    print(f"\n{clock.report(n_tokens)}" + (f"; wrote {len(results.records)} samples to {output}" if output else ''),
+    print(f"\n{clock.report(n_tokens)}" + (f"; {spec_stats.report()}" if spec is not None else '')
+          + (f"; wrote {len(results.records)} samples to {output}" if output else ''),
           file=sys.stderr)
 
 

@@ -27,6 +27,7 @@ script, configurator.py or data/, and never edits sys.path.
     fastpath    CPU weight layouts, compiled and CUDA-graph decoders
     decoding    load_for_decoding: the one set-up of a model for generation
     stops       stop strings and streamed text
+    speculative speculative decoding: a draft model or prompt lookup, greedy-exact and exact in distribution
     openai_api  OpenAI's completions and chat requests as serve.py reads them: every option works or is a 400
     quantize    int8 weights
     chat        the chat template, its tokens, vocabulary growth
