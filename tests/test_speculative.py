@@ -350,6 +350,7 @@ def test_compiled_steps_on_a_static_cache_give_the_same_tokens():
     """With decoders (compile_decoder's, traced by dynamo without inductor here) the model's passes and the
     draft's steps run on static caches, rolled back the same way."""
     from gpt.fastpath import compile_decoder
+    torch._dynamo.reset()  # (dynamo's recompile limit counts per code object: other tests' graphs of GPT.forward too)
     model = random_gpt()
     draft = noisy_copy(model, 0.02)
     p = prompts([7])[0]
