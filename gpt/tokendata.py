@@ -30,7 +30,7 @@ import torch
 
 from gpt.errors import UserError
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository (data/ lives there)
 TOKEN_DTYPES = {'uint16': 1 << 16, 'uint32': 1 << 32}  # the bins' dtypes and how many ids each can hold
 
 

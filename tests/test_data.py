@@ -182,3 +182,14 @@ def test_openwebtext_hub_unreachable(tmp_path):
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert "cannot load dataset 'Skylion007/openwebtext'" in last and "--data_files" in last
+
+
+def test_a_dataset_name_means_the_repository_data_folder():
+    """train.py --dataset=shakespeare_char reads data/shakespeare_char/ of the repository, where its prepare.py
+    writes (the library moved into gpt/ once pointed this at gpt/data/, which `make demo` then could not find)."""
+    from gpt.tasks import CACHE_DIR
+    from gpt.tokendata import dataset_dir
+    folder, prepare = dataset_dir('shakespeare_char')
+    assert os.path.isfile(os.path.join(folder, 'prepare.py')), folder
+    assert os.path.samefile(os.path.join(folder, '..', '..'), REPO) and prepare == 'data/shakespeare_char/prepare.py'
+    assert os.path.normpath(CACHE_DIR) == os.path.join(os.path.realpath(REPO), 'data', 'eval')  # eval downloads
