@@ -9,7 +9,7 @@ $ python bench.py --mode=sample --model=gpt2 --max_new_tokens=200 --iters=3 --wa
 $ python bench.py --init_from=resume --out_dir=out-shakespeare-char-cpu --dataset=shakespeare_char
 $ python bench.py --model=gpt2 --device=cuda --batch_size=12 --compile=True    # one GPU
 $ python bench.py --profile=True                           # also writes a chrome trace to out_dir
-$ python bench.py --mode=eval --init_from=gpt2 --eval_limit=200   # HellaSwag examples/s: eval.py vs a transformers loop
+$ python bench.py --mode=eval --init_from=gpt2 --eval_tasks=suite --num_fewshot=5 --eval_data=data/eval   # vs lm_eval
 $ python bench.py --mode=speedrun          # wall time to val 1.886: the CPU speedrun vs nanoGPT's CPU recipe
 $ python bench.py --mode=memory --model=gpt2-medium    # peak memory of a training step: full, LoRA, + checkpointing
 
@@ -87,8 +87,12 @@ batch_size = 0              # rows per step; 0 = 12 for train/forward, 1 for sam
 dataset = ''                # real data from data/<dataset>/ ('' = random tokens)
 data_dir = ''               # real data from this directory instead
 max_new_tokens = 200        # sample: tokens generated per iteration
-eval_data = ''              # eval: a HellaSwag-format jsonl ('' = hellaswag_val.jsonl, downloaded as eval.py does)
-eval_limit = 200            # eval: examples scored per timed pass
+eval_tasks = 'hellaswag'    # eval: eval.py's tasks or 'suite'
+num_fewshot = 0             # eval: K, for every task (-1: each task's default)
+eval_data = ''              # eval: a folder of <task>/<split>.jsonl folders, or one task's folder or file ('' = data/eval/)
+eval_limit = 200            # eval: examples of each task scored per timed pass
+hf_tokenizer = 'gpt2'       # eval, lm_eval variant: the harness's tokenizer (a hub name, a saved tokenizer, or a
+                            # folder of GPT-2's encoder.json and vocab.bpe, as ../shared/data/gpt2 offline)
 prompt_len = 8              # sample: prompt tokens
 warmup = 3                  # untimed iterations per variant first (compilation happens here)
 iters = 20                  # timed iterations per variant
@@ -120,7 +124,7 @@ config = configurator.configure(globals(), verbose=False)
 STANDARD = {'train': 'reference,eager+fp32,eager+bf16,compile+fp32,compile+bf16',
             'forward': 'reference,eager+fp32,eager+bf16,compile+fp32,compile+bf16',
             'sample': 'nocache,cache,hf,ctranslate2',
-            'eval': 'hf,ours'}
+            'eval': 'ours,lm_eval'}
 DTYPES = {'fp32': 'float32', 'bf16': 'bfloat16', 'fp16': 'float16'}
 OPTIMS = ('forloop', 'foreach', 'fused')
 PATTERNS = ('dense', 'local', 'alternating')
@@ -623,57 +627,87 @@ def report(names, specs, times, cpu_times, work, fpt, c, dev, firsts=None):
 # ----------------------------------------------------------------------------- eval mode
 
 def eval_bench(dev):
-    """HellaSwag scoring throughput (examples/s): 'ours' is tasks.score, as eval.py runs it (batches of batch_size
-    sequences, longest first, across examples); 'hf' a plain transformers loop on the same weights and tokens, one
-    example's choices per padded forward pass, as llm.c and build-nanogpt score HellaSwag. Both pick the choice
-    with the best summed and per-token log-likelihood; the picks must agree. float32, no autocast."""
+    """Evaluation throughput (examples/s over all the tasks, reading and tokenizing included): 'ours' is eval.py's
+    path (gpt/tasks.py: an example's choices packed in one row, its shared context run once, many examples a
+    pass); 'lm_eval' is lm-evaluation-harness itself (`lm_eval --model hf`, in-process: gpt/harness.py) on the
+    same weights, rows, tasks and K; 'hf' a plain transformers loop, one example's choices per padded forward
+    pass, as llm.c and build-nanogpt score HellaSwag (choice tasks only). All pick the same choices: the metrics
+    must agree. float32, no autocast (the harness's numbers)."""
     import transformers
 
-    from gpt.tasks import load_tasks, score
+    from gpt.tasks import SUITES, load_tasks, primary, run
     if threads:
         torch.set_num_threads(threads)
     names = [s.strip() for s in (variants or STANDARD['eval']).split(',') if s.strip()]
-    if not names or set(names) - {'hf', 'ours'}:
-        raise UserError(f"eval mode compares the variants hf and ours, got {variants!r}")
+    if not names or set(names) - {'hf', 'ours', 'lm_eval'}:
+        raise UserError(f"eval mode compares the variants ours, lm_eval and hf, got {variants!r}")
     base = build_model(dev).eval()
     if base.config.post_norm or base.config.vocab_size < 50257:
         raise UserError("eval mode needs a GPT-2 model (pre-norm, GPT-2 vocabulary): e.g. --init_from=gpt2 or --model=gpt2")
-    task, = load_tasks(['hellaswag'], {'tokenizer': 'gpt2'}, base.config.block_size, limit=eval_limit,
-                       data={'hellaswag': eval_data})
+    task_names = [t for n in eval_tasks.split(',') if n.strip() for t in SUITES.get(n.strip(), (n.strip(),))]
+    folders = {t: (os.path.join(eval_data, t) if os.path.isdir(os.path.join(eval_data, t)) else eval_data)
+               for t in task_names} if eval_data else {}
+    k = None if num_fewshot < 0 else num_fewshot
+    load = lambda: load_tasks(task_names, {'tokenizer': 'gpt2'}, base.config.block_size, limit=eval_limit,
+                              data=folders, num_fewshot=k, max_gen_toks=max_new_tokens)
+    tasks = load()
+    if 'hf' in names and any(not t.examples for t in tasks):
+        raise UserError("the 'hf' loop scores choice tasks only: leave out lambada and generation tasks, or 'hf'")
     B = batch_size or 8
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    with tempfile.TemporaryDirectory(prefix='bench-') as tmp:
-        hf.save_pretrained(base, tmp)
-        theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp, **hf.float32_kwargs()).to(dev).eval()
+    tmp = tempfile.TemporaryDirectory(prefix='bench-')
+    hf.save_pretrained(base, tmp.name)
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp.name, **hf.float32_kwargs()).to(dev).eval()
 
     def ours():
-        r = score(base, task.requests, B, dev)
-        return r[:, 0], r[:, 0] / r[:, 1]
+        return {t.name: run(base, t, B, dev) for t in load()}
+
+    def harness():
+        from gpt.harness import run_harness
+        if not folders:
+            raise UserError("the lm_eval variant reads local rows: --eval_data=folder of <task>/<split>.jsonl folders "
+                            "(eval.py's data/eval/ after a download, or tools/eval_standins.py's)")
+        out = run_harness(tmp.name, task_names, folders, num_fewshot=k, tokenizer=harness_tokenizer(tmp.name),
+                          batch_size=B, device=dev, limit=eval_limit or None, max_gen_toks=max_new_tokens)
+        harness.seconds = out['seconds']  # (simple_evaluate alone: its model and task index load are not timed)
+        return {t.name: {ours_key(k): float(v) for k, v in out['results'][name].items() if 'stderr' not in k and ',' in k}
+                for t, name in zip(tasks, task_names)}
+
+    def ours_key(key):  # the harness's 'metric,filter' names as gpt/tasks.py's
+        metric, filt = key.split(',')
+        if metric == 'exact_match' and filt in ('strict-match', 'flexible-extract'):
+            return f"exact_match_{filt.split('-')[0]}"
+        return {'perplexity': 'ppl'}.get(metric, metric)
 
     @torch.no_grad()
     def hf_loop():
-        total, per_token = [], []
-        for _, first, lengths in task.examples:
-            reqs = task.requests[first:first + len(lengths)]
-            tokens = torch.zeros(len(reqs), max(len(c) + len(x) for c, x in reqs), dtype=torch.long)
-            mask = torch.zeros_like(tokens)
-            for i, (c, x) in enumerate(reqs):
-                tokens[i, :len(c) + len(x)] = torch.tensor(c + x)
-                mask[i, len(c):len(c) + len(x)] = 1
-            tokens, mask = tokens.to(dev), mask.to(dev)
-            logits = theirs(tokens).logits[:, :-1]
-            losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(),
-                                                       reduction='none').view(len(reqs), -1) * mask[:, 1:]
-            total.append(-losses.sum(1).double().cpu())
-            per_token.append(total[-1] / mask[:, 1:].sum(1).cpu())
-        return torch.cat(total), torch.cat(per_token)
+        out = {}
+        for task in tasks:
+            total = []
+            for _, first, lengths in task.examples:
+                reqs = task.requests[first:first + len(lengths)]
+                tokens = torch.zeros(len(reqs), max(len(c) + len(x) for c, x in reqs), dtype=torch.long)
+                mask = torch.zeros_like(tokens)
+                for i, (c, x) in enumerate(reqs):
+                    tokens[i, :len(c) + len(x)] = torch.tensor(c + x)
+                    mask[i, len(c):len(c) + len(x)] = 1
+                tokens, mask = tokens.to(dev), mask.to(dev)
+                logits = theirs(tokens).logits[:, :-1]
+                losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(),
+                                                           reduction='none').view(len(reqs), -1) * mask[:, 1:]
+                total.append(-losses.sum(1).double().cpu())
+            ll = torch.cat(total)
+            out[task.name] = task.metrics(torch.stack([ll, torch.tensor([len(x) for _, x in task.requests]).double(),
+                                                       torch.zeros_like(ll)], 1))
+        return out
 
-    steps = {'ours': ours, 'hf': hf_loop}
-    n_tok = sum(len(c) + len(x) - 1 for c, x in task.requests)
-    print(f"eval: {base.num_params() / 1e6:.2f}M params, {len(task.examples)} HellaSwag examples "
-          f"({len(task.requests)} sequences, {n_tok / len(task.requests):.0f} tokens each on average), "
-          f"ours: batches of {B}, torch {torch.__version__}")
+    steps = {'ours': ours, 'hf': hf_loop, 'lm_eval': harness}
+    n_examples = sum(len(t.examples) or len(t.requests) or len(t.prompts) for t in tasks)
+    n_tok = [len(c) + len(x) - 1 for t in tasks for c, x in t.requests]
+    print(f"eval: {base.num_params() / 1e6:.2f}M params, {', '.join(t.name for t in tasks)}: {n_examples} examples "
+          f"({len(n_tok)} scored sequences, {sum(n_tok) / max(1, len(n_tok)):.0f} tokens each on average), "
+          f"K={k if k is not None else 'per task'}, batches of {B}, torch {torch.__version__}")
     hw = torch.cuda.get_device_name(dev) if dev.startswith('cuda') else cpu_name()
     print(f"device {dev}: {hw}, {torch.get_num_threads()} threads")
     outputs, times = {}, {n: [] for n in names}
@@ -683,17 +717,33 @@ def eval_bench(dev):
         for n in names:  # taking turns, so a change in machine load hits both alike
             t0 = time.perf_counter()
             steps[n]()
-            times[n].append(time.perf_counter() - t0)
-    speed = {n: len(task.examples) / statistics.median(times[n]) for n in names}
+            times[n].append(harness.seconds if n == 'lm_eval' else time.perf_counter() - t0)
+    speed = {n: n_examples / statistics.median(times[n]) for n in names}
     print(f"{'variant':<8} {'examples/s':>10} {'vs ' + names[0]:>10}  s/pass (median of {len(times[names[0]])})")
     for n in names:
         print(f"{n:<8} {speed[n]:>10.2f} {speed[n] / speed[names[0]]:>9.2f}x  {statistics.median(times[n]):.2f}")
-    if len(names) == 2:
-        (a_sum, a_tok), (b_sum, b_tok) = outputs[names[0]], outputs[names[1]]
-        picks = lambda v: torch.stack([v[f:f + len(l)].argmax() for _, f, l in task.examples])
-        same = (picks(a_sum) == picks(b_sum)).float().mean().item(), (picks(a_tok) == picks(b_tok)).float().mean().item()
-        print(f"same picks: {same[0]:.1%} (sum), {same[1]:.1%} (per token); "
-              f"max log-likelihood difference {(a_sum - b_sum).abs().max().item():.2e}")
+    for n in names[1:]:  # every metric both report, per task
+        a, b = outputs[names[0]], outputs[n]
+        pairs = [(t, k, a[t][k], b[t][k]) for t in a for k in a[t] if k in b.get(t, {}) and k not in ('n',)
+                 and not k.endswith('stderr')]
+        differ = [f"{t}/{k} {x:.4f} vs {y:.4f}" for t, k, x, y in pairs if abs(x - y) > 1e-4 * max(1, abs(y))]
+        print(f"same metrics, {names[0]} and {n}: {len(pairs) - len(differ)} of {len(pairs)}"
+              + (f"; differ: {', '.join(differ)}" if differ else ''))
+    print(f"mean of the primary metrics ({names[0]}): "
+          f"{statistics.mean(primary(m) for m in outputs[names[0]].values() if primary(m) is not None):.4f}")
+    tmp.cleanup()
+
+
+def harness_tokenizer(tmp):
+    """hf_tokenizer as the harness's HFLM takes it: a name or a saved tokenizer; a folder of GPT-2's plain BPE files
+    (encoder.json, vocab.bpe) is made a transformers tokenizer, saved under tmp."""
+    if os.path.isfile(os.path.join(hf_tokenizer, 'encoder.json')):
+        import transformers
+        tok = transformers.GPT2TokenizerFast(os.path.join(hf_tokenizer, 'encoder.json'),
+                                             os.path.join(hf_tokenizer, 'vocab.bpe'))
+        tok.save_pretrained(os.path.join(tmp, 'tokenizer'))
+        return os.path.join(tmp, 'tokenizer')
+    return hf_tokenizer
 
 
 def compare_outputs(names, outputs):

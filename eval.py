@@ -1,8 +1,12 @@
 """
-Evaluate a model the way papers and leaderboards do: perplexity and bits per byte, HellaSwag, LAMBADA, or your
-own multiple-choice set. Prints a table and writes the same numbers to a JSON file. How each task is read and
-scored: gpt/tasks.py.
+Evaluate a model the way papers and leaderboards do: GPT-3's zero-, one- and few-shot suite (HellaSwag, LAMBADA,
+ARC, PIQA, Winogrande, OpenBookQA, BoolQ, COPA, SciQ) as lm-evaluation-harness defines it, TriviaQA and GSM8K by
+generation, perplexity and bits per byte, or your own multiple-choice set. Prints a table and writes the same
+numbers to a JSON file. How each task is read and scored: gpt/tasks.py.
 
+$ python eval.py --init_from=gpt2 --tasks=suite                        # the suite, zero-shot, and its mean
+$ python eval.py --init_from=gpt2 --tasks=suite --num_fewshot=5        # 5-shot, the harness's contexts
+$ python eval.py --init_from=gpt2 --tasks=triviaqa,gsm8k --limit=200   # generation (gsm8k is 5-shot by default)
 $ python eval.py --init_from=gpt2 --tasks=hellaswag,lambada            # OpenAI's weights; data downloads once
 $ python eval.py config/eval_tasks_gpt2.py                             # the same, with the published figures beside it
 $ python eval.py --out_dir=out-shakespeare-char --tasks=perplexity --perplexity_data=shakespeare_char
@@ -13,7 +17,9 @@ $ torchrun --standalone --nproc_per_node=2 eval.py --init_from=gpt2 --tasks=hell
 $ torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500 eval.py ...
 
 Under torchrun every process scores its share of the batches and the results are summed over processes, so the
-numbers are those of one process. Offline: put the data files where the error message says, or pass --data.
+numbers are those of one process. Data: the harness's hub datasets, downloaded once to data/eval/<task>/ as
+<split>.jsonl; offline, put the rows there or pass --<task>_data=folder (one file per split, named by the split)
+or a file of the evaluated split.
 """
 
 import json
@@ -29,24 +35,38 @@ from gpt.decoding import load_for_decoding
 from gpt.device import autocast_ctx, describe, pick_device, pick_dtype
 from gpt.errors import UserError, check_output
 from gpt.run import join_process_group, launched_by_torchrun, leave_process_group, rank_device, torchrun_ranks
-from gpt.tasks import load_tasks, score
+from gpt.tasks import load_tasks, primary, run
 
 # -----------------------------------------------------------------------------
 # config: overridden by a config file, then by --key=value
 init_from = 'resume'        # 'resume' (a checkpoint in out_dir), a hub name (gpt2, gpt2-xl, openai-gpt, ...) or an HF dir
 out_dir = 'out'             # the training run to evaluate when init_from='resume'
 ckpt_name = 'best.pt'       # 'best.pt' (lowest val loss) or 'ckpt.pt' (latest); falls back to ckpt.pt
-tasks = 'hellaswag'         # comma-separated: perplexity, hellaswag, lambada, mc
+tasks = 'hellaswag'         # comma-separated: suite (the ten below), hellaswag, lambada_openai (lambada), arc_easy,
+                            # arc_challenge, piqa, winogrande, openbookqa, boolq, copa, sciq, triviaqa, gsm8k,
+                            # perplexity, mc
+num_fewshot = -1            # K solved examples before each one (the harness's contexts); -1: each task's default
 data = ''                   # the data of the one task in `tasks` (shorthand for <task>_data)
-hellaswag_data = ''         # hellaswag_val.jsonl; '' downloads it to data/eval/ when absent
-lambada_data = ''           # OpenAI's lambada_test.jsonl; '' downloads it to data/eval/ when absent
+hellaswag_data = ''         # each task's local data: a folder of <split>.jsonl (.json, .parquet) files with the hub
+lambada_data = ''           # dataset's rows, or a file of the evaluated split; '' reads data/eval/<task>/ or
+arc_easy_data = ''          # downloads the hub dataset there
+arc_challenge_data = ''
+piqa_data = ''
+winogrande_data = ''
+openbookqa_data = ''
+boolq_data = ''
+copa_data = ''
+sciq_data = ''
+triviaqa_data = ''
+gsm8k_data = ''
 mc_data = ''                # your multiple-choice jsonl, a line each: {"context": str, "choices": [str, ...], "label": int}
 perplexity_data = ''        # a text file, a prepared dataset (data/<name> or its folder) or hf:name[:config[:split]]
 split = ''                  # perplexity on a prepared dataset: 'val' (default) or 'train'; on the hub: 'test' (default)
 stride = 0                  # perplexity: the sliding window's step in tokens; 0 = half the context; block_size = disjoint
 block_size = 0              # evaluate at a shorter context than the model's (0: the model's own)
 limit = 0                   # only the first N examples of each task (perplexity: N windows); 0 = all
-batch_size = 8              # sequences per forward pass (a HellaSwag example is 4)
+batch_size = 8              # examples per forward pass (an example's choices share one packed row)
+max_gen_toks = 0            # generation tasks: tokens to generate at most (0: the task's, 256 as the harness)
 results_file = ''           # the JSON output (earlier results kept); '' = <out_dir>/eval.json, or eval_<model>.json
 progress = True             # a progress bar with an ETA per task (stderr)
 device = 'auto'             # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...; under torchrun cuda:LOCAL_RANK
@@ -58,13 +78,15 @@ config = configurator.configure(globals(), verbose=int(os.environ.get('RANK', 0)
 
 def main():
     names = [t.strip() for t in tasks.split(',') if t.strip()]
-    paths = {'hellaswag': hellaswag_data, 'lambada': lambada_data, 'mc': mc_data, 'perplexity': perplexity_data}
+    paths = {name[:-len('_data')]: value for name, value in globals().items()
+             if name.endswith('_data') and name != 'perplexity_data' and value}
+    paths['perplexity'] = perplexity_data
     if data:
         if len(names) != 1:
             raise UserError("--data is for one task; with several use --<task>_data (e.g. --hellaswag_data=...)")
         paths[names[0]] = data
-    if batch_size < 1 or limit < 0 or stride < 0:
-        raise UserError("batch_size must be >= 1, limit and stride >= 0")
+    if batch_size < 1 or limit < 0 or stride < 0 or max_gen_toks < 0 or num_fewshot < -1:
+        raise UserError("batch_size must be >= 1, limit, stride and max_gen_toks >= 0, num_fewshot >= 0 (or -1)")
 
     # torchrun: one process per device; every rank loads the model and the tasks, then scores its share
     ddp = launched_by_torchrun()
@@ -80,7 +102,12 @@ def main():
     # (the weights as trained, no decode layout: scoring runs whole sequences, not one-token steps)
     d = load_for_decoding(init_from, out_dir, ckpt_name, dev, dt, layout='none', block_size=block_size)
     model, meta = d.model, d.meta
-    task_list = load_tasks(names, meta, model.config.block_size, limit=limit, data=paths, stride=stride, split=split)
+    task_list = load_tasks(names, meta, model.config.block_size, limit=limit, data=paths, stride=stride, split=split,
+                           num_fewshot=None if num_fewshot < 0 else num_fewshot, max_gen_toks=max_gen_toks)
+    for task in task_list:
+        if task.truncated and rank == 0:
+            print(f"note: {task.name}: {task.truncated} of its requests are longer than the context "
+                  f"({model.config.block_size}); their context's start is cut, as the harness does", file=sys.stderr)
     if ddp:  # joined only now: a mistake above stops every rank alike, with one message from rank 0
         join_process_group(dev)
     if compile:
@@ -94,11 +121,11 @@ def main():
     try:
         for task in task_list:
             t0 = time.time()
-            scores = score(model, task.requests, batch_size, dev, ctx, progress=progress, desc=task.name)
+            metrics = run(model, task, batch_size, dev, ctx, progress=progress)
             seconds = time.time() - t0
-            metrics = task.metrics(scores)
             n = metrics.get('n', len(task.requests))
-            results[task.name] = {**metrics, 'seconds': seconds, 'examples_per_s': n / seconds}
+            results[task.name] = {**metrics, 'num_fewshot': task.num_fewshot, 'seconds': seconds,
+                                  'examples_per_s': n / seconds}
     except KeyboardInterrupt:  # Ctrl-C: the finished tasks' results are written, the one under way is dropped
         stopped = f"stopped by Ctrl-C after {len(results)} of {len(task_list)} tasks"
 
@@ -158,15 +185,20 @@ def write_results(path, record):
 
 
 def print_table(results):
-    print(f"{'task':<12} {'metric':<14} {'value':>10} {'stderr':>8}")
+    """A row per metric, the examples per second per task, and the mean of each task's primary number (acc_norm,
+    else acc, else exact match) when several tasks ran."""
+    print(f"{'task':<22} {'metric':<18} {'value':>10} {'stderr':>8}")
     for name, metrics in results.items():
         for k, v in metrics.items():
-            if k.endswith('_stderr') or k in ('seconds', 'examples_per_s'):
+            if k.endswith('_stderr') or k in ('seconds', 'examples_per_s', 'num_fewshot'):
                 continue
             err = metrics.get(f'{k}_stderr')
             value = f"{v:>10,}" if isinstance(v, int) else f"{v:>10.4f}"
-            print(f"{name:<12} {k:<14} {value} {'' if err is None or math.isnan(err) else f'{err:>8.4f}'}")
-        print(f"{name:<12} {'examples/s':<14} {metrics['examples_per_s']:>10.1f}   ({metrics['seconds']:.1f}s)")
+            print(f"{name:<22} {k:<18} {value} {'' if err is None or math.isnan(err) else f'{err:>8.4f}'}")
+        print(f"{name:<22} {'examples/s':<18} {metrics['examples_per_s']:>10.1f}   ({metrics['seconds']:.1f}s)")
+    scored = {name: primary(m) for name, m in results.items() if primary(m) is not None}
+    if len(scored) > 1:
+        print(f"{'mean':<22} {'of ' + str(len(scored)) + ' tasks':<18} {sum(scored.values()) / len(scored):>10.4f}")
 
 
 if __name__ == '__main__':

@@ -331,11 +331,13 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, kv_cache=None, return_hidden=False):
+    def forward(self, idx, targets=None, kv_cache=None, return_hidden=False, logits_at=None):
         """idx: (B, T) token ids. Returns (logits, loss); loss is None without targets. Targets equal
         to -1 are ignored. Logits cover the padded vocabulary. return_hidden=True also returns the final
         hidden states (B, T, n_embd), after the last LayerNorm: what task, reward and value heads read.
-        With kv_cache, the keys and values of idx are appended to the cache and attend to what it holds."""
+        With kv_cache, the keys and values of idx are appended to the cache and attend to what it holds.
+        logits_at: a (B, T) bool mask; the logits are then those of the masked positions only, (n, vocab):
+        scoring reads a few positions, and the head over every position can cost more than the blocks."""
         B, T = idx.size()
         # where the new tokens sit: after what the cache holds (an int shared by every row, or one row each)
         pos = kv_cache.positions(T) if kv_cache is not None else 0
@@ -367,7 +369,7 @@ class GPT(nn.Module):
             kv_cache.advance(T)
         if not self.config.post_norm:
             x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)
+        logits = self.lm_head(x if logits_at is None else x[logits_at])
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)

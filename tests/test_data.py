@@ -187,7 +187,7 @@ def test_openwebtext_hub_unreachable(tmp_path):
 def test_a_dataset_name_means_the_repository_data_folder():
     """train.py --dataset=shakespeare_char reads data/shakespeare_char/ of the repository, where its prepare.py
     writes (the library moved into gpt/ once pointed this at gpt/data/, which `make demo` then could not find)."""
-    from gpt.tasks import CACHE_DIR
+    from gpt.taskdata import CACHE_DIR
     from gpt.tokendata import dataset_dir
     folder, prepare = dataset_dir('shakespeare_char')
     assert os.path.isfile(os.path.join(folder, 'prepare.py')), folder

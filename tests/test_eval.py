@@ -244,7 +244,7 @@ def test_evaluate_for_train_py(tmp_path, hf_dir, hellaswag_file, lambada_file):
                      f'--lambada_data={lambada_file}', '--limit=4')
     for task, metrics in want.items():
         for k, v in metrics.items():
-            if k not in ('seconds', 'examples_per_s'):
+            if k not in ('seconds', 'examples_per_s', 'num_fewshot'):
                 assert got[f'{task}/{k}'] == pytest.approx(v, rel=1e-9, nan_ok=True), (task, k)
 
 
@@ -328,23 +328,26 @@ def assert_error(code, err, *words):
 
 
 def test_errors(tmp_path, monkeypatch, hf_dir, char_ckpt, hellaswag_file):
-    from gpt import tasks
-    monkeypatch.setattr(tasks, 'CACHE_DIR', str(tmp_path / 'cache'))  # no downloaded copy; conftest sets offline mode
+    from gpt import taskdata
+    monkeypatch.setattr(taskdata, 'CACHE_DIR', str(tmp_path / 'cache'))  # no downloaded copy; conftest sets offline mode
     base = (f'--init_from={hf_dir}', '--device=cpu', '--progress=False', f'--results_file={tmp_path / "r.json"}')
-    assert_error(*run_inprocess('eval.py', *base, '--tasks=hellaswag,winogrande')[::2], 'unknown task winogrande')
-    assert_error(*run_inprocess('eval.py', *base, '--tasks=hellaswag')[::2], 'offline', 'hellaswag_val.jsonl',
-                 str(tmp_path / 'cache'))
-    assert_error(*run_inprocess('eval.py', *base, '--tasks=lambada')[::2], 'lambada_test.jsonl', 'openaipublic')
+    assert_error(*run_inprocess('eval.py', *base, '--tasks=hellaswag,winogrand')[::2], 'unknown task winogrand')
+    assert_error(*run_inprocess('eval.py', *base, '--tasks=hellaswag')[::2], 'offline', 'Rowan/hellaswag',
+                 str(tmp_path / 'cache' / 'hellaswag' / 'validation.jsonl'), '--hellaswag_data')
+    assert_error(*run_inprocess('eval.py', *base, '--tasks=lambada')[::2], 'EleutherAI/lambada_openai', 'split test')
+    assert_error(*run_inprocess('eval.py', *base, '--tasks=hellaswag', f'--data={hellaswag_file}',
+                                '--num_fewshot=2')[::2], 'no train split in', 'few-shot')
     assert_error(*run_inprocess('eval.py', f'--out_dir={char_ckpt[0]}', *base[1:], '--tasks=hellaswag',
                                 f'--data={hellaswag_file}')[::2], 'character vocabulary', 'bits_per_byte')
-    assert_error(*run_inprocess('eval.py', *base, '--tasks=hellaswag', f'--data={hellaswag_file}',
-                                '--block_size=20')[::2], 'example 1 is', 'longer than the model', '(20)')
     long_mc = write_jsonl(tmp_path / 'mc.jsonl', [dict(context='Yes.', choices=['a', 'b'], label=1),
-                                                  dict(context='word ' * 30, choices=['a', 'b'], label=0)])
+                                                  dict(context='Yes.', choices=['a', 'word ' * 30], label=0)])
     assert_error(*run_inprocess('eval.py', *base, '--tasks=mc', f'--mc_data={long_mc}', '--block_size=16')[::2],
-                 'mc: example 2 is')
+                 "mc: example 2's continuation is 31 tokens, longer than the model's context (16)")
     bad_mc = write_jsonl(tmp_path / 'bad.jsonl', [dict(context='Yes.', choices=['a', 'b'], label=2)])
-    assert_error(*run_inprocess('eval.py', *base, '--tasks=mc', f'--data={bad_mc}')[::2], 'label must be an index')
+    assert_error(*run_inprocess('eval.py', *base, '--tasks=mc', f'--data={bad_mc}')[::2], 'label 2 is not an index')
+    odd_mc = write_jsonl(tmp_path / 'odd.jsonl', [dict(context='Yes.', options=['a', 'b'], label=0)])
+    assert_error(*run_inprocess('eval.py', *base, '--tasks=mc', f'--data={odd_mc}')[::2], 'mc: example 1',
+                 "lacks what the task reads (KeyError: 'choices')")
     assert_error(*run_inprocess('eval.py', *base, '--tasks=mc')[::2], '--mc_data')
     assert_error(*run_inprocess('eval.py', *base, '--tasks=perplexity', f'--perplexity_data={hellaswag_file}',
                                 '--stride=99')[::2], 'stride must be in 1..block_size (64)')
@@ -353,78 +356,90 @@ def test_errors(tmp_path, monkeypatch, hf_dir, char_ckpt, hellaswag_file):
     assert_error(*run_inprocess('eval.py', *base, '--tasks=mc,hellaswag', f'--data={bad_mc}')[::2], '--data is for one task')
 
 
-# ----------------------------------------------------------------------------- lm-evaluation-harness itself
-
-HARNESS_TASKS = {  # the harness's hellaswag and lambada_openai definitions, reading our local files
-    'hellaswag_local.yaml': """task: hellaswag_local
-dataset_path: json
-dataset_kwargs: {{data_files: {{validation: {hellaswag}}}}}
-output_type: multiple_choice
-validation_split: validation
-process_docs: !function hellaswag_utils.process_docs
-doc_to_text: "{{{{query}}}}"
-doc_to_target: "{{{{label}}}}"
-doc_to_choice: "choices"
-metric_list: [{{metric: acc, aggregation: mean, higher_is_better: true}},
-              {{metric: acc_norm, aggregation: mean, higher_is_better: true}}]
-""",
-    'lambada_local.yaml': """task: lambada_local
-dataset_path: json
-dataset_kwargs: {{data_files: {{test: {lambada}}}}}
-output_type: loglikelihood
-test_split: test
-doc_to_text: "{{{{text.split(' ')[:-1]|join(' ')}}}}"
-doc_to_target: "{{{{' '+text.split(' ')[-1]}}}}"
-metric_list: [{{metric: perplexity, aggregation: perplexity, higher_is_better: false}},
-              {{metric: acc, aggregation: mean, higher_is_better: true}}]
-""",
-    'hellaswag_utils.py': "from lm_eval.tasks.hellaswag.utils import process_docs  # the harness's own clean-up\n",
-}
-
-
-@pytest.mark.skipif(not os.environ.get('LM_EVAL_PYTHON'), reason='set LM_EVAL_PYTHON to a python with lm_eval installed')
-def test_agrees_with_lm_eval_harness(tmp_path, hf_dir, hf_tok, hellaswag_file, lambada_file):
-    """lm-evaluation-harness (`lm_eval --model hf`) on the same model directory and files: every log-likelihood
-    within a relative 1e-5 (float32 sums) and the same metrics. It tokenizes with transformers, eval.py with tiktoken.
-    LM_EVAL_PYTHON=/path/to/venv/bin/python pytest tests/test_eval.py -k harness"""
-    from gpt.loading import load_model
-    from gpt.tasks import load_tasks, score
-    include = tmp_path / 'harness_tasks'
-    include.mkdir()
-    for name, text in HARNESS_TASKS.items():
-        (include / name).write_text(text.format(hellaswag=hellaswag_file, lambada=lambada_file))
-    hf_tok.save_pretrained(tmp_path / 'tokenizer')
-    p = subprocess.run([os.environ['LM_EVAL_PYTHON'], '-m', 'lm_eval', '--model', 'hf', '--model_args',
-                        f'pretrained={hf_dir},tokenizer={tmp_path / "tokenizer"},dtype=float32',
-                        '--tasks', 'hellaswag_local,lambada_local', '--include_path', str(include), '--device', 'cpu',
-                        '--batch_size', '4', '--output_path', str(tmp_path / 'harness'), '--log_samples'],
-                       env={**os.environ, 'HF_DATASETS_OFFLINE': '1', 'HF_HUB_OFFLINE': '1'}, capture_output=True,
-                       text=True, timeout=600, cwd=tmp_path)
-    assert p.returncode == 0, p.stderr[-3000:]
-    harness = json.loads(next((tmp_path / 'harness').rglob('results_*.json')).read_text())['results']
-    samples = {task: sorted(map(json.loads, next((tmp_path / 'harness').rglob(f'samples_{task}_*.jsonl'))
-                                .read_text().splitlines()), key=lambda s: s['doc_id'])
-               for task in ('hellaswag_local', 'lambada_local')}
-    model, meta, _ = load_model(str(hf_dir))
-    ours = eval_json(tmp_path, f'--init_from={hf_dir}', '--tasks=hellaswag,lambada', f'--hellaswag_data={hellaswag_file}',
-                     f'--lambada_data={lambada_file}')
-    for ours_name, theirs in (('hellaswag', 'hellaswag_local'), ('lambada', 'lambada_local')):
-        task, = load_tasks([ours_name], meta, model.config.block_size, data={ours_name: str({
-            'hellaswag': hellaswag_file, 'lambada': lambada_file}[ours_name])})
-        ll = score(model, task.requests)[:, 0]
-        their_ll = [float(r[0]) for s in samples[theirs] for r in s['filtered_resps']]
-        torch.testing.assert_close(ll, torch.tensor(their_ll, dtype=torch.float64), rtol=1e-5, atol=1e-5)
-        for metric in ('acc', 'acc_norm') if ours_name == 'hellaswag' else ('acc', 'perplexity'):
-            key = 'ppl' if metric == 'perplexity' else metric
-            assert ours[ours_name][key] == pytest.approx(harness[theirs][f'{metric},none'], rel=1e-5), (ours_name, metric)
-
-
 def test_bench_eval_mode(hellaswag_file):
-    """bench.py --mode=eval times tasks.score against a plain transformers loop, and both pick the same choices."""
+    """bench.py --mode=eval times eval.py's scoring against a plain transformers loop, and both give the same metrics
+    (the lm_eval variant: tests/test_harness.py)."""
     from conftest import run
     out = run('bench.py', '--mode=eval', '--model=gpt2', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=64',
-              f'--eval_data={hellaswag_file}', '--iters=1', '--device=cpu', '--threads=1').stdout
-    assert '5 HellaSwag examples (20 sequences' in out, out
-    assert 'same picks: 100.0% (sum), 100.0% (per token)' in out, out
+              f'--eval_data={hellaswag_file}', '--iters=1', '--device=cpu', '--threads=1', '--variants=ours,hf').stdout
+    assert 'hellaswag: 5 examples (20 scored sequences' in out, out
+    assert 'same metrics, ours and hf: 3 of 3' in out, out
     for variant in ('hf', 'ours'):
         assert any(line.startswith(variant + ' ') for line in out.splitlines()), out
+
+
+# ----------------------------------------------------------------------------- the suite, few-shot, its data
+
+@pytest.fixture(scope='module')
+def suite_data(tmp_path_factory):
+    import harness_data  # (tests/: the stand-in rows in each hub dataset's schema)
+    return harness_data.write(tmp_path_factory.mktemp('suite'))
+
+
+def test_suite_few_shot_table_and_results_file(tmp_path, hf_dir, suite_data):
+    """--tasks=suite runs the ten tasks and prints their mean; a K = 3 run is filed per task under <task>_3shot
+    with its K, and a later 0-shot run keeps it (tests/test_harness.py checks the numbers against the harness)."""
+    from gpt.tasks import SUITES
+    flags = [f'--{t}_data={suite_data[t]}' for t in SUITES['suite']]
+    flags = [f.replace('--lambada_openai_data', '--lambada_data') for f in flags]
+    out = tmp_path / 'r.json'
+    base = ('eval.py', f'--init_from={hf_dir}', '--device=cpu', '--progress=False', f'--results_file={out}', *flags)
+    code, stdout, err = run_inprocess(*base, '--tasks=suite', '--num_fewshot=3')
+    assert code == 0, err[-3000:]
+    results = json.loads(out.read_text())['results']
+    assert sorted(results) == sorted(f'{t}_3shot' for t in SUITES['suite'])
+    assert all(r['num_fewshot'] == 3 and r['n'] == 6 for r in results.values())
+    from gpt.tasks import primary
+    mean = sum(primary(r) for r in results.values()) / 10
+    assert f"{'mean':<22} {'of 10 tasks':<18} {mean:>10.4f}" in stdout, stdout
+    assert 'arc_easy_3shot         acc_norm' in stdout
+    code, stdout, err = run_inprocess(*base, '--tasks=arc_easy', '--num_fewshot=0')
+    assert code == 0, err[-3000:]
+    record = json.loads(out.read_text())
+    assert set(record['results']) == {'arc_easy'} | set(results) and len(record['history']) == 1
+    assert record['results']['arc_easy']['num_fewshot'] == 0 and 'mean' not in stdout
+
+
+def test_task_data_from_the_hub_is_cached_and_read_in_each_format(tmp_path, monkeypatch, suite_data):
+    """Without local files a task's split comes from its hub dataset (the harness's id, config and split), once:
+    the rows are cached under data/eval/<task>/<split>.jsonl and read from there next time. Local folders may
+    hold .jsonl, .json or .parquet files; rows without a field the task reads are one line naming it."""
+    import datasets
+    import harness_data
+    from gpt import hubdata, taskdata
+    from gpt.tasks import load_tasks
+    monkeypatch.setattr(taskdata, 'CACHE_DIR', str(tmp_path / 'cache'))
+    monkeypatch.setenv('HF_HUB_OFFLINE', '0')
+    monkeypatch.setenv('HF_DATASETS_OFFLINE', '0')
+    calls = []
+
+    def hub(name, config=None, split=None, **kw):
+        calls.append((name, config, split))
+        return datasets.Dataset.from_list(harness_data.TASKS['arc_challenge']['splits'][split])
+    monkeypatch.setattr(hubdata, 'load_dataset', hub)
+    meta = {'tokenizer': 'gpt2'}
+    want, = load_tasks(['arc_challenge'], meta, 1024, num_fewshot=2, data={'arc_challenge': str(suite_data['arc_challenge'])})
+    for _ in range(2):
+        got, = load_tasks(['arc_challenge'], meta, 1024, num_fewshot=2)
+        assert got.requests == want.requests and got.examples == want.examples
+    assert calls == [('allenai/ai2_arc', 'ARC-Challenge', 'test'), ('allenai/ai2_arc', 'ARC-Challenge', 'train')]
+    assert sorted(os.listdir(tmp_path / 'cache' / 'arc_challenge')) == ['test.jsonl', 'train.jsonl']
+
+    folder = tmp_path / 'formats'
+    folder.mkdir()
+    rows = harness_data.TASKS['arc_challenge']['splits']
+    datasets.Dataset.from_list(rows['test']).to_parquet(str(folder / 'test.parquet'))
+    (folder / 'train.json').write_text(json.dumps(rows['train']))
+    got, = load_tasks(['arc_challenge'], meta, 1024, num_fewshot=2, data={'arc_challenge': str(folder)})
+    assert got.requests == want.requests
+
+    bad = tmp_path / 'bad'
+    bad.mkdir()
+    (bad / 'test.jsonl').write_text(''.join(json.dumps({k: v for k, v in r.items() if k != 'question'}) + '\n'
+                                            for r in rows['test']))
+    with pytest.raises(Exception, match=r"arc_challenge: example 1 \(or its few-shot examples\) lacks what the task "
+                                        r"reads \(KeyError: 'question'\)"):
+        load_tasks(['arc_challenge'], meta, 1024, data={'arc_challenge': str(bad)})
+    (bad / 'test.jsonl').write_text('{"question": \n')
+    with pytest.raises(Exception, match='test.jsonl'):
+        load_tasks(['arc_challenge'], meta, 1024, data={'arc_challenge': str(bad)})
