@@ -18,10 +18,12 @@ Open http://127.0.0.1:8000 for the chat page, or point any OpenAI client at http
          -d '{"model": "out-sft-shakespeare", "messages": [{"role": "user", "content": "Now"}]}'
 
 Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (prompt or messages; max_tokens,
-temperature, top_p, n, stop, seed, presence_penalty, frequency_penalty, stream, stream_options.include_usage; and
+temperature, top_p, n, stop, seed, presence_penalty, frequency_penalty, stream, stream_options.include_usage;
+logprobs (completions: the top 0..20 tokens; chat: true, with top_logprobs 0..20) and echo (completions: the prompt
+first, with its tokens' logprobs; max_tokens 0 scores the prompt alone, as lm_eval's local-completions asks); and
 vLLM's top_k, min_p, repetition_penalty, min_tokens, ignore_eos, stop_token_ids, include_stop_str_in_output), vLLM's
 POST /tokenize and /detokenize, GET /health, GET /metrics (Prometheus), and the page at /. Every other option of
-OpenAI's APIs (logprobs, tools, response_format other than text, ...) and any unknown key is a 400 naming it
+OpenAI's APIs (tools, response_format other than text, ...) and any unknown key is a 400 naming it
 (gpt/openai_api.py). Chat uses gpt/chat.py's template (<|user|>...<|assistant|>), so it needs a model that has its
 tokens (an SFT, PPO or DPO run); system messages are user text (the template has no system role), messages of one
 role in a row are joined, and a conversation ending with the assistant's message is continued. A prompt and its
@@ -41,6 +43,7 @@ data: [DONE]); a second signal exits at once.
 """
 
 import asyncio
+import collections
 import contextlib
 import hmac
 import json
@@ -125,12 +128,20 @@ class ChoiceText(StopText):
 
 class Choice:
     """One sequence the engine decodes (a request has n of them per prompt): its prompt and settings going in,
-    its text coming out. The engine thread reads ids, max_new, params and stop_ids and sets rid; the rest is the
-    event loop's."""
+    its text (and its logprob records) coming out. The engine thread reads ids, max_new, params, stop_ids,
+    engine_logprobs and prompt_logprobs and sets rid; the rest is the event loop's."""
 
     def __init__(self, request, index, ids, max_new, params, stop_ids, opts, decode):
-        self.request, self.index, self.ids, self.max_new = request, index, ids, max_new
+        # max_tokens 0 (with echo: the prompt scored, nothing generated): the engine generates one token, which is
+        # dropped (as vLLM does); its prefill scores the prompt
+        self.score_only = max_new == 0
+        self.request, self.index, self.ids, self.max_new = request, index, ids, max(max_new, 1)
         self.params, self.stop_ids = params, stop_ids
+        self.logprobs = opts.logprobs  # top tokens with each token's logprob, or None (no logprobs)
+        self.engine_logprobs = None if self.score_only else opts.logprobs
+        self.prompt_logprobs = opts.logprobs if opts.echo else None
+        self.scores = []        # [(token, logprob, [(id, logprob), ...] or None, text offset)]: its logprobs so far
+        self.offset = 0         # the text offset of the next one
         self.extra_stop_ids = set(opts.stop_token_ids)
         self.rid = None
         self.text = ChoiceText(decode, opts.stops, params.min_tokens, opts.include_stop)
@@ -138,9 +149,14 @@ class Choice:
         self.finish = None
         self.stop_reason = None  # the stop string or (asked-for) stop token id that ended it
 
-    def push(self, token, finish):
-        """Take one generated token; returns the text that became final (ChoiceText holds back what may be the
-        start of a stop string or half a character). A stop string found ends the choice (finish 'stop')."""
+    def push(self, token, finish, entries=()):
+        """Take one generated token and the engine's logprob entries that came with it (the prompt's before the
+        first token's); returns (the text that became final, their records). ChoiceText holds back what may be the
+        start of a stop string or half a character; a stop string found ends the choice (finish 'stop')."""
+        if self.score_only:
+            self.finish = 'length'
+            return '', self.record(entries)
+        records = self.record(entries)
         self.generated += 1
         server.metrics.generation_tokens.inc()
         delta = self.text.push(None if finish == 'stop' else token, final=finish is not None)  # (a stop id: no text)
@@ -149,7 +165,17 @@ class Choice:
         elif finish == 'stop' and token in self.extra_stop_ids:
             self.stop_reason = token  # (the model's own end token: null, as vLLM)
         self.finish = finish
-        return delta
+        return delta, records
+
+    def record(self, entries):
+        """The engine's entries as records with their text offsets: each token's place in the choice's text
+        (the echoed prompt's first), counted in the characters of the tokens' own texts (as vLLM)."""
+        records = []
+        for token, logprob, top in entries:
+            records.append((token, logprob, top, self.offset))
+            self.offset += len(server.token_text(token))
+        self.scores += records
+        return records
 
     def cut(self):
         """Shutdown ended it before it finished: the text held back is final now."""
@@ -204,7 +230,7 @@ class Batcher:
                     print(f"error: decoding step failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
                     for rid, c in list(self.choices.items()):
                         self.engine.cancel(rid)
-                        self.send(c.request, [(c, None, f"decoding failed: {type(e).__name__}: {e}")])
+                        self.send(c.request, [(c, None, f"decoding failed: {type(e).__name__}: {e}", ())])
                     self.choices.clear()
                     continue
                 self.steps += 1
@@ -212,15 +238,33 @@ class Batcher:
                 self.pending = self.engine.pending()
                 self.peak = max(self.peak, self.pending + sum(f is not None for _, _, f in events))
                 out = {}
+                scores = self.take_logprobs(events)
                 for rid, token, finish in events:
                     c = self.choices.get(rid)
                     if c is None:
                         continue  # cancelled since this step began
                     if finish is not None:
                         del self.choices[rid]
-                    out.setdefault(c.request, []).append((c, token, finish))
+                    out.setdefault(c.request, []).append((c, token, finish, scores[rid].popleft() if rid in scores
+                                                          else ()))
                 for request, items in out.items():
                     self.send(request, items)
+
+    def take_logprobs(self, events):
+        """{rid: deque of the logprob entries that go with each of its events, in order}: a step may bring a
+        request several tokens, each with its entry; the prompt's entries go with the first. Nothing to do when no
+        row asked for them."""
+        if not self.engine.logprobs:
+            return {}
+        n = collections.Counter(rid for rid, _, _ in events)
+        out = {}
+        for rid, k in n.items():
+            entries, c = self.engine.take_logprobs(rid), self.choices.get(rid)
+            if entries and c is not None:
+                head = len(entries) - (k if c.engine_logprobs is not None else 0)  # (one per generated token)
+                out[rid] = collections.deque([entries[:head] + entries[head:head + 1]] +
+                                             [entries[head + j:head + j + 1] for j in range(1, k)])
+        return out
 
     def snapshot(self):
         """What /metrics reads from the event loop's thread: plain values, replaced whole, never the engine's."""
@@ -241,9 +285,10 @@ class Batcher:
                         self.engine.cancel(c.rid)
                     continue
                 try:
-                    c.rid = self.engine.add(c.ids, c.max_new, c.params, stop_ids=c.stop_ids)
+                    c.rid = self.engine.add(c.ids, c.max_new, c.params, stop_ids=c.stop_ids,
+                                            logprobs=c.engine_logprobs, prompt_logprobs=c.prompt_logprobs)
                 except ValueError as e:  # (validated already: a rule of the engine's the server does not know)
-                    self.send(c.request, [(c, None, str(e))])
+                    self.send(c.request, [(c, None, str(e), ())])
                     continue
                 self.choices[c.rid] = c
             self.pending = self.engine.pending()
@@ -276,8 +321,8 @@ class Request:
         return all(c.finish is not None for c in self.choices)
 
     async def updates(self):
-        """Yields {choice: (new text, finish or None)} as tokens arrive: everything that arrived since the last
-        yield at once (a slow reader gets fewer, larger chunks)."""
+        """Yields {choice: (new text, finish or None, new logprob records)} as tokens arrive: everything that
+        arrived since the last yield at once (a slow reader gets fewer, larger chunks)."""
         while not self.done:
             batches = [await self.queue.get()]
             while not self.queue.empty():
@@ -290,17 +335,18 @@ class Request:
                 if items is CUT:
                     for c in self.choices:
                         if c.finish is None:
-                            out[c] = (out.get(c, ('', None))[0] + c.cut(), 'abort')
+                            text, _, records = out.get(c, ('', None, []))
+                            out[c] = (text + c.cut(), 'abort', records)
                     continue
-                for c, token, finish in items:
+                for c, token, finish, entries in items:
                     if c.finish is not None:
                         continue  # (tokens that were on their way when a stop string ended it)
                     if token is None:
                         raise ApiError(500, finish)  # the engine refused or failed it
-                    text = c.push(token, finish)
-                    prev = out.get(c, ('', None))[0]
-                    out[c] = (prev + text, c.finish)
-            ended = [c for c, (_, f) in out.items() if f is not None]
+                    text, new = c.push(token, finish, entries)
+                    prev, _, records = out.get(c, ('', None, []))
+                    out[c] = (prev + text, c.finish, records + new)
+            ended = [c for c, (_, f, _) in out.items() if f is not None]
             if ended:
                 server.batcher.cancel(ended)  # (a stop string: the engine's row is freed now; others are no-ops)
             yield out
@@ -328,8 +374,9 @@ class Request:
 
 # ----------------------------------------------------------------------------- validating requests
 
-def fit(prompts, body, key='max_tokens'):
-    """max_tokens checked against the server's limit and, with the longest prompt, the model's context."""
+def fit(prompts, body, key='max_tokens', echo=False):
+    """max_tokens checked against the server's limit and, with the longest prompt, the model's context. 0 only
+    with echo: the prompt alone, scored (as OpenAI's and vLLM's completions)."""
     B, longest = server.block_size, max(map(len, prompts))
     if min(map(len, prompts)) == 0:
         raise ApiError(400, "the prompt is empty", param='prompt')
@@ -337,7 +384,10 @@ def fit(prompts, body, key='max_tokens'):
         raise ApiError(400, f"the prompt is {longest} tokens, longer than the model's context ({B} tokens)",
                        param='prompt', code='context_length_exceeded')
     limit = server.max_tokens
-    want = field(body, key, 'int', None, low=1)
+    want = field(body, key, 'int', None, low=0 if echo else 1)
+    if want == 0 and not echo:
+        raise ApiError(400, f"'{key}' is 0: nothing to generate (0 is for echo: the prompt alone, with its "
+                            f"logprobs)", param=key)
     if want is None:
         if longest >= B:
             raise ApiError(400, f"the prompt is {longest} tokens and fills the model's context ({B} tokens): no "
@@ -375,6 +425,31 @@ class Server:
         self.metrics = make_metrics(self)
         self.draining = False
         self.created = int(time.time())
+        self.added = {int(i): s for s, i in added.items()}
+        self.tiktoken = None
+        if (meta or {}).get('tokenizer') == 'gpt2':
+            import tiktoken
+            self.tiktoken = tiktoken.get_encoding('gpt2')  # (loaded already by get_tokenizer: no download)
+        self.bytes_of = {}
+
+    def token_bytes(self, t):
+        """A token's bytes (chat logprobs' bytes): the added tokens' strings, GPT-2 BPE's own bytes (a token may
+        be part of a character), else the UTF-8 of the token decoded alone (exact for characters; a byte-level
+        BPE's part of a character decodes to U+FFFD there). b'' for an id the tokenizer does not have."""
+        b = self.bytes_of.get(t)
+        if b is None:
+            try:
+                b = (self.added[t].encode() if t in self.added else
+                     self.tiktoken.decode_single_token_bytes(t) if self.tiktoken is not None else
+                     self.decode([t]).encode('utf-8'))
+            except (KeyError, IndexError, ValueError):  # (e.g. a vocabulary padded past the tokenizer's)
+                b = b''
+            self.bytes_of[t] = b
+        return b
+
+    def token_text(self, t):
+        """A token's text in logprobs: its bytes decoded, U+FFFD for those that are part of a character."""
+        return self.token_bytes(t).decode('utf-8', errors='replace')
 
     def encode(self, text):
         try:
@@ -485,12 +560,51 @@ def release(req):
     server.requests.discard(req)
 
 
-def completion_chunk(req, c, text, finish):
+LOGPROB_FLOOR = -9999.0  # vLLM's: what a lower logprob (-inf too) is reported as (JSON has no infinity)
+
+
+def completion_logprobs(records):
+    """OpenAI's completions logprobs of records: each token's text, logprob (null for the prompt's first) and
+    top tokens ({text: logprob}, the most likely first, with the token itself when it is not among them, as
+    OpenAI's "up to logprobs + 1"), and its text offset."""
+    tokens, logprobs, tops = [], [], []
+    for token, logprob, top, _ in records:
+        tokens.append(server.token_text(token))
+        logprobs.append(None if logprob is None else max(logprob, LOGPROB_FLOOR))
+        if top is None:
+            tops.append(None)
+            continue
+        d = {}
+        for i, v in top + [(token, logprob)]:
+            d.setdefault(server.token_text(i), max(v, LOGPROB_FLOOR))  # (two ids of one text: the likelier)
+        tops.append(d)
+    return {'tokens': tokens, 'token_logprobs': logprobs, 'top_logprobs': tops,
+            'text_offset': [r[3] for r in records]}
+
+
+def chat_logprobs(records):
+    """OpenAI's chat logprobs of records: {content: [{token, logprob, bytes, top_logprobs: [{token, logprob,
+    bytes}, ...] the most likely first}]}."""
+    def entry(token, logprob):
+        return {'token': server.token_text(token), 'logprob': max(logprob, LOGPROB_FLOOR),
+                'bytes': list(server.token_bytes(token))}
+    return {'content': [{**entry(t, lp), 'top_logprobs': [entry(i, v) for i, v in top]} for t, lp, top, _ in records],
+            'refusal': None}
+
+
+def logprobs_of(req, c, records):
+    if c.logprobs is None:
+        return None
+    return chat_logprobs(records) if req.kind == 'chat' else completion_logprobs(records)
+
+
+def completion_chunk(req, c, text, finish, records=()):
+    logprobs = logprobs_of(req, c, records)
     if req.kind == 'chat':
         delta = {'content': text} if text else {}
-        return {'index': c.index, 'delta': delta, 'logprobs': None, 'finish_reason': finish,
+        return {'index': c.index, 'delta': delta, 'logprobs': logprobs, 'finish_reason': finish,
                 'stop_reason': c.stop_reason if finish else None}
-    return {'index': c.index, 'text': text, 'logprobs': None, 'finish_reason': finish,
+    return {'index': c.index, 'text': text, 'logprobs': logprobs, 'finish_reason': finish,
             'stop_reason': c.stop_reason if finish else None}
 
 
@@ -512,7 +626,7 @@ async def until_disconnect(receive):
 async def collect(req):
     texts = {c: '' for c in req.choices}
     async for update in req.updates():
-        for c, (text, _) in update.items():
+        for c, (text, _, _) in update.items():
             texts[c] += text
     return texts
 
@@ -523,10 +637,11 @@ def respond_whole(req, texts, echo):
         text = (echo[c.index // req.n] if echo else '') + texts[c]
         if req.kind == 'chat':
             choices.append({'index': c.index, 'message': {'role': 'assistant', 'content': text, 'refusal': None},
-                            'logprobs': None, 'finish_reason': c.finish, 'stop_reason': c.stop_reason})
-        else:
-            choices.append({'index': c.index, 'text': text, 'logprobs': None, 'finish_reason': c.finish,
+                            'logprobs': logprobs_of(req, c, c.scores), 'finish_reason': c.finish,
                             'stop_reason': c.stop_reason})
+        else:
+            choices.append({'index': c.index, 'text': text, 'logprobs': logprobs_of(req, c, c.scores),
+                            'finish_reason': c.finish, 'stop_reason': c.stop_reason})
     return {**envelope(req, choices, final=True), 'usage': req.usage()}
 
 
@@ -570,6 +685,9 @@ class EventStream:
             first = [{'index': c.index, 'delta': {'role': 'assistant', 'content': ''}, 'logprobs': None,
                       'finish_reason': None} for c in req.choices]
             await self.write(send, envelope(req, first))
+        held = {}  # with logprobs, a choice's echoed prompt goes in its first chunk, with the prompt's logprobs
+        if self.echo and req.choices[0].logprobs is not None:
+            held = {c: self.echo[c.index // req.n] for c in req.choices}
         elif self.echo:
             await self.write(send, envelope(req, [completion_chunk(req, c, self.echo[c.index // req.n], None)
                                                   for c in req.choices]))
@@ -584,8 +702,8 @@ class EventStream:
                 update = nxt.result()
             except StopAsyncIteration:
                 break
-            choices = [completion_chunk(req, c, text, finish) for c, (text, finish) in update.items()
-                       if text or finish]
+            choices = [completion_chunk(req, c, held.pop(c, '') + text, finish, records)
+                       for c, (text, finish, records) in update.items() if text or finish or records or c in held]
             if choices:
                 await self.write(send, envelope(req, choices))
         if self.include_usage:
@@ -629,7 +747,7 @@ async def generation(request, kind):
         max_new = fit(prompts, body, max_tokens_key(body))
     else:
         prompts = prompt_ids(body)
-        max_new = fit(prompts, body)
+        max_new = fit(prompts, body, echo=opts.echo)
         if opts.echo:
             echo = [server.decode(p) for p in prompts]
     req = admit(kind, prompts, max_new, opts)

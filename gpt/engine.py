@@ -31,6 +31,8 @@ class Row:
     params: SamplingParams
     stop_ids: frozenset
     generator: Optional[torch.Generator]
+    logprobs: Optional[int] = None          # report each generated token's logprob and this many top ones
+    prompt_logprobs: Optional[int] = None   # the same for the prompt's tokens, at prefill
 
 
 class Engine:
@@ -44,6 +46,15 @@ class Engine:
         rid = engine.add(prompt_ids, max_new_tokens, SamplingParams(temperature=0.8), stop_ids={eot})
         while engine.pending():
             for rid, token, finish in engine.step(): ...   # finish: None, 'stop' (a stop id) or 'length'
+
+    Log-probabilities (serve.py's logprobs and echo): add(..., logprobs=k) records, for each generated token, its
+    log-probability and the k most likely tokens' (k=0: its own alone), from log_softmax of the model's raw logits
+    (before min_tokens' hold, the penalties, temperature or top-k/p, as vLLM's default); prompt_logprobs=k does the
+    same for the prompt's tokens from the prefill's logits of every position (a prefill without them computes the
+    head at each prompt's last position only).
+    take_logprobs(rid) hands over what was recorded since the last call, in order: the prompt's entries, then one
+    per generated token, each (token, logprob, [(id, logprob), ...] most likely first); the prompt's first token
+    has no logprob: (token, None, None). Rows that ask for none cost nothing more.
 
     Not thread-safe: one thread drives it. decoder: compile_decoder(model) or CUDAGraphDecoder(model), run for
     the one-token steps on a static cache. generator: the shared random stream of requests without a seed.
@@ -72,10 +83,12 @@ class Engine:
         self.cache = None
         self.rows, self.waiting = [], deque()  # rows[i] decodes in cache slot i
         self.next_id = 0
+        self.logprobs = {}  # rid -> entries recorded and not yet taken (take_logprobs)
 
-    def add(self, prompt, max_new_tokens, params=None, stop_ids=(), crop=False):
+    def add(self, prompt, max_new_tokens, params=None, stop_ids=(), crop=False, logprobs=None, prompt_logprobs=None):
         """Queue a request; returns its id. One clear ValueError for a request that cannot run. A prompt longer
-        than the context is refused, or with crop=True decoded from its last block_size tokens."""
+        than the context is refused, or with crop=True decoded from its last block_size tokens (its tokens before
+        the window then have no prompt logprob: None). logprobs, prompt_logprobs: see the class."""
         params = params or SamplingParams()
         params.check()
         prompt = [int(t) for t in prompt]
@@ -88,18 +101,26 @@ class Engine:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if prompt and not 0 <= min(prompt) <= max(prompt) < self.model.config.vocab_size:
             raise ValueError(f"token id out of range: ids must be in [0, {self.model.config.vocab_size})")
+        for name, k in (('logprobs', logprobs), ('prompt_logprobs', prompt_logprobs)):
+            if k is not None and not 0 <= k <= self.model.config.vocab_size:
+                raise ValueError(f"{name} must be in [0, {self.model.config.vocab_size}], got {k}")
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(params.seed)
         self.next_id += 1
         self.waiting.append(Row(self.next_id, prompt, len(prompt), max_new_tokens, params, frozenset(stop_ids),
-                                generator))
+                                generator, logprobs, prompt_logprobs))
         return self.next_id
+
+    def take_logprobs(self, rid):
+        """The log-probability entries recorded for a request since the last call (see the class), or []."""
+        return self.logprobs.pop(rid, [])
 
     @torch.inference_mode()  # (the cache's tensors are inference tensors)
     def cancel(self, rid):
         """Drop a request, running or waiting (unknown or finished ids are ignored)."""
         self.waiting = deque(r for r in self.waiting if r.rid != rid)
+        self.logprobs.pop(rid, None)
         for i, row in enumerate(self.rows):
             if row.rid == rid:
                 self._free(i)
@@ -127,8 +148,9 @@ class Engine:
                 logits.append(self._prefill(new))
         if not logits:
             return []
-        logits = self._hold_stops(torch.cat(logits)[:, :self.model.config.vocab_size].float())
-        return self._finish(self._sample(logits, self._groups())[:, None].tolist())
+        raw = torch.cat(logits)[:, :self.model.config.vocab_size].float()
+        tokens = self._sample(self._hold_stops(raw), self._groups())
+        return self._finish(tokens[:, None].tolist(), [self._scores(raw, tokens)])
 
     def _chunk(self):
         """How many one-token steps the next step() takes before the host reads their tokens: up to sync_every,
@@ -146,13 +168,33 @@ class Engine:
         n, V = len(self.rows), self.model.config.vocab_size
         groups = self._groups()
         tokens = torch.tensor([[row.tokens[-1]] for row in self.rows], device=self.device)
-        steps = []
+        steps, scores = [], []
         with autocast_ctx(self.device, self.dtype) if self.dtype else contextlib.nullcontext():
             for j in range(k):
-                logits = self.step_model(tokens, kv_cache=self.cache.select(0, n))[0][:, -1]
-                tokens = self._sample(self._hold_stops(logits[:, :V].float(), j), groups, steps)[:, None]
+                raw = self.step_model(tokens, kv_cache=self.cache.select(0, n))[0][:, -1][:, :V].float()
+                tokens = self._sample(self._hold_stops(raw, j), groups, steps)[:, None]
                 steps.append(tokens)
-        return self._finish(torch.cat(steps, dim=1).tolist())
+                scores.append(self._scores(raw, tokens[:, 0]))  # (tensors: read with the tokens, at the end)
+        return self._finish(torch.cat(steps, dim=1).tolist(), scores)
+
+    def _scores(self, raw, tokens):
+        """The logprob entries of one step for the rows that asked (Row.logprobs), as tensors: (their row
+        indices, the chosen tokens' logprobs (m,), the top logprobs (m, k) and their ids), k the most any row
+        asked; None when no row asked."""
+        want = [i for i, row in enumerate(self.rows) if row.logprobs is not None]
+        if not want:
+            return None
+        sel = torch.tensor(want, device=raw.device)
+        lp = F.log_softmax(raw[sel], dim=-1)
+        k = max(self.rows[i].logprobs for i in want)
+        top = lp.topk(k, dim=-1) if k else None
+        return want, lp.gather(1, tokens[sel, None])[:, 0], top
+
+    def _record(self, row, token, chosen, top):
+        """One generated token's entry (host values), for take_logprobs."""
+        values, ids = top if top is not None else ([], [])
+        self.logprobs.setdefault(row.rid, []).append(
+            (token, chosen, list(zip(ids[:row.logprobs], values[:row.logprobs]))))
 
     def _hold_stops(self, logits, ahead=0):
         """logits (rows, V) with each row's stop ids at -inf while it has generated fewer than its min_tokens
@@ -166,16 +208,23 @@ class Engine:
             logits[i, ids] = float('-inf')
         return logits
 
-    def _finish(self, tokens):
+    def _finish(self, tokens, scores=()):
         """Hand each row its new tokens (tokens[i]: row i's, in order) up to its first stop; free finished rows.
-        Returns the events, step by step."""
+        scores: each step's _scores, whose entries are recorded for the tokens kept. Returns the events, step by
+        step."""
         events, done = [], set()
+        scores = [None if s is None else  # (one read per step, of the rows that asked only)
+                  (dict(zip(s[0], range(len(s[0])))), s[1].tolist(),
+                   None if s[2] is None else (s[2].values.tolist(), s[2].indices.tolist())) for s in scores]
         for j in range(len(tokens[0]) if tokens else 0):
             for i, row in enumerate(self.rows):
                 if i in done:
                     continue  # (stopped earlier in the chunk: the rest of its tokens are dropped)
                 token = tokens[i][j]
                 row.tokens.append(token)
+                if j < len(scores) and scores[j] is not None and i in scores[j][0]:
+                    at, chosen, top = scores[j][0][i], scores[j][1], scores[j][2]
+                    self._record(row, token, chosen[at], None if top is None else (top[0][at], top[1][at]))
                 finish = ('stop' if token in row.stop_ids else
                           'length' if len(row.tokens) - row.n_prompt >= row.max_new else None)
                 events.append((row.rid, token, finish))
@@ -195,11 +244,33 @@ class Engine:
         P = max(len(w) for w in windows)
         idx = torch.tensor([w + [0] * (P - len(w)) for w in windows], device=self.device)
         self.cache.select(start, len(new)).set_lengths([0] * len(new))  # (slots a finished row may have held)
-        logits, _ = self.model(idx, kv_cache=self.cache)
         lengths = [len(w) for w in windows]
+        last = (torch.arange(len(new), device=self.device), torch.tensor(lengths, device=self.device) - 1)
+        at = None
+        if all(row.prompt_logprobs is None for row in new):  # the head at the last positions only: over a long
+            at = torch.zeros(len(new), P, dtype=torch.bool, device=self.device)  # prompt the logits of every
+            at[last] = True  # position cost a head's matmul each and (rows, P, vocab) floats of memory
+        logits, _ = self.model(idx, kv_cache=self.cache, logits_at=at)
         self.cache.set_lengths(lengths)
         self.rows += new
-        return logits[torch.arange(len(new), device=self.device), torch.tensor(lengths, device=self.device) - 1]
+        if at is not None:
+            return logits  # (rows, vocab): the mask's positions, one a row, in row order
+        for b, row in enumerate(new):
+            if row.prompt_logprobs is not None:
+                self._prompt_logprobs(row, logits[b, :lengths[b], :self.model.config.vocab_size], windows[b])
+        return logits[last]
+
+    def _prompt_logprobs(self, row, logits, window):
+        """Record the entries of a prompt's tokens from the prefill's logits (T, V) of its window: position t
+        predicts token t + 1; the first token (and any before a cropped window) has none: (token, None, None)."""
+        lp = F.log_softmax(logits[:-1].float(), dim=-1)
+        ids = torch.tensor(window[1:], dtype=torch.long, device=lp.device)
+        chosen = lp.gather(1, ids[:, None])[:, 0].tolist()
+        top = lp.topk(row.prompt_logprobs, dim=-1) if row.prompt_logprobs else None
+        values, top_ids = (top.values.tolist(), top.indices.tolist()) if top is not None else ([[]] * len(chosen),) * 2
+        entries = [(t, None, None) for t in row.tokens[:len(row.tokens) - len(window) + 1]]
+        entries += [(t, c, list(zip(i, v))) for t, c, i, v in zip(window[1:], chosen, top_ids, values)]
+        self.logprobs.setdefault(row.rid, []).extend(entries)
 
     def _decode(self):
         """Feed every running row its newest token. Rows within the context take one batched one-token step; rows

@@ -10,6 +10,7 @@ unknown key is a 400 too (as OpenAI answers "Unrecognized request argument"), so
 import json
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 from gpt.sampling import SamplingParams
 
@@ -96,8 +97,6 @@ KEYS = {'completion': COMMON | {'prompt', 'best_of', 'echo', 'suffix'},
 # OpenAI options this server cannot honour: (the values that are fine, why not). A value outside them is a 400
 # naming the option (absent or null is always fine).
 UNSUPPORTED = {
-    'logprobs': ((False, 0), "log-probabilities are not returned yet"),
-    'top_logprobs': ((0,), "log-probabilities are not returned yet"),
     'best_of': ((1,), "use n"),
     'logit_bias': (({},), "biasing tokens is not implemented"),
     'suffix': (('',), "insertion is not implemented"),
@@ -148,6 +147,22 @@ class Options:
     stream: bool
     include_usage: bool
     echo: bool
+    logprobs: Optional[int]  # the top tokens to report with each token's logprob (0: its own alone); None: no logprobs
+
+
+MAX_LOGPROBS = 20  # the most top tokens a request may ask for (OpenAI's completions allow 5, its chat 20; vLLM 20)
+
+
+def logprobs_option(body, kind):
+    """How many top tokens each token's logprob comes with, or None for no logprobs: completions' logprobs (an
+    integer); chat's logprobs (true or false) and top_logprobs (which needs logprobs: true, as OpenAI's)."""
+    if kind != 'chat':
+        return field(body, 'logprobs', 'int', None, low=0, high=MAX_LOGPROBS)
+    wanted = field(body, 'logprobs', 'bool', False)
+    top = field(body, 'top_logprobs', 'int', None, low=0, high=MAX_LOGPROBS)
+    if top and not wanted:
+        raise ApiError(400, f"'top_logprobs' ({top}) needs 'logprobs': true", param='top_logprobs')
+    return (top or 0) if wanted else None
 
 
 def options(body, kind, max_n, vocab_size):
@@ -190,7 +205,7 @@ def options(body, kind, max_n, vocab_size):
     return Options(params, [s for s in stops if s], stop_token_ids, field(body, 'ignore_eos', 'bool', False),
                    field(body, 'include_stop_str_in_output', 'bool', False), n, stream,
                    field(stream_options or {}, 'include_usage', 'bool', False),
-                   field(body, 'echo', 'bool', False))
+                   field(body, 'echo', 'bool', False), logprobs_option(body, kind))
 
 
 def max_tokens_key(body):

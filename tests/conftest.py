@@ -237,3 +237,74 @@ def script_defaults(script):
                 continue
             defaults.update(config_keys({node.targets[0].id: value}))
     raise AssertionError(f"{script} never calls configurator.configure")
+
+
+# ----------------------------------------------------------------------------- serve.py in a subprocess
+
+def die_with_parent():
+    """The server dies with the test process, however that ends (Linux)."""
+    try:
+        import ctypes
+        ctypes.CDLL('libc.so.6').prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Server:
+    """python serve.py ... --port=0 in a subprocess (api_key: with that SERVE_API_KEY); .url once it listens, .log()
+    its output so far. Killed when the tests end however they end, and after 10 minutes at most."""
+
+    def __init__(self, tmp, *args, env=None, api_key=None):
+        import threading
+        import time
+        self.api_key = api_key
+        self.out = open(tmp / f'serve-{time.monotonic_ns()}.log', 'w+')
+        self.p = subprocess.Popen([sys.executable, str(ROOT / 'serve.py'), '--device=cpu', '--port=0', *map(str, args)],
+                                  cwd=ROOT, stdout=self.out, stderr=subprocess.STDOUT, text=True,
+                                  env={**os.environ, 'OMP_NUM_THREADS': '1',
+                                       **({'SERVE_API_KEY': api_key} if api_key else {}), **(env or {})},
+                                  preexec_fn=die_with_parent)
+        self.guard = threading.Timer(600, self.p.kill)  # (a hung test never leaves a server behind)
+        self.guard.daemon = True
+        self.guard.start()
+        deadline = time.time() + 120
+        while time.time() < deadline and self.p.poll() is None:
+            for line in self.log().splitlines():
+                if line.startswith('chat page: '):
+                    self.url = line.split()[2].rstrip('/')
+                    return
+            time.sleep(0.1)
+        self.stop()
+        raise AssertionError(f"serve.py did not start:\n{self.log()}")
+
+    def log(self):
+        self.out.seek(0)
+        return self.out.read()
+
+    def client(self, **kw):
+        import openai
+        return openai.OpenAI(base_url=self.url + '/v1', api_key=kw.pop('api_key', self.api_key or 'unused'),
+                             max_retries=0, **{'timeout': 120, **kw})
+
+    def post(self, path, body, **kw):
+        import httpx
+        auth = {'authorization': f'Bearer {self.api_key}'} if self.api_key else {}
+        return httpx.post(self.url + path, json=body, headers={**auth, **kw.pop('headers', {})}, timeout=120, **kw)
+
+    def health(self):
+        import httpx
+        return httpx.get(self.url + '/health', timeout=30).json()
+
+    def wait_for(self, what, timeout=60):
+        import time
+        deadline = time.time() + timeout
+        while not what(self.health()):
+            assert time.time() < deadline, self.log()
+            time.sleep(0.05)
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+        self.guard.cancel()
+        self.out.close()

@@ -1,20 +1,17 @@
 """serve.py as its users meet it: the real server in a subprocess on a free port of 127.0.0.1, the official openai
 client (streamed and not) against sample.py's greedy output, concurrent clients, bad requests over plain HTTP,
 SIGTERM during a stream, and the chat page in headless Chromium."""
-import ctypes
 import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from conftest import ROOT, run, tiny
+from conftest import Server, run, tiny
 
 from gpt import chat, rl
 from gpt.checkpoint import save_checkpoint
@@ -42,51 +39,6 @@ def models(tmp_path_factory, char_data):
     (d / 'chat').mkdir()
     save_checkpoint(rl.policy_checkpoint(chat_model, meta, {}, 0), str(d / 'chat' / 'ckpt.pt'))
     return d
-
-
-def die_with_parent():
-    """The server dies with the test process, however that ends (Linux)."""
-    try:
-        ctypes.CDLL('libc.so.6').prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-class Server:
-    """python serve.py ... --port=0 in a subprocess; .url once it listens, .log() its output so far."""
-
-    def __init__(self, tmp, *args, env=None):
-        self.out = open(tmp / f'serve-{time.monotonic_ns()}.log', 'w+')
-        self.p = subprocess.Popen([sys.executable, str(ROOT / 'serve.py'), '--device=cpu', '--port=0', *map(str, args)],
-                                  cwd=ROOT, stdout=self.out, stderr=subprocess.STDOUT, text=True,
-                                  env={**os.environ, 'OMP_NUM_THREADS': '1', **(env or {})},
-                                  preexec_fn=die_with_parent)
-        self.guard = threading.Timer(600, self.p.kill)  # (a hung test never leaves a server behind)
-        self.guard.daemon = True
-        self.guard.start()
-        deadline = time.time() + 120
-        while time.time() < deadline and self.p.poll() is None:
-            for line in self.log().splitlines():
-                if line.startswith('chat page: '):
-                    self.url = line.split()[2].rstrip('/')
-                    return
-            time.sleep(0.1)
-        self.stop()
-        raise AssertionError(f"serve.py did not start:\n{self.log()}")
-
-    def log(self):
-        self.out.seek(0)
-        return self.out.read()
-
-    def client(self, **kw):
-        return openai.OpenAI(base_url=self.url + '/v1', api_key=kw.pop('api_key', 'unused'), max_retries=0, **kw)
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.kill()
-            self.p.wait()
-        self.guard.cancel()
-        self.out.close()
 
 
 @pytest.fixture(scope='module')

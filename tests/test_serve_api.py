@@ -2,19 +2,14 @@
 never fit, every OpenAI option working or refused by name, stop_reason and usage, /tokenize and /detokenize, chat
 messages the template joins, the Host / Content-Type / Authorization checks, and /metrics. The real server in a
 subprocess on 127.0.0.1 (tests/test_serve.py's pattern), a tiny character model trained once for the module."""
-import ctypes
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 
 import pytest
 import torch
-from conftest import ROOT, run, tiny
+from conftest import Server, run, tiny
 
 from gpt import chat, rl
 from gpt.checkpoint import save_checkpoint
@@ -52,72 +47,16 @@ def models(tmp_path_factory, char_data):
     return d
 
 
-def die_with_parent():
-    try:
-        ctypes.CDLL('libc.so.6').prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the server dies with the tests
-    except OSError:
-        pass
-
-
-class Server:
-    """python serve.py ... --port=0 in a subprocess (with the API key KEY); .url once it listens."""
-
-    def __init__(self, tmp, *args):
-        self.out = open(tmp / f'serve-{time.monotonic_ns()}.log', 'w+')
-        self.p = subprocess.Popen([sys.executable, str(ROOT / 'serve.py'), '--device=cpu', '--port=0', *map(str, args)],
-                                  cwd=ROOT, stdout=self.out, stderr=subprocess.STDOUT, text=True,
-                                  env={**os.environ, 'OMP_NUM_THREADS': '1', 'SERVE_API_KEY': KEY},
-                                  preexec_fn=die_with_parent)
-        self.guard = threading.Timer(600, self.p.kill)  # (a hung test never leaves a server behind)
-        self.guard.daemon = True
-        self.guard.start()
-        deadline = time.time() + 120
-        while time.time() < deadline and self.p.poll() is None:
-            for line in self.log().splitlines():
-                if line.startswith('chat page: '):
-                    self.url = line.split()[2].rstrip('/')
-                    return
-            time.sleep(0.1)
-        self.stop()
-        raise AssertionError(f"serve.py did not start:\n{self.log()}")
-
-    def log(self):
-        self.out.seek(0)
-        return self.out.read()
-
-    def client(self):
-        return openai.OpenAI(base_url=self.url + '/v1', api_key=KEY, max_retries=0, timeout=120)
-
-    def post(self, path, body, **kw):
-        return httpx.post(self.url + path, json=body, headers={**AUTH, **kw.pop('headers', {})}, timeout=120, **kw)
-
-    def health(self):
-        return httpx.get(self.url + '/health', timeout=30).json()
-
-    def wait_for(self, what, timeout=60):
-        deadline = time.time() + timeout
-        while not what(self.health()):
-            assert time.time() < deadline, self.log()
-            time.sleep(0.05)
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.kill()
-            self.p.wait()
-        self.guard.cancel()
-        self.out.close()
-
-
 @pytest.fixture(scope='module')
 def base(models, tmp_path_factory):
-    s = Server(tmp_path_factory.mktemp('logs'), f'--out_dir={models / "base"}')
+    s = Server(tmp_path_factory.mktemp('logs'), f'--out_dir={models / "base"}', api_key=KEY)
     yield s
     s.stop()
 
 
 @pytest.fixture(scope='module')
 def chat_server(models, tmp_path_factory):
-    s = Server(tmp_path_factory.mktemp('logs'), f'--out_dir={models / "chat"}', '--ckpt_name=ckpt.pt')
+    s = Server(tmp_path_factory.mktemp('logs'), f'--out_dir={models / "chat"}', '--ckpt_name=ckpt.pt', api_key=KEY)
     yield s
     s.stop()
 
@@ -143,7 +82,7 @@ BIG = {'prompt': ['a', 'b', 'c', 'd'], 'n': 16, 'max_tokens': 200, 'temperature'
 
 
 def test_sigterm_cuts_what_is_left_at_the_timeout_with_a_final_chunk(models, tmp_path):
-    s = Server(tmp_path, f'--out_dir={models / "base"}', '--max_batch=1', '--shutdown_timeout=0')
+    s = Server(tmp_path, f'--out_dir={models / "base"}', '--max_batch=1', '--shutdown_timeout=0', api_key=KEY)
     try:
         out = {}
         big = threading.Thread(target=lambda: out.update(big=s.post('/v1/completions', BIG)))
@@ -168,7 +107,7 @@ def test_sigterm_cuts_what_is_left_at_the_timeout_with_a_final_chunk(models, tmp
 
 
 def test_draining_answers_503_and_a_second_signal_exits_at_once(models, tmp_path):
-    s = Server(tmp_path, f'--out_dir={models / "base"}', '--max_batch=1', '--shutdown_timeout=600')
+    s = Server(tmp_path, f'--out_dir={models / "base"}', '--max_batch=1', '--shutdown_timeout=600', api_key=KEY)
     try:
         big = threading.Thread(target=lambda: s.post('/v1/completions', BIG), daemon=True)
         big.start()
@@ -199,7 +138,7 @@ def test_a_request_that_can_never_fit_is_400(base):
 
 REFUSED = [  # (endpoint, body, the option the 400 names)
     ('completions', {'prompt': 'a', 'temprature': 0}, 'temprature'),
-    ('completions', {'prompt': 'a', 'logprobs': 2}, 'logprobs'),
+    ('completions', {'prompt': 'a', 'logprobs': 21}, 'logprobs'),  # (0..20 work: tests/test_serve_logprobs.py)
     ('completions', {'prompt': 'a', 'best_of': 2}, 'best_of'),
     ('completions', {'prompt': 'a', 'logit_bias': {'1': 5}}, 'logit_bias'),
     ('completions', {'prompt': 'a', 'presence_penalty': 2.5}, 'presence_penalty'),
