@@ -5,6 +5,10 @@
 # (torch $(TORCH_OLDEST), transformers $(TRANSFORMERS_OLDEST), with $(PEFT_OLDEST), a peft of its time) in
 # .venv-compat; not run by CI, which stays on the pins.
 PYTHON ?= python3
+# the suite on every core (pytest-xdist; conftest.py gives each worker its share of the threads), one test file to a
+# worker (--dist loadfile: a file's module fixtures, a trained run or a started server, are made once);
+# PYTEST_JOBS= runs it in one process
+PYTEST_JOBS ?= -n auto --dist loadfile
 TORCH ?= torch==2.13.0
 TORCH_OLDEST ?= torch==2.6.0
 TRANSFORMERS_OLDEST ?= transformers==4.40.0
@@ -32,17 +36,17 @@ demo: $(STAMP)
 	$(BIN)/python sample.py --out_dir=out-shakespeare-char-cpu --num_samples=2 --max_new_tokens=400
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q $(PYTEST_JOBS) tests
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m "slow or not slow" tests
+	$(BIN)/python -m pytest -q $(PYTEST_JOBS) --durations=25 -m "slow or not slow" tests
 
 test-compat:
 	test -x .venv-compat/bin/python || $(PYTHON) -m venv .venv-compat
 	.venv-compat/bin/python -m pip install -q "$(TORCH_OLDEST)"
 	.venv-compat/bin/python -m pip install -q -r requirements.txt "$(TRANSFORMERS_OLDEST)" "$(TORCH_OLDEST)" "$(PEFT_OLDEST)"
 	.venv-compat/bin/python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-	.venv-compat/bin/python -m pytest -q -m "slow or not slow" tests
+	.venv-compat/bin/python -m pytest -q $(PYTEST_JOBS) -m "slow or not slow" tests
 
 bench: $(STAMP)
 	$(BIN)/python bench.py
