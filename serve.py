@@ -39,7 +39,8 @@ Every bad request is answered with the OpenAI error JSON and its status (400 bad
 fit, 401 key, 404 model or path, 413 body too large, 415 a POST that is not JSON, 421 a Host that is not this
 server's, 429 queue full, 503 shutting down). The first SIGINT/SIGTERM drains: new requests get 503, open ones run
 on for up to shutdown_timeout seconds, then what is left is cut (finish_reason 'abort', streams end with
-data: [DONE]); a second signal exits at once.
+data: [DONE]); a second signal exits at once. A streaming client that stays connected but reads nothing for
+write_timeout seconds is dropped, and its rows go to others.
 """
 
 import asyncio
@@ -47,6 +48,7 @@ import collections
 import contextlib
 import hmac
 import json
+import logging
 import os
 import queue
 import signal
@@ -88,6 +90,7 @@ max_tokens_limit = 0        # the most tokens one choice may generate (0 = the m
 max_n = 16                  # the most choices (n) one request may ask for
 max_body = 1_000_000        # bytes in a request body (413 beyond it)
 shutdown_timeout = 10.0     # seconds open requests may run on after SIGINT/SIGTERM (new ones get 503) before they are cut
+write_timeout = 30.0        # seconds a stream's chunk may wait on a client that reads nothing before the request is dropped (0 = no limit)
 # -----------------------------------------------------------------------------
 KEY_VARIABLE = 'SERVE_API_KEY'
 PAGE = Path(__file__).resolve().parent / 'chat.html'
@@ -645,10 +648,16 @@ def respond_whole(req, texts, echo):
     return {**envelope(req, choices, final=True), 'usage': req.usage()}
 
 
+class Stalled(Exception):
+    """A stream's write waited write_timeout seconds: the client reads nothing (its socket and ours are full)."""
+
+
 class EventStream:
     """The server-sent events of a streamed request, as an ASGI response. The client's disconnect is watched
     the whole time (not only noticed at the next write), so an abandoned request's rows are freed at once,
-    even while it waits for a place in the batch."""
+    even while it waits for a place in the batch. A client that stays connected but stops reading makes a write
+    wait (uvicorn's flow control, once the socket's buffers are full); after write_timeout seconds the request is
+    dropped as if it had left, and the response is left unfinished, which closes the connection."""
 
     def __init__(self, req, include_usage, echo):
         self.req, self.include_usage, self.echo = req, include_usage, echo
@@ -660,12 +669,15 @@ class EventStream:
         watch = asyncio.ensure_future(until_disconnect(receive))
         status = 'cancelled (client left)'
         try:
-            await send({'type': 'http.response.start', 'status': 200, 'headers': headers})
+            await self.send(send, {'type': 'http.response.start', 'status': 200, 'headers': headers})
             await self.events(send, watch)
             status = 'cut (shutdown)' if any(c.finish == 'abort' for c in req.choices) else 'ok'
+        except Stalled:
+            status = f"dropped (the client read nothing for {write_timeout:g}s)"
         except ApiError as e:
             status = f"failed: {e.message}"
-            await self.write(send, {'error': error_body(e.status, e.message)['error']})
+            with contextlib.suppress(Stalled):
+                await self.write(send, {'error': error_body(e.status, e.message)['error']})
         except (OSError, asyncio.CancelledError) as e:  # a write to a closed connection; or shutdown cancelled it
             status = 'cancelled (shutdown)' if isinstance(e, asyncio.CancelledError) and not watch.done() else status
             if isinstance(e, asyncio.CancelledError):
@@ -674,10 +686,9 @@ class EventStream:
             watch.cancel()
             release(req)
             req.log(status)
-        try:
-            await send({'type': 'http.response.body', 'body': b'', 'more_body': False})
-        except OSError:
-            pass
+        if not status.startswith('dropped'):
+            with contextlib.suppress(OSError, Stalled):
+                await self.send(send, {'type': 'http.response.body', 'body': b'', 'more_body': False})
 
     async def events(self, send, watch):
         req = self.req
@@ -708,12 +719,23 @@ class EventStream:
                 await self.write(send, envelope(req, choices))
         if self.include_usage:
             await self.write(send, {**envelope(req, []), 'usage': req.usage()})
-        await send({'type': 'http.response.body', 'body': b'data: [DONE]\n\n', 'more_body': True})
+        await self.send(send, {'type': 'http.response.body', 'body': b'data: [DONE]\n\n', 'more_body': True})
+
+    @classmethod
+    async def write(cls, send, obj):
+        data = b'data: ' + json.dumps(obj, ensure_ascii=False).encode() + b'\n\n'
+        await cls.send(send, {'type': 'http.response.body', 'body': data, 'more_body': True})
 
     @staticmethod
-    async def write(send, obj):
-        data = b'data: ' + json.dumps(obj, ensure_ascii=False).encode() + b'\n\n'
-        await send({'type': 'http.response.body', 'body': data, 'more_body': True})
+    async def send(send, message):
+        """send, within write_timeout (cancelling a send that waits for the client is safe: uvicorn waits before
+        it writes anything of the message)."""
+        if not write_timeout:
+            return await send(message)
+        try:
+            await asyncio.wait_for(send(message), write_timeout)
+        except asyncio.TimeoutError:
+            raise Stalled from None
 
 
 def chat_prompt(messages):
@@ -955,6 +977,7 @@ def main():
         errors.check_range(key, config[key], 0)
     errors.check_range('max_body', max_body, 1024)
     errors.check_range('shutdown_timeout', shutdown_timeout, 0)
+    errors.check_range('write_timeout', write_timeout, 0)
     check_decoding(quantize)
     if not PAGE.is_file():
         raise UserError(f"{PAGE} is missing (the chat page): restore it from the repository")
@@ -986,6 +1009,9 @@ def main():
     uv = Uvicorn(uvicorn.Config(build_app(loopback_hosts(bound_host, bound_port)), log_level='warning',
                                 access_log=False, lifespan='on', timeout_graceful_shutdown=CLOSE_TIMEOUT,
                                 timeout_keep_alive=5))
+    # a stream dropped for not reading (EventStream) is left unfinished on purpose, and its log line says so
+    logging.getLogger('uvicorn.error').addFilter(
+        lambda record: record.getMessage() != "ASGI callable returned without completing response.")
     uv.run(sockets=[sock])
     print("stopped", flush=True)
 

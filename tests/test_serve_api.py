@@ -313,6 +313,29 @@ def test_content_type_host_and_the_key_scheme(base):
         assert r.status_code == status
 
 
+def test_a_client_that_never_reads_is_dropped_after_write_timeout(models, tmp_path):
+    s = Server(tmp_path, f'--out_dir={models / "base"}', '--write_timeout=1')
+    try:
+        port = int(s.url.rsplit(':', 1)[1])
+        # 64 choices of 200 tokens with 20 alternatives each: megabytes, far more than the sockets' buffers hold
+        body = json.dumps({'prompt': ['ROMEO: ' * 7] * 4, 'n': 16, 'max_tokens': 200, 'stream': True, 'echo': True,
+                           'logprobs': 20, 'temperature': 1.0}).encode()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (before connecting: the window stays small)
+        sock.connect(('127.0.0.1', port))
+        sock.sendall(b'POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n'
+                     b'Content-Length: %d\r\n\r\n' % (port, len(body)) + body)
+        s.wait_for(lambda h: h['active'] == 64)
+        s.wait_for(lambda h: h['active'] == 0, timeout=120)  # (it would run on for all 200 tokens if never dropped)
+        assert 'dropped (the client read nothing for 1s)' in s.log(), s.log()
+        assert 'Traceback' not in s.log() and 'without completing' not in s.log(), s.log()
+        sock.close()
+        r = s.client().completions.create(model='base', prompt='ROMEO:', max_tokens=5)  # (the slots are free again)
+        assert r.usage.completion_tokens == 5
+    finally:
+        s.stop()
+
+
 # ----------------------------------------------------------------------------- 6. /metrics
 
 def test_metrics_in_prometheus_format(base):
