@@ -33,6 +33,14 @@ class Row:
     generator: Optional[torch.Generator]
     logprobs: Optional[int] = None          # report each generated token's logprob and this many top ones
     prompt_logprobs: Optional[int] = None   # the same for the prompt's tokens, at prefill
+    slid: bool = False                      # its window left token 0 behind: its keys are no prefix's any more
+
+
+@dataclass
+class Entry:
+    """A finished request's keys, kept in a free cache slot for a later prompt that starts the same way."""
+    tokens: list    # the ids whose keys and values the slot holds, at positions 0..
+    used: int       # when it was last made or matched (Engine.clock): the least recently used goes first
 
 
 class Engine:
@@ -64,11 +72,27 @@ class Engine:
     the next step; with sync_every=k a step() feeds each sampled token straight back on the device for up to k
     steps (sampling included), reads them all at once and returns up to k events per request, in order. A row
     that stops inside such a chunk wastes at most k - 1 of its batch's steps; waiting requests join at the
-    chunk's end (no chunk while a slot is free for them). Greedy tokens are the same for any k."""
+    chunk's end (no chunk while a slot is free for them). Greedy tokens are the same for any k.
+
+    Prefix reuse (prefix_cache=True), vLLM's automatic prefix caching at this scale: a new prompt that starts with
+    tokens whose keys and values the cache still holds (a running row's, or a finished request's) starts from a
+    copy of the longest such prefix and prefills only the rest, so a chat's next turn does not recompute the turns
+    before it. What a finished request leaves is kept in the slots no request is using, until a new request needs
+    the slot (the least recently used goes first): the cache costs no memory beyond the max_batch rows it has
+    anyway, and under a full batch nothing is kept (a separate pool would take memory from every deployment for a
+    gain only some see). At least a prompt's last token is always recomputed (its logits start the decoding).
+    Logits with reuse are those without it up to float rounding (a prefix's keys computed in another pass), so
+    greedy tokens are the same. No reuse for rows whose window has slid past the context (their keys are at other
+    positions), nor for prompts cropped to the context, nor for requests asking for logprobs or prompt_logprobs:
+    those get every prompt position's logits, or numbers a client compares bit for bit with another identical
+    request's (serve.py's streamed and whole responses). Their keys are reused by later requests all the same. Only
+    keys and values are shared: each request keeps its own tokens, penalties and random stream. prefilled_tokens
+    and reused_tokens count the prompt tokens run through the model and those taken from the cache."""
 
     SYNC_EVERY = {'cuda': 8}  # (elsewhere 1: a CPU's result is ready when the op returns, so a read costs nothing)
 
-    def __init__(self, model, max_batch=16, dtype=None, decoder=None, generator=None, sync_every=None):
+    def __init__(self, model, max_batch=16, dtype=None, decoder=None, generator=None, sync_every=None,
+                 prefix_cache=True):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if sync_every is not None and sync_every < 1:
@@ -84,6 +108,10 @@ class Engine:
         self.rows, self.waiting = [], deque()  # rows[i] decodes in cache slot i
         self.next_id = 0
         self.logprobs = {}  # rid -> entries recorded and not yet taken (take_logprobs)
+        self.prefix_cache = prefix_cache
+        self.entries = {}   # free slot -> Entry: the prefix cache, in slots len(rows) .. max_batch - 1
+        self.clock = 0      # admissions so far: Entry.used
+        self.prefilled_tokens = self.reused_tokens = 0
 
     def add(self, prompt, max_new_tokens, params=None, stop_ids=(), crop=False, logprobs=None, prompt_logprobs=None):
         """Queue a request; returns its id. One clear ValueError for a request that cannot run. A prompt longer
@@ -236,29 +264,123 @@ class Engine:
 
     def _prefill(self, new):
         """Prefill new rows in the free slots after the running ones: their prompts right-padded into one batch
-        (every prompt at positions 0.., its padding after it, hidden by causal attention, then forgotten).
-        Prompts longer than the context keep their last block_size - 1 tokens in the cache, as a slid window.
-        Returns the logits of each prompt's last token."""
-        start, bs = len(self.rows), self.model.config.block_size
+        (every prompt at positions 0.., its padding after it, hidden by causal attention, then forgotten), each
+        after the prefix _place found for it. Prompts longer than the context keep their last block_size - 1
+        tokens in the cache, as a slid window. Returns the logits of each prompt's last token, in the order the
+        rows now have (self.rows)."""
+        bs = self.model.config.block_size
+        for row in new:
+            row.slid = len(row.tokens) > bs
+        new, reuse = self._place(new) if self.prefix_cache else (new, [0] * len(new))
         windows = [row.tokens[-bs:] for row in new]
-        P = max(len(w) for w in windows)
-        idx = torch.tensor([w + [0] * (P - len(w)) for w in windows], device=self.device)
-        self.cache.select(start, len(new)).set_lengths([0] * len(new))  # (slots a finished row may have held)
-        lengths = [len(w) for w in windows]
+        logits, a = [], 0
+        while a < len(new):  # one pass for rows whose longest prefix and longest rest fit the context together
+            b, most_reused, most_new = a, 0, 0
+            while b < len(new) and (max(most_reused, reuse[b]) + max(most_new, len(windows[b]) - reuse[b]) <= bs):
+                most_reused, most_new = max(most_reused, reuse[b]), max(most_new, len(windows[b]) - reuse[b])
+                b += 1
+            logits.append(self._prefill_part(len(self.rows) + a, new[a:b], windows[a:b], reuse[a:b]))
+            a = b
+        self.rows += new
+        return torch.cat(logits)
+
+    def _prefill_part(self, start, new, windows, reuse):
+        """Prefill rows new into slots start.., whose first reuse[i] positions the cache already holds."""
+        rest = [w[m:] for w, m in zip(windows, reuse)]
+        lengths = [len(r) for r in rest]
+        P = max(lengths)
+        idx = torch.tensor([r + [0] * (P - len(r)) for r in rest], device=self.device)
+        self.cache.select(start, len(new)).set_lengths(reuse)  # (0: slots a finished row may have held)
         last = (torch.arange(len(new), device=self.device), torch.tensor(lengths, device=self.device) - 1)
         at = None
         if all(row.prompt_logprobs is None for row in new):  # the head at the last positions only: over a long
             at = torch.zeros(len(new), P, dtype=torch.bool, device=self.device)  # prompt the logits of every
             at[last] = True  # position cost a head's matmul each and (rows, P, vocab) floats of memory
         logits, _ = self.model(idx, kv_cache=self.cache, logits_at=at)
-        self.cache.set_lengths(lengths)
-        self.rows += new
+        self.cache.set_lengths([m + n for m, n in zip(reuse, lengths)])
+        self.prefilled_tokens += sum(lengths)
+        self.reused_tokens += sum(reuse)
         if at is not None:
             return logits  # (rows, vocab): the mask's positions, one a row, in row order
         for b, row in enumerate(new):
-            if row.prompt_logprobs is not None:
+            if row.prompt_logprobs is not None:  # (such a row reuses nothing: its logits are of the whole window)
                 self._prompt_logprobs(row, logits[b, :lengths[b], :self.model.config.vocab_size], windows[b])
         return logits[last]
+
+    def _held(self, i):
+        """The tokens whose keys running row i's slot holds at positions 0.. ([] once its window has slid). After a
+        chunk a stopped row's slot may hold keys of tokens it dropped, beyond its tokens: those are not counted."""
+        row = self.rows[i]
+        return [] if row.slid else row.tokens[:min(self.cache.lengths[i], len(row.tokens))]
+
+    def _place(self, new):
+        """Put the keys of each new row's longest cached prefix into the slot it will prefill in, slots
+        len(rows) .. len(rows) + len(new) - 1 (the region). Returns the rows in slot order and how many of each
+        one's tokens its slot now holds.
+
+        1. Each row's longest match among the running rows and the entries (at most its length - 1 tokens).
+        2. The region's entries are overwritten by the new rows. One that a new row continues whole stays, for
+           that row; another moves above the region, into an empty slot, or the slot of an entry a new row continues
+           whole (their keys exchanged: that entry's come down for its row), or over the least recently used entry
+           older than itself that no new row reads; with none of those it is dropped.
+        3. A row whose match is still in the region takes that slot, keys and all; the others take the rest of
+           the region, their prefixes copied in (from slots no copy writes to: running rows, or above it)."""
+        start = len(self.rows)
+        region = range(start, start + len(new))
+        self.clock += 1
+        held = {i: self._held(i) for i in range(start)}
+        held.update((slot, e.tokens) for slot, e in self.entries.items())
+        matches = []  # (slot, tokens it gives) per new row
+        for row in new:
+            best = (None, 0)
+            if row.logprobs is None and row.prompt_logprobs is None and not row.slid:
+                for slot, tokens in held.items():
+                    m = min(_common_prefix(row.tokens, tokens), len(row.tokens) - 1)
+                    if m > best[1]:
+                        best = (slot, m)
+            matches.append(best)
+        for slot, _ in matches:
+            if slot in self.entries:
+                self.entries[slot].used = self.clock
+        # 2. what the region's entries become
+        continued = {slot for (slot, _), row in zip(matches, new)  # (slots whose whole entry a new row extends)
+                     if slot in self.entries and _common_prefix(row.tokens, self.entries[slot].tokens) ==
+                     len(self.entries[slot].tokens)}
+        for t in region:
+            e = self.entries.pop(t, None)
+            if e is None or t in continued:
+                continue
+            sources = {slot for slot, _ in matches}
+
+            def room(u):  # where e may go: an empty slot, the highest first; a continued entry's; an older entry's
+                return ((0, -u) if u not in self.entries else (1, 0) if u in continued else
+                        (2, self.entries[u].used) if u not in sources and self.entries[u].used < e.used else None)
+            up = [u for u in range(start + len(new), self.max_batch) if room(u) is not None]
+            if not up:
+                continue  # the least recently used: dropped (its keys stay until its slot is written)
+            u = min(up, key=room)
+            if u in continued:  # exchanged: the continued keys come into the region, for the row that continues them
+                self.cache.swap_rows(t, u)
+                continued = (continued - {u}) | {t}
+                matches = [(t if slot == u else u if slot == t else slot, m) for slot, m in matches]
+            else:
+                self.cache.copy_prefix(t, u, len(e.tokens))
+                matches = [(u if slot == t else slot, m) for slot, m in matches]
+            self.entries[u] = e
+        for slot in continued:  # (the new row holds them now, and leaves them as an entry when it finishes)
+            self.entries.pop(slot, None)
+        # 3. slots
+        target = [None] * len(new)
+        for j, (slot, m) in enumerate(matches):
+            if m and slot in region and slot not in target:
+                target[j] = slot
+        rest = iter(t for t in region if t not in target)
+        target = [t if t is not None else next(rest) for t in target]
+        for (slot, m), t in zip(matches, target):
+            if m and slot != t:
+                self.cache.copy_prefix(slot, t, m)
+        order = sorted(range(len(new)), key=target.__getitem__)
+        return [new[j] for j in order], [matches[j][1] for j in order]
 
     def _prompt_logprobs(self, row, logits, window):
         """Record the entries of a prompt's tokens from the prefill's logits (T, V) of its window: position t
@@ -283,6 +405,8 @@ class Engine:
             last = torch.tensor([[row.tokens[-1]] for row in self.rows[:live]], device=self.device)
             logits.append(self.step_model(last, kv_cache=self.cache.select(0, live))[0][:, -1])
         if live < n:
+            for row in self.rows[live:]:
+                row.slid = True
             self.cache.select(live, n - live).set_lengths([0] * (n - live))
             window = torch.tensor([row.tokens[-bs:] for row in self.rows[live:]], device=self.device)
             logits.append(self.model(window, kv_cache=self.cache)[0][:, -1])
@@ -353,12 +477,32 @@ class Engine:
         return out
 
     def _free(self, i):
-        """Row i leaves; the last running row moves into its slot."""
+        """Row i leaves; the last running row moves into its slot. With prefix_cache its keys stay (unless its
+        window slid), as an entry: in a free slot (an empty one, the highest, else the least recently used
+        entry's), or, with none free, in the slot the last row leaves."""
         last = len(self.rows) - 1
-        if i != last:
+        held = self._held(i) if self.prefix_cache else []
+        slot = last
+        if held and i != last:
+            free = range(last + 1, self.max_batch)
+            if free:
+                slot = min(free, key=lambda u: (u in self.entries, self.entries[u].used if u in self.entries else -u))
+                self.cache.copy_prefix(i, slot, len(held))
+                self.cache.move_row(last, i)
+            else:
+                self.cache.swap_rows(i, last)
+        elif i != last:
             self.cache.move_row(last, i)
+        if held:
+            self.entries[slot] = Entry(held, self.clock)
+        if i != last:
             self.rows[i] = self.rows[last]
         self.rows.pop()
+
+
+def _common_prefix(a, b):
+    """How many leading ids two lists share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def generate_batch(model, prompts, max_new_tokens, stop_ids=(), max_batch=64, dtype=None, decoder=None,

@@ -13,7 +13,7 @@ decode in one batch: a ragged batch is prefilled right-padded (every prompt star
 comes after it, where causal attention hides it), then `set_lengths` forgets the padding, and each row writes its
 next key at its own length. Rows are slots: engine.Engine fills a free slot with a new prompt (`select` runs the
 model on some rows only), and a finished row's slot is reused (`move_row`), so batches change without copying
-the cache.
+the cache; a new prompt that starts as another row did starts from a copy of that row's keys (`copy_prefix`).
 
 The policy, in one place (`update`):
 - rows of equal length (the common case: one prompt, or samples of one prompt) read a narrowed view of the
@@ -145,6 +145,22 @@ class KVCache:
             buf[dst, :, :n] = buf[src, :, :n]
         self.pos[dst] = self.pos[src]
         self.lengths[dst] = self.lengths[src]
+
+    def copy_prefix(self, src, dst, n):
+        """Copy the first n positions of slot src's keys and values into slot dst, which then holds n (the engine's
+        prefix reuse: a new request starts from another row's keys)."""
+        for buf in self.k + self.v:
+            buf[dst, :, :n] = buf[src, :, :n]
+        self.pos[dst] = n
+        self.lengths[dst] = n
+
+    def swap_rows(self, a, b):
+        """Exchange slots a and b (keys, values, lengths)."""
+        n = self.length if self.static else max(self.lengths[a], self.lengths[b])
+        for buf in self.k + self.v:
+            buf[[a, b], :, :n] = buf[[b, a], :, :n]  # (the right side is a copy: an index gathers)
+        self.pos[[a, b]] = self.pos[[b, a]]
+        self.lengths[a], self.lengths[b] = self.lengths[b], self.lengths[a]
 
     def reorder(self, index):
         """Keep the rows at index (beam search: the cache rows of the surviving beams), in that order."""

@@ -443,3 +443,37 @@ def test_task_data_from_the_hub_is_cached_and_read_in_each_format(tmp_path, monk
     (bad / 'test.jsonl').write_text('{"question": \n')
     with pytest.raises(Exception, match='test.jsonl'):
         load_tasks(['arc_challenge'], meta, 1024, data={'arc_challenge': str(bad)})
+
+
+def test_two_processes_answer_as_one(tmp_path, hf_dir, suite_data):
+    """Few-shot scoring and generation under torchrun: each rank answers its share of the prompts and every rank
+    gets all the texts in order. The TriviaQA rows' gold answers are made to be what one process generates for
+    half of them, so a text given to the wrong example changes the score."""
+    import harness_data
+    from gpt.loading import load_model
+    from gpt.tasks import load_tasks, run
+    from gpt.scoring import generate
+    model, meta, _ = load_model(str(hf_dir))
+    task, = load_tasks(['triviaqa'], meta, model.config.block_size, data={'triviaqa': str(suite_data['triviaqa'])},
+                       num_fewshot=2, max_gen_toks=6)
+    texts = generate(model, [p for p, _ in task.prompts], task.max_gen_toks, task.stops, task.decode, task.eot)
+    assert len(set(texts)) > 1, texts  # (different answers: a mix-up would show)
+    folder = tmp_path / 'triviaqa'
+    folder.mkdir()
+    rows = harness_data.TASKS['triviaqa']['splits']
+    (folder / 'train.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows['train']))
+    gold = [dict(r, answer={**r['answer'], 'aliases': [t.strip() if i % 2 == 0 else 'no such answer']})
+            for i, (r, t) in enumerate(zip(rows['validation'], texts))]
+    (folder / 'validation.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in gold))
+    task, = load_tasks(['triviaqa'], meta, model.config.block_size, data={'triviaqa': str(folder)}, num_fewshot=2,
+                       max_gen_toks=6)
+    assert run(model, task)['exact_match'] == 0.5
+    args = [f'--init_from={hf_dir}', '--tasks=triviaqa,arc_easy', f'--triviaqa_data={folder}',
+            f"--arc_easy_data={suite_data['arc_easy']}", '--num_fewshot=2', '--max_gen_toks=6', '--batch_size=2']
+    one = torchrun_eval(args, 1, tmp_path / 'one.json')
+    two = torchrun_eval(args, 2, tmp_path / 'two.json')
+    assert two['world_size'] == 2 and one['results']['triviaqa_2shot']['exact_match'] == 0.5
+    for task, metrics in one['results'].items():
+        for k, v in metrics.items():
+            if k not in ('seconds', 'examples_per_s'):
+                assert two['results'][task][k] == pytest.approx(v, rel=1e-9, nan_ok=True), (task, k)

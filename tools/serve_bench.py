@@ -7,6 +7,13 @@ $ python tools/serve_bench.py --url=http://127.0.0.1:8000 --clients=32 --request
 
 Every request is a streamed /v1/completions of max_tokens tokens (greedy, with ignore of stop tokens left to the
 model: a request that stops early counts the tokens it made).
+
+What prefix reuse buys (Engine(prefix_cache=True)): --turns=N times the first token of each turn of a chat, whose
+prompt is the turn before's prompt and reply and a new message, against the engine with and without reuse; on the
+engine itself, in this process (the server's HTTP path adds the same few milliseconds to both), on random weights of
+a preset (GPT-2 small's 124M shape by default), medians of --repeats chats:
+
+$ python tools/serve_bench.py --turns=8 --preset=gpt2 --user_tokens=48 --max_tokens=32 --repeats=3
 """
 
 import asyncio
@@ -30,7 +37,12 @@ clients = 16                # concurrent clients of the batched run
 requests = 64               # requests of each run (the one-client baseline makes min(requests, 16))
 max_tokens = 48             # tokens per request (prompt + max_tokens must fit the model's context)
 prompt = 'ROMEO:'           # every request's prompt (a character model knows its characters only)
-threads = 0                 # OMP_NUM_THREADS for the server it starts (0 = serve.py's choice)
+threads = 0                 # OMP_NUM_THREADS for the server it starts (0 = serve.py's choice); --turns: torch's threads
+# --turns: time to first token per turn of a chat, on the engine, with prefix reuse and without (no server)
+turns = 0                   # turns of each chat (0: the load test above)
+preset = 'gpt2'             # the model: random weights of model.PRESETS[preset]
+user_tokens = 48            # each turn's new message, in tokens (the reply is max_tokens)
+repeats = 3                 # chats for each setting: the figures are their medians
 # -----------------------------------------------------------------------------
 
 
@@ -82,8 +94,59 @@ def report(label, wall, stats):
     return row
 
 
+def chat_turns(engine, seed):
+    """Seconds to the first token of each turn of one chat (greedy; random message ids)."""
+    import torch
+    from gpt.sampling import SamplingParams
+    model = engine.model
+    g = torch.Generator().manual_seed(seed)
+    history, ttft = [], []
+    for _ in range(turns):
+        history += torch.randint(0, model.config.vocab_size, (user_tokens,), generator=g).tolist()
+        t0 = time.perf_counter()
+        engine.add(history, max_tokens, SamplingParams(temperature=0))
+        reply = [token for _, token, _ in engine.step()]  # (the prompt's prefill and the first token)
+        ttft.append(time.perf_counter() - t0)
+        while engine.pending():
+            reply += [token for _, token, _ in engine.step()]
+        history += reply
+    return ttft
+
+
+def bench_turns():
+    import statistics
+    import torch
+    from gpt.engine import Engine
+    from model import GPT
+    if threads:
+        torch.set_num_threads(threads)
+    longest = turns * user_tokens + (turns - 1) * max_tokens
+    model = GPT.from_preset(preset).eval()
+    if longest + max_tokens > model.config.block_size:
+        raise SystemExit(f"error: turn {turns}'s prompt and reply ({longest + max_tokens} tokens) do not fit the "
+                         f"context ({model.config.block_size}): fewer turns, or shorter messages")
+    print(f"serve_bench: first token of each turn of a chat, {preset} ({model.num_params() / 1e6:.0f}M, random "
+          f"weights, float32), {user_tokens} tokens a message, {max_tokens} a reply (turn {turns}: a {longest}-token "
+          f"prompt), medians of {repeats} chats; CPU {cpu_name()}, {torch.get_num_threads()} threads", flush=True)
+    rows = {}
+    for reuse in (False, True):  # (one engine for each, as a server has: its cache made by a first chat)
+        engine = Engine(model, max_batch=clients, prefix_cache=reuse)
+        chat_turns(engine, -1)
+        runs = [chat_turns(engine, seed) for seed in range(repeats)]
+        rows[reuse] = [statistics.median(r[t] for r in runs) for t in range(turns)]
+    print(f"{'turn':>6} {'prompt':>7} {'no reuse':>10} {'reuse':>10}")
+    for t in range(turns):
+        print(f"{t + 1:>6} {(t + 1) * user_tokens + t * max_tokens:>7} {rows[False][t] * 1e3:8.1f}ms "
+              f"{rows[True][t] * 1e3:8.1f}ms")
+    for reuse in (False, True):
+        print(f"{'with' if reuse else 'without'} prefix reuse: turn {turns} {rows[reuse][-1] / rows[reuse][0]:.2f}x "
+              f"turn 1's time to first token")
+
+
 def main():
     configurator.configure(globals(), verbose=False)
+    if turns:
+        return bench_turns()
     import httpx
     proc, base = None, url.rstrip('/')
     if not base:
