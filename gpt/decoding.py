@@ -33,6 +33,7 @@ class Decoding:
     decoder: Any = None           # the compiled or CUDA-graph one-token step, or None (the model's own forward)
     int8_layers: int = 0          # Linear layers holding int8 weights
     n_params: int = 0             # the parameters as loaded (before int8 and the CPU layouts change their storage)
+    rows: int = 1                 # the rows a step it was laid out for
 
     @property
     def step(self):
@@ -75,12 +76,14 @@ def prepare_for_decoding(model, dtype, quantize='none', rows=1, compile=False, c
 def load_for_decoding(init_from, out_dir='out', ckpt_name='best.pt', device='auto', dtype='auto', quantize='none',
                       rows=1, compile=False, cuda_graph=False, layout='auto', **load_args):
     """A model from init_from (as loading.load_model reads it) set up to generate `rows` rows a step, as a Decoding.
-    device, dtype: settings ('auto' or a name); load_args: load_model's other arguments (block_size, ...)."""
+    device, dtype: settings ('auto' or a name); rows: a number, or a function of the loaded model that gives one
+    (serve.py sizes its batch by the model's KV cache); load_args: load_model's other arguments (block_size, ...)."""
     check_decoding(quantize, compile, cuda_graph)
     dev = pick_device(device)
     dt = decode_dtype(dtype, dev)
     model, meta, ckpt = load_model(init_from, out_dir, ckpt_name, dropout=0.0, **load_args)
     model.to(dev).eval()
     n_params = sum(p.numel() for p in model.parameters())
+    rows = rows(model) if callable(rows) else rows
     decoder, int8_layers = prepare_for_decoding(model, dt, quantize, rows, compile, cuda_graph, layout)
-    return Decoding(model, meta, ckpt, dev, dt, decoder, int8_layers, n_params)
+    return Decoding(model, meta, ckpt, dev, dt, decoder, int8_layers, n_params, rows)

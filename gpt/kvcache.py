@@ -30,6 +30,16 @@ tensor made inductor copy the whole cache at every step).
 import torch
 
 
+def row_bytes(config, dtype):
+    """The bytes one row of a KVCache holds: keys and values of every layer for the whole context."""
+    return 2 * config.n_layer * config.block_size * config.n_embd * torch.empty((), dtype=dtype).element_size()
+
+
+def rows_within(config, dtype, budget_bytes, most):
+    """The most rows, up to `most` (at least one), whose KVCache fits in budget_bytes."""
+    return max(1, min(most, int(budget_bytes // row_bytes(config, dtype))))
+
+
 class KVCache:
 
     def __init__(self, config, batch_size, device, dtype, static=False, length=None):

@@ -128,10 +128,29 @@ def test_draining_answers_503_and_a_second_signal_exits_at_once(models, tmp_path
 # ----------------------------------------------------------------------------- 2. requests that can never fit
 
 def test_a_request_that_can_never_fit_is_400(base):
-    r = base.post('/v1/completions', {'prompt': ['a'] * 6, 'n': 16, 'max_tokens': 2})  # 96 > 16 + 64
-    assert r.status_code == 400 and 'holds at most 80 at once' in r.json()['error']['message'], r.text
+    r = base.post('/v1/completions', {'prompt': ['a'] * 7, 'n': 16, 'max_tokens': 2})  # 112 > 32 + 64
+    assert r.status_code == 400 and 'holds at most 96 at once' in r.json()['error']['message'], r.text
     r = base.post('/v1/completions', {'prompt': 'a' * 257})
     assert r.status_code == 400 and r.json()['error']['code'] == 'context_length_exceeded'
+
+
+def test_the_default_batch_is_as_many_rows_as_the_kv_cache_budget_holds(base):
+    from gpt.kvcache import KVCache, rows_within
+    from model import PRESETS, GPTConfig
+    assert 'batch 32)' in base.log()  # (the tests' tiny model: 32 rows take a few MB)
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=65)
+
+    def size(rows, dtype):
+        cache = KVCache(config, rows, 'cpu', dtype)
+        return sum(t.nbytes for t in cache.k + cache.v)
+    for dtype in (torch.float32, torch.bfloat16):
+        rows = rows_within(config, dtype, 100_000, 32)
+        assert 1 < rows < 32 and size(rows, dtype) <= 100_000 < size(rows + 1, dtype)
+    assert rows_within(config, torch.float32, 100_000, 2) == 2 and rows_within(config, torch.float32, 10, 32) == 1
+    # GPT-2's sizes in float32 at the default 4 GB (a row of gpt2-xl: 48 layers x 2 x 1024 x 1600 x 4 bytes = 629 MB)
+    got = [rows_within(GPTConfig(**PRESETS[name]), torch.float32, 4 * 2**30, 32)
+           for name in ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')]
+    assert got == [32, 21, 11, 6]
 
 
 # ----------------------------------------------------------------------------- 3. options

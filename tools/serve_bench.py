@@ -38,6 +38,8 @@ requests = 64               # requests of each run (the one-client baseline make
 max_tokens = 48             # tokens per request (prompt + max_tokens must fit the model's context)
 prompt = 'ROMEO:'           # every request's prompt (a character model knows its characters only)
 threads = 0                 # OMP_NUM_THREADS for the server it starts (0 = serve.py's choice); --turns: torch's threads
+max_batch = 0               # the server's --max_batch (0: serve.py's default, as a user's server has it)
+max_waiting = 0             # the server's --max_waiting (0: serve.py's default)
 # --turns: time to first token per turn of a chat, on the engine, with prefix reuse and without (no server)
 turns = 0                   # turns of each chat (0: the load test above)
 preset = 'gpt2'             # the model: random weights of model.PRESETS[preset]
@@ -130,7 +132,7 @@ def bench_turns():
           f"prompt), medians of {repeats} chats; CPU {cpu_name()}, {torch.get_num_threads()} threads", flush=True)
     rows = {}
     for reuse in (False, True):  # (one engine for each, as a server has: its cache made by a first chat)
-        engine = Engine(model, max_batch=clients, prefix_cache=reuse)
+        engine = Engine(model, max_batch=max_batch or 16, prefix_cache=reuse)
         chat_turns(engine, -1)
         runs = [chat_turns(engine, seed) for seed in range(repeats)]
         rows[reuse] = [statistics.median(r[t] for r in runs) for t in range(turns)]
@@ -152,8 +154,10 @@ def main():
     if not base:
         env = {**os.environ, **({'OMP_NUM_THREADS': str(threads)} if threads else {})}
         proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parents[1] / 'serve.py'), f'--init_from={init_from}',
-                                 f'--out_dir={out_dir}', f'--device={device}', '--port=0', f'--max_batch={clients}',
-                                 f'--max_waiting={max(64, requests)}'], stdout=subprocess.PIPE, text=True, env=env)
+                                 f'--out_dir={out_dir}', f'--device={device}', '--port=0',
+                                 *([f'--max_batch={max_batch}'] if max_batch else []),
+                                 *([f'--max_waiting={max_waiting}'] if max_waiting else [])],
+                                stdout=subprocess.PIPE, text=True, env=env)
         for line in proc.stdout:
             print(line, end='', file=sys.stderr)
             if line.startswith('chat page: '):
