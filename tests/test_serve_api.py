@@ -366,7 +366,7 @@ def test_metrics_in_prometheus_format(base):
     for name in ('serve_requests_running', 'serve_requests_waiting', 'serve_batch_rows_in_use',
                  'serve_kv_cache_usage_ratio'):
         assert value(name, name) >= 0
-    assert value('serve_batch_rows', 'serve_batch_rows') == 16
+    assert value('serve_batch_rows', 'serve_batch_rows') == 32  # (the default batch for this model: banner 'batch 32')
     assert value('serve_prompt_tokens', 'serve_prompt_tokens_total') >= 6
     assert value('serve_generation_tokens', 'serve_generation_tokens_total') >= 10
     for name in ('serve_time_to_first_token_seconds', 'serve_request_latency_seconds'):
