@@ -241,13 +241,16 @@ def script_defaults(script):
 
 # ----------------------------------------------------------------------------- serve.py in a subprocess
 
-def die_with_parent():
-    """The server dies with the test process, however that ends (Linux)."""
-    try:
-        import ctypes
-        ctypes.CDLL('libc.so.6').prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+# The server dies with the test process, however that ends (Linux: PR_SET_PDEATHSIG), set in the child itself before
+# serve.py runs: a preexec_fn would run between fork and exec in a process with threads, where a lock another thread
+# held at the fork never opens (a fresh clone's suite hung there once).
+DIE_WITH_PARENT = """import ctypes, runpy, signal, sys
+try:
+    ctypes.CDLL('libc.so.6').prctl(1, signal.SIGKILL)
+except OSError:
+    pass
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')"""
 
 
 class Server:
@@ -259,11 +262,11 @@ class Server:
         import time
         self.api_key = api_key
         self.out = open(tmp / f'serve-{time.monotonic_ns()}.log', 'w+')
-        self.p = subprocess.Popen([sys.executable, str(ROOT / 'serve.py'), '--device=cpu', '--port=0', *map(str, args)],
+        self.p = subprocess.Popen([sys.executable, '-c', DIE_WITH_PARENT, str(ROOT / 'serve.py'), '--device=cpu', '--port=0',
+                                   *map(str, args)],
                                   cwd=ROOT, stdout=self.out, stderr=subprocess.STDOUT, text=True,
                                   env={**os.environ, 'OMP_NUM_THREADS': '1',
-                                       **({'SERVE_API_KEY': api_key} if api_key else {}), **(env or {})},
-                                  preexec_fn=die_with_parent)
+                                       **({'SERVE_API_KEY': api_key} if api_key else {}), **(env or {})})
         self.guard = threading.Timer(600, self.p.kill)  # (a hung test never leaves a server behind)
         self.guard.daemon = True
         self.guard.start()
