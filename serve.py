@@ -65,8 +65,8 @@ import configurator
 from gpt import chat, errors
 from gpt.decoding import check_decoding, load_for_decoding
 from gpt.engine import Engine
-from gpt.kvcache import rows_within
 from gpt.errors import UserError
+from gpt.kvcache import rows_within
 from gpt.openai_api import (ApiError, chat_turns, check_ids, error_body, field, max_tokens_key, options,
                             parse_json, prompt_parts)
 from gpt.sampling import SamplingParams
