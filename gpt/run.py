@@ -219,19 +219,29 @@ class StopSignal:
     def __init__(self, announce=True, what='saving a checkpoint after this step'):
         import signal
         self.received, self.announce, self.what, self.signal = [], announce, what, signal
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self.handle)
+        self.pid = os.getpid()
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def handle(self, signum, frame):
-        self.received.append(signum)
         for sig in (self.signal.SIGTERM, self.signal.SIGINT):
             self.signal.signal(sig, self.signal.SIG_DFL)
+        if os.getpid() != self.pid:
+            # a process forked from this one (a multiprocessing pool's worker, e.g. lm_eval's bootstrap) has no
+            # checkpoint to save: it ends as the default action would, or the pool's terminate() waits for it forever
+            os.kill(os.getpid(), signum)
+            return
+        self.received.append(signum)
         if self.announce:  # os.write: print() is not safe inside a signal handler
             os.write(2, f"\n{self.signal.Signals(signum).name}: {self.what} (send it again to abort without "
                         f"saving)\n".encode())
 
     def __len__(self):
         return len(self.received)
+
+    def restore(self):
+        """Put back the handlers there were before (for a caller that goes on after its run, e.g. in-process)."""
+        for sig, handler in self.previous.items():
+            self.signal.signal(sig, handler)
 
 
 # ----------------------------------------------------------------------------- torchrun's process group
@@ -363,8 +373,9 @@ class Run:
         return ckpt['iter_num']
 
     def close(self):
-        """Every rank leaves together (leave_process_group)."""
+        """Every rank leaves together (leave_process_group), and SIGTERM and Ctrl-C act as they did before."""
         leave_process_group()
+        self.stop.restore()
 
     def stop_if_signalled(self, save, done, total, unit='step'):
         """After a step: if SIGTERM or Ctrl-C reached any process (every rank agrees, so all stop after the same

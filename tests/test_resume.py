@@ -334,6 +334,28 @@ def test_second_signal_aborts_a_stuck_stop(tmp_path, train):
     assert not (tmp_path / 'ckpt.pt').exists()
 
 
+def test_stop_signal_leaves_forked_processes_and_its_caller_as_they_were():
+    # a multiprocessing pool forked from a process with a StopSignal (lm_eval's bootstrap, once, in a test worker)
+    # is ended by terminate()'s SIGTERM: a worker that took it as "save after this step" left terminate() waiting
+    import multiprocessing
+    from gpt.run import StopSignal
+    before = signal.getsignal(signal.SIGTERM)
+    stop = StopSignal(announce=False)
+    try:
+        child = multiprocessing.get_context('fork').Process(target=time.sleep, args=(60,))
+        child.start()
+        time.sleep(0.2)
+        child.terminate()
+        child.join(timeout=30)
+        assert child.exitcode == -signal.SIGTERM
+        assert not stop  # (the child's signal is not this process's)
+    finally:
+        if child.is_alive():
+            child.kill()
+        stop.restore()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_rng_state_resumes_on_any_number_of_gpus(monkeypatch):
     # a checkpoint holds the saving process's own GPU state; older ones held one per visible GPU (8 here),
     # which used to be restored by index and failed on fewer GPUs. Simulated: these tests run on CPUs.

@@ -306,6 +306,7 @@ def test_lm_eval_local_completions_equals_our_scoring(server, hf_dir, tmp_path):
     with local_data(data):
         out = lm_eval.simple_evaluate(
             model='local-completions', tasks=tasks, log_samples=True,
+            bootstrap_iters=0,  # (the metrics are compared, not their standard errors, which fork a pool to bootstrap)
             model_args={'base_url': server.url + '/v1/completions', 'model': name, 'tokenizer': str(tmp_path / 'tok'),
                         'tokenizer_backend': 'huggingface', 'num_concurrent': 1, 'max_retries': 1,
                         'max_length': 128})  # (the model's context: the harness cuts requests to 127 + 1 tokens)
