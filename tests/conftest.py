@@ -51,6 +51,50 @@ def tiny(**overrides):
     return [f'--{k}={v}' for k, v in {**args, **overrides}.items()]
 
 
+# ----------------------------------------------------------------------------- small random models
+
+VOCAB = 101  # (the random models' vocabulary: no multiple of 64, so padding to one is exercised)
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """A module of tiny models (pytestmark = pytest.mark.usefixtures('one_thread')) runs on one thread: each step
+    is a few small kernels, intra-op threads only add synchronisation, and on a busy machine their spin-waiting
+    made such a file 40x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def random_gpt(seed=0, std=0.5, **overrides):
+    """A small random GPT (2 layers, 4 heads, 64 wide, context 48, VOCAB tokens; overrides: GPTConfig's fields).
+    The default init (std 0.02) gives near-uniform logits and a model that repeats one token, so greedy agreement
+    would prove little; std 0.5 gives varied tokens and clear argmax margins."""
+    from model import GPT, GPTConfig
+    torch.manual_seed(seed)
+    cfg = dict(n_layer=2, n_head=4, n_embd=64, block_size=48, vocab_size=VOCAB)
+    model = GPT(GPTConfig(**{**cfg, **overrides}))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, std)
+    return model.eval()
+
+
+def greedy_by_recompute(model, prompt, n, stop=None):
+    """Greedy decoding of one prompt by recomputing the whole context (its last block_size tokens) every step, no
+    cache: the reference the engines are held to. Stops after the token stop, if given."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            logits, _ = model(torch.tensor([ids[-model.config.block_size:]]))
+            ids.append(int(logits[0, -1, :VOCAB].argmax()))
+            if ids[-1] == stop:
+                break
+    return ids[len(prompt):]
+
+
 # ----------------------------------------------------------------------------- data
 
 def shakespeare_candidates():

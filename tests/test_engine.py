@@ -3,46 +3,15 @@ mid-generation, per-request random streams. References: each prompt decoded alon
 every step (no cache at all), and transformers' batched generate with left padding on the same GPT-2 weights."""
 import pytest
 import torch
+from conftest import VOCAB, random_gpt, greedy_by_recompute
 
 from gpt import hf as hf_io
 from gpt.engine import Engine, generate_batch
 from gpt.kvcache import KVCache
 from gpt.sampling import SamplingParams
-from model import GPT, GPTConfig
-
-VOCAB = 101
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    n = torch.get_num_threads()  # (tiny models: intra-op threads only add synchronisation)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def random_gpt(seed=0, **overrides):
-    """Weights of std 0.5: varied tokens with clear argmax margins (the default init repeats one token)."""
-    torch.manual_seed(seed)
-    cfg = dict(n_layer=2, n_head=4, n_embd=64, block_size=48, vocab_size=VOCAB)
-    model = GPT(GPTConfig(**{**cfg, **overrides}))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.5)
-    return model.eval()
-
-
-def alone(model, prompt, n, stop=None):
-    """Greedy decoding of one prompt by recomputing the whole context (the last block_size tokens) every step."""
-    ids = list(prompt)
-    with torch.no_grad():
-        for _ in range(n):
-            logits, _ = model(torch.tensor([ids[-model.config.block_size:]]))
-            ids.append(int(logits[0, -1, :VOCAB].argmax()))
-            if ids[-1] == stop:
-                break
-    return ids[len(prompt):]
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def ragged_prompts(lengths, seed=1):
@@ -57,11 +26,11 @@ def test_ragged_batch_equals_each_prompt_alone(kw, sync_every):
     model = random_gpt(**kw)
     prompts = ragged_prompts([1, 7, 48, 3, 30, 12])  # 1 .. block_size
     # an end token that row 1 meets early: that row stops, the others go on (and past the context)
-    greedy = alone(model, prompts[1], 20)
+    greedy = greedy_by_recompute(model, prompts[1], 20)
     stop = next(t for i, t in enumerate(greedy) if i >= 4 and t not in greedy[:i])
     got = generate_batch(model, prompts, 20, stop_ids={stop}, temperature=0, sync_every=sync_every)
     for p, (tokens, finish) in zip(prompts, got):
-        want = alone(model, p, 20, stop)
+        want = greedy_by_recompute(model, p, 20, stop)
         assert tokens == want
         assert finish == ('stop' if want[-1] == stop else 'length')
     assert got[1][1] == 'stop' and len(got[1][0]) < 20
@@ -91,9 +60,9 @@ def test_requests_join_and_leave_mid_generation():
         assert len(engine.rows) <= 3
     for i, p in enumerate(prompts):
         if i == 0:
-            assert out[0] == alone(model, p, 6)
+            assert out[0] == greedy_by_recompute(model, p, 6)
         else:
-            assert out[i] == alone(model, p, budget[i]), i
+            assert out[i] == greedy_by_recompute(model, p, budget[i]), i
 
 
 def test_seeded_requests_sample_the_same_tokens_alone_and_batched():
@@ -128,7 +97,7 @@ def test_chunked_steps_give_the_tokens_of_one_step_at_a_time():
     settings = [dict(temperature=0), dict(temperature=0), dict(temperature=1.0, seed=1),
                 dict(temperature=0.8, top_k=20, seed=2), dict(temperature=0), dict(temperature=1.0, top_p=0.9, seed=3),
                 dict(temperature=1.0, min_p=0.1, repetition_penalty=1.3, seed=4)]
-    stop = alone(model, prompts[0], 12)[6]  # request 0 stops at its 7th token at the latest: inside a chunk
+    stop = greedy_by_recompute(model, prompts[0], 12)[6]  # request 0 stops at its 7th token at the latest: inside a chunk
 
     def run(sync_every):
         engine = Engine(model, max_batch=3, sync_every=sync_every)
@@ -150,8 +119,8 @@ def test_chunked_steps_give_the_tokens_of_one_step_at_a_time():
     assert one_most == 1 and four_most == 4
     assert four == one and four_finish == one_finish
     assert one_finish[0] == 'stop' and one[0][-1] == stop and len(one[0]) <= 7
-    assert one[0] == alone(model, prompts[0], 12, stop)
-    assert one[1] == alone(model, prompts[1], 3, stop) and one[4] == alone(model, prompts[4], 15, stop)
+    assert one[0] == greedy_by_recompute(model, prompts[0], 12, stop)
+    assert one[1] == greedy_by_recompute(model, prompts[1], 3, stop) and one[4] == greedy_by_recompute(model, prompts[4], 15, stop)
     assert len(set(map(tuple, one.values()))) == len(one)
 
 

@@ -3,6 +3,8 @@ and beam search on the same random GPT-2 weights, the sampling filters against t
 logits processors, seeded sampling, eos stopping, and argument errors. CPU, small random models."""
 import pytest
 import torch
+from conftest import VOCAB
+from conftest import random_gpt as conftest_random_gpt
 
 from gpt import fastpath
 from gpt import hf as hf_io
@@ -10,33 +12,14 @@ from gpt.engine import beam_search, generate, generate_stream
 from gpt.fastpath import PackedLinear, decode_layout
 from gpt.kvcache import KVCache
 from gpt.sampling import apply_min_p, apply_repetition_penalty, apply_top_k, apply_top_p, check_sampling_args
-from model import GPT, GPTConfig
-
-VOCAB = 101
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """These models are tiny, so each step is a few small kernels: intra-op threads only add
-    synchronisation, and on a busy machine their spin-waiting made this file 40x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def random_gpt(std=0.5, seed=0, **overrides):
-    """A small random GPT. The default init (std 0.02) gives near-uniform logits and a model that
-    repeats one token, so greedy agreement would prove little; std 0.5 gives varied tokens and
-    clear argmax margins."""
-    torch.manual_seed(seed)
-    cfg = dict(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=VOCAB, bias=True)
-    model = GPT(GPTConfig(**{**cfg, **overrides}))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, std)
-    return model.eval()
+    """conftest's random GPT with GPT-2's biases and a context of 64."""
+    return conftest_random_gpt(seed=seed, std=std, **{'block_size': 64, 'bias': True, **overrides})
 
 
 def prompt(B=1, T=16, seed=1, vocab=VOCAB):

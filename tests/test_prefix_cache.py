@@ -4,44 +4,16 @@ Engine(prefix_cache=False), token for token with logits within 1e-5 (float32), a
 recomputing its whole context every step. That the reuse happens is counted (prefilled_tokens, reused_tokens)."""
 import pytest
 import torch
+from conftest import VOCAB, random_gpt, greedy_by_recompute
 
 from gpt.engine import Engine
 from gpt.kvcache import KVCache
 from gpt.sampling import SamplingParams
-from model import GPT, GPTConfig
 
-VOCAB = 101
 BLOCK = 48
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    n = torch.get_num_threads()  # (tiny models: intra-op threads only add synchronisation)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def random_gpt(seed=0, **overrides):
-    """Weights of std 0.5: varied tokens with clear argmax margins (the default init repeats one token)."""
-    torch.manual_seed(seed)
-    cfg = dict(n_layer=2, n_head=4, n_embd=64, block_size=BLOCK, vocab_size=VOCAB)
-    model = GPT(GPTConfig(**{**cfg, **overrides}))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.5)
-    return model.eval()
-
-
-def alone(model, prompt, n):
-    """Greedy decoding of one prompt by recomputing the whole context (the last block_size tokens) every step."""
-    ids = list(prompt)
-    with torch.no_grad():
-        for _ in range(n):
-            logits, _ = model(torch.tensor([ids[-model.config.block_size:]]))
-            ids.append(int(logits[0, -1, :VOCAB].argmax()))
-    return ids[len(prompt):]
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def rand(n, seed):
@@ -138,7 +110,7 @@ def test_a_chat_turn_prefills_only_its_new_tokens(kw, monkeypatch):
     want = drive(Recording(model, max_batch=4, prefix_cache=False), conversation(6)[0])
     assert_same(got, want)
     for t in range(6):
-        assert got[0][t] == alone(model, prompts[t], 5)
+        assert got[0][t] == greedy_by_recompute(model, prompts[t], 5)
     # turn t holds turn t-1's prompt and reply but the reply's last token (never fed back): that and the new message
     assert got[2] == {0: 6, **{t: 1 + 6 for t in range(1, 6)}}
     assert engine.reused_tokens == sum(len(prompts[t]) - 7 for t in range(1, 6))
@@ -155,7 +127,7 @@ def test_reuse_gives_the_tokens_and_logits_of_no_reuse(sync_every, static):
     decoder = model if static else None
     a, b = rand(20, 1), rand(9, 2)
     seeded = SamplingParams(temperature=1.0, repetition_penalty=1.3, presence_penalty=0.5, seed=7)
-    greedy_a = alone(model, a, 8)
+    greedy_a = greedy_by_recompute(model, a, 8)
     stop = greedy_a[2]  # a stops at its third token at the latest
     schedule = {
         0: [('a', a, 8, dict(stop_ids={stop})), ('b', b, 45, dict(logprobs=3))],  # b slides
@@ -175,10 +147,10 @@ def test_reuse_gives_the_tokens_and_logits_of_no_reuse(sync_every, static):
     assert_same(got, drive(off, schedule))
     assert off.reused_tokens == 0 and engine.reused_tokens > 0
     out = got[0]
-    assert out['a'] == greedy_a[:greedy_a.index(stop) + 1] and out['b'] == alone(model, b, 45)
+    assert out['a'] == greedy_a[:greedy_a.index(stop) + 1] and out['b'] == greedy_by_recompute(model, b, 45)
     for name, prompt in [('equal_a', a), ('after_a', a + out['a'] + rand(5, 4)), ('equal_held', a + out['a'][:-1]),
                          ('after_slid', b + out['b'][:20]), ('running', b + rand(4, 3))]:
-        assert out[name] == alone(model, prompt, len(out[name])), name
+        assert out[name] == greedy_by_recompute(model, prompt, len(out[name])), name
     assert out['seeded'] == out['seeded_again']  # (no state of one request's sampling reaches another)
     assert got[1]['prompt_lp'][0] == (a[0], None, None) and len(got[1]['prompt_lp']) == 20 + 3
 
@@ -196,7 +168,7 @@ def test_reuse_happens_where_it_should():
         rid, out = engine.add(prompt, n, SamplingParams(temperature=0), **kw), []
         while engine.pending():
             out += [t for r, t, _ in engine.step() if r == rid]
-        assert out == alone(model, prompt[-BLOCK:], len(out))
+        assert out == greedy_by_recompute(model, prompt[-BLOCK:], len(out))
         return out, (engine.prefilled_tokens - before[0], engine.reused_tokens - before[1])
 
     out, counts = prefill(a, 5)
@@ -214,7 +186,7 @@ def test_reuse_happens_where_it_should():
     assert prefill(slid + out[:2])[1] == (BLOCK, 0)
     # a running row's prefix: b runs while c joins
     b = rand(12, 3)
-    other = (alone(model, b, 1)[0] + 1) % VOCAB  # (not b's first token: the match ends with b)
+    other = (greedy_by_recompute(model, b, 1)[0] + 1) % VOCAB  # (not b's first token: the match ends with b)
     rb = engine.add(b, 10, SamplingParams(temperature=0))
     engine.step(), engine.step()
     before = engine.reused_tokens
@@ -261,7 +233,7 @@ def test_least_recently_used_entries_go_first_and_eviction_stays_exact():
             for r, t, _ in engine.step():
                 outs[rids[r]].append(t)
         for k in chats:
-            assert outs[k] == alone(model, chats[k], 4), (turn, k)
+            assert outs[k] == greedy_by_recompute(model, chats[k], 4), (turn, k)
             chats[k] = chats[k] + outs[k] + rand(3, 100 * turn + k)
     assert engine.reused_tokens > 0
 
@@ -283,5 +255,5 @@ def test_rows_whose_prefixes_do_not_fit_together_prefill_apart():
     while engine.pending():
         for r, t, _ in engine.step():
             got[names[r]].append(t)
-    assert got == {'cont': alone(model, cont, 4), 'fresh': alone(model, fresh, 4)}
+    assert got == {'cont': greedy_by_recompute(model, cont, 4), 'fresh': greedy_by_recompute(model, fresh, 4)}
     assert engine.reused_tokens == 40

@@ -13,35 +13,15 @@ import re
 
 import pytest
 import torch
-from conftest import run, run_inprocess, tiny
+from conftest import VOCAB, random_gpt, run, run_inprocess, tiny
 
 from gpt.engine import generate
 from gpt.sampling import SamplingParams, sample_next
 from gpt.speculative import (LookupThenDraft, ModelDrafter, PromptLookup, Speculative, accept, filtered_probs,
                              speculative_generate)
-from model import GPT, GPTConfig
-
-VOCAB = 101
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    n = torch.get_num_threads()  # (tiny models: intra-op threads only add synchronisation)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def random_gpt(seed=0, std=0.5, **overrides):
-    """Weights of std 0.5: varied tokens with clear argmax margins (the default init repeats one token)."""
-    torch.manual_seed(seed)
-    cfg = dict(n_layer=2, n_head=4, n_embd=64, block_size=48, vocab_size=VOCAB)
-    model = GPT(GPTConfig(**{**cfg, **overrides}))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, std)
-    return model.eval()
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def noisy_copy(model, std, seed=5):
